@@ -1,0 +1,47 @@
+"""``qslm <command>``: one entry point. Each command lives in ``qslm/commands/<name>.py`` and
+provides ``add_parser(subparsers)``; the parser it adds carries ``func`` to run."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import QslmError
+
+COMMAND_MODULES = ("train", "eval", "info", "data", "quantize", "profile", "search", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="qslm",
+        description="Quantize spike-driven language models: profile, measure sensitivity, search "
+                    "mixed precision under accuracy/memory/energy constraints, export bit-packed models.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as err:
+            if err.name == f"{__package__}.commands.{name}":
+                continue  # command not part of this build
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except QslmError as err:
+        print(f"qslm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"qslm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

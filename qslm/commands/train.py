@@ -1,0 +1,67 @@
+"""``qslm train``: train a spike-driven model and write a model folder (resumable)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..device import resolve_device
+from ..errors import QslmError
+from .common import add_data_dir_argument, add_device_argument
+
+
+def parse_overrides(items: list[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise QslmError(f"--set {item!r}: expected KEY=VALUE, e.g. n_layer=6")
+        for cast in (int, float):
+            try:
+                overrides[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[key] = value
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import TrainOptions, train
+
+    options = TrainOptions(
+        arch=args.arch, task=args.task, out=Path(args.out), steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, warmup=args.warmup, seed=args.seed, vocab_size=args.vocab_size,
+        model_overrides=parse_overrides(args.set), init=args.init, corpora=args.corpus,
+        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, data_dir=args.data_dir,
+        device=str(resolve_device(args.device)))
+    out = train(options)
+    print(f"wrote {out}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a spike-driven model (resumable) and write a model folder",
+        description="Train a SpikeGPT language model or a classifier. Checkpoints go to OUT.partial/; "
+                    "re-running the same command after an interruption resumes.")
+    parser.add_argument("--arch", required=True, choices=["spikegpt", "spiking-encoder"])
+    parser.add_argument("--task", required=True, choices=["wikitext2", "sst2"],
+                        help="wikitext2: language modelling; sst2: sentiment classification")
+    parser.add_argument("--out", required=True, help="model folder to write")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary trained for a new model")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="model config field, e.g. --set n_layer=6 --set n_embd=256 (repeatable)")
+    parser.add_argument("--init", default=None, help="start from this model's weights and tokenizer")
+    parser.add_argument("--corpus", action="append", default=[],
+                        help="LM pre-training text file (repeatable; default: DATA/brown/brown.txt)")
+    parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--eval-every", type=int, default=500)
+    add_data_dir_argument(parser)
+    add_device_argument(parser)
+    parser.set_defaults(func=run)

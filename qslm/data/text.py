@@ -1,0 +1,19 @@
+"""Plain-text corpora (one sentence or paragraph a line), e.g. ``brown/brown.txt``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import QslmError
+
+
+def load_text(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise QslmError(f"missing text corpus {path}: expected a UTF-8 plain-text file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise QslmError(f"{path} is not UTF-8 text ({err})") from None
+    if not text.strip():
+        raise QslmError(f"text corpus {path} is empty")
+    return text

@@ -1,0 +1,35 @@
+"""Byte-level BPE tokenizer (Hugging Face ``tokenizers``), saved with each model as ``tokenizer.json``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from ..errors import QslmError
+
+PAD_TOKEN = "<pad>"
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    if not path.is_file():
+        raise QslmError(f"missing tokenizer {path}: expected a Hugging Face tokenizer.json")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception on bad JSON
+        raise QslmError(f"{path} is not a valid tokenizer.json: {err}") from None
+
+
+def pad_id(tokenizer: Tokenizer) -> int:
+    token_id = tokenizer.token_to_id(PAD_TOKEN)
+    return 0 if token_id is None else token_id

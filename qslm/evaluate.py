@@ -1,0 +1,110 @@
+"""Task metrics: SST-2 accuracy and WikiText-2 word-level perplexity, with firing rates.
+
+Word-level perplexity = exp(total NLL of the text / (whitespace tokens + one end-of-line per line)),
+whatever sub-word tokenizer the model uses, so figures compare with the literature.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+from tqdm import tqdm
+
+from .data.batching import classification_batches, encode_examples, scored_windows
+from .data.sst2 import Example
+from .data.tokenizer import pad_id
+from .data.wikitext import word_count
+from .models.neurons import record_firing_rates
+
+TASKS = ("sst2", "wikitext2")
+
+
+@dataclass
+class EvalResult:
+    task: str
+    split: str
+    n: int
+    seconds: float
+    accuracy: float | None = None
+    perplexity: float | None = None
+    loss: float | None = None  # mean cross-entropy per example (sst2) or per word (wikitext2)
+    firing_rates: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {"task": self.task, "split": self.split, "n": self.n, "seconds": round(self.seconds, 3)}
+        if self.accuracy is not None:
+            out["accuracy"] = self.accuracy
+        if self.perplexity is not None:
+            out["perplexity"] = self.perplexity
+        out["loss"] = self.loss
+        out["firing_rates"] = self.firing_rates
+        return out
+
+
+def max_input_len(model: nn.Module) -> int:
+    config = model.config
+    return getattr(config, "max_len", None) or getattr(config, "ctx_len")
+
+
+@torch.no_grad()
+def classification_logits(model: nn.Module, tokenizer: Tokenizer, examples: list[Example],
+                          batch_size: int = 64, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next(model.parameters()).device
+    items = encode_examples(tokenizer, examples, max_input_len(model))
+    outputs, labels = [], []
+    batches = classification_batches(items, batch_size, pad_id(tokenizer))
+    total = math.ceil(len(items) / batch_size)
+    for ids, mask, label in tqdm(batches, total=total, disable=not progress, desc="eval", leave=False):
+        outputs.append(model(ids.to(device), mask.to(device)).float().cpu())
+        labels.append(label)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+@torch.no_grad()
+def lm_token_nll(model: nn.Module, tokenizer: Tokenizer, text: str, batch_size: int = 8,
+                 progress: bool = False) -> torch.Tensor:
+    """NLL of every token of ``text`` (a newline is prepended as context for the first one)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor(tokenizer.encode("\n" + text).ids, dtype=torch.long)
+    window = model.config.ctx_len
+    windows = scored_windows(len(ids), window, stride=window // 2)
+    nll = torch.empty(len(ids) - 1)
+    for first in tqdm(range(0, len(windows), batch_size), disable=not progress, desc="eval", leave=False):
+        group = windows[first:first + batch_size]
+        width = max(end - start for start, end, _ in group)
+        batch = torch.zeros((len(group), width), dtype=torch.long)
+        for row, (start, end, _) in enumerate(group):
+            batch[row, : end - start] = ids[start:end]
+        logits = model(batch[:, :-1].to(device)).float()
+        token_nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:].to(device), reduction="none").cpu()
+        for row, (start, end, scored) in enumerate(group):
+            # target position p (in ids) sits at column p - start - 1
+            nll[scored - 1:end - 1] = token_nll[row, scored - start - 1:end - start - 1]
+    return nll
+
+
+def evaluate_classification(model, tokenizer, examples, split: str, batch_size: int = 64,
+                            progress: bool = False) -> EvalResult:
+    started = time.perf_counter()
+    with record_firing_rates(model) as recorder:
+        logits, labels = classification_logits(model, tokenizer, examples, batch_size, progress)
+    accuracy = float((logits.argmax(-1) == labels).float().mean())
+    loss = float(F.cross_entropy(logits, labels))
+    return EvalResult("sst2", split, len(examples), time.perf_counter() - started, accuracy=accuracy,
+                      loss=loss, firing_rates=recorder.rates)
+
+
+def evaluate_lm(model, tokenizer, text: str, split: str, batch_size: int = 8, progress: bool = False
+                ) -> EvalResult:
+    started = time.perf_counter()
+    with record_firing_rates(model) as recorder:
+        nll = lm_token_nll(model, tokenizer, text, batch_size, progress)
+    words = word_count(text)
+    loss_per_word = float(nll.double().sum()) / words
+    return EvalResult("wikitext2", split, words, time.perf_counter() - started,
+                      perplexity=math.exp(loss_per_word), loss=loss_per_word, firing_rates=recorder.rates)

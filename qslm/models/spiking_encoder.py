@@ -1,0 +1,123 @@
+"""Spiking encoder classifier in the Spikformer / SpikeBERT style.
+
+The embedded sentence is presented for ``time_steps`` SNN time steps. Each block applies
+spiking self-attention (query, key and value are spike trains; attention is a product of
+spike matrices, no softmax) and a spiking MLP, so every Linear inside the blocks sees spikes.
+Names: ``emb``, ``pos_emb``, ``blocks.{i}.attn.{query,key,value,proj}``, ``blocks.{i}.mlp.{fc1,fc2}``,
+``ln_out``, ``classifier``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .neurons import LIF
+
+
+@dataclass
+class SpikingEncoderConfig:
+    vocab_size: int = 2048
+    n_embd: int = 192
+    n_layer: int = 4
+    n_head: int = 4
+    max_len: int = 64
+    time_steps: int = 4
+    mlp_mult: int = 4
+    num_classes: int = 2
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    task: str = "classification"
+    arch: str = "spiking-encoder"
+
+
+class SpikingSelfAttention(nn.Module):
+    def __init__(self, cfg: SpikingEncoderConfig):
+        super().__init__()
+        d = cfg.n_embd
+        if d % cfg.n_head:
+            raise ValueError(f"n_embd ({d}) must be divisible by n_head ({cfg.n_head})")
+        self.n_head = cfg.n_head
+        self.scale = (d // cfg.n_head) ** -0.5
+        self.input_lif = LIF(cfg.tau, cfg.v_threshold)
+        self.query, self.key, self.value = (nn.Linear(d, d) for _ in range(3))
+        self.ln_q, self.ln_k, self.ln_v = (nn.LayerNorm(d) for _ in range(3))
+        self.q_lif, self.k_lif, self.v_lif = (LIF(cfg.tau, cfg.v_threshold) for _ in range(3))
+        self.attn_lif = LIF(cfg.tau, 0.5 * cfg.v_threshold)
+        self.proj = nn.Linear(d, d)
+        self.ln_proj = nn.LayerNorm(d)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, N, D = x.shape
+        return x.view(T, B, N, self.n_head, D // self.n_head).transpose(2, 3)  # [T, B, H, N, Dh]
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        T, B, N, D = x.shape
+        s = self.input_lif(x)
+        q = self._heads(self.q_lif(self.ln_q(self.query(s))))
+        k = self._heads(self.k_lif(self.ln_k(self.key(s))))
+        v = self._heads(self.v_lif(self.ln_v(self.value(s))))
+        scores = (q @ k.transpose(-2, -1)) * self.scale * key_mask[None, :, None, None, :]
+        out = (scores @ v).transpose(2, 3).reshape(T, B, N, D)
+        return self.ln_proj(self.proj(self.attn_lif(out)))
+
+
+class SpikingMLP(nn.Module):
+    def __init__(self, cfg: SpikingEncoderConfig):
+        super().__init__()
+        d, hidden = cfg.n_embd, cfg.mlp_mult * cfg.n_embd
+        self.input_lif = LIF(cfg.tau, cfg.v_threshold)
+        self.fc1 = nn.Linear(d, hidden)
+        self.ln1 = nn.LayerNorm(hidden)
+        self.hidden_lif = LIF(cfg.tau, cfg.v_threshold)
+        self.fc2 = nn.Linear(hidden, d)
+        self.ln2 = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.hidden_lif(self.ln1(self.fc1(self.input_lif(x))))
+        return self.ln2(self.fc2(h))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cfg: SpikingEncoderConfig):
+        super().__init__()
+        self.attn = SpikingSelfAttention(cfg)
+        self.mlp = SpikingMLP(cfg)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x, key_mask)
+        return x + self.mlp(x)
+
+
+class SpikingEncoder(nn.Module):
+    def __init__(self, cfg: SpikingEncoderConfig):
+        super().__init__()
+        self.config = cfg
+        d = cfg.n_embd
+        self.emb = nn.Embedding(cfg.vocab_size, d)
+        self.pos_emb = nn.Embedding(cfg.max_len, d)
+        self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_layer)])
+        self.ln_out = nn.LayerNorm(d)
+        self.classifier = nn.Linear(d, cfg.num_classes)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """idx [B, N] token ids (N <= max_len) -> class logits [B, num_classes]."""
+        B, N = idx.shape
+        if N > self.config.max_len:
+            idx, N = idx[:, : self.config.max_len], self.config.max_len
+            if attention_mask is not None:
+                attention_mask = attention_mask[:, :N]
+        mask = torch.ones_like(idx, dtype=torch.float32) if attention_mask is None else attention_mask.float()
+        x = self.emb(idx) + self.pos_emb(torch.arange(N, device=idx.device))[None]
+        x = x.unsqueeze(0).expand(self.config.time_steps, B, N, -1).contiguous()  # [T, B, N, D]
+        for block in self.blocks:
+            x = block(x, mask)
+        h = self.ln_out(x.mean(dim=0))  # average over time steps
+        pooled = (h * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return self.classifier(pooled)

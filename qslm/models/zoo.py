@@ -1,0 +1,155 @@
+"""Model folders (``config.json`` + ``model.safetensors`` + ``tokenizer.json``) and bundled checkpoints.
+
+A model is named either by a bundled name (``spikegpt-sst2``) or by a path to a folder.
+The config carries ``arch`` so loading never guesses what to build.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from torch import nn
+
+from ..data.tokenizer import load_tokenizer
+from ..errors import QslmError
+from .spikegpt import SpikeGPT, SpikeGPTConfig
+from .spiking_encoder import SpikingEncoder, SpikingEncoderConfig
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+ARCHITECTURES = {
+    "spikegpt": (SpikeGPTConfig, SpikeGPT),
+    "spiking-encoder": (SpikingEncoderConfig, SpikingEncoder),
+}
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    config: object
+    tokenizer: Tokenizer
+    path: Path
+
+
+def bundled_names() -> list[str]:
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def resolve_model_path(ref: str | os.PathLike) -> Path:
+    candidate = Path(ref).expanduser()
+    if candidate.is_dir():
+        return candidate.resolve()
+    if str(ref) in bundled_names():
+        return (BUNDLED_DIR / str(ref)).resolve()
+    raise QslmError(f"model {str(ref)!r} is neither a model folder nor a bundled model "
+                    f"(bundled: {', '.join(bundled_names()) or 'none'})")
+
+
+def config_from_dict(raw: dict, source: Path):
+    arch = raw.get("arch")
+    if arch not in ARCHITECTURES:
+        raise QslmError(f"{source}: unknown arch {arch!r}; expected one of {sorted(ARCHITECTURES)}")
+    config_cls, _ = ARCHITECTURES[arch]
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise QslmError(f"{source}: unknown config keys {unknown} for arch {arch!r}")
+    return config_cls(**raw)
+
+
+def build_model(config) -> nn.Module:
+    _, model_cls = ARCHITECTURES[config.arch]
+    return model_cls(config)
+
+
+def read_config(folder: Path):
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise QslmError(f"missing {path}: a model folder needs {CONFIG_FILE}, {WEIGHTS_FILE}, {TOKENIZER_FILE}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise QslmError(f"{path} is not valid JSON: {err}") from None
+    return config_from_dict(raw, path)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise QslmError(f"missing weights {path}: expected a safetensors file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise QslmError(f"{path} is not a readable safetensors file: {err}") from None
+
+
+def load_model(ref: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a float or quantized model folder (or bundled name) ready for evaluation."""
+    folder = resolve_model_path(ref)
+    config = read_config(folder)
+    tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
+    model = build_model(config)
+    from ..quant.pack import PLAN_FILE, load_packed_into  # late import: quant builds on models
+
+    state = read_state_dict(folder / WEIGHTS_FILE)
+    if (folder / PLAN_FILE).is_file():
+        load_packed_into(model, state, folder / PLAN_FILE)
+    else:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise QslmError(f"{folder / WEIGHTS_FILE} does not match arch {config.arch!r}: {err}") from None
+    model.to(device).eval()
+    return LoadedModel(model, config, tokenizer, folder)
+
+
+def atomic_folder(out: Path):
+    """A temporary sibling folder to fill; ``commit_folder`` swaps it into place, so a crash
+    never leaves a half-written model."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+
+
+def commit_folder(tmp: Path, out: Path) -> None:
+    out = Path(out)
+    if out.exists():
+        backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, backup / "old")
+        os.replace(tmp, out)
+        shutil.rmtree(backup)
+    else:
+        os.replace(tmp, out)
+
+
+def write_config(folder: Path, config) -> None:
+    (folder / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+
+def save_model(out: str | os.PathLike, model: nn.Module, tokenizer: Tokenizer, extra_files: dict[str, str] | None = None
+               ) -> Path:
+    """Write a float model folder atomically."""
+    out = Path(out)
+    tmp = atomic_folder(out)
+    try:
+        write_config(tmp, model.config)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        tokenizer.save(str(tmp / TOKENIZER_FILE))
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_text(content)
+        commit_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,272 @@
+"""Train a spike-driven model from scratch (or from an initial model) and write a model folder.
+
+    qslm train --arch spikegpt --task wikitext2 --out runs/spikegpt-wt2 --steps 4000
+
+Seeded; checkpoints every ``checkpoint_every`` steps (and on Ctrl-C) to ``OUT.partial/checkpoint.pt``;
+re-running the same command resumes from there. The finished model folder appears at OUT only at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import sst2, wikitext
+from .data.batching import classification_batches, encode_examples
+from .data.paths import resolve_data_dir
+from .data.text import load_text
+from .data.tokenizer import load_tokenizer, pad_id, train_tokenizer
+from .errors import QslmError
+from .evaluate import evaluate_classification, evaluate_lm
+from .models.zoo import ARCHITECTURES, TOKENIZER_FILE, load_model, save_model, build_model
+
+
+@dataclass
+class TrainOptions:
+    arch: str
+    task: str  # "wikitext2" (language modelling) or "sst2" (classification)
+    out: Path
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    seed: int = 0
+    vocab_size: int = 2048
+    model_overrides: dict = field(default_factory=dict)  # config fields, e.g. n_embd, n_layer
+    init: str | None = None  # start from this model's weights and tokenizer
+    corpora: list[str] = field(default_factory=list)  # extra LM text files (default: brown/brown.txt)
+    checkpoint_every: int = 200
+    eval_every: int = 500
+    data_dir: str | None = None
+    device: str = "cpu"
+
+
+def lm_training_text(options: TrainOptions) -> str:
+    """Brown (or the named corpora) + WikiText-2 train when present + valid minus its held-out tail."""
+    root = resolve_data_dir(options.data_dir)
+    corpora = options.corpora or [str(root / "brown" / "brown.txt")]
+    parts = [load_text(path) for path in corpora]
+    if wikitext.has_split("train", options.data_dir):
+        parts.append(wikitext.load_wikitext("train", options.data_dir))
+    parts.append(wikitext.split_lines(wikitext.load_wikitext("valid", options.data_dir))[0])
+    return "\n".join(parts)
+
+
+def tokenizer_corpus(options: TrainOptions) -> list[str]:
+    root = resolve_data_dir(options.data_dir)
+    lm = lm_training_text(options).splitlines()
+    sentences = [ex.sentence for ex in sst2.read_tsv(root / "sst2" / "train.tsv")]
+    return lm + sentences
+
+
+def lr_at(step: int, options: TrainOptions) -> float:
+    if step < options.warmup:
+        return options.lr * (step + 1) / options.warmup
+    progress = (step - options.warmup) / max(1, options.steps - options.warmup)
+    return options.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    def __init__(self, options: TrainOptions):
+        self.options = options
+        if options.arch not in ARCHITECTURES:
+            raise QslmError(f"unknown arch {options.arch!r}; expected one of {sorted(ARCHITECTURES)}")
+        if options.task not in ("wikitext2", "sst2"):
+            raise QslmError(f"unknown task {options.task!r}; expected wikitext2 or sst2")
+        self.work = Path(str(options.out) + ".partial")
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(options.device)
+        torch.manual_seed(options.seed)
+        self.rng = random.Random(options.seed)
+        self.tokenizer, self.model = self._build()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr,
+                                           weight_decay=options.weight_decay, betas=(0.9, 0.99))
+        self.step = 0
+        self.history: list[dict] = []
+        self.seconds = 0.0
+        self._prepare_data()
+        self._resume()
+
+    def _build(self):
+        options = self.options
+        tokenizer_path = self.work / TOKENIZER_FILE
+        if options.init:
+            loaded = load_model(options.init)
+            tokenizer = loaded.tokenizer
+            config = dataclasses.replace(loaded.config, **options.model_overrides) \
+                if options.arch == loaded.config.arch else None
+            if config is None:
+                raise QslmError(f"--init model is arch {loaded.config.arch!r}, not {options.arch!r}")
+            model = build_model(config)
+            # Reuse every tensor whose name and shape match (e.g. an LM body under a classifier).
+            own = model.state_dict()
+            reused = {k: v for k, v in loaded.model.state_dict().items() if k in own and own[k].shape == v.shape}
+            model.load_state_dict(reused, strict=False)
+        else:
+            if tokenizer_path.is_file():
+                tokenizer = load_tokenizer(tokenizer_path)
+            else:
+                tokenizer = train_tokenizer(tokenizer_corpus(options), options.vocab_size)
+            config_cls, _ = ARCHITECTURES[options.arch]
+            task = "lm" if options.task == "wikitext2" else "classification"
+            fields = {"vocab_size": tokenizer.get_vocab_size(), **options.model_overrides}
+            if "task" in {f.name for f in dataclasses.fields(config_cls)}:
+                fields.setdefault("task", task)
+            config = config_cls(**fields)
+            if options.task == "wikitext2" and config.task != "lm":
+                raise QslmError(f"arch {options.arch!r} cannot be trained as a language model")
+            model = build_model(config)
+        tokenizer.save(str(tokenizer_path))
+        return tokenizer, model.to(self.device)
+
+    def _prepare_data(self) -> None:
+        options = self.options
+        if options.task == "wikitext2":
+            self.train_ids = torch.tensor(self.tokenizer.encode(lm_training_text(options)).ids, dtype=torch.long)
+            self.val_text = wikitext.calibration_text(options.data_dir)[:20000]
+        else:
+            train, held_out = sst2.split_holdout(sst2.load_sst2("train", options.data_dir))
+            max_len = getattr(self.model.config, "max_len", None) or self.model.config.ctx_len
+            self.train_items = encode_examples(self.tokenizer, train, max_len)
+            self.val_examples = held_out[:500]
+            self.epoch_batches = []
+
+    def _resume(self) -> None:
+        path = self.work / "checkpoint.pt"
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["options"] != self._options_fingerprint():
+            raise QslmError(f"{path} was written by different training options; remove {self.work} to start over")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.history, self.seconds = state["step"], state["history"], state["seconds"]
+        self.rng.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch_batches = state.get("epoch_batches", [])
+        print(f"resuming from {path} at step {self.step}")
+
+    def _options_fingerprint(self) -> str:
+        fingerprint = dataclasses.asdict(self.options)
+        for volatile in ("out", "checkpoint_every", "eval_every", "data_dir", "device"):
+            fingerprint.pop(volatile)
+        return json.dumps(fingerprint, sort_keys=True, default=str)
+
+    def save_checkpoint(self) -> None:
+        atomic_torch_save({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+            "history": self.history, "seconds": self.seconds, "python_rng": self.rng.getstate(),
+            "torch_rng": torch.get_rng_state(), "options": self._options_fingerprint(),
+            "epoch_batches": getattr(self, "epoch_batches", []),
+        }, self.work / "checkpoint.pt")
+
+    def _lm_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx = self.model.config.ctx_len
+        starts = [self.rng.randrange(0, len(self.train_ids) - ctx - 1) for _ in range(self.options.batch_size)]
+        chunk = torch.stack([self.train_ids[s:s + ctx + 1] for s in starts]).to(self.device)
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def _classification_batch(self):
+        if not self.epoch_batches:
+            order = list(range(len(self.train_items)))
+            self.rng.shuffle(order)
+            bs = self.options.batch_size
+            self.epoch_batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        indices = self.epoch_batches.pop()
+        (ids, mask, labels), = classification_batches([self.train_items[i] for i in indices], len(indices),
+                                                     pad_id(self.tokenizer))
+        return ids.to(self.device), mask.to(self.device), labels.to(self.device)
+
+    def loss(self) -> tuple[torch.Tensor, int]:
+        if self.options.task == "wikitext2":
+            inputs, targets = self._lm_batch()
+            logits = self.model(inputs)
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), targets.numel()
+        ids, mask, labels = self._classification_batch()
+        return F.cross_entropy(self.model(ids, mask), labels), int(mask.sum())
+
+    def validate(self) -> dict:
+        self.model.eval()
+        if self.options.task == "wikitext2":
+            result = evaluate_lm(self.model, self.tokenizer, self.val_text, "calibration")
+            metric = {"val_word_ppl": round(result.perplexity, 2)}
+        else:
+            result = evaluate_classification(self.model, self.tokenizer, self.val_examples, "calibration")
+            metric = {"val_accuracy": round(result.accuracy, 4)}
+        self.model.train()
+        return metric
+
+    def run(self) -> Path:
+        options = self.options
+        self.model.train()
+        interrupted = False
+
+        def on_sigterm(*_):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        bar = tqdm(total=options.steps, initial=self.step, desc="train", unit="step")
+        try:
+            while self.step < options.steps:
+                started = time.perf_counter()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr_at(self.step, options)
+                loss, n_tokens = self.loss()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.optimizer.step()
+                self.step += 1
+                elapsed = time.perf_counter() - started
+                self.seconds += elapsed
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{n_tokens / elapsed:.0f}")
+                record = {"step": self.step, "loss": round(loss.item(), 4)}
+                if self.step % options.eval_every == 0 or self.step == options.steps:
+                    record.update(self.validate())
+                    bar.write(json.dumps(record))
+                if self.step % 50 == 0 or "val_word_ppl" in record or "val_accuracy" in record:
+                    self.history.append(record)
+                if self.step % options.checkpoint_every == 0:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+            signal.signal(signal.SIGTERM, previous)
+        if interrupted:
+            self.save_checkpoint()
+            raise QslmError(f"training interrupted at step {self.step}; checkpoint saved in {self.work}, "
+                            f"re-run the same command to resume")
+        summary = {"options": json.loads(json.dumps(dataclasses.asdict(options), default=str)),
+                   "train_seconds": round(self.seconds, 1),
+                   "parameters": sum(p.numel() for p in self.model.parameters()),
+                   "history": self.history}
+        self.model.eval()
+        save_model(options.out, self.model.cpu(), self.tokenizer,
+                   extra_files={"training.json": json.dumps(summary, indent=2) + "\n"})
+        (self.work / "checkpoint.pt").unlink(missing_ok=True)
+        (self.work / TOKENIZER_FILE).unlink(missing_ok=True)
+        self.work.rmdir()
+        return Path(options.out)
+
+
+def train(options: TrainOptions) -> Path:
+    return Trainer(options).run()
