@@ -1,0 +1,81 @@
+"""Shared fixtures: the real data folder, a small slice of it, and tiny model folders.
+
+Tests read real data from ``QSLM_DATA_DIR`` (CI sets it to ``../shared/data``). Model fixtures are
+tiny (d=32, 2 blocks) and random, so the whole suite stays fast on two CPU cores.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from qslm.data.tokenizer import train_tokenizer
+from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
+from qslm.models.spiking_encoder import SpikingEncoder, SpikingEncoderConfig
+from qslm.models.zoo import save_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data folder. Missing data is a failure, not a skip: CI must exercise real files."""
+    path = Path(os.environ.get("QSLM_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not (path / "sst2" / "dev.tsv").is_file():
+        pytest.fail(f"real data not found in {path}: set QSLM_DATA_DIR to the shared data folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(data_dir, tmp_path_factory) -> Path:
+    """A slice of the real data in the standard layout (first lines of each file)."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "sst2").mkdir()
+    for split, lines in (("train", 3001), ("dev", 201)):
+        src = (data_dir / "sst2" / f"{split}.tsv").read_text().splitlines(keepends=True)
+        (root / "sst2" / f"{split}.tsv").write_text("".join(src[:lines]))
+    (root / "wikitext-2").mkdir()
+    for split, lines in (("valid", 300), ("test", 60)):
+        src = (data_dir / "wikitext-2" / f"{split}.txt").read_text().splitlines(keepends=True)
+        (root / "wikitext-2" / f"{split}.txt").write_text("".join(src[:lines]))
+    (root / "brown").mkdir()
+    src = (data_dir / "brown" / "brown.txt").read_text().splitlines(keepends=True)
+    (root / "brown" / "brown.txt").write_text("".join(src[:2000]))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(small_data_dir):
+    texts = (small_data_dir / "brown" / "brown.txt").read_text().splitlines()
+    texts += (small_data_dir / "sst2" / "train.tsv").read_text().splitlines()
+    return train_tokenizer(texts, vocab_size=400)
+
+
+def _save(model, tokenizer, folder: Path) -> Path:
+    model.eval()
+    return save_model(folder, model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_tokenizer, tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    cfg = SpikeGPTConfig(vocab_size=tiny_tokenizer.get_vocab_size(), n_embd=32, n_layer=2, ctx_len=32)
+    return _save(SpikeGPT(cfg), tiny_tokenizer, tmp_path_factory.mktemp("models") / "tiny-lm")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_tokenizer, tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    cfg = SpikeGPTConfig(vocab_size=tiny_tokenizer.get_vocab_size(), n_embd=32, n_layer=2, ctx_len=48,
+                         task="classification")
+    return _save(SpikeGPT(cfg), tiny_tokenizer, tmp_path_factory.mktemp("models") / "tiny-classifier")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_tokenizer, tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    cfg = SpikingEncoderConfig(vocab_size=tiny_tokenizer.get_vocab_size(), n_embd=32, n_layer=2, n_head=2,
+                               max_len=48, time_steps=2)
+    return _save(SpikingEncoder(cfg), tiny_tokenizer, tmp_path_factory.mktemp("models") / "tiny-encoder")
