@@ -35,7 +35,7 @@ def read_tsv(path: Path) -> list[Example]:
         for line_no, row in enumerate(reader, start=2):
             if not row:
                 continue
-            if len(row) <= max(s_col, l_col):
+            if len(row) != len(header):
                 raise QslmError(f"{path}:{line_no}: expected {len(header)} tab-separated columns, got {len(row)}")
             if row[l_col] not in ("0", "1"):
                 raise QslmError(f"{path}:{line_no}: label {row[l_col]!r} is not 0 or 1")

@@ -1,0 +1,120 @@
+"""SST-2 loader: real files, header by name, bad files, and the held-out calibration slice."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from qslm.data import sst2
+from qslm.data.sst2 import Example, load_sst2, read_tsv, split_holdout
+from qslm.errors import QslmError
+
+
+def write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_reads_real_dev(data_dir):
+    dev = load_sst2("dev", data_dir)
+    assert len(dev) == 872
+    assert dev[0] == Example("one long string of cliches .", 0)
+    assert set(Counter(ex.label for ex in dev)) == {0, 1}
+    assert all(ex.sentence for ex in dev)
+
+
+def test_data_dir_from_environment(data_dir, monkeypatch):
+    monkeypatch.setenv("QSLM_DATA_DIR", str(data_dir))
+    assert len(load_sst2("dev")) == 872
+
+
+def test_columns_found_by_header_name(tmp_path):
+    path = write(tmp_path / "x.tsv", "label\tid\tsentence\n1\t7\ta fine film .\n0\t8\tdull\n")
+    assert read_tsv(path) == [Example("a fine film .", 1), Example("dull", 0)]
+
+
+def test_quotes_are_kept_literally(tmp_path):
+    # SST-2 has unbalanced quotes; the reader must not treat them as CSV quoting.
+    path = write(tmp_path / "x.tsv", 'sentence\tlabel\n" a quoted start\t1\nit \'s "fine\t0\n')
+    assert read_tsv(path) == [Example('" a quoted start', 1), Example('it \'s "fine', 0)]
+
+
+def test_blank_lines_are_skipped(tmp_path):
+    path = write(tmp_path / "x.tsv", "sentence\tlabel\ngood\t1\n\nbad\t0\n")
+    assert [ex.label for ex in read_tsv(path)] == [1, 0]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "missing data file"),
+    ("", "lacks 'sentence' and 'label'"),
+    ("good\t1\nbad\t0\n", "lacks 'sentence' and 'label'"),
+    ("sentence\tscore\ngood\t1\n", "lacks 'sentence' and 'label'"),
+    ("sentence\tlabel\ngood\tpositive\n", "label 'positive' is not 0 or 1"),
+    ("sentence\tlabel\ngood\t2\n", "label '2' is not 0 or 1"),
+    ("sentence\tlabel\ngood\t1\nno label here\n", "expected 2 tab-separated columns, got 1"),
+    ("sentence\tlabel\ngood\t1\nbad\t0\textra\n", "expected 2 tab-separated columns, got 3"),
+    ("label\tsentence\n1\tgood\t1\n", "expected 2 tab-separated columns, got 3"),
+    ("sentence\tlabel\n", "no examples"),
+], ids=["missing", "empty", "no-header", "no-label-column", "word-label", "label-2",
+        "too-few-columns", "too-many-columns", "extra-column-after-sentence", "header-only"])
+def test_bad_files_name_the_path(tmp_path, content, message):
+    path = tmp_path / "bad.tsv"
+    if content is not None:
+        write(path, content)
+    with pytest.raises(QslmError) as info:
+        read_tsv(path)
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+
+
+def test_line_number_in_error(tmp_path):
+    path = write(tmp_path / "bad.tsv", "sentence\tlabel\ngood\t1\nbad\tx\n")
+    with pytest.raises(QslmError, match=r"bad\.tsv:3: label 'x'"):
+        read_tsv(path)
+
+
+def test_unknown_split_and_missing_folder(tmp_path, data_dir):
+    with pytest.raises(QslmError, match="split 'test' unknown"):
+        load_sst2("test", data_dir)
+    with pytest.raises(QslmError, match="does not exist"):
+        load_sst2("dev", tmp_path / "nowhere")
+    with pytest.raises(QslmError, match=str(tmp_path / "sst2" / "dev.tsv")):
+        load_sst2("dev", tmp_path)
+
+
+def synthetic_train(n: int) -> list[Example]:
+    return [Example(f"sentence number {i} has six words", i % 2) for i in range(n)]
+
+
+def test_split_holdout_is_deterministic_and_disjoint():
+    train = synthetic_train(300)
+    rest, held = split_holdout(train, size=50)
+    assert split_holdout(train, size=50) == (rest, held)
+    assert len(held) == 50 and len(rest) == 250
+    assert not set(rest) & set(held)
+    assert Counter(rest) + Counter(held) == Counter(train)
+    # Held-out examples keep their order in train.
+    assert held == sorted(held, key=train.index)
+    # Another seed picks another slice.
+    assert split_holdout(train, size=50, seed=1)[1] != held
+
+
+def test_split_holdout_takes_only_sentence_like_phrases():
+    short = [Example("too short", 1) for _ in range(100)]
+    rest, held = split_holdout(short + synthetic_train(20), size=20)
+    assert all(len(ex.sentence.split()) >= sst2.HOLDOUT_MIN_WORDS for ex in held)
+    assert len(rest) == 100
+    with pytest.raises(QslmError, match="cannot hold out 21 SST-2 examples: only 20"):
+        split_holdout(short + synthetic_train(20), size=21)
+
+
+def test_calibration_examples_come_from_train_only(data_dir):
+    train = load_sst2("train", data_dir)
+    rest, held = split_holdout(train)
+    assert len(held) == sst2.HOLDOUT_SIZE
+    assert len(rest) + len(held) == len(train)
+    assert sst2.calibration_examples(data_dir, size=100) == held[:100]
+    train_set = set(train)
+    assert all(ex in train_set for ex in held)
+    dev_sentences = {ex.sentence for ex in load_sst2("dev", data_dir)}
+    assert not dev_sentences & {ex.sentence for ex in held}
