@@ -1,0 +1,124 @@
+"""Spiking encoder classifier: shapes, gradients, padding invariance, spike-only Linear inputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from qslm.models.neurons import record_firing_rates
+from qslm.models.spiking_encoder import SpikingEncoder, SpikingEncoderConfig
+
+
+def tiny(**fields) -> SpikingEncoder:
+    """A small encoder whose attention path is active. At the default init the query/key spike
+    trains are so sparse that the attention neurons never fire, which would make tests of the
+    key mask pass vacuously; larger embeddings and LayerNorm biases wake them up."""
+    torch.manual_seed(0)
+    config = dict(vocab_size=50, n_embd=16, n_layer=2, n_head=2, max_len=20, time_steps=3)
+    model = SpikingEncoder(SpikingEncoderConfig(**{**config, **fields})).eval()
+    with torch.no_grad():
+        model.emb.weight.normal_(0, 2.0)
+        for block in model.blocks:
+            for norm in (block.attn.ln_q, block.attn.ln_k, block.attn.ln_v):
+                norm.bias.fill_(0.8)
+    return model
+
+
+def padded(sequences: list[torch.Tensor], width: int, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def test_forward_backward_shapes():
+    model = tiny(num_classes=3).train()
+    ids = torch.randint(1, 50, (4, 10))
+    logits = model(ids, torch.ones_like(ids))
+    assert logits.shape == (4, 3)
+    assert model(ids).shape == (4, 3)
+    nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0])).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    assert model.emb.weight.grad.abs().sum() > 0
+    assert model.blocks[0].attn.query.weight.grad.abs().sum() > 0  # through the surrogate gradients
+
+
+def test_all_neurons_fire():
+    model = tiny()
+    with torch.no_grad(), record_firing_rates(model) as recorder:
+        model(torch.randint(1, 50, (3, 12)))
+    assert len(recorder.rates) == 2 * 7
+    assert all(0.01 < rate < 0.9 for rate in recorder.rates.values()), recorder.rates
+
+
+def test_right_padding_does_not_change_logits():
+    model = tiny()
+    torch.manual_seed(1)
+    sequences = [torch.randint(1, 50, (n,)) for n in (4, 11, 7)]
+    with torch.no_grad():
+        alone = torch.cat([model(seq[None]) for seq in sequences])
+        batched = model(*padded(sequences, 16))
+        other_pad = model(*padded(sequences, 18, pad=9))
+        no_mask = model(padded(sequences, 16)[0])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(other_pad, alone, rtol=1e-5, atol=1e-6)
+    # Without the mask, the padding is read as tokens: the mask is what makes this work.
+    assert not torch.allclose(no_mask[0], alone[0], atol=1e-4)
+
+
+def test_key_mask_hides_padding_from_attention():
+    model = tiny()
+    seq = torch.randint(1, 50, (6,))
+    outputs = []
+
+    def keep_attention_output(module, inputs, output):
+        outputs.append(output[:, :, :6].clone())
+
+    handle = model.blocks[0].attn.register_forward_hook(keep_attention_output)
+    with torch.no_grad():
+        for pad in (0, 5, 17):
+            model(*padded([seq], 10, pad=pad))
+    handle.remove()
+    assert outputs[0].abs().sum() > 0
+    for other in outputs[1:]:
+        torch.testing.assert_close(other, outputs[0])
+
+
+def test_long_inputs_are_truncated_to_max_len():
+    model = tiny(max_len=8)
+    ids = torch.randint(1, 50, (2, 13))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), model(ids[:, :8]))
+        torch.testing.assert_close(model(ids, torch.ones_like(ids)), model(ids[:, :8]))
+
+
+def test_linear_inputs_inside_blocks_are_binary_spikes():
+    model = tiny()
+    seen: dict[str, torch.Tensor] = {}
+
+    def record_input(name):
+        def hook(module, inputs):
+            seen[name] = inputs[0].detach()
+        return hook
+
+    linears = {name: m for name, m in model.blocks.named_modules() if isinstance(m, nn.Linear)}
+    assert sorted(linears) == sorted(f"{i}.{leaf}" for i in range(2) for leaf in
+                                     ("attn.query", "attn.key", "attn.value", "attn.proj", "mlp.fc1", "mlp.fc2"))
+    handles = [m.register_forward_pre_hook(record_input(name)) for name, m in linears.items()]
+    ids, mask = padded([torch.randint(1, 50, (n,)) for n in (12, 5)], 12)
+    with torch.no_grad():
+        model(ids, mask)
+    for handle in handles:
+        handle.remove()
+    assert set(seen) == set(linears)
+    for name, x in seen.items():
+        values = set(torch.unique(x).tolist())
+        assert values == {0.0, 1.0}, f"{name} input holds {sorted(values)[:5]}"
+
+
+def test_heads_must_divide_the_width():
+    with pytest.raises(ValueError, match=r"n_embd \(18\) must be divisible by n_head \(4\)"):
+        SpikingEncoder(SpikingEncoderConfig(vocab_size=10, n_embd=18, n_head=4, n_layer=1))
