@@ -53,11 +53,16 @@ def load_sst2(split: str, data_dir=None) -> list[Example]:
 
 def split_holdout(train: list[Example], size: int = HOLDOUT_SIZE, seed: int = HOLDOUT_SEED
                   ) -> tuple[list[Example], list[Example]]:
-    """(training examples, held-out calibration examples): a fixed, seeded slice of train."""
+    """(training examples, held-out calibration examples): a fixed, seeded slice of train.
+
+    A train file too small for ``size`` (a slice of SST-2, say) gives up half of its sentence-like
+    phrases instead, so training keeps data and calibration still has some.
+    """
     candidates = [i for i, ex in enumerate(train) if len(ex.sentence.split()) >= HOLDOUT_MIN_WORDS]
-    if size > len(candidates):
-        raise QslmError(f"cannot hold out {size} SST-2 examples: only {len(candidates)} have "
-                        f">= {HOLDOUT_MIN_WORDS} words")
+    size = min(size, len(candidates) // 2)
+    if size == 0:
+        raise QslmError(f"cannot hold out SST-2 examples for calibration: {len(candidates)} of "
+                        f"{len(train)} training examples have >= {HOLDOUT_MIN_WORDS} words, need 2 or more")
     held = set(random.Random(seed).sample(candidates, size))
     rest = [ex for i, ex in enumerate(train) if i not in held]
     return rest, [train[i] for i in sorted(held)]

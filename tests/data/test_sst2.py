@@ -101,11 +101,25 @@ def test_split_holdout_is_deterministic_and_disjoint():
 
 def test_split_holdout_takes_only_sentence_like_phrases():
     short = [Example("too short", 1) for _ in range(100)]
-    rest, held = split_holdout(short + synthetic_train(20), size=20)
+    rest, held = split_holdout(short + synthetic_train(40), size=20)
     assert all(len(ex.sentence.split()) >= sst2.HOLDOUT_MIN_WORDS for ex in held)
-    assert len(rest) == 100
-    with pytest.raises(QslmError, match="cannot hold out 21 SST-2 examples: only 20"):
-        split_holdout(short + synthetic_train(20), size=21)
+    assert len(held) == 20 and len(rest) == 120
+
+
+def test_small_train_gives_up_half_its_sentences():
+    short = [Example("too short", 1) for _ in range(100)]
+    rest, held = split_holdout(short + synthetic_train(30), size=2000)
+    assert len(held) == 15 and len(rest) == 115
+    with pytest.raises(QslmError, match="1 of 101 training examples have >= 6 words"):
+        split_holdout(short + synthetic_train(1))
+
+
+def test_holdout_of_a_slice_of_real_train(small_data_dir):
+    train = load_sst2("train", small_data_dir)
+    rest, held = split_holdout(train)
+    candidates = [ex for ex in train if len(ex.sentence.split()) >= sst2.HOLDOUT_MIN_WORDS]
+    assert len(held) == len(candidates) // 2 < sst2.HOLDOUT_SIZE
+    assert sst2.calibration_examples(small_data_dir) == held
 
 
 def test_calibration_examples_come_from_train_only(data_dir):
