@@ -1,0 +1,324 @@
+"""Model -> block -> module hierarchy of any PyTorch model, found from its module tree.
+
+    from qslm.analysis.hierarchy import build_hierarchy, SpikeRecorder
+    hierarchy = build_hierarchy(model)
+    with SpikeRecorder(model) as spikes:
+        run_calibration(model)
+    hierarchy.attach_firing_rates(spikes.records)
+
+Rules (no model-specific code):
+
+* **Units** are the quantizable leaves: ``nn.Linear``, ``nn.Embedding``, ``nn.Conv1d``, ``nn.Conv2d``
+  (subclasses included).
+* A **repeated container** is an ``nn.ModuleList`` or ``nn.Sequential`` with at least two children of
+  the same class that hold units. Its unit-holding children are the **blocks** (``blocks.3``). The
+  search stops descending at the outermost repeated container, so repeated containers nested inside
+  a block (e.g. a list of heads) stay inside that block.
+* Units inside a block are its **modules**; units outside every block (embedding, LM head,
+  classifier, or everything when the model has no repeated container) are **top-level** units.
+* **Neurons** are found while the model runs: instances of ``qslm.models.neurons.LIF``, and, for
+  other SNN libraries (snnTorch ``Leaky``, ...), any leaf module whose output (the first tensor of a
+  tuple output, as snnTorch returns ``(spikes, membrane)``) was binary on every call and which either
+  has a threshold attribute or turned a non-binary input into it. A neuron belongs to the block whose
+  subtree holds it; a neuron that sits directly in a repeated container between blocks (as in
+  ``Sequential(Linear, Leaky, Linear, Leaky)``) belongs to the block before it, whose output it spikes on.
+  A block's firing rate is its neurons' spikes over their output elements (so larger layers weigh more).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..errors import QslmError
+from ..models.neurons import LIF
+
+QUANTIZABLE_TYPES = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
+REPEATED_CONTAINER_TYPES = (nn.ModuleList, nn.Sequential)
+THRESHOLD_ATTRIBUTES = ("threshold", "v_threshold", "v_th")
+FP32_BYTES = 4
+
+
+def is_quantizable(module: nn.Module) -> bool:
+    return isinstance(module, QUANTIZABLE_TYPES)
+
+
+def quantizable_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every quantizable leaf by qualified name, in model order."""
+    return {name: m for name, m in model.named_modules() if is_quantizable(m)}
+
+
+def _holds_units(module: nn.Module) -> bool:
+    return any(is_quantizable(m) for m in module.modules())
+
+
+def is_repeated_container(module: nn.Module) -> bool:
+    if not isinstance(module, REPEATED_CONTAINER_TYPES):
+        return False
+    classes = Counter(type(child) for child in module.children() if _holds_units(child))
+    return any(count >= 2 for count in classes.values())
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _inside(name: str, scope: str) -> bool:
+    return name == scope or name.startswith(scope + ".")
+
+
+@dataclass
+class Unit:
+    name: str
+    kind: str  # class name, e.g. "Linear"
+    shape: list[int]  # weight shape
+    parameters: int  # weight + bias
+
+    @property
+    def bytes_fp32(self) -> int:
+        return FP32_BYTES * self.parameters
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "shape": self.shape, "parameters": self.parameters,
+                "bytes_fp32": self.bytes_fp32}
+
+
+@dataclass
+class SpikeRecord:
+    """Spikes emitted and output elements seen by one neuron module."""
+    spikes: float = 0.0
+    elements: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.spikes / self.elements if self.elements else 0.0
+
+
+@dataclass
+class Block:
+    name: str
+    modules: list[str]
+    parameters: int = 0  # of its units
+    other_parameters: int = 0  # the rest of its subtree (norms, time-mix vectors, ...): kept in float
+    neurons: dict[str, SpikeRecord] = field(default_factory=dict)
+
+    @property
+    def bytes_fp32(self) -> int:
+        return FP32_BYTES * self.parameters
+
+    @property
+    def firing_rate(self) -> float | None:
+        """Spikes over output elements of the block's neurons; None before rates are attached or without neurons."""
+        elements = sum(r.elements for r in self.neurons.values())
+        if not elements:
+            return None
+        return sum(r.spikes for r in self.neurons.values()) / elements
+
+    def to_dict(self, units: dict[str, Unit]) -> dict:
+        return {"name": self.name, "parameters": self.parameters, "bytes_fp32": self.bytes_fp32,
+                "other_parameters": self.other_parameters, "firing_rate": self.firing_rate,
+                "neurons": {name: r.rate for name, r in self.neurons.items()},
+                "modules": [units[m].to_dict() for m in self.modules]}
+
+
+@dataclass
+class Hierarchy:
+    model: str  # the model's class name (or a label the caller gave)
+    blocks: list[Block]
+    top_level: list[str]
+    units: dict[str, Unit]  # every unit, in model order
+    containers: list[str]  # the repeated containers the blocks came from
+    parameters: int  # all parameters of the model
+    neurons_outside_blocks: dict[str, SpikeRecord] = field(default_factory=dict)
+    _container_children: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def all_units(self) -> list[str]:
+        return list(self.units)
+
+    @property
+    def quantizable_parameters(self) -> int:
+        return sum(u.parameters for u in self.units.values())
+
+    @property
+    def bytes_fp32(self) -> int:
+        return FP32_BYTES * self.parameters
+
+    def block(self, name: str) -> Block:
+        for block in self.blocks:
+            if block.name == name:
+                return block
+        raise QslmError(f"no block {name!r}; blocks are {[b.name for b in self.blocks]}")
+
+    def block_of(self, unit: str) -> str | None:
+        """The block holding ``unit``, or None for a top-level unit."""
+        if unit not in self.units:
+            raise QslmError(f"{unit!r} is not a quantizable unit of {self.model}")
+        for block in self.blocks:
+            if unit in block.modules:
+                return block.name
+        return None
+
+    def groups(self) -> dict[str, list[str]]:
+        """Blocks and top-level units (each its own group), in model order: group name -> units."""
+        groups: dict[str, list[str]] = {}
+        owner = {m: b.name for b in self.blocks for m in b.modules}
+        for unit in self.units:
+            groups.setdefault(owner.get(unit, unit), []).append(unit)
+        return groups
+
+    def attach_firing_rates(self, records: Mapping[str, SpikeRecord | float]) -> None:
+        """Assign neuron records (or bare rates, weighted equally) to blocks; replaces earlier ones."""
+        for block in self.blocks:
+            block.neurons = {}
+        self.neurons_outside_blocks = {}
+        for name, record in records.items():
+            if not isinstance(record, SpikeRecord):
+                record = SpikeRecord(spikes=float(record), elements=1)
+            block = self._block_for_neuron(name)
+            (block.neurons if block is not None else self.neurons_outside_blocks)[name] = record
+
+    def _block_for_neuron(self, name: str) -> Block | None:
+        for block in self.blocks:
+            if _inside(name, block.name):
+                return block
+        # A neuron sitting in a repeated container between blocks spikes on the previous block's output.
+        parent, _, _ = name.rpartition(".")
+        children = self._container_children.get(parent)
+        if children is None or name not in children:
+            return None
+        block_names = {b.name: b for b in self.blocks}
+        for sibling in reversed(children[: children.index(name)]):
+            if sibling in block_names:
+                return block_names[sibling]
+        return None
+
+    def firing_rates(self) -> dict[str, float | None]:
+        return {block.name: block.firing_rate for block in self.blocks}
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "parameters": self.parameters, "bytes_fp32": self.bytes_fp32,
+                "quantizable_parameters": self.quantizable_parameters, "containers": self.containers,
+                "blocks": [b.to_dict(self.units) for b in self.blocks],
+                "top_level": [self.units[u].to_dict() for u in self.top_level],
+                "neurons_outside_blocks": {n: r.rate for n, r in self.neurons_outside_blocks.items()}}
+
+
+def _unit(name: str, module: nn.Module) -> Unit:
+    return Unit(name, type(module).__name__, list(module.weight.shape),
+                sum(p.numel() for p in module.parameters()))
+
+
+def build_hierarchy(model: nn.Module, label: str | None = None) -> Hierarchy:
+    """The block/module tree of ``model`` (see the module docstring for the rules)."""
+    label = label or type(model).__name__
+    units = {name: _unit(name, m) for name, m in quantizable_modules(model).items()}
+    if not units:
+        kinds = ", ".join(t.__name__ for t in QUANTIZABLE_TYPES)
+        raise QslmError(f"the profiler found no quantizable modules in {label}: expected at least one of {kinds}")
+
+    block_names: list[str] = []
+    containers: list[str] = []
+    container_children: dict[str, list[str]] = {}
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        if is_repeated_container(module):
+            containers.append(prefix)
+            container_children[prefix] = [_join(prefix, n) for n, _ in module.named_children()]
+            block_names.extend(_join(prefix, n) for n, c in module.named_children() if _holds_units(c))
+            return
+        for name, child in module.named_children():
+            visit(child, _join(prefix, name))
+
+    visit(model, "")
+    blocks = [Block(name, [u for u in units if _inside(u, name)]) for name in block_names]
+    in_blocks = {m for b in blocks for m in b.modules}
+    top_level = [u for u in units if u not in in_blocks]
+    modules = dict(model.named_modules())
+    for block in blocks:
+        block.parameters = sum(units[m].parameters for m in block.modules)
+        block.other_parameters = sum(p.numel() for p in modules[block.name].parameters()) - block.parameters
+    total = sum(p.numel() for p in model.parameters())
+    return Hierarchy(label, blocks, top_level, units, containers, total, _container_children=container_children)
+
+
+def _first_tensor(value) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            if isinstance(item, torch.Tensor):
+                return item
+    return None
+
+
+def is_binary(x: torch.Tensor) -> bool:
+    """All values in {0, 1} (spikes). Integer tensors (token ids) are never spikes."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return False
+    return bool(((x == 0) | (x == 1)).all())
+
+
+class SpikeRecorder:
+    """Context manager: find the neurons of ``model`` while it runs and count their spikes.
+
+    ``records`` (after the block) maps neuron name -> SpikeRecord, in model order. Candidates are
+    ``LIF`` instances and leaf modules that are not units (see the module docstring for the test).
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.records: dict[str, SpikeRecord] = {}
+        self._candidates = {name: m for name, m in model.named_modules()
+                            if name and not is_quantizable(m) and next(m.children(), None) is None}
+        self._stats: dict[str, dict] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> "SpikeRecorder":
+        self._stats = {name: {"spikes": 0.0, "elements": 0, "binary": True, "input_dense": False}
+                       for name in self._candidates}
+        for name, module in self._candidates.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def _hook(self, name: str):
+        stats = self._stats[name]
+        known = isinstance(self._candidates[name], LIF)
+
+        def hook(module, inputs, output):
+            if not stats["binary"]:
+                return
+            out = _first_tensor(output)
+            if out is None or not (known or is_binary(out.detach())):
+                stats["binary"] = False
+                return
+            stats["spikes"] += float(out.detach().sum())
+            stats["elements"] += out.numel()
+            x = _first_tensor(inputs)
+            if x is not None and x.is_floating_point() and not is_binary(x.detach()):
+                stats["input_dense"] = True
+        return hook
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.records = {}
+        for name, module in self._candidates.items():
+            stats = self._stats[name]
+            if not stats["elements"]:
+                continue
+            known = isinstance(module, LIF)
+            spiking = stats["binary"] and (stats["input_dense"]
+                                           or any(hasattr(module, a) for a in THRESHOLD_ATTRIBUTES))
+            if known or spiking:
+                self.records[name] = SpikeRecord(stats["spikes"], stats["elements"])
+
+
+def measure_firing_rates(model: nn.Module, run_fn) -> dict[str, SpikeRecord]:
+    """Run ``run_fn()`` (which runs ``model`` on calibration data) and return each neuron's spike record."""
+    with SpikeRecorder(model) as recorder:
+        run_fn()
+    return recorder.records
