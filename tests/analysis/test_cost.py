@@ -1,0 +1,232 @@
+"""Cost models: operation counts measured with hooks, energy from the hardware profile, latency."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from qslm.analysis.cost import (HARDWARE_DIR, OpCounts, energy_per_inference, list_hardware_profiles,
+                                load_hardware_profile, measure_latency, measure_op_counts, power_mw)
+from qslm.analysis.hierarchy import build_hierarchy
+from qslm.errors import QslmError
+from qslm.models.zoo import load_model
+
+SPIKES = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])  # 2 time steps, 3 spikes
+TOKENS = torch.tensor([1, 4, 7])
+
+
+class Tiny(nn.Module):
+    """emb reads 3 rows of 4; spike_fc sees spikes; dense_fc sees spike_fc's (non-binary) output."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.spike_fc = nn.Linear(4, 3, bias=False)
+        self.dense_fc = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.spike_fc.weight.fill_(0.25)
+
+    def forward(self, ids, spikes):
+        self.emb(ids)
+        return self.dense_fc(self.spike_fc(spikes))
+
+
+def one_inference(model):
+    def run():
+        model(TOKENS, SPIKES)
+        return 1
+    return run
+
+
+@pytest.fixture
+def tiny_ops() -> OpCounts:
+    model = Tiny()
+    return measure_op_counts(model, one_inference(model))
+
+
+def test_op_counts_by_hand(tiny_ops):
+    spike_fc, dense_fc, emb = (tiny_ops.units[n] for n in ("spike_fc", "dense_fc", "emb"))
+    assert spike_fc.input == "spikes"
+    assert spike_fc.acs == 3 * 3  # nonzero inputs x fan-out
+    assert spike_fc.macs == 0
+    assert spike_fc.input_rate == 3 / 8
+    assert spike_fc.weight_reads == 12
+    assert dense_fc.input == "dense"
+    assert dense_fc.macs == 2 * 3 * 2  # input vectors x in x out
+    assert dense_fc.acs == 0
+    assert dense_fc.weight_reads == 6  # weights only; the bias is not a quantized weight
+    assert emb.input == "ids"
+    assert emb.macs == emb.acs == 0
+    assert emb.weight_reads == 3 * 4  # looked-up rows only
+    assert (tiny_ops.macs, tiny_ops.acs) == (12, 9)
+
+
+def test_op_counts_are_per_inference_whatever_the_batch():
+    model = Tiny()
+
+    def run_batch_of_two():
+        model(TOKENS.repeat(2, 1), SPIKES.repeat(2, 1, 1))
+        return 2
+
+    batched = measure_op_counts(model, run_batch_of_two)
+    single = measure_op_counts(model, one_inference(model))
+    for name in single.units:
+        for key in ("macs", "acs", "weight_reads", "input_elements", "nonzero_inputs"):
+            assert getattr(batched.units[name], key) == getattr(single.units[name], key), (name, key)
+    assert batched.forwards == 1 and batched.inferences == 2
+
+
+def test_conv_counts():
+    conv = nn.Conv1d(2, 3, kernel_size=3, padding=1)
+    dense = measure_op_counts(conv, lambda: conv(torch.randn(1, 2, 5)), inferences=1)
+    assert dense.units[""].macs == (3 * 5) * (2 * 3)  # output elements x fan-in
+    spikes = torch.zeros(1, 2, 5)
+    spikes[0, 0, 1] = spikes[0, 1, 3] = 1.0
+    sparse = measure_op_counts(conv, lambda: conv(spikes), inferences=1)
+    assert sparse.units[""].acs == pytest.approx(90 * 2 / 10)
+
+
+def test_energy_by_hand_from_the_profile(tiny_ops):
+    raw = json.loads((HARDWARE_DIR / "default_45nm.json").read_text())
+    mac, ac = raw["float"]["mac_pj"], raw["float"]["ac_pj"]
+    per_bit = raw["weight_memory"]["pj_per_access"] / raw["weight_memory"]["bits_per_access"]
+    energy = energy_per_inference(tiny_ops, None, "default_45nm")
+    assert energy.compute_pj == pytest.approx(12 * mac + 9 * ac)
+    assert energy.memory_pj == pytest.approx((12 + 6 + 12) * 32 * per_bit)
+    assert energy.total_pj == pytest.approx(12 * 4.6 + 9 * 0.9 + 30 * 32 / 64 * 10)  # 213.3 pJ
+
+    # 8-bit: MAC = mult(8) + add(32), AC = add(32) (the accumulator stays 32 bits wide)
+    add32, mult8 = raw["integer_add"]["anchors_pj"]["32"], raw["integer_mult"]["anchors_pj"]["8"]
+    energy8 = energy_per_inference(tiny_ops, {u: 8 for u in tiny_ops.units}, "default_45nm")
+    assert energy8.compute_pj == pytest.approx(12 * (mult8 + add32) + 9 * add32)
+    assert energy8.memory_pj == pytest.approx(30 * 8 * per_bit)
+    assert energy8.units["emb"].bits == 8
+
+
+def test_integer_ops_follow_the_anchors():
+    profile = load_hardware_profile("default_45nm")
+    assert profile.add_pj(8) == pytest.approx(0.03) and profile.add_pj(32) == pytest.approx(0.1)
+    assert profile.mult_pj(8) == pytest.approx(0.2) and profile.mult_pj(32) == pytest.approx(3.1)
+    assert profile.add_pj(20) == pytest.approx(0.065)  # linear
+    assert profile.mult_pj(16) == pytest.approx(0.2 + 2.9 * (256 - 64) / (1024 - 64))  # quadratic
+    assert profile.mac_pj(None) == 4.6 and profile.ac_pj(None) == 0.9
+
+
+@pytest.mark.parametrize("profile", ["default_45nm", "neuromorphic"])
+def test_fewer_bits_cost_less_energy(tiny_encoder, profile):
+    loaded = load_model(tiny_encoder)
+    model = loaded.model
+    with torch.no_grad():
+        model.emb.weight.normal_(std=2.0)  # make the random model spike
+    ids = torch.randint(0, model.config.vocab_size, (1, 6))
+    ops = measure_op_counts(model, lambda: model(ids), inferences=1)
+    assert ops.acs > 0 and ops.macs > 0  # spiking blocks and a dense classifier
+    totals = [energy_per_inference(ops, {u: bits for u in ops.units}, profile).total_pj
+              for bits in (None, 16, 8, 6, 4, 3, 2)]
+    assert totals == sorted(totals, reverse=True) and len(set(totals)) == len(totals)
+    block = build_hierarchy(model).blocks[0].modules
+    only_block = energy_per_inference(ops, {u: 4 for u in block}, profile)
+    assert totals[-1] < only_block.total_pj < totals[0]
+    by_group = only_block.by_group(build_hierarchy(model).groups())
+    assert sum(by_group.values()) == pytest.approx(only_block.total_pj)
+
+
+def test_swapping_the_profile_changes_the_numbers(tiny_ops):
+    assert set(list_hardware_profiles()) >= {"default_45nm", "neuromorphic"}
+    bits = {u: 8 for u in tiny_ops.units}
+    default = energy_per_inference(tiny_ops, bits, "default_45nm")
+    neuromorphic = energy_per_inference(tiny_ops, bits, load_hardware_profile("neuromorphic"))
+    assert neuromorphic.profile == "neuromorphic"
+    assert neuromorphic.memory_pj < default.memory_pj
+    assert neuromorphic.compute_pj < default.compute_pj  # narrower accumulators
+    assert default.total_pj != neuromorphic.total_pj
+
+
+def test_profile_from_a_file(tmp_path):
+    raw = json.loads((HARDWARE_DIR / "default_45nm.json").read_text())
+    raw["name"], raw["weight_memory"]["pj_per_access"] = "cheap-sram", 1.0
+    path = tmp_path / "cheap.json"
+    path.write_text(json.dumps(raw))
+    profile = load_hardware_profile(path)
+    assert profile.name == "cheap-sram" and profile.read_pj(64) == 1.0
+
+
+def broken(tmp_path, edit) -> str:
+    raw = json.loads((HARDWARE_DIR / "default_45nm.json").read_text())
+    edit(raw)
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("accumulator_bits"), "missing key 'accumulator_bits'"),
+    (lambda r: r["weight_memory"].pop("pj_per_access"), "missing key 'weight_memory.pj_per_access'"),
+    (lambda r: r["float"].update(mac_pj=-1), "float.mac_pj must be a positive number, got -1"),
+    (lambda r: r["float"].update(ac_pj="0.9"), "float.ac_pj must be a positive number, got '0.9'"),
+    (lambda r: r["integer_add"].update(anchors_pj={"8": 0.03}), "needs exactly two distinct bit-widths"),
+    (lambda r: r["integer_mult"].update(anchors_pj={"8": 3.1, "32": 0.2}), "must give positive energies"),
+], ids=["missing", "missing-nested", "negative", "string", "one-anchor", "decreasing"])
+def test_bad_profile_is_a_clear_error(tmp_path, edit, message):
+    path = broken(tmp_path, edit)
+    with pytest.raises(QslmError, match=rf"hardware profile {path}: .*{message[:20]}") as err:
+        load_hardware_profile(path)
+    assert message in str(err.value)
+
+
+def test_unreadable_or_unknown_profile(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(QslmError, match="is not valid JSON"):
+        load_hardware_profile(path)
+    with pytest.raises(QslmError, match="'tpu' is neither a JSON file nor a bundled profile"):
+        load_hardware_profile("tpu")
+
+
+def test_bad_bits_and_unknown_units(tiny_ops):
+    with pytest.raises(QslmError, match=r"unknown units \['head'\]"):
+        energy_per_inference(tiny_ops, {"head": 8})
+    with pytest.raises(QslmError, match="bit-width of 'emb' must be an integer in 1..32 or None"):
+        energy_per_inference(tiny_ops, {"emb": 0})
+
+
+def test_stored_bytes_set_the_weight_traffic(tiny_ops):
+    plain = energy_per_inference(tiny_ops, {"spike_fc": 4})
+    # 12 weights at 4 bits = 6 bytes, plus 3 fp32 scales = 18 bytes = 12 bits per weight
+    stored = energy_per_inference(tiny_ops, {"spike_fc": 4}, unit_bytes={"spike_fc": 18})
+    assert stored.units["spike_fc"].memory_pj == pytest.approx(3 * plain.units["spike_fc"].memory_pj)
+    assert stored.units["spike_fc"].compute_pj == plain.units["spike_fc"].compute_pj
+
+
+def test_op_counts_round_trip_through_json(tiny_ops):
+    again = OpCounts.from_dict(json.loads(json.dumps(tiny_ops.to_dict())))
+    assert again == tiny_ops
+
+
+def test_run_must_say_how_many_inferences():
+    model = Tiny()
+    with pytest.raises(QslmError, match="run_fn must return how many inferences .* it returned a Tensor"):
+        measure_op_counts(model, lambda: model(TOKENS, SPIKES))
+    with pytest.raises(QslmError, match="must be a positive integer, got 0"):
+        measure_op_counts(model, lambda: model(TOKENS, SPIKES), inferences=0)
+    counts = measure_op_counts(model, lambda: model(TOKENS, SPIKES), inferences=1)
+    assert counts.acs == 9
+    with pytest.raises(QslmError, match="never called the model"):
+        measure_op_counts(model, lambda: 1)
+
+
+def test_power_at_a_fixed_rate():
+    assert power_mw(1e9, 1.0) == pytest.approx(1.0)  # 1 mJ per inference at 1 Hz
+    profile = load_hardware_profile()
+    assert power_mw(1e6, profile) == pytest.approx(1e6 * 1e-12 * profile.inference_rate_hz * 1e3)
+
+
+def test_latency_is_a_median_of_runs():
+    model = Tiny()
+    calls = []
+    seconds = measure_latency(model, lambda: calls.append(model(TOKENS, SPIKES)), repeats=3, warmup=1)
+    assert len(calls) == 4 and seconds > 0
+    with pytest.raises(QslmError, match="repeats >= 1"):
+        measure_latency(model, lambda: None, repeats=0)
