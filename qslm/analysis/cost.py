@@ -4,18 +4,22 @@
     energy = energy_per_inference(ops, {"blocks.0.att.key": 4, ...}, load_hardware_profile("default_45nm"))
     energy.total_pj, energy.compute_pj, energy.memory_pj, energy.units["blocks.0.att.key"]
 
-**Operation counts** come from forward hooks on every quantizable unit (``hierarchy.QUANTIZABLE_TYPES``)
-while the model runs on calibration data; they are averaged per inference, **one inference being one
-input sequence** (the number ``run_fn`` returns):
+**Operation counts** come from forward hooks on every quantizable unit (as ``qslm.quant.units``
+defines them, packed stand-ins included) while the model runs on calibration data; they are averaged
+per inference, **one inference being one input sequence** (the number ``run_fn`` returns):
 
 * Linear / Conv whose input is binary on that call (spikes: every value in {0, 1}): accumulates
   ``ACs = dense MACs x nonzero fraction of the input``, which for a Linear is exactly
   ``nonzero inputs x out_features`` (fan-out); for a Conv it is the fan-out averaged over positions.
 * Otherwise dense ``MACs = output elements x fan-in``; for a Linear ``input vectors x in x out``.
-* Embedding: no arithmetic; it reads the rows it looks up (``lookups x embedding_dim`` weights).
+* Embedding (any unit called with integer indices): no arithmetic; it reads the rows it looks up
+  (``lookups x embedding_dim`` weights).
 * Weight reads of a Linear / Conv: every weight once per model forward (the weights of one forward
   stay in the compute array while it runs over all time steps; deployment batch size 1), so
   ``calls per forward x weight count`` per inference.
+
+Run the calibration at batch size 1 for figures exact per sequence: a batched run also counts its
+padding, and an index tensor shared by the batch (positions) is counted once per batch.
 
 Bias additions, norms, neuron updates and the spike-matrix products of spiking attention are not
 counted: they hold no quantizable weights, so no bit-width choice changes them.
@@ -53,7 +57,8 @@ import torch
 from torch import nn
 
 from ..errors import QslmError
-from .hierarchy import is_binary, quantizable_modules
+from ..quant.units import quantizable_units
+from .hierarchy import is_binary, unit_weight_shape
 
 HARDWARE_DIR = Path(__file__).resolve().parent.parent / "hardware"
 DEFAULT_HARDWARE = "default_45nm"
@@ -193,19 +198,20 @@ class UnitOps:
     name: str
     kind: str  # module class name
     weights: int  # weight elements
-    fan_in: int  # weights per output element (Linear: in_features); embedding: embedding_dim
+    fan_in: int  # weights per output element (Linear: in_features; Embedding: embedding_dim)
     calls: float = 0.0  # per model forward
-    input_elements: float = 0.0
+    input_elements: float = 0.0  # float inputs only
     nonzero_inputs: float = 0.0
     macs: float = 0.0
     acs: float = 0.0
+    lookups: float = 0.0  # rows looked up (integer inputs)
     weight_reads: float = 0.0  # weight elements read
-    spike_calls: float = 0.0  # calls whose input was binary
+    spike_calls: float = 0.0  # calls (per model forward) whose input was binary
 
     @property
     def input(self) -> str:
-        """'spikes', 'dense', 'mixed' (both seen), 'ids' (embedding) or 'unused'."""
-        if self.kind == "Embedding":
+        """'spikes', 'dense', 'mixed' (both seen), 'ids' (embedding lookups) or 'unused'."""
+        if self.lookups:
             return "ids"
         if not self.calls:
             return "unused"
@@ -216,7 +222,7 @@ class UnitOps:
     @property
     def input_rate(self) -> float | None:
         """Fraction of nonzero input elements (the firing rate when the input is spikes)."""
-        if self.kind == "Embedding" or not self.input_elements:
+        if not self.input_elements:
             return None
         return self.nonzero_inputs / self.input_elements
 
@@ -255,7 +261,7 @@ class OpCounter:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.modules = quantizable_modules(model)
+        self.modules = quantizable_units(model)
         self._totals: dict[str, UnitOps] = {}
         self._forwards = 0
         self._handles: list = []
@@ -264,10 +270,9 @@ class OpCounter:
         self._forwards = 0
         self._totals = {}
         for name, module in self.modules.items():
-            weight = module.weight
-            fan_in = weight.shape[1] if isinstance(module, nn.Embedding) else weight[0].numel()
-            self._totals[name] = UnitOps(name, type(module).__name__, weight.numel(), fan_in)
-            self._handles.append(module.register_forward_hook(self._hook(self._totals[name], module)))
+            shape = unit_weight_shape(module)
+            self._totals[name] = UnitOps(name, type(module).__name__, shape.numel(), shape[1:].numel())
+            self._handles.append(module.register_forward_hook(self._hook(self._totals[name])))
         self._handles.append(self.model.register_forward_hook(self._count_forward))
         return self
 
@@ -275,15 +280,13 @@ class OpCounter:
         self._forwards += 1
 
     @staticmethod
-    def _hook(ops: UnitOps, module: nn.Module):
-        embedding = isinstance(module, nn.Embedding)
-
+    def _hook(ops: UnitOps):
         @torch.no_grad()
         def hook(_module, inputs, output):
             x = inputs[0]
             ops.calls += 1
-            if embedding:
-                ops.weight_reads += x.numel() * ops.fan_in
+            if not x.is_floating_point():  # indices: an embedding lookup
+                ops.lookups += x.numel()
                 return
             ops.weight_reads += ops.weights
             dense_macs = output.numel() * ops.fan_in
@@ -310,14 +313,13 @@ class OpCounter:
         units = {}
         for name, total in self._totals.items():
             unit = UnitOps(total.name, total.kind, total.weights, total.fan_in)
-            for key in ("input_elements", "nonzero_inputs", "macs", "acs"):
+            for key in ("input_elements", "nonzero_inputs", "macs", "acs", "lookups"):
                 setattr(unit, key, getattr(total, key) / inferences)
             # Calls, and so Linear/Conv weight reads, are per forward: at deployment batch size 1 a
             # forward runs one sequence, whatever batch the calibration run used.
             unit.calls = total.calls / self._forwards
             unit.spike_calls = total.spike_calls / self._forwards
-            per = inferences if total.kind == "Embedding" else self._forwards
-            unit.weight_reads = total.weight_reads / per
+            unit.weight_reads = total.weight_reads / self._forwards + unit.lookups * unit.fan_in
             units[name] = unit
         return OpCounts(inferences, self._forwards, units)
 

@@ -8,8 +8,9 @@
 
 Rules (no model-specific code):
 
-* **Units** are the quantizable leaves: ``nn.Linear``, ``nn.Embedding``, ``nn.Conv1d``, ``nn.Conv2d``
-  (subclasses included).
+* **Units** are the quantizable leaves, as ``qslm.quant.units`` defines them: ``nn.Linear``,
+  ``nn.Embedding``, ``nn.Conv1d``, ``nn.Conv2d`` (subclasses included) and their bit-packed stand-ins
+  in a loaded quantized model, which keep the float model's names.
 * A **repeated container** is an ``nn.ModuleList`` or ``nn.Sequential`` with at least two children of
   the same class that hold units. Its unit-holding children are the **blocks** (``blocks.3``). The
   search stops descending at the outermost repeated container, so repeated containers nested inside
@@ -35,20 +36,20 @@ from torch import nn
 
 from ..errors import QslmError
 from ..models.neurons import LIF
+from ..quant.units import QUANTIZABLE_TYPES, PackedUnit, quantizable_units, unit_parameter_count
 
-QUANTIZABLE_TYPES = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
 REPEATED_CONTAINER_TYPES = (nn.ModuleList, nn.Sequential)
 THRESHOLD_ATTRIBUTES = ("threshold", "v_threshold", "v_th")
 FP32_BYTES = 4
 
 
 def is_quantizable(module: nn.Module) -> bool:
-    return isinstance(module, QUANTIZABLE_TYPES)
+    return isinstance(module, QUANTIZABLE_TYPES + (PackedUnit,))
 
 
-def quantizable_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Every quantizable leaf by qualified name, in model order."""
-    return {name: m for name, m in model.named_modules() if is_quantizable(m)}
+def unit_weight_shape(module: nn.Module) -> torch.Size:
+    """The float weight's shape of a unit, packed or not."""
+    return module.weight_shape if isinstance(module, PackedUnit) else module.weight.shape
 
 
 def _holds_units(module: nn.Module) -> bool:
@@ -207,14 +208,14 @@ class Hierarchy:
 
 
 def _unit(name: str, module: nn.Module) -> Unit:
-    return Unit(name, type(module).__name__, list(module.weight.shape),
-                sum(p.numel() for p in module.parameters()))
+    return Unit(name, type(module).__name__, list(unit_weight_shape(module)), unit_parameter_count(module))
 
 
 def build_hierarchy(model: nn.Module, label: str | None = None) -> Hierarchy:
     """The block/module tree of ``model`` (see the module docstring for the rules)."""
     label = label or type(model).__name__
-    units = {name: _unit(name, m) for name, m in quantizable_modules(model).items()}
+    unit_modules = quantizable_units(model)
+    units = {name: _unit(name, m) for name, m in unit_modules.items()}
     if not units:
         kinds = ", ".join(t.__name__ for t in QUANTIZABLE_TYPES)
         raise QslmError(f"the profiler found no quantizable modules in {label}: expected at least one of {kinds}")
@@ -237,10 +238,15 @@ def build_hierarchy(model: nn.Module, label: str | None = None) -> Hierarchy:
     in_blocks = {m for b in blocks for m in b.modules}
     top_level = [u for u in units if u not in in_blocks]
     modules = dict(model.named_modules())
+    in_units = {id(p) for m in unit_modules.values() for p in m.parameters()}
+
+    def other_parameters(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters() if id(p) not in in_units)
+
     for block in blocks:
         block.parameters = sum(units[m].parameters for m in block.modules)
-        block.other_parameters = sum(p.numel() for p in modules[block.name].parameters()) - block.parameters
-    total = sum(p.numel() for p in model.parameters())
+        block.other_parameters = other_parameters(modules[block.name])
+    total = sum(u.parameters for u in units.values()) + other_parameters(model)
     return Hierarchy(label, blocks, top_level, units, containers, total, _container_children=container_children)
 
 

@@ -230,3 +230,18 @@ def test_latency_is_a_median_of_runs():
     assert len(calls) == 4 and seconds > 0
     with pytest.raises(QslmError, match="repeats >= 1"):
         measure_latency(model, lambda: None, repeats=0)
+
+
+def test_packed_model_counts_like_the_float_one(tiny_encoder, tmp_path):
+    from qslm.quant import quantize
+
+    quantize(tiny_encoder, bits=8, out=tmp_path / "q8")
+    ids = torch.randint(0, 100, (1, 6))
+    counts = {}
+    for label, folder in (("float", tiny_encoder), ("packed", tmp_path / "q8")):
+        model = load_model(folder).model
+        counts[label] = measure_op_counts(model, lambda: model(ids), inferences=1)
+    for name, ops in counts["float"].units.items():
+        packed = counts["packed"].units[name]
+        assert (packed.weights, packed.fan_in, packed.input, packed.weight_reads, packed.macs) == (
+            ops.weights, ops.fan_in, ops.input, ops.weight_reads, ops.macs), name

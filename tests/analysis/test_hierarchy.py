@@ -219,3 +219,18 @@ def test_unknown_unit_and_block_are_errors(tiny_lm):
 def test_spike_record_rate():
     assert SpikeRecord(3.0, 12).rate == 0.25
     assert SpikeRecord().rate == 0.0
+
+
+def test_loaded_quantized_model_keeps_the_hierarchy(tiny_encoder, tmp_path):
+    from qslm.quant import quantize
+
+    float_hierarchy = build_hierarchy(load_model(tiny_encoder).model)
+    quantize(tiny_encoder, bits=4, out=tmp_path / "q4")
+    packed = build_hierarchy(load_model(tmp_path / "q4").model)
+    assert block_layout(packed) == block_layout(float_hierarchy)
+    assert packed.top_level == float_hierarchy.top_level
+    assert packed.parameters == float_hierarchy.parameters
+    for name, unit in packed.units.items():
+        assert (unit.shape, unit.parameters) == (float_hierarchy.units[name].shape, float_hierarchy.units[name].parameters)
+    assert packed.units["blocks.0.mlp.fc1"].kind == "PackedLinear"
+    assert [b.other_parameters for b in packed.blocks] == [b.other_parameters for b in float_hierarchy.blocks]
