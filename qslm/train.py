@@ -169,12 +169,16 @@ class Trainer:
             fingerprint.pop(volatile)
         return json.dumps(fingerprint, sort_keys=True, default=str)
 
-    def save_checkpoint(self) -> None:
+    def _batch_order_state(self) -> dict:
+        """What decides the coming batches: random generators and the rest of the current epoch."""
+        return {"python_rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
+                "epoch_batches": list(getattr(self, "epoch_batches", []))}
+
+    def save_checkpoint(self, batch_order: dict | None = None) -> None:
         atomic_torch_save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-            "history": self.history, "seconds": self.seconds, "python_rng": self.rng.getstate(),
-            "torch_rng": torch.get_rng_state(), "options": self._options_fingerprint(),
-            "epoch_batches": getattr(self, "epoch_batches", []),
+            "history": self.history, "seconds": self.seconds, "options": self._options_fingerprint(),
+            **(batch_order or self._batch_order_state()),
         }, self.work / "checkpoint.pt")
 
     def _lm_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,9 +227,13 @@ class Trainer:
 
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         bar = tqdm(total=options.steps, initial=self.step, desc="train", unit="step")
+        unfinished_step_order = None
         try:
             while self.step < options.steps:
                 started = time.perf_counter()
+                # An interrupt usually lands mid-step, after this step's batch was drawn; the checkpoint
+                # must then hold the batch order from the step's start, or a resumed run skips a batch.
+                unfinished_step_order = self._batch_order_state()
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(self.step, options)
                 loss, n_tokens = self.loss()
@@ -234,6 +242,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
                 self.optimizer.step()
                 self.step += 1
+                unfinished_step_order = None
                 elapsed = time.perf_counter() - started
                 self.seconds += elapsed
                 bar.update(1)
@@ -252,7 +261,7 @@ class Trainer:
             bar.close()
             signal.signal(signal.SIGTERM, previous)
         if interrupted:
-            self.save_checkpoint()
+            self.save_checkpoint(unfinished_step_order)
             raise QslmError(f"training interrupted at step {self.step}; checkpoint saved in {self.work}, "
                             f"re-run the same command to resume")
         summary = {"options": json.loads(json.dumps(dataclasses.asdict(options), default=str)),

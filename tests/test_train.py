@@ -1,0 +1,105 @@
+"""Training: a tiny run per task writes a loadable model folder; an interrupted run resumes to
+exactly the weights of an uninterrupted one."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qslm.errors import QslmError
+from qslm.models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from qslm.train import Trainer, TrainOptions, lr_at, train
+
+TASKS = {"wikitext2": {"n_embd": 16, "n_layer": 1, "ctx_len": 16},
+         "sst2": {"n_embd": 16, "n_layer": 1, "ctx_len": 24}}
+
+
+def options(task: str, out, data_dir, **changes) -> TrainOptions:
+    fields = dict(arch="spikegpt", task=task, out=out, steps=5, batch_size=4, warmup=2, vocab_size=300,
+                  model_overrides=dict(TASKS[task]), checkpoint_every=2, eval_every=100,
+                  data_dir=str(data_dir), device="cpu")
+    return TrainOptions(**{**fields, **changes})
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / WEIGHTS_FILE))
+
+
+def interrupt_at(monkeypatch, step: int) -> None:
+    """Ctrl-C while step ``step + 1`` is under way: its batch is drawn and its forward pass done."""
+    original = Trainer.loss
+
+    def loss(self):
+        result = original(self)
+        if self.step == step:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(Trainer, "loss", loss)
+
+
+@pytest.mark.parametrize("task", ["wikitext2", "sst2"])
+def test_tiny_run_writes_a_model_folder(task, small_data_dir, tmp_path):
+    out = train(options(task, tmp_path / "model", small_data_dir))
+    assert out == tmp_path / "model"
+    assert {p.name for p in tmp_path.iterdir()} == {"model"}  # the .partial work folder is gone
+    assert {CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, "training.json"} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / CONFIG_FILE).read_text())
+    assert config["task"] == ("lm" if task == "wikitext2" else "classification")
+    assert config["n_embd"] == 16 and config["n_layer"] == 1
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["options"]["steps"] == 5
+    final = summary["history"][-1]
+    assert final["step"] == 5 and ("val_word_ppl" in final or "val_accuracy" in final)
+    assert all(torch.isfinite(t).all() for t in weights(out).values())
+
+
+@pytest.mark.parametrize("task", ["wikitext2", "sst2"])
+def test_interrupted_run_resumes_to_identical_weights(task, small_data_dir, tmp_path, monkeypatch, capsys):
+    uninterrupted = train(options(task, tmp_path / "straight", small_data_dir))
+
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 3)
+        with pytest.raises(QslmError, match="interrupted at step 3; checkpoint saved"):
+            train(options(task, out, small_data_dir))
+    assert not out.exists()
+    assert (tmp_path / "resumed.partial" / "checkpoint.pt").is_file()
+    # Volatile options (checkpoint and eval intervals) may change on resume.
+    train(options(task, out, small_data_dir, checkpoint_every=100))
+    assert "resuming from" in capsys.readouterr().out
+
+    expected, got = weights(uninterrupted), weights(out)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    assert (out / TOKENIZER_FILE).read_text() == (uninterrupted / TOKENIZER_FILE).read_text()
+
+
+def test_resume_refuses_other_options(small_data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 1)
+        with pytest.raises(QslmError, match="interrupted"):
+            train(options("wikitext2", out, small_data_dir))
+    with pytest.raises(QslmError, match="written by different training options; remove .*model.partial"):
+        train(options("wikitext2", out, small_data_dir, lr=5e-4))
+
+
+def test_bad_arch_and_task(small_data_dir, tmp_path):
+    with pytest.raises(QslmError, match="unknown arch 'gpt2'"):
+        train(options("sst2", tmp_path / "m", small_data_dir, arch="gpt2"))
+    with pytest.raises(QslmError, match="unknown task 'mnli'"):
+        train(dataclasses.replace(options("sst2", tmp_path / "m", small_data_dir), task="mnli"))
+
+
+def test_learning_rate_schedule():
+    opts = TrainOptions(arch="spikegpt", task="sst2", out="x", steps=110, lr=1e-3, warmup=10)
+    assert lr_at(0, opts) == pytest.approx(1e-4)
+    assert lr_at(9, opts) == pytest.approx(1e-3)
+    assert lr_at(10, opts) == pytest.approx(1e-3)
+    assert lr_at(60, opts) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert lr_at(110, opts) == pytest.approx(1e-4)
