@@ -72,7 +72,7 @@ def lm_token_nll(model: nn.Module, tokenizer: Tokenizer, text: str, batch_size: 
     device = next(model.parameters()).device
     ids = torch.tensor(tokenizer.encode("\n" + text).ids, dtype=torch.long)
     window = model.config.ctx_len
-    windows = scored_windows(len(ids), window, stride=window // 2)
+    windows = scored_windows(len(ids), window, stride=max(1, window // 2))
     nll = torch.empty(len(ids) - 1)
     for first in tqdm(range(0, len(windows), batch_size), disable=not progress, desc="eval", leave=False):
         group = windows[first:first + batch_size]

@@ -46,6 +46,9 @@ def scored_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, i
 
     Each target token t in [1, n_tokens) is scored exactly once, with up to ``window`` tokens of context.
     """
+    if not 1 <= stride <= window:
+        # stride 0 never advances; stride > window leaves targets between windows unscored
+        raise ValueError(f"stride must be in [1, window={window}], got {stride}")
     windows = []
     scored_until = 1
     start = 0
