@@ -34,8 +34,11 @@ to account for that, call ``measure_op_counts`` again on the quantized model.
 * unit with b-bit integer weights, with ``add(b)`` and ``mult(b)`` interpolated between two anchors
   ``E(b) = E1 + (E2 - E1) (b^p - b1^p) / (b2^p - b1^p)`` (add p = 1, mult p = 2):
   ``E_AC(b) = add(max(b, accumulator_bits))`` (the weight is added into a wide accumulator /
-  membrane) and ``E_MAC(b) = mult(b) + add(max(2b, accumulator_bits))`` (a b x b multiply, the
-  activation taken at the weight's width, then the wide add).
+  membrane) and ``E_MAC(b) = mult(sqrt(b x a)) + add(max(b + a, accumulator_bits))`` with ``a`` the
+  profile's ``activation_bits``: a b x a-bit multiply (multiplier energy grows with the product of the
+  operand widths, which the quadratic interpolation at width sqrt(b x a) gives), then the wide add.
+  qslm quantizes weights, not activations, so the bundled profiles set ``activation_bits`` to 32:
+  dense-input units save on the weight operand only.
 * weight memory: ``bits moved / bits_per_access x pj_per_access`` with ``bits moved = weight reads x
   b`` (32 for float), or, when the exact stored bytes of a unit are given (codes + scales +
   zero-points), ``weight reads x stored bits per weight``.
@@ -89,6 +92,7 @@ class HardwareProfile:
     integer_add: ScaledOp
     integer_mult: ScaledOp
     accumulator_bits: int
+    activation_bits: int
     access_pj: float
     access_bits: int
     inference_rate_hz: float
@@ -97,7 +101,7 @@ class HardwareProfile:
     def add_pj(self, bits: int) -> float:
         return self.integer_add.pj(bits)
 
-    def mult_pj(self, bits: int) -> float:
+    def mult_pj(self, bits: float) -> float:
         return self.integer_mult.pj(bits)
 
     def ac_pj(self, bits: int | None) -> float:
@@ -110,7 +114,8 @@ class HardwareProfile:
         """One multiply-accumulate with ``bits``-bit integer weights (None: float)."""
         if bits is None:
             return self.float_mac_pj
-        return self.mult_pj(bits) + self.add_pj(max(2 * bits, self.accumulator_bits))
+        a = self.activation_bits
+        return self.mult_pj((bits * a) ** 0.5) + self.add_pj(max(bits + a, self.accumulator_bits))
 
     def read_pj(self, bits_moved: float) -> float:
         return bits_moved / self.access_bits * self.access_pj
@@ -166,6 +171,7 @@ def hardware_profile_from_dict(raw: dict, source: str = "<dict>") -> HardwarePro
         integer_add=_scaled_op(raw, "integer_add", source),
         integer_mult=_scaled_op(raw, "integer_mult", source),
         accumulator_bits=int(_require(raw, "accumulator_bits", source, int)),
+        activation_bits=int(_require(raw, "activation_bits", source, int)),
         access_pj=float(_require(raw, "weight_memory.pj_per_access", source)),
         access_bits=int(_require(raw, "weight_memory.bits_per_access", source, int)),
         inference_rate_hz=float(_require(raw, "inference_rate_hz", source)),
