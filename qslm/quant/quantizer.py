@@ -1,0 +1,295 @@
+"""Uniform integer quantization of weight tensors, and fixed-point quantization of neuron state.
+
+A weight is viewed as a matrix [rows, cols]: rows are output channels (dim 0 of a Linear, Embedding
+or Conv weight), cols the flattened input dims. It is cut into *groups* that each get one scale
+(and, asymmetric, one zero-point):
+
+* ``per-tensor``  one group, the whole tensor;
+* ``per-channel`` one group per row;
+* ``group``       runs of ``group_size`` consecutive columns of a row (``group_size`` must divide cols).
+
+Codes are unsigned, ``0 <= code < 2**bits``, and dequantize as ``(code - zero_point) * scale``:
+
+* symmetric:  zero_point = 2**(bits-1) for every group (implicit, never stored), codes restricted to
+  ``[1, 2**bits - 1]`` so the grid is symmetric about 0 (2-bit symmetric is ternary);
+  ``scale = clip / (2**(bits-1) - 1)`` with ``clip`` the clipping magnitude;
+* asymmetric: the clipping range ``[lo, hi]`` is widened to contain 0 (so 0 is exact),
+  ``scale = (hi - lo) / (2**bits - 1)``, integer ``zero_point = round(-lo / scale)`` in ``[0, 2**bits - 1]``.
+
+Rounding is to nearest (half to even). The clipping range comes from an observer:
+``minmax`` (no clipping), ``percentile`` (the p-th percentile of |w| or of w's two tails), or ``mse``
+(per group, the shrink factor of the min/max range on ``MSE_SHRINK_GRID`` that minimises the squared
+error; the search is vectorised over groups).
+
+Scales are float32: fp16 would underflow for small weights at high bit-widths (an embedding
+initialised in +-1e-4 has a 16-bit scale of ~3e-9) and bf16 would cost ~0.2% error on every weight.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from ..errors import QslmError
+
+BITS = (2, 3, 4, 5, 6, 8, 16)
+GRANULARITIES = ("per-tensor", "per-channel", "group")
+OBSERVERS = ("minmax", "percentile", "mse")
+DEFAULT_PERCENTILE = 99.9
+# Candidate clip = shrink * (min/max range); 1.0 first so ties keep the unclipped range.
+MSE_SHRINK_GRID = tuple(round(1.0 - 0.02 * i, 2) for i in range(41))  # 1.00, 0.98, ..., 0.20
+NEURON_BITS = range(2, 25)
+
+
+def _from_dict(cls, raw: dict, where: str):
+    """A spec dataclass from its JSON object: unknown keys are errors, missing keys take defaults."""
+    known = [f.name for f in fields(cls)]
+    if not isinstance(raw, dict):
+        raise QslmError(f"{where}: expected an object with keys {known}, got {raw!r}")
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise QslmError(f"{where}: unknown keys {unknown}; expected some of {known}")
+    try:
+        return cls(**raw)
+    except (QslmError, TypeError) as err:
+        raise QslmError(f"{where}: {err}") from None
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one unit's weight is quantized. Frozen, so it can key caches."""
+    bits: int = 8
+    granularity: str = "per-channel"
+    group_size: int | None = None
+    symmetric: bool = True
+    observer: str = "mse"
+    percentile: float | None = None  # only with observer "percentile"; None means DEFAULT_PERCENTILE
+
+    def __post_init__(self):
+        if isinstance(self.bits, bool) or self.bits not in BITS:
+            raise QslmError(f"unsupported bit-width {self.bits!r}; expected one of {list(BITS)}")
+        if self.granularity not in GRANULARITIES:
+            raise QslmError(f"unknown granularity {self.granularity!r}; expected one of {list(GRANULARITIES)}")
+        if self.granularity == "group":
+            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+                raise QslmError(f"granularity 'group' needs a positive integer group_size, got {self.group_size!r}")
+        elif self.group_size is not None:
+            raise QslmError(f"group_size={self.group_size} is only used with granularity 'group', "
+                            f"not {self.granularity!r}")
+        if not isinstance(self.symmetric, bool):
+            raise QslmError(f"symmetric must be true or false, got {self.symmetric!r}")
+        if self.observer not in OBSERVERS:
+            raise QslmError(f"unknown observer {self.observer!r}; expected one of {list(OBSERVERS)}")
+        if self.percentile is not None:
+            if self.observer != "percentile":
+                raise QslmError(f"percentile={self.percentile} is only used with observer 'percentile', "
+                                f"not {self.observer!r}")
+            if not 50.0 < float(self.percentile) <= 100.0:
+                raise QslmError(f"percentile must be in (50, 100], got {self.percentile}")
+
+    @property
+    def clip_percentile(self) -> float:
+        return DEFAULT_PERCENTILE if self.percentile is None else float(self.percentile)
+
+    def describe(self) -> str:
+        """Short human form, e.g. ``int4 per-channel sym mse`` or ``int3 group64 asym percentile99.9``."""
+        layout = f"group{self.group_size}" if self.granularity == "group" else self.granularity
+        observer = f"percentile{self.clip_percentile:g}" if self.observer == "percentile" else self.observer
+        return f"int{self.bits} {layout} {'sym' if self.symmetric else 'asym'} {observer}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "quant spec") -> "QuantSpec":
+        return _from_dict(cls, raw, where)
+
+
+def parse_granularity(text: str) -> tuple[str, int | None]:
+    """``per-tensor`` | ``per-channel`` | ``group:G`` -> (granularity, group_size)."""
+    if text in ("per-tensor", "per-channel"):
+        return text, None
+    if text.startswith("group:"):
+        size = text.partition(":")[2]
+        if size.isdigit() and int(size) > 0:
+            return "group", int(size)
+    raise QslmError(f"bad granularity {text!r}; expected per-tensor, per-channel or group:G (G a positive integer)")
+
+
+def matrix_shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
+    """[rows, cols] view of a weight: dim 0 against everything else flattened."""
+    rows = shape[0] if len(shape) else 1
+    return rows, math.prod(shape[1:]) if len(shape) > 1 else 1
+
+
+def group_count(shape: torch.Size | tuple[int, ...], spec: QuantSpec) -> int:
+    rows, cols = matrix_shape(shape)
+    if spec.granularity == "per-tensor":
+        return 1
+    if spec.granularity == "per-channel":
+        return rows
+    check_group_size(shape, spec)
+    return rows * cols // spec.group_size
+
+
+def check_group_size(shape: torch.Size | tuple[int, ...], spec: QuantSpec, unit: str = "weight") -> None:
+    if spec.granularity != "group":
+        return
+    cols = matrix_shape(shape)[1]
+    if cols % spec.group_size:
+        raise QslmError(f"{unit}: group_size {spec.group_size} does not divide its input size {cols} "
+                        f"(weight shape {list(shape)}); pick a divisor of {cols}")
+
+
+def grouped(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """``w`` as [n_groups, group_len] (a view when possible), in the layout the codes are stored."""
+    n_groups = group_count(w.shape, spec)
+    return w.reshape(n_groups, w.numel() // n_groups)
+
+
+@dataclass
+class QuantizedTensor:
+    """Codes [n_groups, group_len] (int32, unsigned values), scale [n_groups] float32,
+    zero_point [n_groups] int32 (None when symmetric), and what is needed to rebuild the tensor."""
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+    spec: QuantSpec
+    shape: torch.Size
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_groups(self.codes, self.scale, self.zero_point, self.spec).reshape(self.shape)
+
+
+def code_range(spec: QuantSpec) -> tuple[int, int]:
+    """Smallest and largest code the spec uses."""
+    return (1 if spec.symmetric else 0), 2 ** spec.bits - 1
+
+
+def dequantize_groups(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                      spec: QuantSpec) -> torch.Tensor:
+    """The one dequantization formula, shared by fake quantization and packed modules so both give
+    bit-identical weights."""
+    centre = (zero_point.to(torch.float32)[:, None] if zero_point is not None
+              else float(2 ** (spec.bits - 1)))
+    return (codes.to(torch.float32) - centre) * scale[:, None]
+
+
+def _scale_and_zero_point(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """lo <= 0 <= hi per group ([n, 1]) -> scale [n, 1], zero_point [n, 1] (None when symmetric)."""
+    if spec.symmetric:
+        scale = torch.maximum(-lo, hi) / (2 ** (spec.bits - 1) - 1)
+    else:
+        scale = (hi - lo) / (2 ** spec.bits - 1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale is exact
+    if spec.symmetric:
+        return scale, None
+    zero_point = torch.round(-lo / scale).clamp_(0, 2 ** spec.bits - 1)
+    return scale, zero_point
+
+
+def _codes(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, spec: QuantSpec) -> torch.Tensor:
+    centre = zero_point if zero_point is not None else 2 ** (spec.bits - 1)
+    low, high = code_range(spec)
+    return torch.clamp(torch.round(x / scale) + centre, low, high)
+
+
+def _observed_range(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipping range [lo, hi] per group ([n, 1] each) before any MSE shrinking; contains 0."""
+    if spec.observer == "percentile":
+        n = x.shape[1]
+        k_high = min(n, max(1, math.ceil(spec.clip_percentile / 100.0 * n)))
+        if spec.symmetric:
+            hi = x.abs().kthvalue(k_high, dim=1, keepdim=True).values
+            lo = -hi
+        else:
+            hi = x.kthvalue(k_high, dim=1, keepdim=True).values
+            lo = x.kthvalue(n + 1 - k_high, dim=1, keepdim=True).values
+    else:
+        lo = x.amin(dim=1, keepdim=True)
+        hi = x.amax(dim=1, keepdim=True)
+        if spec.symmetric:
+            hi = torch.maximum(-lo, hi)
+            lo = -hi
+    return lo.clamp(max=0.0), hi.clamp(min=0.0)
+
+
+def quantize_tensor(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+    """Round-to-nearest uniform quantization of ``w`` with the clipping range the spec's observer picks."""
+    check_group_size(w.shape, spec)
+    x = grouped(w.detach().to(torch.float32), spec)
+    lo, hi = _observed_range(x, spec)
+    if spec.observer == "mse":
+        best_error = torch.full_like(lo, float("inf"))
+        best_shrink = torch.ones_like(lo)
+        for shrink in MSE_SHRINK_GRID:
+            scale, zero_point = _scale_and_zero_point(lo * shrink, hi * shrink, spec)
+            error = (dequantize_groups(_codes(x, scale, zero_point, spec), scale.squeeze(1),
+                                       None if zero_point is None else zero_point.squeeze(1), spec) - x
+                     ).square_().sum(dim=1, keepdim=True)
+            better = error < best_error
+            best_error = torch.where(better, error, best_error)
+            best_shrink = torch.where(better, torch.full_like(best_shrink, shrink), best_shrink)
+        lo, hi = lo * best_shrink, hi * best_shrink
+    scale, zero_point = _scale_and_zero_point(lo, hi, spec)
+    codes = _codes(x, scale, zero_point, spec).to(torch.int32)
+    return QuantizedTensor(codes, scale.squeeze(1), None if zero_point is None else zero_point.squeeze(1).to(torch.int32),
+                           spec, w.shape)
+
+
+def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Quantize then dequantize: the float weight the quantized model really computes with."""
+    return quantize_tensor(w, spec).dequantize().to(w.dtype)
+
+
+@dataclass(frozen=True)
+class NeuronSpec:
+    """Fixed-point LIF state (membrane potential and threshold): signed ``bits``-bit integers over
+    ``[-range_multiple * v_th, range_multiple * v_th)``, i.e. step ``range_multiple * v_th / 2**(bits-1)``.
+
+    With the default ``range_multiple = 2`` the threshold is exactly representable (it is
+    ``2**(bits-2)`` steps) and the potential keeps one bit of head-room above it: a value that
+    saturates at the top fires anyway, and the hard reset brings it back to 0.
+    """
+    bits: int = 8
+    range_multiple: float = 2.0
+
+    def __post_init__(self):
+        if isinstance(self.bits, bool) or self.bits not in NEURON_BITS:
+            raise QslmError(f"neuron state bits must be an integer in [{NEURON_BITS.start}, "
+                            f"{NEURON_BITS.stop - 1}], got {self.bits!r}")
+        if not float(self.range_multiple) > 0:
+            raise QslmError(f"neuron range_multiple must be positive, got {self.range_multiple!r}")
+
+    def describe(self) -> str:
+        return f"fixed{self.bits} range +-{self.range_multiple:g}*v_th"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "neuron spec") -> "NeuronSpec":
+        return _from_dict(cls, raw, where)
+
+    def quantizer(self, v_threshold: float) -> "FixedPoint":
+        step = self.range_multiple * abs(float(v_threshold)) / 2 ** (self.bits - 1)
+        return FixedPoint(self.bits, step)
+
+
+class FixedPoint:
+    """Signed fixed point: ``clamp(round(v / step), -2**(bits-1), 2**(bits-1) - 1) * step``.
+    A plain callable, so it can be set as ``LIF.state_quantizer``."""
+
+    def __init__(self, bits: int, step: float):
+        if not step > 0:
+            raise QslmError(f"fixed-point step must be positive, got {step}")
+        self.bits, self.step = bits, step
+        self.low, self.high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(v / self.step), self.low, self.high) * self.step
+
+    def __repr__(self) -> str:
+        return f"FixedPoint(bits={self.bits}, step={self.step:g})"
