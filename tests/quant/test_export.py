@@ -1,0 +1,120 @@
+"""Export to a packed folder and load it back: same outputs as fake quantization, weights stay packed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qslm.errors import QslmError
+from qslm.models.zoo import load_model
+from qslm.quant.apply import applied_plan, apply_plan, fake_quantized, restore
+from qslm.quant.pack import PLAN_FILE, PackedEmbedding, PackedLinear, export_quantized
+from qslm.quant.plan import QuantPlan
+from qslm.quant.quantizer import NeuronSpec, QuantSpec
+from qslm.quant.units import PackedUnit, quantizable_units
+
+
+def inputs(loaded, n: int = 12):
+    ids = torch.randint(1, loaded.config.vocab_size, (3, n), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, 8:] = 0
+    return (ids,) if loaded.config.task == "lm" else (ids, mask)
+
+
+def mixed_plan(model) -> QuantPlan:
+    """Every bit-width, layout and symmetry somewhere in the model, one unit kept float, neuron state."""
+    specs = [QuantSpec(2), QuantSpec(3, "group", 16, False), QuantSpec(4, "per-tensor", None, False, "minmax"),
+             QuantSpec(5, "group", 8), QuantSpec(6, "per-channel", None, False, "percentile", 99.0), QuantSpec(8),
+             QuantSpec(16, "per-channel", None, False)]
+    names = list(quantizable_units(model))
+    units = {name: specs[i % len(specs)] for i, name in enumerate(names)}
+    units[names[1]] = None
+    neurons = {name: NeuronSpec(8) for name, m in model.named_modules() if type(m).__name__ == "LIF"}
+    return QuantPlan(units, dict(list(neurons.items())[::2]))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_lm", "tiny_classifier", "tiny_encoder"])
+def test_loaded_model_equals_fake_quantized(fixture, request, tmp_path):
+    loaded = load_model(request.getfixturevalue(fixture))
+    model = loaded.model
+    plan = mixed_plan(model)
+    with fake_quantized(model, plan):
+        expected = model(*inputs(loaded))
+        out = export_quantized(model, plan, loaded.tokenizer, tmp_path / "q")  # from the float originals
+    assert applied_plan(model) is None
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", PLAN_FILE, "tokenizer.json"]
+    assert QuantPlan.load(out / PLAN_FILE) == plan
+    packed = load_model(out)
+    assert list(dict(packed.model.named_modules())) == list(dict(model.named_modules()))  # names unchanged
+    assert torch.allclose(packed.model(*inputs(packed)), expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(model(*inputs(loaded)), expected)  # and the float model really differs
+    for name, unit in quantizable_units(packed.model).items():
+        assert isinstance(unit, PackedUnit) == (plan.units[name] is not None), name
+    for name, spec in plan.neurons.items():
+        assert packed.model.get_submodule(name).state_quantizer.bits == spec.bits
+
+
+def test_weights_stay_packed_in_memory(tiny_lm, tmp_path):
+    loaded = load_model(tiny_lm)
+    export_quantized(loaded.model, QuantPlan.uniform(loaded.model, QuantSpec(4)), loaded.tokenizer, tmp_path / "q")
+    model = load_model(tmp_path / "q").model
+    assert isinstance(model.emb, PackedEmbedding) and isinstance(model.blocks[0].att.key, PackedLinear)
+    key = model.blocks[0].att.key
+    assert dict((k, v.dtype) for k, v in key.state_dict().items()) == {"weight_codes": torch.uint8,
+                                                                       "weight_scale": torch.float32}
+    assert key.weight_codes.numel() == 32 * 32 // 2  # two 4-bit codes a byte
+    parameters = dict(model.named_parameters())
+    assert not any(f"{unit}.weight" in parameters for unit in quantizable_units(model))
+    assert key.weight.shape == (32, 32)  # dequantized on demand
+
+
+def test_export_replaces_an_existing_folder_atomically(tiny_lm, tmp_path):
+    loaded = load_model(tiny_lm)
+    out = tmp_path / "q"
+    export_quantized(loaded.model, QuantPlan.uniform(loaded.model, QuantSpec(8)), loaded.tokenizer, out)
+    export_quantized(loaded.model, QuantPlan.uniform(loaded.model, QuantSpec(2)), loaded.tokenizer, out)
+    assert QuantPlan.load(out / PLAN_FILE).units["head"].bits == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no temporary folders left
+    with pytest.raises(QslmError, match="closest units"):
+        export_quantized(loaded.model, QuantPlan({"hed": QuantSpec(4)}), loaded.tokenizer, out)
+    assert QuantPlan.load(out / PLAN_FILE).units["head"].bits == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+def test_export_does_not_disturb_a_fake_quantized_model(tiny_lm, tmp_path):
+    loaded = load_model(tiny_lm)
+    fake = QuantPlan({"head": QuantSpec(2)})
+    apply_plan(loaded.model, fake)
+    export_quantized(loaded.model, QuantPlan({"head": QuantSpec(8)}), loaded.tokenizer, tmp_path / "q")
+    assert applied_plan(loaded.model) == fake
+    restore(loaded.model)
+    packed = load_model(tmp_path / "q").model
+    float_head = loaded.model.head.weight.detach()
+    assert float((packed.head.weight - float_head).abs().max()) < float(float_head.abs().max()) / 100  # 8-bit of the float, not 2-bit
+
+
+def test_mismatched_plan_and_weights_are_clear_errors(tiny_lm, tmp_path):
+    loaded = load_model(tiny_lm)
+    out = export_quantized(loaded.model, QuantPlan({"head": QuantSpec(4)}), loaded.tokenizer, tmp_path / "q")
+    (out / PLAN_FILE).write_text(QuantPlan({"head": QuantSpec(3)}).to_json())
+    with pytest.raises(QslmError, match="packed weights do not match"):
+        load_model(out)
+    raw = json.loads(QuantPlan({"heads": QuantSpec(4)}).to_json())
+    (out / PLAN_FILE).write_text(json.dumps(raw))
+    with pytest.raises(QslmError, match="closest units: head"):
+        load_model(out)
+
+
+def test_stored_tensors(tiny_lm, tmp_path):
+    loaded = load_model(tiny_lm)
+    plan = QuantPlan({"head": QuantSpec(3, "group", 8, False), "emb": QuantSpec(16)})
+    state = load_file(str(export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path / "q") /
+                          "model.safetensors"))
+    vocab = loaded.config.vocab_size
+    assert state["head.weight_codes"].shape == ((vocab * 32 * 3 + 7) // 8,)
+    assert state["head.weight_scale"].shape == (vocab * 4,)
+    assert state["head.weight_zero_point"].shape == ((vocab * 4 * 3 + 7) // 8,)
+    assert state["emb.weight_codes"].shape == (vocab * 32 * 2,) and "emb.weight_zero_point" not in state
+    assert "head.weight" not in state and state["blocks.0.att.key.weight"].dtype == torch.float32
