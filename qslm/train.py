@@ -90,6 +90,11 @@ class Trainer:
             raise QslmError(f"unknown arch {options.arch!r}; expected one of {sorted(ARCHITECTURES)}")
         if options.task not in ("wikitext2", "sst2"):
             raise QslmError(f"unknown task {options.task!r}; expected wikitext2 or sst2")
+        config_fields = {f.name for f in dataclasses.fields(ARCHITECTURES[options.arch][0])}
+        unknown = sorted(set(options.model_overrides) - config_fields)
+        if unknown:
+            raise QslmError(f"unknown config fields {unknown} for arch {options.arch!r}; "
+                            f"expected some of {sorted(config_fields)}")
         self.work = Path(str(options.out) + ".partial")
         self.work.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(options.device)
