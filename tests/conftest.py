@@ -18,6 +18,10 @@ from qslm.models.zoo import save_model
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The models in tests are tiny: one thread is faster than two fighting over small ops, and it keeps
+# the suite quick when the machine is busy.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

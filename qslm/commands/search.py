@@ -1,0 +1,107 @@
+"""``qslm search``: tiered mixed-precision search (or a baseline strategy) under constraints."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import QslmError
+from .common import add_data_dir_argument, add_device_argument, add_model_argument, print_table
+
+STRATEGIES = ("tiered", "uniform", "hawq", "greedy", "random", "nsga2")
+
+
+def parse_bits(text: str) -> list[int]:
+    try:
+        bits = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise QslmError(f"--bits {text!r}: expected comma-separated integers, e.g. 2,3,4,5,6,8") from None
+    if not bits:
+        raise QslmError("--bits is empty; expected e.g. 2,3,4,5,6,8")
+    return bits
+
+
+def add_search_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``search`` and ``demo``."""
+    parser.add_argument("--max-drop", type=float, default=None,
+                        help="max accuracy drop in points vs FP32 (sst2), e.g. 1.0")
+    parser.add_argument("--max-ppl-increase", type=float, default=None,
+                        help="max relative perplexity increase (wikitext2), e.g. 0.03 for +3%%")
+    parser.add_argument("--max-memory", type=float, default=None,
+                        help="max memory: fraction of FP32 if <= 1 (e.g. 0.125), else bytes")
+    parser.add_argument("--max-energy", type=float, default=None,
+                        help="max energy per inference: fraction of FP32 if <= 1, else picojoules")
+    parser.add_argument("--weights", default=None,
+                        help="objective weights, default quality=1,memory=1,energy=0.5,latency=0")
+    parser.add_argument("--bits", default="2,3,4,5,6,8", help="candidate bit-widths (default 2,3,4,5,6,8)")
+    parser.add_argument("--strategy", default="tiered", choices=STRATEGIES)
+    parser.add_argument("--max-evals", type=int, default=None,
+                        help="candidate evaluation budget (random/nsga2 default: 60)")
+    parser.add_argument("--calibration-size", type=int, default=None,
+                        help="sensitivity calibration: examples (sst2, default 256) or tokens (wikitext2, default 4096)")
+    parser.add_argument("--validation-size", type=int, default=None,
+                        help="candidate checks: held-out examples (sst2, default 1000) or words (wikitext2, default 8000)")
+    parser.add_argument("--hardware", default="default_45nm",
+                        help="energy profile: bundled name (default_45nm, neuromorphic) or JSON path")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", default=None, help="sensitivity cache (default: $QSLM_CACHE_DIR or ~/.cache/qslm)")
+    add_data_dir_argument(parser)
+    add_device_argument(parser)
+
+
+def options_from_args(args: argparse.Namespace) -> dict:
+    from ..search.objective import Constraints, parse_weights
+
+    return dict(
+        constraints=Constraints(args.max_drop, args.max_ppl_increase, args.max_memory, args.max_energy),
+        weights=parse_weights(args.weights), bit_choices=parse_bits(args.bits), strategy=args.strategy,
+        max_evaluations=args.max_evals, calibration_size=args.calibration_size,
+        validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
+        data_dir=args.data_dir, device=args.device)
+
+
+def print_summary(result) -> None:
+    report = result.report
+    hib = report["higher_is_better"]
+    base, final = report["baseline"], report.get("final")
+    if final is None:
+        print(f"no plan meets the constraints ({report['status']}); closest plans are listed in "
+              f"{result.out / 'report.md'}")
+        return
+    split = final["split"]
+    metric = (lambda v: f"{100 * v:.2f}%") if hib else (lambda v: f"{v:.2f}")
+    rows = [
+        ["memory (MB)", f"{base['memory_bytes'] / 1e6:.3f}", f"{final['memory_bytes'] / 1e6:.3f}",
+         f"{100 * final['memory_bytes'] / base['memory_bytes']:.1f}% of FP32"],
+        ["energy / inference (uJ)", f"{base['energy_pj'] / 1e6:.3f}", f"{final['energy_pj'] / 1e6:.3f}",
+         f"{100 * final['energy_pj'] / base['energy_pj']:.1f}% of FP32"],
+        ["power (mW)", f"{base['power_mw']:.3f}", f"{final['power_mw']:.3f}",
+         f"{100 * final['power_mw'] / base['power_mw']:.1f}% of FP32"],
+        [f"{'accuracy' if hib else 'word perplexity'} ({split})", metric(base[f"metric_{split}"]),
+         metric(final["metric"]), f"{final['quality_loss']:+.3g} {'points' if hib else 'relative'}"],
+    ]
+    print_table(rows, ["", "FP32", "QSLM", "change"])
+    print(f"{len(report['candidates'])} candidates evaluated in {report['seconds']['total']:.0f} s; "
+          f"model and report written to {result.out}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..search.run import run_search
+
+    if args.out is None:
+        raise QslmError("--out DIR is required")
+    result = run_search(args.model, args.task, args.out, **options_from_args(args))
+    print_summary(result)
+    return 0 if result.report.get("final") else 3
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "search", help="search a mixed-precision plan under constraints and write the quantized model + report",
+        description="Profile, measure sensitivity, run the tiered (global -> block -> module) search or a "
+                    "baseline strategy, verify on the reported split, export the bit-packed model and a report. "
+                    "Re-running the same command resumes from OUT/journal.jsonl. Exit code 3: no plan met "
+                    "the constraints (the report lists the closest).")
+    add_model_argument(parser)
+    parser.add_argument("--task", required=True, choices=["sst2", "wikitext2"])
+    parser.add_argument("--out", required=True, help="output folder: quantized model, reports, journal")
+    add_search_options(parser)
+    parser.set_defaults(func=run)

@@ -1,0 +1,164 @@
+"""Search reports: ``report.json`` (everything), ``report.md`` (paper-style table and details) and PNG plots
+(Pareto front of all evaluated candidates, bit-width per module, sensitivity heatmap)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+PLOTS = {"pareto": "pareto.png", "bitwidths": "bitwidths.png", "sensitivity": "sensitivity.png"}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated in (x, y), both lower-is-better."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i):
+            front.append(i)
+    return front
+
+
+def plot_pareto(report: dict, path: Path) -> None:
+    candidates = report["candidates"]
+    quality_axis = "accuracy drop (points)" if report["higher_is_better"] else "perplexity increase (relative)"
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    tiers = sorted({c["tier"] for c in candidates})
+    for tier in tiers:
+        xs = [100 * c["memory_fraction"] for c in candidates if c["tier"] == tier]
+        ys = [c["quality_loss"] for c in candidates if c["tier"] == tier]
+        ax.scatter(xs, ys, s=18, alpha=0.7, label=tier)
+    points = [(c["memory_fraction"], c["quality_loss"]) for c in candidates]
+    front = sorted(pareto_front(points), key=lambda i: points[i][0])
+    ax.plot([100 * points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
+    chosen = report.get("chosen")
+    if chosen:
+        ax.scatter([100 * chosen["memory_fraction"]], [chosen["quality_loss"]], marker="*", s=180, c="red",
+                   zorder=5, label="chosen")
+    ax.set_xlabel("memory (% of FP32)")
+    ax.set_ylabel(quality_axis + " on validation slice")
+    ax.set_title(f"{report['model_name']}: {len(candidates)} candidates evaluated")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bitwidths(report: dict, path: Path) -> None:
+    assignment = (report.get("chosen") or {}).get("assignment") or {}
+    if not assignment:
+        return
+    names = list(assignment)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(names)), 3.6))
+    ax.bar(range(len(names)), [assignment[n] for n in names], color="tab:blue")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.set_ylabel("bits")
+    ax.set_title("bit-width per module (chosen plan)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sensitivity(report: dict, path: Path) -> None:
+    table = report.get("sensitivity") or {}
+    if not table:
+        return
+    units = list(table)
+    bits = sorted({int(b) for row in table.values() for b in row})
+    values = [[math.log10(max(table[u].get(str(b), {}).get("kl", float("nan")), 1e-8)) for b in bits] for u in units]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(bits), max(3.0, 0.16 * len(units))))
+    image = ax.imshow(values, aspect="auto", cmap="magma_r")
+    ax.set_xticks(range(len(bits)))
+    ax.set_xticklabels([f"{b}b" for b in bits])
+    ax.set_yticks(range(len(units)))
+    ax.set_yticklabels(units, fontsize=6)
+    fig.colorbar(image, ax=ax, label="log10 KL vs float")
+    ax.set_title("sensitivity (one unit quantized)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt_metric(value: float | None, higher_is_better: bool) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.2f}%" if higher_is_better else f"{value:.2f}"
+
+
+def markdown(report: dict) -> str:
+    hib = report["higher_is_better"]
+    base, final = report["baseline"], report.get("final")
+    metric_name = "accuracy" if hib else "word perplexity"
+    lines = [f"# QSLM report: {report['model_name']} on {report['task']}", ""]
+    lines.append(f"Status: **{report['status']}**. Strategy `{report['strategy']}`, "
+                 f"{len(report['candidates'])} candidate evaluations, {report['seconds']['total']:.0f} s in all.")
+    lines.append("")
+    if final:
+        split = final["split"]
+        rows = [
+            ("Memory (MB)", f"{base['memory_bytes'] / 1e6:.3f}", f"{final['memory_bytes'] / 1e6:.3f}",
+             f"{100 * (1 - final['memory_bytes'] / base['memory_bytes']):.1f}% less"),
+            ("Energy per inference (uJ)", f"{base['energy_pj'] / 1e6:.3f}", f"{final['energy_pj'] / 1e6:.3f}",
+             f"{100 * (1 - final['energy_pj'] / base['energy_pj']):.1f}% less"),
+            ("Power (mW)", f"{base['power_mw']:.3f}", f"{final['power_mw']:.3f}",
+             f"{100 * (1 - final['power_mw'] / base['power_mw']):.1f}% less"),
+            (f"{metric_name} ({split})", _fmt_metric(base[f"metric_{split}"], hib), _fmt_metric(final["metric"], hib),
+             (f"{100 * (final['metric'] - base[f'metric_{split}']):+.2f} points" if hib
+              else f"{100 * (final['metric'] / base[f'metric_{split}'] - 1):+.2f}%")),
+            ("Latency per batch on this machine (ms)", f"{1e3 * base['latency_s']:.1f}",
+             f"{1e3 * final['latency_s']:.1f}", f"x{final['latency_s'] / base['latency_s']:.2f}"),
+        ]
+        lines += ["| | FP32 | QSLM | change |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+        lines.append("")
+        lines.append(f"Memory is bytes of the exported model's tensors (codes, scales, zero-points and float "
+                     f"tensors). Energy uses the `{report['hardware']}` hardware profile. "
+                     f"The {metric_name} is measured on the full `{split}` split; the search itself only saw "
+                     f"a held-out slice of training data.")
+        lines.append("")
+    else:
+        lines += ["No plan met the constraints. Closest plans:", ""]
+        for c in report.get("closest", []):
+            lines.append(f"- candidate {c['index']} ({c['tier']}): memory {100 * c['memory_fraction']:.1f}% of FP32, "
+                         f"quality loss {c['quality_loss']:.4g}; violates: {'; '.join(c['violations'])}")
+        lines.append("")
+    lines += ["## Constraints and objective", "", f"- constraints: `{json.dumps(report['constraints'])}`",
+              f"- objective weights: `{json.dumps(report['weights'])}`", f"- bit-widths: {report['bit_choices']}",
+              ""]
+    if report.get("chosen"):
+        lines += ["## Bit-width per module", "", "| unit | bits |", "|---|---|"]
+        lines += [f"| {u} | {b} |" for u, b in report["chosen"]["assignment"].items()]
+        lines.append("")
+    if report.get("sensitivity"):
+        bits = sorted({int(b) for row in report["sensitivity"].values() for b in row})
+        lines += ["## Sensitivity (KL vs float, one unit quantized; calibration slice)", "",
+                  "| unit | " + " | ".join(f"{b} bit" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
+        for unit, row in report["sensitivity"].items():
+            lines.append(f"| {unit} | " + " | ".join(f"{row[str(b)]['kl']:.2e}" if str(b) in row else "" for b in bits)
+                         + " |")
+        lines.append("")
+    lines += ["## Candidates evaluated", "", "| # | tier | metric | quality loss | memory % | energy % | feasible |",
+              "|---|---|---|---|---|---|---|"]
+    for c in report["candidates"]:
+        lines.append(f"| {c['index']} | {c['tier']} | {c['metric']:.4f} | {c['quality_loss']:.4g} | "
+                     f"{100 * c['memory_fraction']:.2f} | {100 * c['energy_fraction']:.2f} | "
+                     f"{'yes' if c['feasible'] else 'no'} |")
+    lines.append("")
+    lines += ["## Plots", ""] + [f"![{name}]({file})" for name, file in PLOTS.items()] + [""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, folder: Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "report.md").write_text(markdown(report))
+    plot_pareto(report, folder / PLOTS["pareto"])
+    plot_bitwidths(report, folder / PLOTS["bitwidths"])
+    plot_sensitivity(report, folder / PLOTS["sensitivity"])

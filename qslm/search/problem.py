@@ -1,0 +1,133 @@
+"""What every search strategy shares: the units and their grouping, the evaluator (real task metric on
+the validation slice, journaled), exact memory, energy, and the objective.
+
+Strategies only choose assignments (unit name -> bit-width) and call ``evaluate``; everything that
+costs time is cached here, so strategies stay short and comparable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tqdm import tqdm
+
+from .journal import Journal, assignment_key
+from .objective import Baseline, Constraints, Score, score
+
+Assignment = dict[str, int]
+
+
+@dataclass
+class Candidate:
+    index: int
+    tier: str
+    assignment: Assignment
+    metric: float
+    memory_bytes: int
+    energy_pj: float
+    latency_s: float
+    score: Score
+    resumed: bool = False
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "tier": self.tier, "metric": self.metric, "memory_bytes": self.memory_bytes,
+                "energy_pj": self.energy_pj, "latency_s": self.latency_s, "quality_loss": self.score.quality_loss,
+                "memory_fraction": self.score.memory_fraction, "energy_fraction": self.score.energy_fraction,
+                "objective": self.score.objective, "feasible": self.score.feasible,
+                "violations": self.score.violations, "resumed": self.resumed, "assignment": self.assignment}
+
+
+@dataclass
+class SearchProblem:
+    """``groups`` maps each block (and each top-level unit, as its own group) to its units, in model order.
+    ``measure_metric(assignment) -> (metric, seconds)`` runs the fake-quantized model on the validation slice.
+    ``unit_bytes[unit][bits]`` and ``fixed_bytes`` give exact memory; ``energy_pj(assignment)`` the energy.
+    ``sensitivity(units, bits)`` is the proxy damage (KL to the float model) of quantizing only ``units``."""
+    groups: dict[str, list[str]]
+    bit_choices: list[int]
+    measure_metric: Callable[[Assignment], tuple[float, float]]
+    unit_bytes: dict[str, dict[int, int]]
+    fixed_bytes: int
+    energy_pj: Callable[[Assignment], float]
+    sensitivity: Callable[[tuple[str, ...], int], float]
+    baseline: Baseline
+    constraints: Constraints
+    weights: dict[str, float]
+    journal: Journal
+    max_evaluations: int | None = None
+    progress: bool = True
+    candidates: list[Candidate] = field(default_factory=list)
+    _seen: dict[str, Candidate] = field(default_factory=dict)
+
+    @property
+    def units(self) -> list[str]:
+        return [unit for members in self.groups.values() for unit in members]
+
+    def memory_bytes(self, assignment: Assignment) -> int:
+        return self.fixed_bytes + sum(self.unit_bytes[unit][bits] for unit, bits in assignment.items())
+
+    def uniform(self, bits: int) -> Assignment:
+        return {unit: bits for unit in self.units}
+
+    @property
+    def budget_left(self) -> bool:
+        return self.max_evaluations is None or len(self.candidates) < self.max_evaluations
+
+    def evaluate(self, assignment: Assignment, tier: str) -> Candidate:
+        """The candidate's real task metric and costs; each distinct assignment is evaluated once."""
+        key = assignment_key(assignment)
+        if key in self._seen:
+            return self._seen[key]
+        entry = self.journal.get(key)
+        resumed = entry is not None
+        if entry is None:
+            metric, seconds = self.measure_metric(assignment)
+            entry = {"key": key, "metric": metric, "latency_s": seconds}
+            self.journal.add(entry)
+        memory = self.memory_bytes(assignment)
+        energy = self.energy_pj(assignment)
+        result = score(entry["metric"], memory, energy, entry["latency_s"], self.baseline, self.constraints,
+                       self.weights)
+        candidate = Candidate(len(self.candidates), tier, dict(assignment), entry["metric"], memory, energy,
+                              entry["latency_s"], result, resumed)
+        self.candidates.append(candidate)
+        self._seen[key] = candidate
+        return candidate
+
+    def quality_ok(self, candidate: Candidate) -> bool:
+        return not any(v.startswith("quality") for v in candidate.score.violations)
+
+    def violation(self, candidate: Candidate) -> float:
+        """How far a candidate is from feasible, each constraint normalised by its limit (0 = feasible)."""
+        total = 0.0
+        limit = self.constraints.max_drop if self.baseline.higher_is_better else self.constraints.max_ppl_increase
+        if limit is not None:
+            total += max(0.0, candidate.score.quality_loss - limit) / max(limit, 1e-9)
+        memory_limit = self.constraints.memory_limit_bytes(self.baseline.memory_bytes)
+        if memory_limit is not None:
+            total += max(0.0, candidate.memory_bytes - memory_limit) / memory_limit
+        energy_limit = self.constraints.energy_limit_pj(self.baseline.energy_pj)
+        if energy_limit is not None:
+            total += max(0.0, candidate.energy_pj - energy_limit) / energy_limit
+        return total
+
+    def better(self, new: Candidate, old: Candidate) -> bool:
+        """Feasible beats infeasible; among infeasible, less violation wins; among feasible, lower objective."""
+        if new.score.feasible != old.score.feasible:
+            return new.score.feasible
+        if not new.score.feasible:
+            return self.violation(new) < self.violation(old) - 1e-12
+        return new.score.objective < old.score.objective - 1e-12
+
+    def best(self) -> Candidate | None:
+        feasible = [c for c in self.candidates if c.score.feasible]
+        if not feasible:
+            return None
+        return min(feasible, key=lambda c: (c.score.objective, c.index))
+
+    def closest(self, n: int = 3) -> list[Candidate]:
+        return sorted(self.candidates, key=lambda c: (self.violation(c), c.score.objective, c.index))[:n]
+
+    def progress_bar(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
+

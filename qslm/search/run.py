@@ -1,0 +1,287 @@
+"""One call for the whole QSLM job: load, profile, sensitivity, search, verify, export, report.
+
+    from qslm import search
+    result = search("spikegpt-sst2", task="sst2", out="out/sst2", constraints=Constraints(max_drop=1.0))
+
+Data discipline: sensitivity and every candidate check use a held-out slice of *training* data
+(SST-2: a seeded slice of train kept out of training; WikiText-2: the tail of valid kept out of
+training); the reported split (SST-2 dev, WikiText-2 test) is used once, to verify the final plan.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..analysis.cost import energy_per_inference, load_hardware_profile, measure_latency, measure_op_counts, power_mw
+from ..analysis.hessian import hutchinson_traces
+from ..analysis.hierarchy import build_hierarchy
+from ..analysis.sensitivity import (SensitivityCache, classification_calibration, damage, default_cache_dir,
+                                    lm_calibration, model_hash, output_log_probs)
+from ..commands.profile import calibration_runner
+from ..data import sst2, wikitext
+from ..device import resolve_device
+from ..errors import QslmError
+from ..evaluate import evaluate_classification, evaluate_lm
+from ..models.zoo import load_model
+from ..quant.apply import WeightCache, fake_quantized
+from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
+from ..quant.pack import PLAN_FILE, export_quantized
+from ..quant.plan import QuantPlan
+from ..quant.quantizer import BITS, QuantSpec
+from ..report import write_report
+from . import baselines, tiered
+from .journal import Journal
+from .objective import Baseline, Constraints, parse_weights
+from .problem import SearchProblem
+
+BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse")
+DEFAULTS = {"sst2": {"calibration": 256, "validation": 1000}, "wikitext2": {"calibration": 2048, "validation": 8000}}
+DEFAULT_BASELINE_BUDGET = 60
+REPORTED_SPLIT = {"sst2": "dev", "wikitext2": "test"}
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", PLAN_FILE)
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    report: dict
+    plan: QuantPlan | None
+
+
+def _check_options(task: str, constraints: Constraints, bit_choices: list[int], strategy: str) -> None:
+    if task not in REPORTED_SPLIT:
+        raise QslmError(f"unknown task {task!r}; expected sst2 or wikitext2")
+    if task == "sst2" and constraints.max_ppl_increase is not None:
+        raise QslmError("--max-ppl-increase applies to wikitext2; for sst2 use --max-drop (accuracy points)")
+    if task == "wikitext2" and constraints.max_drop is not None:
+        raise QslmError("--max-drop applies to sst2; for wikitext2 use --max-ppl-increase (relative, e.g. 0.03)")
+    bad = [b for b in bit_choices if b not in BITS]
+    if bad:
+        raise QslmError(f"unsupported bit-widths {bad}; choose from {list(BITS)}")
+    if strategy not in ("tiered", "uniform", "hawq", "greedy", "random", "nsga2"):
+        raise QslmError(f"unknown strategy {strategy!r}")
+
+
+def _validation_text(text: str, words: int) -> str:
+    lines, count = [], 0
+    for line in text.splitlines(keepends=True):
+        lines.append(line)
+        count += len(line.split()) + 1
+        if count >= words:
+            break
+    return "".join(lines)
+
+
+def _move_model_files(exported: Path, out: Path) -> None:
+    """Put the exported model's files into ``out`` one atomic rename each (reports and journal stay)."""
+    for name in MODEL_FILES:
+        os.replace(exported / name, out / name)
+    shutil.rmtree(exported)
+
+
+def run_search(model_ref, task: str, out, constraints: Constraints | None = None, weights=None,
+               bit_choices=(2, 3, 4, 5, 6, 8), strategy: str = "tiered", max_evaluations: int | None = None,
+               calibration_size: int | None = None, validation_size: int | None = None,
+               hardware: str = "default_45nm", seed: int = 0, cache_dir=None, data_dir=None, device=None,
+               progress: bool = True, base_spec: QuantSpec = BASE_SPEC) -> SearchResult:
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    constraints = constraints or Constraints()
+    weights = parse_weights(weights)
+    bit_choices = sorted(set(bit_choices))
+    _check_options(task, constraints, bit_choices, strategy)
+    out = Path(out)
+    torch.manual_seed(seed)
+    profile = load_hardware_profile(hardware)
+
+    device = resolve_device(device)
+    loaded = load_model(model_ref, device)
+    if (loaded.path / PLAN_FILE).is_file():
+        raise QslmError(f"{loaded.path} is already quantized; search starts from a float model")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    is_lm = getattr(loaded.config, "task", "classification") == "lm"
+    if (task == "wikitext2") != is_lm:
+        raise QslmError(f"model {loaded.path} is a {'language model' if is_lm else 'classifier'}; "
+                        f"it cannot be searched on task {task!r}")
+    n_cal = calibration_size or DEFAULTS[task]["calibration"]
+    n_val = validation_size or DEFAULTS[task]["validation"]
+    if n_cal <= 0 or n_val <= 0:
+        raise QslmError(f"calibration and validation sizes must be positive, got {n_cal} and {n_val}")
+
+    # ---- data: held-out training slices for the search, the reported split only for verification
+    if task == "sst2":
+        held_out = sst2.calibration_examples(data_dir, size=n_val)
+        max_len = getattr(loaded.config, "max_len", None) or loaded.config.ctx_len
+        calibration = classification_calibration(tokenizer, held_out[:n_cal], max_len)
+        validation = classification_calibration(tokenizer, held_out, max_len, batch_size=128)
+
+        def measure(m) -> float:
+            correct = sum(int((lp.argmax(-1) == labels).sum())
+                          for lp, (_, _, labels) in zip(output_log_probs(m, validation), validation.batches))
+            return correct / validation.size
+        validation_digest = validation.digest
+    else:
+        held_text = wikitext.calibration_text(data_dir)
+        val_text = _validation_text(held_text, n_val)
+        calibration = lm_calibration(tokenizer, held_text, loaded.config.ctx_len, n_cal)
+
+        def measure(m) -> float:
+            return evaluate_lm(m, tokenizer, val_text, "validation").perplexity
+        validation_digest = hashlib.sha256(val_text.encode()).hexdigest()
+
+    # ---- hierarchy, float baseline, op counts
+    t0 = time.perf_counter()
+    hierarchy = build_hierarchy(model, str(loaded.path))
+    groups = hierarchy.groups()
+    units = dict(hierarchy.units)
+    modules = dict(model.named_modules())
+    op_counts = measure_op_counts(model, calibration_runner(loaded, task, data_dir, limit=64 if task == "sst2" else 40))
+    baseline_metric, baseline_seconds = _timed(lambda: measure(model))
+    fp32_unit_bytes = {u: unit_bytes(modules[u], None) for u in units}
+    fixed = fixed_bytes(model)
+    baseline = Baseline(baseline_metric, not is_lm, fixed + sum(fp32_unit_bytes.values()),
+                        energy_per_inference(op_counts, None, profile).total_pj, baseline_seconds)
+    seconds["profile"] = time.perf_counter() - t0
+
+    # ---- sensitivity: each group and each unit alone, each bit-width, against float outputs
+    t0 = time.perf_counter()
+    digest = model_hash(model)
+    cache = SensitivityCache(Path(cache_dir or default_cache_dir()) / f"sensitivity-{digest[:16]}.jsonl")
+    weight_cache = WeightCache()
+    reference = output_log_probs(model, calibration)
+    spec_for = {b: dataclasses.replace(base_spec, bits=b) for b in bit_choices}
+
+    def sensitivity(members: tuple[str, ...], bits: int) -> dict:
+        key = SensitivityCache.key(digest, calibration.digest, members, spec_for[bits].describe())
+        value = cache.get(key)
+        if value is None:
+            plan = QuantPlan({u: spec_for[bits] for u in members})
+            with fake_quantized(model, plan, weight_cache):
+                value = damage(reference, output_log_probs(model, calibration), calibration)
+            cache.put(key, value)
+        return value
+
+    scopes = list(dict.fromkeys([tuple(m) for m in groups.values()] + [(u,) for u in units]))
+    table: dict[str, dict[str, dict]] = {}
+    with tqdm(total=len(scopes) * len(bit_choices), desc="sensitivity", disable=not progress, leave=False) as bar:
+        for members in scopes:
+            name = next((g for g, m in groups.items() if tuple(m) == members), members[0])
+            table[name] = {}
+            for bits in bit_choices:
+                table[name][str(bits)] = sensitivity(members, bits)
+                bar.update(1)
+    seconds["sensitivity"] = time.perf_counter() - t0
+
+    # ---- search
+    t0 = time.perf_counter()
+    header = {"model": digest, "task": task, "validation": validation_digest, "calibration": calibration.digest,
+              "strategy": strategy, "bits": bit_choices, "constraints": vars(constraints), "weights": weights,
+              "spec": base_spec.to_dict(), "seed": seed, "max_evaluations": max_evaluations, "hardware": profile.name}
+    journal = Journal(out / "journal.jsonl", header)
+    bytes_table = {u: {b: unit_bytes(modules[u], spec_for[b]) for b in bit_choices} for u in units}
+
+    def measure_assignment(assignment: dict[str, int]) -> tuple[float, float]:
+        with fake_quantized(model, QuantPlan.from_bits(assignment, base_spec), weight_cache):
+            return _timed(lambda: measure(model))
+
+    problem = SearchProblem(
+        groups=groups, bit_choices=bit_choices, measure_metric=measure_assignment, unit_bytes=bytes_table,
+        fixed_bytes=fixed, energy_pj=lambda a: energy_per_inference(op_counts, a, profile).total_pj,
+        sensitivity=lambda members, bits: sensitivity(tuple(members), bits)["kl"], baseline=baseline,
+        constraints=constraints, weights=weights, journal=journal, max_evaluations=max_evaluations,
+        progress=progress)
+    budget = max_evaluations or DEFAULT_BASELINE_BUDGET
+    if strategy == "tiered":
+        tiered.tiered_search(problem)
+    elif strategy == "uniform":
+        baselines.uniform_search(problem)
+    elif strategy == "greedy":
+        baselines.greedy_search(problem)
+    elif strategy == "random":
+        baselines.random_search(problem, budget, seed)
+    elif strategy == "nsga2":
+        baselines.nsga2_search(problem, budget, seed)
+    else:
+        traces = hutchinson_traces(model, {u: modules[u] for u in units}, calibration, seed=seed)
+        baselines.hawq_search(problem, lambda u, b: traces[u] / modules[u].weight.numel() * float(
+            (weight_cache.dequantized(u, modules[u].weight, spec_for[b]) - modules[u].weight).detach().pow(2).sum()))
+    best = problem.best()
+    seconds["search"] = time.perf_counter() - t0
+
+    # ---- verify on the reported split, export, report
+    t0 = time.perf_counter()
+    split = REPORTED_SPLIT[task]
+    report = {
+        "model": str(loaded.path), "model_name": loaded.path.name, "task": task, "strategy": strategy,
+        "higher_is_better": not is_lm, "constraints": vars(constraints), "weights": weights,
+        "bit_choices": bit_choices, "base_spec": base_spec.to_dict(), "hardware": profile.name, "seed": seed,
+        "calibration_size": calibration.size, "validation_size": n_val if is_lm else validation.size,
+        "hierarchy": hierarchy.to_dict(), "sensitivity": table,
+        "candidates": [c.to_dict() for c in problem.candidates],
+        "evaluations": {"total": len(problem.candidates),
+                        "new": sum(not c.resumed for c in problem.candidates)},
+    }
+    reported_metric = _reported_metric(model, tokenizer, task, split, data_dir, progress)
+    report["baseline"] = {"metric_validation": baseline.metric, f"metric_{split}": reported_metric,
+                          "memory_bytes": baseline.memory_bytes, "energy_pj": baseline.energy_pj,
+                          "power_mw": power_mw(baseline.energy_pj, profile),
+                          "latency_s": _latency(model, calibration, device)}
+    plan = None
+    if best is None:
+        report["status"] = "infeasible"
+        report["closest"] = [c.to_dict() for c in problem.closest()]
+        report["final"] = None
+        report["chosen"] = None
+    else:
+        plan = QuantPlan.from_bits(best.assignment, base_spec)
+        exported = export_quantized(model, plan, tokenizer, out / ".model.tmp")
+        _move_model_files(exported, out)
+        quantized = load_model(out, device)
+        final_metric = _reported_metric(quantized.model, tokenizer, task, split, data_dir, progress)
+        final_ops = measure_op_counts(quantized.model, calibration_runner(quantized, task, data_dir,
+                                                                          limit=64 if task == "sst2" else 40))
+        stored = {u: bytes_table[u][b] for u, b in best.assignment.items()}
+        final_energy = energy_per_inference(final_ops, best.assignment, profile, unit_bytes=stored).total_pj
+        memory = safetensors_tensor_bytes(out / "model.safetensors")
+        loss = (100 * (reported_metric - final_metric)) if not is_lm else final_metric / reported_metric - 1
+        report["status"] = "feasible"
+        report["chosen"] = best.to_dict()
+        report["final"] = {"split": split, "metric": final_metric, "quality_loss": loss, "memory_bytes": memory,
+                           "memory_bytes_predicted": best.memory_bytes, "energy_pj": final_energy,
+                           "power_mw": power_mw(final_energy, profile),
+                           "latency_s": _latency(quantized.model, calibration, device), "plan_file": PLAN_FILE}
+    seconds["verify"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - started
+    report["seconds"] = seconds
+    write_report(report, out)
+    return SearchResult(out, report, plan)
+
+
+def _timed(fn):
+    started = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - started
+
+
+def _latency(model, calibration, device) -> float:
+    ids, mask, _ = calibration.batches[0]
+
+    def run():
+        with torch.no_grad():
+            return model(ids.to(device)) if mask is None else model(ids.to(device), mask.to(device))
+    return measure_latency(model, run, repeats=5)
+
+
+def _reported_metric(model, tokenizer, task: str, split: str, data_dir, progress: bool) -> float:
+    if task == "sst2":
+        return evaluate_classification(model, tokenizer, sst2.load_sst2(split, data_dir), split,
+                                       progress=progress).accuracy
+    return evaluate_lm(model, tokenizer, wikitext.load_wikitext(split, data_dir), split, progress=progress).perplexity
