@@ -216,6 +216,14 @@ def _observed_range(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, tor
     return lo.clamp(max=0.0), hi.clamp(min=0.0)
 
 
+def _quantize_groups(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Groups x [n, len] with clipping range [lo, hi] ([n, 1]) -> float codes, scale [n], zero_point [n]."""
+    scale, zero_point = _scale_and_zero_point(lo, hi, spec)
+    codes = _codes(x, scale, zero_point, spec)
+    return codes, scale.squeeze(1), None if zero_point is None else zero_point.squeeze(1)
+
+
 def quantize_tensor(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     """Round-to-nearest uniform quantization of ``w`` with the clipping range the spec's observer picks."""
     check_group_size(w.shape, spec)
@@ -225,17 +233,14 @@ def quantize_tensor(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         best_error = torch.full_like(lo, float("inf"))
         best_shrink = torch.ones_like(lo)
         for shrink in MSE_SHRINK_GRID:
-            scale, zero_point = _scale_and_zero_point(lo * shrink, hi * shrink, spec)
-            error = (dequantize_groups(_codes(x, scale, zero_point, spec), scale.squeeze(1),
-                                       None if zero_point is None else zero_point.squeeze(1), spec) - x
-                     ).square_().sum(dim=1, keepdim=True)
+            codes, scale, zero_point = _quantize_groups(x, lo * shrink, hi * shrink, spec)
+            error = (dequantize_groups(codes, scale, zero_point, spec) - x).square_().sum(dim=1, keepdim=True)
             better = error < best_error
             best_error = torch.where(better, error, best_error)
-            best_shrink = torch.where(better, torch.full_like(best_shrink, shrink), best_shrink)
+            best_shrink.masked_fill_(better, shrink)
         lo, hi = lo * best_shrink, hi * best_shrink
-    scale, zero_point = _scale_and_zero_point(lo, hi, spec)
-    codes = _codes(x, scale, zero_point, spec).to(torch.int32)
-    return QuantizedTensor(codes, scale.squeeze(1), None if zero_point is None else zero_point.squeeze(1).to(torch.int32),
+    codes, scale, zero_point = _quantize_groups(x, lo, hi, spec)
+    return QuantizedTensor(codes.to(torch.int32), scale, None if zero_point is None else zero_point.to(torch.int32),
                            spec, w.shape)
 
 
