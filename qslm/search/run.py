@@ -91,7 +91,11 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
                bit_choices=(2, 3, 4, 5, 6, 8), strategy: str = "tiered", max_evaluations: int | None = None,
                calibration_size: int | None = None, validation_size: int | None = None,
                hardware: str = "default_45nm", seed: int = 0, cache_dir=None, data_dir=None, device=None,
-               progress: bool = True, base_spec: QuantSpec = BASE_SPEC) -> SearchResult:
+               progress: bool = True, base_spec: QuantSpec = BASE_SPEC,
+               reported_limit: int | None = None) -> SearchResult:
+    """Search a mixed-precision plan for ``model_ref`` and write the quantized model and report to ``out``.
+    ``reported_limit`` verifies on only the first N examples / lines of the reported split (benchmarks
+    of many strategies); the default verifies on all of it."""
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     constraints = constraints or Constraints()
@@ -229,7 +233,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         "evaluations": {"total": len(problem.candidates),
                         "new": sum(not c.resumed for c in problem.candidates)},
     }
-    reported_metric = _reported_metric(model, tokenizer, task, split, data_dir, progress)
+    reported_metric = _reported_metric(model, tokenizer, task, split, data_dir, progress, reported_limit)
     report["baseline"] = {"metric_validation": baseline.metric, f"metric_{split}": reported_metric,
                           "memory_bytes": baseline.memory_bytes, "energy_pj": baseline.energy_pj,
                           "power_mw": power_mw(baseline.energy_pj, profile),
@@ -245,7 +249,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         exported = export_quantized(model, plan, tokenizer, out / ".model.tmp")
         _move_model_files(exported, out)
         quantized = load_model(out, device)
-        final_metric = _reported_metric(quantized.model, tokenizer, task, split, data_dir, progress)
+        final_metric = _reported_metric(quantized.model, tokenizer, task, split, data_dir, progress, reported_limit)
         final_ops = measure_op_counts(quantized.model, calibration_runner(quantized, task, data_dir,
                                                                           limit=64 if task == "sst2" else 40))
         stored = {u: bytes_table[u][b] for u, b in best.assignment.items()}
@@ -254,7 +258,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         loss = (100 * (reported_metric - final_metric)) if not is_lm else final_metric / reported_metric - 1
         report["status"] = "feasible"
         report["chosen"] = best.to_dict()
-        report["final"] = {"split": split, "metric": final_metric, "quality_loss": loss, "memory_bytes": memory,
+        report["final"] = {"split": split, "reported_limit": reported_limit, "metric": final_metric, "quality_loss": loss, "memory_bytes": memory,
                            "memory_bytes_predicted": best.memory_bytes, "energy_pj": final_energy,
                            "power_mw": power_mw(final_energy, profile),
                            "latency_s": _latency(quantized.model, calibration, device), "plan_file": PLAN_FILE}
@@ -280,8 +284,9 @@ def _latency(model, calibration, device) -> float:
     return measure_latency(model, run, repeats=5)
 
 
-def _reported_metric(model, tokenizer, task: str, split: str, data_dir, progress: bool) -> float:
+def _reported_metric(model, tokenizer, task: str, split: str, data_dir, progress: bool, limit: int | None) -> float:
     if task == "sst2":
-        return evaluate_classification(model, tokenizer, sst2.load_sst2(split, data_dir), split,
+        return evaluate_classification(model, tokenizer, sst2.load_sst2(split, data_dir)[:limit], split,
                                        progress=progress).accuracy
-    return evaluate_lm(model, tokenizer, wikitext.load_wikitext(split, data_dir), split, progress=progress).perplexity
+    text = "".join(wikitext.load_wikitext(split, data_dir).splitlines(keepends=True)[:limit])
+    return evaluate_lm(model, tokenizer, text, split, progress=progress).perplexity
