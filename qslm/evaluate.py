@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
-from .data.batching import classification_batches, encode_examples, scored_windows
+from .data.batching import classification_batches, encode_examples, length_order, scored_windows
 from .data.sst2 import Example
 from .data.tokenizer import pad_id
 from .data.wikitext import word_count
@@ -54,15 +54,18 @@ def max_input_len(model: nn.Module) -> int:
 @torch.no_grad()
 def classification_logits(model: nn.Module, tokenizer: Tokenizer, examples: list[Example],
                           batch_size: int = 64, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels in the order of ``examples`` (computed in length order, to skip padding)."""
     device = next(model.parameters()).device
     items = encode_examples(tokenizer, examples, max_input_len(model))
+    order = length_order(items)
     outputs, labels = [], []
-    batches = classification_batches(items, batch_size, pad_id(tokenizer))
+    batches = classification_batches([items[i] for i in order], batch_size, pad_id(tokenizer))
     total = math.ceil(len(items) / batch_size)
     for ids, mask, label in tqdm(batches, total=total, disable=not progress, desc="eval", leave=False):
         outputs.append(model(ids.to(device), mask.to(device)).float().cpu())
         labels.append(label)
-    return torch.cat(outputs), torch.cat(labels)
+    restore = torch.argsort(torch.tensor(order))
+    return torch.cat(outputs)[restore], torch.cat(labels)[restore]
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.batching import classification_batches, encode_examples
+from ..data.batching import classification_batches, encode_examples, length_order
 from ..data.tokenizer import pad_id
 
 
@@ -44,7 +44,9 @@ def _digest(tensors: list[torch.Tensor]) -> str:
 
 
 def classification_calibration(tokenizer, examples, max_len: int, batch_size: int = 64) -> CalibrationSet:
+    """Examples batched shortest first, so little compute goes to padding."""
     items = encode_examples(tokenizer, examples, max_len)
+    items = [items[i] for i in length_order(items)]
     batches = [(ids, mask, labels) for ids, mask, labels in classification_batches(items, batch_size, pad_id(tokenizer))]
     return CalibrationSet(False, batches, _digest([t for b in batches for t in b]))
 

@@ -36,7 +36,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-evals", type=int, default=None,
                         help="candidate evaluation budget (random/nsga2 default: 60)")
     parser.add_argument("--calibration-size", type=int, default=None,
-                        help="sensitivity calibration: examples (sst2, default 256) or tokens (wikitext2, default 4096)")
+                        help="sensitivity calibration: examples (sst2, default 128) or tokens (wikitext2, default 2048)")
     parser.add_argument("--validation-size", type=int, default=None,
                         help="candidate checks: held-out examples (sst2, default 1000) or words (wikitext2, default 8000)")
     parser.add_argument("--hardware", default="default_45nm",

@@ -43,7 +43,7 @@ from .objective import Baseline, Constraints, parse_weights
 from .problem import SearchProblem
 
 BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse")
-DEFAULTS = {"sst2": {"calibration": 256, "validation": 1000}, "wikitext2": {"calibration": 2048, "validation": 8000}}
+DEFAULTS = {"sst2": {"calibration": 128, "validation": 1000}, "wikitext2": {"calibration": 2048, "validation": 8000}}
 DEFAULT_BASELINE_BUDGET = 60
 REPORTED_SPLIT = {"sst2": "dev", "wikitext2": "test"}
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", PLAN_FILE)
