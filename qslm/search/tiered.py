@@ -1,8 +1,8 @@
 """QSLM's tiered mixed-precision search: global -> block -> module.
 
 Global tier: evaluate uniform bit-widths from the lowest up; the first whose quality meets the
-  constraint on the validation slice is the starting plan (if none does, the problem is infeasible
-  and the closest plans are returned).
+  constraint on the validation slice is the starting plan (if none does within the evaluation
+  budget, the problem is infeasible and the closest plans are returned).
 Block tier: each block (and each unit outside blocks, as a group of one) may step down to the next
   lower bit-width. Moves are tried in order of predicted damage per byte saved: the increase of the
   group's measured sensitivity (KL of outputs vs float, quantizing that group alone) divided by the
@@ -29,6 +29,8 @@ def lower_bits(choices: list[int], bits: int) -> int | None:
 def global_tier(problem: SearchProblem) -> Candidate | None:
     with problem.progress_bar(len(problem.bit_choices), "global tier") as bar:
         for bits in sorted(problem.bit_choices):
+            if not problem.budget_left:
+                break
             candidate = problem.evaluate(problem.uniform(bits), "global")
             bar.update(1)
             if problem.quality_ok(candidate):

@@ -1,0 +1,135 @@
+"""The tiered search on a synthetic problem whose answer is known: per-unit accuracy loss is additive
+and the sensitivity proxy agrees with it (see ``conftest.py``)."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import BITS, FP32_BYTES, GROUPS, Synthetic, unit_bytes
+from qslm.search.journal import assignment_key
+from qslm.search.objective import Constraints
+from qslm.search.tiered import descend, global_tier, lower_bits, tiered_search
+
+ALL_LOW_BUT_SENSITIVE = {**{u: 2 for units in GROUPS.values() for u in units}, "b1.a": 4, "head": 4}
+
+
+def block_result(assignment: dict[str, int]) -> dict[str, int]:
+    """Blocks b0 and b2 at 2 bits, b1 and the head kept at 4."""
+    return {u: 2 if u.split(".")[0] in ("b0", "b2") else 4 for u in assignment}
+
+
+def test_lower_bits():
+    assert lower_bits(BITS, 8) == 4 and lower_bits(BITS, 4) == 2 and lower_bits(BITS, 2) is None
+    assert lower_bits([2, 3, 8], 5) == 3
+
+
+def test_global_tier_picks_lowest_uniform_that_meets_quality(synthetic):
+    problem = synthetic.problem(Constraints(max_drop=1.0))
+    start = global_tier(problem)
+    # uniform 2 loses 8.016 points (too many), uniform 4 loses 0.304: evaluated from the lowest up
+    assert [c.assignment for c in problem.candidates] == [problem.uniform(2), problem.uniform(4)]
+    assert start.assignment == problem.uniform(4)
+    assert start.score.quality_loss == pytest.approx(0.304)
+    assert not problem.quality_ok(problem.candidates[0])
+
+
+def test_block_tier_meets_memory_limit_uniform_cannot(synthetic):
+    # 11% of FP32 = 10670 B: uniform 4 needs 13640 B, uniform 2 loses too much accuracy.
+    constraints = Constraints(max_drop=1.0, max_memory=0.11)
+    problem = synthetic.problem(constraints)
+    for bits in BITS:
+        assert not problem.evaluate(problem.uniform(bits), "uniform").score.feasible
+    problem = synthetic.problem(constraints)
+    start = global_tier(problem)
+    assert not start.score.feasible and start.score.violations[0].startswith("memory")
+    result = descend(problem, start, {name: tuple(units) for name, units in GROUPS.items()}, "block")
+    assert result.score.feasible
+    assert result.assignment == block_result(result.assignment)
+    assert result.memory_bytes == 10140 <= 0.11 * FP32_BYTES
+    # the sensitive block was tried as a whole and refused on quality
+    tried_b1 = [c for c in problem.candidates if c.tier == "block" and c.assignment["b1.b"] == 2]
+    assert tried_b1 and all(not problem.quality_ok(c) for c in tried_b1)
+
+
+def test_module_tier_lowers_cheap_modules_inside_sensitive_block(synthetic):
+    problem = synthetic.problem(Constraints(max_drop=1.0, max_memory=0.11))
+    best = tiered_search(problem)
+    assert best.assignment == ALL_LOW_BUT_SENSITIVE
+    assert best.score.feasible and best.score.quality_loss == pytest.approx(0.316)
+    assert best.memory_bytes == problem.memory_bytes(best.assignment) == 8640
+    assert best.memory_bytes == 1000 + sum(unit_bytes(u, b) for u, b in best.assignment.items())
+    assert best.tier == "module"
+    # module moves run in order of predicted damage per byte: b1.b, b1.c, head, b1.a
+    module_moves = [next(u for u, b in c.assignment.items() if b < previous.assignment[u])
+                    for previous, c in zip(problem.candidates, problem.candidates[1:]) if c.tier == "module"]
+    assert module_moves[:2] == ["b1.b", "b1.c"]
+    assert {c.tier for c in problem.candidates} == {"global", "block", "module"}
+    assert best is problem.best()
+
+
+def test_result_respects_every_constraint(synthetic):
+    constraints = Constraints(max_drop=0.5, max_memory=0.1, max_energy=0.1)
+    problem = synthetic.problem(constraints)
+    best = tiered_search(problem)
+    assert best is not None and best.score.feasible
+    assert best.score.quality_loss <= 0.5 and best.memory_bytes <= 0.1 * FP32_BYTES
+    assert best.energy_pj <= 0.1 * problem.baseline.energy_pj
+    assert all(best.score.objective <= c.score.objective for c in problem.candidates if c.score.feasible)
+
+
+def test_impossible_quality_is_infeasible_with_closest_plans(tmp_path):
+    lossy = {u: {8: 0.5, 4: 1.0, 2: 5.0} for units in GROUPS.values() for u in units}
+    problem = Synthetic(tmp_path, loss=lossy).problem(Constraints(max_drop=0.1))
+    assert tiered_search(problem) is None
+    assert len(problem.candidates) == len(BITS)  # every uniform width tried, nothing else
+    closest = problem.closest()
+    violations = [problem.violation(c) for c in closest]
+    assert violations == sorted(violations) and violations[0] > 0
+    assert closest[0].assignment == problem.uniform(8)
+    assert all(not c.score.feasible and c.score.violations for c in closest)
+
+
+def test_memory_limit_nothing_meets_is_infeasible(synthetic):
+    problem = synthetic.problem(Constraints(max_drop=1.0, max_memory=0.05))
+    assert tiered_search(problem) is None
+    closest = problem.closest(n=len(problem.candidates))
+    assert [problem.violation(c) for c in closest] == sorted(problem.violation(c) for c in problem.candidates)
+    # the smallest plan that keeps quality is the closest one
+    assert closest[0].assignment == ALL_LOW_BUT_SENSITIVE
+
+
+def test_deterministic(tmp_path):
+    runs = []
+    for index in range(2):
+        synthetic = Synthetic(tmp_path / str(index))
+        problem = synthetic.problem(Constraints(max_drop=1.0, max_memory=0.11))
+        tiered_search(problem)
+        runs.append([(c.tier, assignment_key(c.assignment), c.score.objective) for c in problem.candidates])
+    assert runs[0] == runs[1]
+
+
+def test_each_assignment_measured_once(synthetic):
+    problem = synthetic.problem(Constraints(max_drop=1.0))
+    tiered_search(problem)
+    keys = [assignment_key(a) for a in synthetic.measured]
+    assert len(keys) == len(set(keys)) == len(problem.candidates)
+    # asking again costs nothing
+    again = problem.evaluate(problem.candidates[0].assignment, "block")
+    assert again is problem.candidates[0] and len(synthetic.measured) == len(keys)
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, 5])
+def test_max_evaluations_respected(synthetic, budget):
+    problem = synthetic.problem(Constraints(max_drop=1.0), max_evaluations=budget)
+    tiered_search(problem)
+    assert len(synthetic.measured) == len(problem.candidates) <= budget
+
+
+def test_resumed_evaluations_come_from_the_journal(tmp_path):
+    first = Synthetic(tmp_path)
+    problem = first.problem(Constraints(max_drop=1.0))
+    tiered_search(problem)
+    second = Synthetic(tmp_path)  # same journal file name and header
+    replay = second.problem(Constraints(max_drop=1.0))
+    tiered_search(replay)
+    assert second.measured == [] and all(c.resumed for c in replay.candidates)
+    assert replay.best().assignment == problem.best().assignment
