@@ -20,7 +20,12 @@ class Journal:
         self.path = Path(path)
         self.entries: dict[str, dict] = {}
         if self.path.is_file():
-            lines = self.path.read_text().splitlines()
+            data = self.path.read_bytes()
+            if not data.endswith(b"\n"):
+                # A line cut short by a crash: drop it, or the next entry would be appended to it and lost.
+                data = data[:data.rfind(b"\n") + 1]
+                os.truncate(self.path, len(data))
+            lines = data.decode().splitlines()
             if not lines:
                 raise QslmError(f"journal {self.path} is empty; remove it to start over")
             try:

@@ -1,0 +1,72 @@
+"""The evaluation journal: append, reload, refuse another search's journal, survive a torn last line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qslm.errors import QslmError
+from qslm.search.journal import Journal, assignment_key
+
+HEADER = {"model": "abc", "task": "sst2", "bits": [2, 4, 8]}
+
+
+def entry(assignment: dict[str, int], metric: float) -> dict:
+    return {"key": assignment_key(assignment), "metric": metric, "latency_s": 0.1}
+
+
+def test_assignment_key_ignores_order():
+    assert assignment_key({"a": 2, "b": 4}) == assignment_key({"b": 4, "a": 2})
+    assert assignment_key({"a": 2, "b": 4}) != assignment_key({"a": 4, "b": 2})
+
+
+def test_append_and_reload(tmp_path):
+    path = tmp_path / "out" / "journal.jsonl"
+    journal = Journal(path, HEADER)
+    first, second = entry({"a": 2}, 0.5), entry({"a": 4}, 0.75)
+    journal.add(first)
+    journal.add(second)
+    assert json.loads(path.read_text().splitlines()[0]) == {"header": HEADER}
+    reloaded = Journal(path, dict(HEADER))
+    assert reloaded.entries == {first["key"]: first, second["key"]: second}
+    assert reloaded.get(first["key"]) == first and reloaded.get(assignment_key({"a": 8})) is None
+    assert len(path.read_text().splitlines()) == 3  # reloading writes nothing
+
+
+def test_different_header_is_refused(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    Journal(path, HEADER).add(entry({"a": 2}, 0.5))
+    with pytest.raises(QslmError, match="different search"):
+        Journal(path, {**HEADER, "task": "wikitext2"})
+
+
+@pytest.mark.parametrize("text, message", [("", "empty"), ("not json\n", "corrupt")])
+def test_empty_or_corrupt_journal_is_an_error(tmp_path, text, message):
+    path = tmp_path / "journal.jsonl"
+    path.write_text(text)
+    with pytest.raises(QslmError, match=message):
+        Journal(path, HEADER)
+
+
+def test_line_cut_short_is_ignored(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path, HEADER)
+    kept = entry({"a": 2}, 0.5)
+    journal.add(kept)
+    with open(path, "a") as handle:  # a crash in the middle of writing the next entry
+        handle.write(json.dumps(entry({"a": 4}, 0.75))[:20])
+    assert Journal(path, HEADER).entries == {kept["key"]: kept}
+
+
+def test_entries_added_after_a_torn_line_survive(tmp_path):
+    """Crash, resume (which appends), crash again: what the resumed run wrote must still be read."""
+    path = tmp_path / "journal.jsonl"
+    first = entry({"a": 2}, 0.5)
+    Journal(path, HEADER).add(first)
+    with open(path, "a") as handle:
+        handle.write('{"key": "[[\\"a\\",4]]", "met')
+    resumed = Journal(path, HEADER)
+    later = [entry({"a": 4}, 0.75), entry({"a": 8}, 0.8)]
+    for item in later:
+        resumed.add(item)
+    assert Journal(path, HEADER).entries == {e["key"]: e for e in [first, *later]}

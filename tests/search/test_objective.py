@@ -1,0 +1,108 @@
+"""Constraints, objective weights and the score every strategy ranks candidates by, checked by hand."""
+from __future__ import annotations
+
+import pytest
+
+from qslm.errors import QslmError
+from qslm.search.objective import DEFAULT_WEIGHTS, Baseline, Constraints, parse_weights, quality_loss, score
+
+ACCURACY = Baseline(metric=0.9, higher_is_better=True, memory_bytes=1000, energy_pj=2000.0, latency_s=0.5)
+PERPLEXITY = Baseline(metric=20.0, higher_is_better=False, memory_bytes=1000, energy_pj=2000.0, latency_s=0.5)
+
+
+@pytest.mark.parametrize("name", ["max_drop", "max_ppl_increase", "max_memory", "max_energy"])
+def test_negative_constraint_is_an_error(name):
+    with pytest.raises(QslmError, match=name):
+        Constraints(**{name: -0.5})
+
+
+def test_zero_memory_is_an_error_but_zero_drop_is_allowed():
+    with pytest.raises(QslmError, match="max_memory"):
+        Constraints(max_memory=0)
+    assert Constraints(max_drop=0.0).max_drop == 0.0
+
+
+def test_limits_fraction_or_absolute():
+    assert Constraints().memory_limit_bytes(1000) is None and Constraints().energy_limit_pj(2000.0) is None
+    assert Constraints(max_memory=0.125).memory_limit_bytes(8000) == 1000
+    assert Constraints(max_memory=1.0).memory_limit_bytes(8000) == 8000  # 1 is a fraction: all of FP32
+    assert Constraints(max_memory=5000).memory_limit_bytes(8000) == 5000  # > 1: bytes
+    assert Constraints(max_energy=0.5).energy_limit_pj(2000.0) == 1000.0
+    assert Constraints(max_energy=1500.0).energy_limit_pj(2000.0) == 1500.0
+
+
+def test_parse_weights():
+    assert parse_weights(None) == DEFAULT_WEIGHTS
+    assert parse_weights("") == DEFAULT_WEIGHTS
+    assert parse_weights("memory=2, energy = 0") == {**DEFAULT_WEIGHTS, "memory": 2.0, "energy": 0.0}
+    assert parse_weights({"latency": 1}) == {**DEFAULT_WEIGHTS, "latency": 1.0}
+    parse_weights("quality=3")
+    assert DEFAULT_WEIGHTS["quality"] == 1.0  # defaults are not mutated
+
+
+@pytest.mark.parametrize("text, message", [
+    ("speed=1", "unknown objective weight 'speed'"),
+    ("memory=abc", "memory='abc' is not a number"),
+    ("memory", "is not a number"),
+    ("energy=-1", "must be >= 0"),
+])
+def test_parse_weights_errors(text, message):
+    with pytest.raises(QslmError, match=message):
+        parse_weights(text)
+
+
+def test_quality_loss():
+    assert quality_loss(0.88, ACCURACY) == pytest.approx(2.0)  # points
+    assert quality_loss(0.91, ACCURACY) == pytest.approx(-1.0)
+    assert quality_loss(21.0, PERPLEXITY) == pytest.approx(0.05)  # relative
+
+
+def test_accuracy_score_by_hand():
+    weights = parse_weights(None)
+    result = score(0.895, 250, 500.0, 0.25, ACCURACY, Constraints(max_drop=1.0, max_memory=0.5), weights)
+    assert result.feasible and result.violations == []
+    assert result.quality_loss == pytest.approx(0.5)
+    assert (result.memory_fraction, result.energy_fraction, result.latency_fraction) == (0.25, 0.25, 0.5)
+    # quality 0.5 / 1.0 + memory 0.25 + 0.5 * energy 0.25 + 0 * latency
+    assert result.objective == pytest.approx(0.5 + 0.25 + 0.125)
+
+
+def test_accuracy_violations():
+    result = score(0.88, 600, 1500.0, 0.5, ACCURACY,
+                   Constraints(max_drop=1.0, max_memory=0.5, max_energy=1000.0), parse_weights(None))
+    assert not result.feasible
+    assert len(result.violations) == 3
+    assert result.violations[0].startswith("quality loss 2 > 1 points")
+    assert result.violations[1] == "memory 600 B > 500 B"
+    assert result.violations[2].startswith("energy 1500 pJ > 1000 pJ")
+    assert result.objective == pytest.approx(2.0 + 0.6 + 0.5 * 0.75)
+
+
+def test_quality_exactly_at_the_limit_is_feasible():
+    result = score(0.89, 100, 100.0, 0.1, ACCURACY, Constraints(max_drop=1.0), parse_weights(None))
+    assert result.feasible and result.quality_loss == pytest.approx(1.0)
+
+
+def test_perplexity_score_by_hand():
+    weights = parse_weights("quality=2,memory=1,energy=0,latency=1")
+    ok = score(20.4, 200, 100.0, 1.0, PERPLEXITY, Constraints(max_ppl_increase=0.03), weights)
+    assert ok.feasible and ok.quality_loss == pytest.approx(0.02)
+    assert ok.objective == pytest.approx(2 * 0.02 / 0.03 + 0.2 + 2.0)
+    bad = score(21.0, 200, 100.0, 1.0, PERPLEXITY, Constraints(max_ppl_increase=0.03), weights)
+    assert not bad.feasible and bad.violations[0].endswith("> 0.03 relative")
+    # a max_drop (accuracy points) says nothing about perplexity
+    assert score(40.0, 200, 100.0, 1.0, PERPLEXITY, Constraints(max_drop=0.1), weights).feasible
+
+
+def test_quality_term_without_constraint_and_for_improvements():
+    weights = {"quality": 1.0, "memory": 0.0, "energy": 0.0, "latency": 0.0}
+    # no limit: accuracy loss per point, perplexity loss per 1%
+    assert score(0.87, 1, 1.0, 0.1, ACCURACY, Constraints(), weights).objective == pytest.approx(3.0)
+    assert score(20.2, 1, 1.0, 0.1, PERPLEXITY, Constraints(), weights).objective == pytest.approx(1.0)
+    # doing better than the float model earns nothing
+    assert score(0.95, 1, 1.0, 0.1, ACCURACY, Constraints(max_drop=1.0), weights).objective == 0.0
+
+
+def test_zero_baseline_latency_gives_neutral_fraction():
+    baseline = Baseline(0.9, True, 1000, 2000.0, 0.0)
+    assert score(0.9, 500, 1000.0, 0.3, baseline, Constraints(), parse_weights(None)).latency_fraction == 1.0
