@@ -11,7 +11,8 @@
 * ``random``: seeded uniform sampling of per-unit bit-widths.
 * ``nsga2``: Optuna's NSGA-II sampler over per-unit bit-widths, minimising (quality loss, memory) with
   the constraints as Optuna constraints.
-Budgets (``max_evaluations`` of the problem) are enforced by the problem itself.
+Budgets (``max_evaluations`` of the problem) are enforced by the problem itself; random and nsga2 spend
+their ``evaluations`` on distinct plans (a plan sampled again is not evaluated again, nor counted).
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def knapsack(units: list[str], costs: dict[str, dict[int, float]], sizes: dict[s
              budget: int, resolution: int = 2000) -> dict[str, int] | None:
     """Choose one bit-width per unit minimising total cost with total size <= budget (sizes quantised
     to ``resolution`` steps of the budget, rounded up so the solution never exceeds it)."""
+    if budget < 0:
+        return None
     step = max(1, budget // resolution)
     capacity = budget // step
     INF = float("inf")
@@ -77,6 +80,7 @@ def hawq_search(problem: SearchProblem, omega: Callable[[str, int], float]) -> C
             problem.evaluate(plan, "hawq")
         return problem.best()
     # No memory limit: smallest budget whose knapsack plan still meets the quality constraint.
+    top = high
     while problem.budget_left and high - low > max(1, high // 200):
         middle = (low + high) // 2
         plan = knapsack(units, costs, problem.unit_bytes, middle)
@@ -88,6 +92,8 @@ def hawq_search(problem: SearchProblem, omega: Callable[[str, int], float]) -> C
             high = middle
         else:
             low = middle
+    if high == top and problem.budget_left:  # no smaller budget met quality: the top of the range is left
+        problem.evaluate(problem.uniform(max(problem.bit_choices)), "hawq")
     return problem.best()
 
 
@@ -112,12 +118,20 @@ def greedy_search(problem: SearchProblem) -> Candidate | None:
     return problem.best()
 
 
+def _distinct_evaluations(problem: SearchProblem, evaluations: int, draw: Callable[[], None]) -> None:
+    """Call ``draw`` (one sampled plan, evaluated) until ``evaluations`` distinct plans were evaluated: a
+    plan drawn again costs nothing and does not count. Bounded, for spaces smaller than the budget."""
+    target = len(problem.candidates) + evaluations
+    for _ in range(100 * evaluations):
+        if len(problem.candidates) >= target or not problem.budget_left:
+            break
+        draw()
+
+
 def random_search(problem: SearchProblem, evaluations: int, seed: int) -> Candidate | None:
     rng = random.Random(seed)
-    for _ in range(evaluations):
-        if not problem.budget_left:
-            break
-        problem.evaluate({u: rng.choice(problem.bit_choices) for u in problem.units}, "random")
+    _distinct_evaluations(problem, evaluations, lambda: problem.evaluate(
+        {u: rng.choice(problem.bit_choices) for u in problem.units}, "random"))
     return problem.best()
 
 
@@ -145,8 +159,5 @@ def nsga2_search(problem: SearchProblem, evaluations: int, seed: int) -> Candida
             (candidate.memory_bytes - memory_limit) / memory_limit if memory_limit else 0.0])
         return candidate.score.quality_loss, candidate.score.memory_fraction
 
-    trials = 0
-    while trials < evaluations and problem.budget_left:
-        study.optimize(objective, n_trials=1)
-        trials += 1
+    _distinct_evaluations(problem, evaluations, lambda: study.optimize(objective, n_trials=1))
     return problem.best()
