@@ -25,13 +25,16 @@ def hutchinson_traces(model: nn.Module, units: dict[str, nn.Module], calibration
         for ids, mask, targets in calibration.batches[:max_batches]:
             logits = model(ids.to(device)) if mask is None else model(ids.to(device), mask.to(device))
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1).to(device))
-            grads = torch.autograd.grad(loss, params, create_graph=True)
-            for _ in range(samples):
+            # A unit the loss does not reach (e.g. an unused head) has no gradient: its trace stays 0.
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            for _ in range(samples if used else 0):
                 vectors = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p) for p in params]
-                hv = torch.autograd.grad(grads, params, grad_outputs=vectors, retain_graph=True, allow_unused=True)
-                for name, h, v in zip(names, hv, vectors):
+                hv = torch.autograd.grad([grads[i] for i in used], [params[i] for i in used],
+                                         grad_outputs=[vectors[i] for i in used], retain_graph=True, allow_unused=True)
+                for i, h in zip(used, hv):
                     if h is not None:
-                        traces[name] += float((h * v).sum())
+                        traces[names[i]] += float((h * vectors[i]).sum())
         n = samples * min(max_batches, len(calibration.batches))
         return {name: value / n for name, value in traces.items()}
     finally:

@@ -100,8 +100,12 @@ class SensitivityCache:
     def __init__(self, path: Path | None):
         self.path = Path(path) if path else None
         self.entries: dict[str, dict] = {}
+        # A last line cut short by a crash: the next entry must start on a line of its own, or it is lost.
+        self._torn_tail = False
         if self.path and self.path.is_file():
-            for line in self.path.read_text().splitlines():
+            text = self.path.read_text()
+            self._torn_tail = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
@@ -121,7 +125,8 @@ class SensitivityCache:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as handle:
-                handle.write(json.dumps({"key": key, "value": value}) + "\n")
+                handle.write(("\n" if self._torn_tail else "") + json.dumps({"key": key, "value": value}) + "\n")
+                self._torn_tail = False
                 handle.flush()
                 os.fsync(handle.fileno())
 
