@@ -110,6 +110,9 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     loaded = load_model(model_ref, device)
     if (loaded.path / PLAN_FILE).is_file():
         raise QslmError(f"{loaded.path} is already quantized; search starts from a float model")
+    if out.resolve() == loaded.path.resolve():
+        raise QslmError(f"output folder {out} is the model folder itself: the quantized model would overwrite "
+                        f"the model; choose another output folder")
     model, tokenizer = loaded.model, loaded.tokenizer
     is_lm = getattr(loaded.config, "task", "classification") == "lm"
     if (task == "wikitext2") != is_lm:
