@@ -1,0 +1,94 @@
+"""``qslm search`` and ``qslm demo`` in-process through ``qslm.cli.main``: the FP32 vs QSLM table, strategies,
+option errors (exit code 2) and help."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qslm.cli import main
+from qslm.search.run import DEFAULTS
+
+
+def small_options(small_data_dir, cache_dir) -> list[str]:
+    return ["--data-dir", str(small_data_dir), "--calibration-size", "32", "--validation-size", "64",
+            "--cache-dir", str(cache_dir), "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """The session's shared sensitivity cache (keyed by model and calibration data, so safe to share)."""
+    return tmp_path_factory.getbasetemp() / "sensitivity-cache"
+
+
+def test_search_prints_fp32_vs_qslm_table(tiny_classifier, small_data_dir, cache_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["search", str(tiny_classifier), "--task", "sst2", "--max-drop", "1", "--max-memory", "0.5",
+                 "--out", str(out), *small_options(small_data_dir, cache_dir)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    header = next(line for line in printed if "FP32" in line)
+    assert header.split() == ["FP32", "QSLM", "change"]
+    rows = {line.split("  ")[0]: line for line in printed}
+    for row in ("memory (MB)", "energy / inference (uJ)", "power (mW)", "accuracy (dev)"):
+        assert row in rows, row
+    report = json.loads((out / "report.json").read_text())
+    fraction = report["final"]["memory_bytes"] / report["baseline"]["memory_bytes"]
+    assert f"{100 * fraction:.1f}% of FP32" in rows["memory (MB)"]
+    assert f"model and report written to {out}" in printed[-1]
+    assert report["strategy"] == "tiered" and report["constraints"]["max_memory"] == 0.5
+
+
+def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, capsys):
+    out = tmp_path / "greedy"
+    assert main(["search", str(tiny_classifier), "--task", "sst2", "--max-drop", "1", "--strategy", "greedy",
+                 "--weights", "quality=2,memory=1", "--out", str(out), *small_options(small_data_dir, cache_dir)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["strategy"] == "greedy" and report["status"] == "feasible"
+    assert {c["tier"] for c in report["candidates"]} == {"greedy"}
+    assert report["weights"] == {"quality": 2.0, "memory": 1.0, "energy": 0.5, "latency": 0.0}
+    assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bits", "2,x"], "--bits '2,x': expected comma-separated integers"),
+    (["--bits", ","], "--bits is empty"),
+    (["--bits", "1,4"], "unsupported bit-widths [1]"),
+    (["--max-ppl-increase", "0.03"], "--max-ppl-increase applies to wikitext2"),
+    (["--max-memory", "-1"], "constraint max_memory must be >= 0"),
+    (["--weights", "speed=1"], "unknown objective weight 'speed'"),
+])
+def test_bad_options_exit_2(tiny_classifier, tmp_path, capsys, argv, message):
+    code = main(["search", str(tiny_classifier), "--task", "sst2", "--out", str(tmp_path / "out"), *argv])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("qslm search: error:") and message in error
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["search", "demo"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--max-drop", "--max-memory", "--strategy", "--bits", "--cache-dir", "--out"):
+        assert option in text
+    # the defaults the help states are the ones the search uses
+    assert f"(sst2, default {DEFAULTS['sst2']['calibration']})" in text
+    assert f"(wikitext2, default {DEFAULTS['wikitext2']['calibration']})" in text
+    assert f"(sst2, default {DEFAULTS['sst2']['validation']})" in text
+    assert f"(wikitext2, default {DEFAULTS['wikitext2']['validation']})" in text
+
+
+def test_demo_applies_its_default_constraints(tiny_classifier, small_data_dir, cache_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    capsys.readouterr()
+    assert main(["demo", "--model", str(tiny_classifier), "--out", str(out),
+                 *small_options(small_data_dir, cache_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "max accuracy drop 1.0 points and max memory 0.125 of FP32" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["constraints"] == {"max_drop": 1.0, "max_ppl_increase": None, "max_memory": 0.125,
+                                     "max_energy": None}
+    assert report["final"]["memory_bytes"] <= 0.125 * report["baseline"]["memory_bytes"]
