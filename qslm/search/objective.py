@@ -33,8 +33,9 @@ class Constraints:
         for name, value in asdict(self).items():
             if value is not None and value < 0:
                 raise QslmError(f"constraint {name} must be >= 0, got {value}")
-        if self.max_memory is not None and self.max_memory == 0:
-            raise QslmError("constraint max_memory must be > 0")
+        for name in ("max_memory", "max_energy"):  # nothing runs in 0 bytes or 0 pJ
+            if getattr(self, name) == 0:
+                raise QslmError(f"constraint {name} must be > 0")
 
     def memory_limit_bytes(self, fp32_bytes: int) -> float | None:
         if self.max_memory is None:

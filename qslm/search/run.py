@@ -56,7 +56,8 @@ class SearchResult:
     plan: QuantPlan | None
 
 
-def _check_options(task: str, constraints: Constraints, bit_choices: list[int], strategy: str) -> None:
+def _check_options(task: str, constraints: Constraints, bit_choices: list[int], strategy: str,
+                   max_evaluations: int | None) -> None:
     if task not in REPORTED_SPLIT:
         raise QslmError(f"unknown task {task!r}; expected sst2 or wikitext2")
     if task == "sst2" and constraints.max_ppl_increase is not None:
@@ -68,6 +69,8 @@ def _check_options(task: str, constraints: Constraints, bit_choices: list[int], 
         raise QslmError(f"unsupported bit-widths {bad}; choose from {list(BITS)}")
     if strategy not in ("tiered", "uniform", "hawq", "greedy", "random", "nsga2"):
         raise QslmError(f"unknown strategy {strategy!r}")
+    if max_evaluations is not None and max_evaluations < 1:
+        raise QslmError(f"the evaluation budget must be at least 1, got {max_evaluations}")
 
 
 def _validation_text(text: str, words: int) -> str:
@@ -101,7 +104,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     constraints = constraints or Constraints()
     weights = parse_weights(weights)
     bit_choices = sorted(set(bit_choices))
-    _check_options(task, constraints, bit_choices, strategy)
+    _check_options(task, constraints, bit_choices, strategy, max_evaluations)
     out = Path(out)
     torch.manual_seed(seed)
     profile = load_hardware_profile(hardware)

@@ -57,6 +57,8 @@ def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, c
     (["--max-ppl-increase", "0.03"], "--max-ppl-increase applies to wikitext2"),
     (["--max-memory", "-1"], "constraint max_memory must be >= 0"),
     (["--weights", "speed=1"], "unknown objective weight 'speed'"),
+    (["--max-energy", "0"], "constraint max_energy must be > 0"),
+    (["--max-evals", "0"], "evaluation budget must be at least 1"),
 ])
 def test_bad_options_exit_2(tiny_classifier, tmp_path, capsys, argv, message):
     code = main(["search", str(tiny_classifier), "--task", "sst2", "--out", str(tmp_path / "out"), *argv])

@@ -16,10 +16,14 @@ def test_negative_constraint_is_an_error(name):
         Constraints(**{name: -0.5})
 
 
-def test_zero_memory_is_an_error_but_zero_drop_is_allowed():
-    with pytest.raises(QslmError, match="max_memory"):
-        Constraints(max_memory=0)
-    assert Constraints(max_drop=0.0).max_drop == 0.0
+@pytest.mark.parametrize("name", ["max_memory", "max_energy"])
+def test_zero_memory_or_energy_is_an_error(name):
+    with pytest.raises(QslmError, match=f"{name} must be > 0"):
+        Constraints(**{name: 0})
+
+
+def test_zero_quality_loss_is_allowed():
+    assert Constraints(max_drop=0.0).max_drop == 0.0 and Constraints(max_ppl_increase=0).max_ppl_increase == 0
 
 
 def test_limits_fraction_or_absolute():

@@ -196,6 +196,8 @@ def test_bad_options(tiny_classifier, small_data_dir, tmp_path):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, bit_choices=(1, 4))
     with pytest.raises(QslmError, match="unknown strategy"):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, strategy="anneal")
+    with pytest.raises(QslmError, match="evaluation budget must be at least 1, got 0"):
+        search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, strategy="random", max_evaluations=0)
 
 
 def test_quantized_model_is_refused(base, small_data_dir, tmp_path):
