@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from conftest import BITS, FIXED, FP32_BYTES, GROUPS, UNIT_PARAMS, Synthetic, unit_bytes
+from conftest import BITS, FIXED, FP32_BYTES, GROUPS, Synthetic, unit_bytes
 from qslm.search import baselines
 from qslm.search.journal import assignment_key
 from qslm.search.objective import Constraints
@@ -174,7 +174,3 @@ def test_sampling_stops_when_the_space_is_exhausted(tmp_path):
     problem = synthetic.problem(Constraints(max_drop=1.0), bits=[8])
     baselines.random_search(problem, 5, seed=0)
     assert len(synthetic.measured) == 1
-
-
-def test_unit_params_cover_every_unit():
-    assert set(UNIT_PARAMS) == set(UNITS)

@@ -8,7 +8,6 @@ import shutil
 import struct
 
 import pytest
-import torch
 from safetensors import safe_open
 
 import qslm
@@ -58,7 +57,8 @@ def test_output_folder(base):
         assert (base.out / name).is_file(), name
     assert not (base.out / ".model.tmp").exists()
     report = json.loads((base.out / "report.json").read_text())
-    assert report["final"] == base.report["final"] and report["chosen"]["assignment"] == base.report["chosen"]["assignment"]
+    assert report["final"] == base.report["final"]
+    assert report["chosen"]["assignment"] == base.report["chosen"]["assignment"]
     assert "| Memory (MB) |" in (base.out / "report.md").read_text()
     assert set(base.plan.units) >= set(report["chosen"]["assignment"])
 
