@@ -3,7 +3,7 @@
 The embedded sentence is presented for ``time_steps`` SNN time steps. Each block applies
 spiking self-attention (query, key and value are spike trains; attention is a product of
 spike matrices, no softmax) and a spiking MLP, so every Linear inside the blocks sees spikes.
-Names: ``emb``, ``pos_emb``, ``blocks.{i}.attn.{query,key,value,proj}``, ``blocks.{i}.mlp.{fc1,fc2}``,
+Names: ``emb``, ``pos_emb``, ``ln_in``, ``blocks.{i}.attn.{query,key,value,proj}``, ``blocks.{i}.mlp.{fc1,fc2}``,
 ``ln_out``, ``classifier``.
 """
 from __future__ import annotations
@@ -32,6 +32,15 @@ class SpikingEncoderConfig:
     arch: str = "spiking-encoder"
 
 
+class SeqBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the feature (last) axis of a [..., D] tensor, as Spikformer normalises after each
+    Linear. Unlike LayerNorm it has no trouble with a token whose spike input was all zeros (LayerNorm
+    of a constant vector sends 1/sqrt(eps)-sized gradients back); in eval mode it is a fixed affine map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
 class SpikingSelfAttention(nn.Module):
     def __init__(self, cfg: SpikingEncoderConfig):
         super().__init__()
@@ -42,11 +51,11 @@ class SpikingSelfAttention(nn.Module):
         self.scale = (d // cfg.n_head) ** -0.5
         self.input_lif = LIF(cfg.tau, cfg.v_threshold)
         self.query, self.key, self.value = (nn.Linear(d, d) for _ in range(3))
-        self.ln_q, self.ln_k, self.ln_v = (nn.LayerNorm(d) for _ in range(3))
+        self.bn_q, self.bn_k, self.bn_v = (SeqBatchNorm(d) for _ in range(3))
         self.q_lif, self.k_lif, self.v_lif = (LIF(cfg.tau, cfg.v_threshold) for _ in range(3))
         self.attn_lif = LIF(cfg.tau, 0.5 * cfg.v_threshold)
         self.proj = nn.Linear(d, d)
-        self.ln_proj = nn.LayerNorm(d)
+        self.bn_proj = SeqBatchNorm(d)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, D = x.shape
@@ -55,12 +64,12 @@ class SpikingSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         T, B, N, D = x.shape
         s = self.input_lif(x)
-        q = self._heads(self.q_lif(self.ln_q(self.query(s))))
-        k = self._heads(self.k_lif(self.ln_k(self.key(s))))
-        v = self._heads(self.v_lif(self.ln_v(self.value(s))))
+        q = self._heads(self.q_lif(self.bn_q(self.query(s))))
+        k = self._heads(self.k_lif(self.bn_k(self.key(s))))
+        v = self._heads(self.v_lif(self.bn_v(self.value(s))))
         scores = (q @ k.transpose(-2, -1)) * self.scale * key_mask[None, :, None, None, :]
         out = (scores @ v).transpose(2, 3).reshape(T, B, N, D)
-        return self.ln_proj(self.proj(self.attn_lif(out)))
+        return self.bn_proj(self.proj(self.attn_lif(out)))
 
 
 class SpikingMLP(nn.Module):
@@ -69,14 +78,14 @@ class SpikingMLP(nn.Module):
         d, hidden = cfg.n_embd, cfg.mlp_mult * cfg.n_embd
         self.input_lif = LIF(cfg.tau, cfg.v_threshold)
         self.fc1 = nn.Linear(d, hidden)
-        self.ln1 = nn.LayerNorm(hidden)
+        self.bn1 = SeqBatchNorm(hidden)
         self.hidden_lif = LIF(cfg.tau, cfg.v_threshold)
         self.fc2 = nn.Linear(hidden, d)
-        self.ln2 = nn.LayerNorm(d)
+        self.bn2 = SeqBatchNorm(d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.hidden_lif(self.ln1(self.fc1(self.input_lif(x))))
-        return self.ln2(self.fc2(h))
+        h = self.hidden_lif(self.bn1(self.fc1(self.input_lif(x))))
+        return self.bn2(self.fc2(h))
 
 
 class EncoderBlock(nn.Module):
@@ -97,6 +106,8 @@ class SpikingEncoder(nn.Module):
         d = cfg.n_embd
         self.emb = nn.Embedding(cfg.vocab_size, d)
         self.pos_emb = nn.Embedding(cfg.max_len, d)
+        # Normalise the input current so the first neurons fire from the start.
+        self.ln_in = nn.LayerNorm(d)
         self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_layer)])
         self.ln_out = nn.LayerNorm(d)
         self.classifier = nn.Linear(d, cfg.num_classes)
@@ -114,7 +125,7 @@ class SpikingEncoder(nn.Module):
             if attention_mask is not None:
                 attention_mask = attention_mask[:, :N]
         mask = torch.ones_like(idx, dtype=torch.float32) if attention_mask is None else attention_mask.float()
-        x = self.emb(idx) + self.pos_emb(torch.arange(N, device=idx.device))[None]
+        x = self.ln_in(self.emb(idx) + self.pos_emb(torch.arange(N, device=idx.device))[None])
         x = x.unsqueeze(0).expand(self.config.time_steps, B, N, -1).contiguous()  # [T, B, N, D]
         for block in self.blocks:
             x = block(x, mask)

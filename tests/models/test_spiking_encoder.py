@@ -10,17 +10,15 @@ from qslm.models.spiking_encoder import SpikingEncoder, SpikingEncoderConfig
 
 
 def tiny(**fields) -> SpikingEncoder:
-    """A small encoder whose attention path is active. At the default init the query/key spike
-    trains are so sparse that the attention neurons never fire, which would make tests of the
-    key mask pass vacuously; larger embeddings and LayerNorm biases wake them up."""
+    """A small encoder whose attention path is active (checked by ``test_all_neurons_fire``), so the
+    key-mask tests cannot pass vacuously. Normalisation biases raise the query/key/value currents."""
     torch.manual_seed(0)
     config = dict(vocab_size=50, n_embd=16, n_layer=2, n_head=2, max_len=20, time_steps=3)
     model = SpikingEncoder(SpikingEncoderConfig(**{**config, **fields})).eval()
     with torch.no_grad():
-        model.emb.weight.normal_(0, 2.0)
         for block in model.blocks:
-            for norm in (block.attn.ln_q, block.attn.ln_k, block.attn.ln_v):
-                norm.bias.fill_(0.8)
+            for norm in (block.attn.bn_q, block.attn.bn_k, block.attn.bn_v, block.mlp.bn1):
+                norm.bias.fill_(1.2)
     return model
 
 
