@@ -241,7 +241,7 @@ def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer, ou
     tmp = atomic_folder(out)
     try:
         write_config(tmp, model.config)
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "qslm_plan_version": "1"})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: safetensors orders several at random
         (tmp / PLAN_FILE).write_text(plan.to_json())
         tokenizer.save(str(tmp / TOKENIZER_FILE))
         commit_folder(tmp, out)
