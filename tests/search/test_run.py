@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 
 import pytest
 from safetensors import safe_open
@@ -87,25 +86,12 @@ def test_reported_memory_is_the_exported_tensor_bytes(base):
     assert final["memory_bytes"] < base.report["baseline"]["memory_bytes"] * 0.5
 
 
-def header_and_data(path) -> tuple[dict, bytes]:
-    raw = path.read_bytes()
-    size = struct.unpack("<Q", raw[:8])[0]
-    return json.loads(raw[8:8 + size]), raw[8 + size:]
-
-
 def test_deterministic(base, twin):
-    assert (base.out / "quant_plan.json").read_bytes() == (twin.out / "quant_plan.json").read_bytes()
-    ours, theirs = header_and_data(base.out / "model.safetensors"), header_and_data(twin.out / "model.safetensors")
-    assert ours == theirs  # same tensors, names, offsets and bytes
+    for name in ("quant_plan.json", "model.safetensors"):
+        assert (base.out / name).read_bytes() == (twin.out / name).read_bytes(), name
     assert base.report["sensitivity"] == twin.report["sensitivity"]
     strip = lambda report: [(c["tier"], c["metric"], c["assignment"]) for c in report["candidates"]]  # noqa: E731
     assert strip(base.report) == strip(twin.report)
-
-
-@pytest.mark.xfail(reason="qslm/quant/pack.py writes two safetensors metadata keys, which safetensors serialises "
-                          "from a Rust HashMap in a random order: the files differ in the header half the time")
-def test_exported_weights_are_byte_identical(base, twin):
-    assert (base.out / "model.safetensors").read_bytes() == (twin.out / "model.safetensors").read_bytes()
 
 
 def test_rerun_resumes_without_new_evaluations(base, tiny_classifier, small_data_dir, tmp_path_factory):
