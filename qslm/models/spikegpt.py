@@ -33,6 +33,40 @@ class SpikeGPTConfig:
 
 def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         chunk: int = 16) -> torch.Tensor:
+    """RWKV-4 WKV (see ``wkv_chunked``). Without autograd the token-by-token recurrence is used: it does
+    a few element-wise ops per token instead of a softmax over a chunk, several times faster."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (time_decay, time_first, k, v))
+    if needs_grad:
+        return wkv_chunked(time_decay, time_first, k, v, chunk)
+    return wkv_recurrent(time_decay, time_first, k, v)
+
+
+def wkv_recurrent(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                  ) -> torch.Tensor:
+    """WKV token by token with RWKV-4's stable state (numerator, denominator, shared exponent)."""
+    B, T, C = k.shape
+    decay = -torch.exp(time_decay.float())
+    first = time_first.float()
+    k, v = k.float(), v.float()
+    num = k.new_zeros((B, C))
+    den = k.new_zeros((B, C))
+    exponent = k.new_full((B, C), -1e38)
+    out = torch.empty_like(k)
+    for t in range(T):
+        kt, vt = k[:, t], v[:, t]
+        ww = first + kt
+        p = torch.maximum(exponent, ww)
+        e1, e2 = torch.exp(exponent - p), torch.exp(ww - p)
+        out[:, t] = (e1 * num + e2 * vt) / (e1 * den + e2)
+        ww = exponent + decay
+        p = torch.maximum(ww, kt)
+        e1, e2 = torch.exp(ww - p), torch.exp(kt - p)
+        num, den, exponent = e1 * num + e2 * vt, e1 * den + e2, p
+    return out.to(time_first.dtype)
+
+
+def wkv_chunked(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                chunk: int = 16) -> torch.Tensor:
     """RWKV-4 weighted key-value: for each token t and channel c,
 
         wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t) / (same sums without v)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qslm.models.neurons import lif_modules, record_firing_rates
-from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig, time_shift, wkv
+from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig, time_shift, wkv, wkv_chunked, wkv_recurrent
 
 
 def tiny(task: str = "lm", **fields) -> SpikeGPT:
@@ -103,17 +103,29 @@ def test_wkv_matches_the_sequential_formula(chunk, k_scale):
     k[0, 5, :] = 85.0  # one dominant token
     k[1, 20:, 0] = -40.0  # tokens that barely count
     expected = naive_wkv(time_decay, time_first, k, v)
-    got = wkv(time_decay, time_first, k, v, chunk=chunk)
+    got = wkv_chunked(time_decay, time_first, k, v, chunk=chunk)
     assert got.dtype == torch.float32 and got.shape == k.shape
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("k_scale", [1.0, 30.0])
+def test_wkv_recurrence_matches_the_sequential_formula(k_scale):
+    """The inference path (no autograd) is the token-by-token recurrence."""
+    time_decay, time_first, k, v = wkv_inputs(T=37, k_scale=k_scale)
+    k[0, 5, :] = 85.0
+    k[1, 20:, 0] = -40.0
+    expected = naive_wkv(time_decay, time_first, k, v)
+    torch.testing.assert_close(wkv_recurrent(time_decay, time_first, k, v).double(), expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(wkv(time_decay, time_first, k, v), wkv_recurrent(time_decay, time_first, k, v))
+
+
 def test_wkv_chunk_size_does_not_change_the_result():
     time_decay, time_first, k, v = wkv_inputs(T=50, k_scale=3.0, seed=1)
-    reference = wkv(time_decay, time_first, k, v, chunk=50)
+    reference = wkv_chunked(time_decay, time_first, k, v, chunk=50)
     for chunk in (1, 5, 16, 49, 128):
-        torch.testing.assert_close(wkv(time_decay, time_first, k, v, chunk=chunk), reference,
+        torch.testing.assert_close(wkv_chunked(time_decay, time_first, k, v, chunk=chunk), reference,
                                    rtol=1e-5, atol=1e-6)
 
 
