@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import QslmError
 from .common import add_data_dir_argument, add_device_argument, add_model_argument, print_table
@@ -76,9 +77,13 @@ def print_summary(result) -> None:
         ["power (mW)", f"{base['power_mw']:.3f}", f"{final['power_mw']:.3f}",
          f"{100 * final['power_mw'] / base['power_mw']:.1f}% of FP32"],
         [f"{'accuracy' if hib else 'word perplexity'} ({split})", metric(base[f"metric_{split}"]),
-         metric(final["metric"]), f"{final['quality_loss']:+.3g} {'points' if hib else 'relative'}"],
+         metric(final["metric"]), f"{-final['quality_loss']:+.2f} points" if hib
+         else f"{100 * final['quality_loss']:+.2f}%"],
     ]
     print_table(rows, ["", "FP32", "QSLM", "change"])
+    if not final["quality_within_limit"]:
+        print(f"warning: the plan met the quality constraint on the validation slice but loses "
+              f"{final['quality_loss']:.3g} on {split}, over the limit", file=sys.stderr)
     print(f"{len(report['candidates'])} candidates evaluated in {report['seconds']['total']:.0f} s; "
           f"model and report written to {result.out}")
 
@@ -86,8 +91,6 @@ def print_summary(result) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..search.run import run_search
 
-    if args.out is None:
-        raise QslmError("--out DIR is required")
     result = run_search(args.model, args.task, args.out, **options_from_args(args))
     print_summary(result)
     return 0 if result.report.get("final") else 3

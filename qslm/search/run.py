@@ -192,9 +192,9 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
 
     # ---- search
     t0 = time.perf_counter()
-    header = {"model": digest, "task": task, "validation": validation_digest, "calibration": calibration.digest,
-              "strategy": strategy, "bits": bit_choices, "constraints": vars(constraints), "weights": weights,
-              "spec": base_spec.to_dict(), "seed": seed, "max_evaluations": max_evaluations, "hardware": profile.name}
+    # A journal entry (the metric of one assignment) depends only on these, so a search re-run with other
+    # constraints, weights, strategy or budget still reuses every measurement already made.
+    header = {"model": digest, "task": task, "validation": validation_digest, "spec": base_spec.to_dict()}
     journal = Journal(out / "journal.jsonl", header)
     bytes_table = {u: {b: unit_bytes(modules[u], spec_for[b]) for b in bit_choices} for u in units}
 
@@ -250,6 +250,8 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         report["closest"] = [c.to_dict() for c in problem.closest()]
         report["final"] = None
         report["chosen"] = None
+        for name in MODEL_FILES:  # an earlier run's model must not sit beside an infeasible report
+            (out / name).unlink(missing_ok=True)
     else:
         plan = QuantPlan.from_bits(best.assignment, base_spec)
         exported = export_quantized(model, plan, tokenizer, out / ".model.tmp")
@@ -262,9 +264,11 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         final_energy = energy_per_inference(final_ops, best.assignment, profile, unit_bytes=stored).total_pj
         memory = safetensors_tensor_bytes(out / "model.safetensors")
         loss = (100 * (reported_metric - final_metric)) if not is_lm else final_metric / reported_metric - 1
+        limit = constraints.max_drop if not is_lm else constraints.max_ppl_increase
         report["status"] = "feasible"
         report["chosen"] = best.to_dict()
-        report["final"] = {"split": split, "reported_limit": reported_limit, "metric": final_metric, "quality_loss": loss, "memory_bytes": memory,
+        report["final"] = {"split": split, "reported_limit": reported_limit, "metric": final_metric, "quality_loss": loss,
+                           "quality_within_limit": limit is None or loss <= limit, "memory_bytes": memory,
                            "memory_bytes_predicted": best.memory_bytes, "energy_pj": final_energy,
                            "power_mw": power_mw(final_energy, profile),
                            "latency_s": _latency(quantized.model, calibration, device), "plan_file": PLAN_FILE}
