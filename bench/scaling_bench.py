@@ -30,7 +30,7 @@ def parse_config(text: str) -> dict:
     return {"n_layer": int(depth), "n_embd": int(width), "vocab_size": int(vocab or 2048)}
 
 
-def measure(config: dict, tokens: int, bits: list[int], threads: int) -> dict:
+def measure(config: dict, tokens: int, bits: list[int], threads: int, device: str) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -53,10 +53,12 @@ def measure(config: dict, tokens: int, bits: list[int], threads: int) -> dict:
     for p in model.parameters():  # random weights large enough that neurons fire
         if p.dim() == 2:
             torch.nn.init.normal_(p, std=0.05)
+    model.to(device)
     ids = torch.randint(0, config["vocab_size"], (max(1, tokens // 128), 129))
     with torch.no_grad():
-        targets = model(ids[:, :-1]).argmax(-1)
+        targets = model(ids[:, :-1].to(device)).argmax(-1).cpu()
     calibration = CalibrationSet(True, [(ids[:, :-1], None, targets)], "random")
+    ids = ids.to(device)
     base = QuantSpec(8)
 
     started = time.perf_counter()
@@ -80,7 +82,7 @@ def measure(config: dict, tokens: int, bits: list[int], threads: int) -> dict:
     def pseudo_ppl() -> float:
         with torch.no_grad():
             logits = model(ids[:, :-1])
-        return float(torch.exp(F.cross_entropy(logits.flatten(0, 1), targets.flatten())))
+        return float(torch.exp(F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten())))
 
     def measure_metric(assignment):
         t0 = time.perf_counter()
@@ -103,7 +105,8 @@ def measure(config: dict, tokens: int, bits: list[int], threads: int) -> dict:
             "blocks": len(hierarchy.blocks), "profile_s": profile_s, "sensitivity_s": sensitivity_s,
             "search_s": search_s, "evaluations": len(problem.candidates),
             "memory_fraction": best.score.memory_fraction if best else None,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0}
 
 
 def main() -> None:
@@ -112,18 +115,19 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256, help="calibration tokens (windows of 128)")
     parser.add_argument("--bits", default="2,4,8")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="write the markdown table here too")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     bits = [int(b) for b in args.bits.split(",")]
     if args.child:
-        print(json.dumps(measure(parse_config(args.child), args.tokens, bits, args.threads)))
+        print(json.dumps(measure(parse_config(args.child), args.tokens, bits, args.threads, args.device)))
         return
     rows = ["| blocks x width (vocab) | parameters | units | profile s | sensitivity s | search s | evaluations "
-            "| s per unit (sens.+search) | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+            "| s per unit (sens.+search) | peak RSS MB | peak GPU MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for text in args.configs.split(","):
         command = [sys.executable, __file__, "--child", text, "--tokens", str(args.tokens), "--bits", args.bits,
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads), "--device", args.device]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             rows.append(f"| {text} | failed: {done.stderr.strip().splitlines()[-1] if done.stderr else '?'} |")
@@ -134,7 +138,7 @@ def main() -> None:
         per_unit = (r["sensitivity_s"] + r["search_s"]) / r["units"]
         rows.append(f"| {config['n_layer']} x {config['n_embd']} ({config['vocab_size']}) | {r['params'] / 1e6:.1f}M | "
                     f"{r['units']} | {r['profile_s']:.1f} | {r['sensitivity_s']:.1f} | {r['search_s']:.1f} | "
-                    f"{r['evaluations']} | {per_unit:.2f} | {r['peak_rss_mb']:.0f} |")
+                    f"{r['evaluations']} | {per_unit:.2f} | {r['peak_rss_mb']:.0f} | {r['peak_gpu_mb']:.0f} |")
         print(rows[-1], flush=True)
     table = "\n".join(rows) + "\n"
     if args.out:
