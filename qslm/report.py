@@ -143,7 +143,11 @@ def markdown(report: dict) -> str:
             lines.append(f"| {unit} | " + " | ".join(f"{row[str(b)]['kl']:.2e}" if str(b) in row else "" for b in bits)
                          + " |")
         lines.append("")
-    lines += ["## Candidates evaluated", "", "| # | tier | metric | quality loss | memory % | energy % | feasible |",
+    lines += ["## Candidates evaluated", ""]
+    if hib:
+        lines += ["Metric: accuracy on the validation slice minus one standard error of the paired difference "
+                  "to the float model (a noise-aware, pessimistic estimate).", ""]
+    lines += ["| # | tier | metric | quality loss | memory % | energy % | feasible |",
               "|---|---|---|---|---|---|---|"]
     for c in report["candidates"]:
         lines.append(f"| {c['index']} | {c['tier']} | {c['metric']:.4f} | {c['quality_loss']:.4g} | "
