@@ -117,9 +117,11 @@ def markdown(report: dict) -> str:
         lines += ["| | FP32 | QSLM | change |", "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
         lines.append("")
+        scope = (f"the first {final['reported_limit']} {'examples' if hib else 'lines'} of the `{split}` split"
+                 if final.get("reported_limit") else f"the full `{split}` split")
         lines.append(f"Memory is bytes of the exported model's tensors (codes, scales, zero-points and float "
                      f"tensors). Energy uses the `{report['hardware']}` hardware profile. "
-                     f"The {metric_name} is measured on the full `{split}` split; the search itself only saw "
+                     f"The {metric_name} is measured on {scope}; the search itself only saw "
                      f"a held-out slice of training data.")
         lines.append("")
     else:

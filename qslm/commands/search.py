@@ -42,6 +42,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="candidate checks: held-out examples (sst2, default 1000) or words (wikitext2, default 8000)")
     parser.add_argument("--hardware", default="default_45nm",
                         help="energy profile: bundled name (default_45nm, neuromorphic) or JSON path")
+    parser.add_argument("--reported-limit", type=int, default=None,
+                        help="verify on the first N examples (sst2) / lines (wikitext2) of the reported split only "
+                             "(default: all of it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None, help="sensitivity cache (default: $QSLM_CACHE_DIR or ~/.cache/qslm)")
     add_data_dir_argument(parser)
@@ -56,6 +59,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
         weights=parse_weights(args.weights), bit_choices=parse_bits(args.bits), strategy=args.strategy,
         max_evaluations=args.max_evals, calibration_size=args.calibration_size,
         validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
+        reported_limit=args.reported_limit,
         data_dir=args.data_dir, device=args.device)
 
 
@@ -67,7 +71,7 @@ def print_summary(result) -> None:
         print(f"no plan meets the constraints ({report['status']}); closest plans are listed in "
               f"{result.out / 'report.md'}")
         return
-    split = final["split"]
+    split = final["split"] + (f", first {final['reported_limit']}" if final.get("reported_limit") else "")
     metric = (lambda v: f"{100 * v:.2f}%") if hib else (lambda v: f"{v:.2f}")
     rows = [
         ["memory (MB)", f"{base['memory_bytes'] / 1e6:.3f}", f"{final['memory_bytes'] / 1e6:.3f}",
@@ -76,7 +80,7 @@ def print_summary(result) -> None:
          f"{100 * final['energy_pj'] / base['energy_pj']:.1f}% of FP32"],
         ["power (mW)", f"{base['power_mw']:.3f}", f"{final['power_mw']:.3f}",
          f"{100 * final['power_mw'] / base['power_mw']:.1f}% of FP32"],
-        [f"{'accuracy' if hib else 'word perplexity'} ({split})", metric(base[f"metric_{split}"]),
+        [f"{'accuracy' if hib else 'word perplexity'} ({split})", metric(base[f"metric_{final['split']}"]),
          metric(final["metric"]), f"{-final['quality_loss']:+.2f} points" if hib
          else f"{100 * final['quality_loss']:+.2f}%"],
     ]
