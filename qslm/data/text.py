@@ -6,14 +6,14 @@ from pathlib import Path
 from ..errors import QslmError
 
 
-def load_text(path: str | Path) -> str:
+def load_text(path: str | Path, expected: str = "a UTF-8 plain-text file") -> str:
     path = Path(path)
     if not path.is_file():
-        raise QslmError(f"missing text corpus {path}: expected a UTF-8 plain-text file")
+        raise QslmError(f"missing text corpus {path}: expected {expected}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise QslmError(f"{path} is not UTF-8 text ({err})") from None
+        raise QslmError(f"{path} is not UTF-8 text ({err}); expected {expected}") from None
     if not text.strip():
-        raise QslmError(f"text corpus {path} is empty")
+        raise QslmError(f"{path} is empty; expected {expected}")
     return text

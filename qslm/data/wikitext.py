@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..errors import QslmError
 from .paths import resolve_data_dir
+from .text import load_text
 
 SPLITS = ("train", "valid", "test")
 FOLDER_NAMES = ("wikitext-2", "wikitext2", "wikitext-2-v1")
@@ -41,14 +42,7 @@ def has_split(split: str, data_dir=None) -> bool:
 
 
 def load_wikitext(split: str, data_dir=None) -> str:
-    path = split_path(split, data_dir)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise QslmError(f"{path} is not UTF-8 text ({err}); expected WikiText-2 plain text") from None
-    if not text.strip():
-        raise QslmError(f"{path} is empty; expected WikiText-2 plain text")
-    return text
+    return load_text(split_path(split, data_dir), "WikiText-2 plain text")
 
 
 def split_lines(text: str, fraction: float = CALIBRATION_FRACTION) -> tuple[str, str]:
