@@ -16,9 +16,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .data.batching import classification_batches, encode_examples, length_order, scored_windows
+from .data import sst2, wikitext
 from .data.sst2 import Example
 from .data.tokenizer import pad_id
-from .data.wikitext import word_count
 from .models.neurons import record_firing_rates
 
 TASKS = ("sst2", "wikitext2")
@@ -107,7 +107,17 @@ def evaluate_lm(model, tokenizer, text: str, split: str, batch_size: int = 8, pr
     started = time.perf_counter()
     with record_firing_rates(model) as recorder:
         nll = lm_token_nll(model, tokenizer, text, batch_size, progress)
-    words = word_count(text)
+    words = wikitext.word_count(text)
     loss_per_word = float(nll.double().sum()) / words
     return EvalResult("wikitext2", split, words, time.perf_counter() - started,
                       perplexity=math.exp(loss_per_word), loss=loss_per_word, firing_rates=recorder.rates)
+
+
+def evaluate_split(model, tokenizer, task: str, split: str, data_dir=None, limit: int | None = None,
+                   progress: bool = False) -> EvalResult:
+    """``model`` on a task's split, or on its first ``limit`` examples (sst2) / lines (wikitext2)."""
+    if task == "sst2":
+        return evaluate_classification(model, tokenizer, sst2.load_sst2(split, data_dir)[:limit], split,
+                                       progress=progress)
+    text = wikitext.first_lines(wikitext.load_wikitext(split, data_dir), limit)
+    return evaluate_lm(model, tokenizer, text, split, progress=progress)

@@ -14,8 +14,7 @@ def evaluate_model(model_ref: str, task: str, split: str | None = None, limit: i
                    data_dir=None, device=None, progress: bool = False):
     """Load a model and evaluate it on a task split; ``limit`` keeps the first N examples (sst2)
     or the first N lines (wikitext2)."""
-    from ..data import sst2, wikitext
-    from ..evaluate import evaluate_classification, evaluate_lm
+    from ..evaluate import evaluate_split
     from ..models.zoo import load_model
 
     split = split or DEFAULT_SPLIT[task]
@@ -26,13 +25,7 @@ def evaluate_model(model_ref: str, task: str, split: str | None = None, limit: i
     if (task == "wikitext2") != is_lm:
         raise QslmError(f"model {loaded.path} is a {'language model' if is_lm else 'classifier'}; "
                         f"it cannot be evaluated on task {task!r}")
-    if task == "sst2":
-        examples = sst2.load_sst2(split, data_dir)[:limit]
-        return evaluate_classification(loaded.model, loaded.tokenizer, examples, split, progress=progress)
-    text = wikitext.load_wikitext(split, data_dir)
-    if limit is not None:
-        text = "".join(text.splitlines(keepends=True)[:limit])
-    return evaluate_lm(loaded.model, loaded.tokenizer, text, split, progress=progress)
+    return evaluate_split(loaded.model, loaded.tokenizer, task, split, data_dir, limit, progress)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -45,6 +45,11 @@ def load_wikitext(split: str, data_dir=None) -> str:
     return load_text(split_path(split, data_dir), "WikiText-2 plain text")
 
 
+def first_lines(text: str, n: int | None) -> str:
+    """The first ``n`` lines of ``text`` (all of it when ``n`` is None)."""
+    return text if n is None else "".join(text.splitlines(keepends=True)[:n])
+
+
 def split_lines(text: str, fraction: float = CALIBRATION_FRACTION) -> tuple[str, str]:
     """(head, tail) of a text split on a line boundary; the tail is the last ``fraction`` of lines."""
     lines = text.splitlines(keepends=True)

@@ -29,7 +29,7 @@ from ..commands.profile import calibration_runner
 from ..data import sst2, wikitext
 from ..device import resolve_device
 from ..errors import QslmError
-from ..evaluate import evaluate_classification, evaluate_lm
+from ..evaluate import evaluate_lm, evaluate_split
 from ..models.zoo import load_model
 from ..quant.apply import WeightCache, fake_quantized
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
@@ -45,6 +45,8 @@ from .problem import SearchProblem
 BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse")
 DEFAULTS = {"sst2": {"calibration": 128, "validation": 1000}, "wikitext2": {"calibration": 2048, "validation": 8000}}
 DEFAULT_BASELINE_BUDGET = 60
+# Op counts (firing rates) are measured at batch size 1 on the first examples / lines of the calibration slice.
+OP_COUNT_SEQUENCES = {"sst2": 64, "wikitext2": 40}
 REPORTED_SPLIT = {"sst2": "dev", "wikitext2": "test"}
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", PLAN_FILE)
 
@@ -164,7 +166,8 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     groups = hierarchy.groups()
     units = dict(hierarchy.units)
     modules = dict(model.named_modules())
-    op_counts = measure_op_counts(model, calibration_runner(loaded, task, data_dir, limit=64 if task == "sst2" else 40))
+    op_count_limit = OP_COUNT_SEQUENCES[task]
+    op_counts = measure_op_counts(model, calibration_runner(loaded, task, data_dir, limit=op_count_limit))
     baseline_metric, baseline_seconds = _timed(lambda: measure(model))
     fp32_unit_bytes = {u: unit_bytes(modules[u], None) for u in units}
     fixed = fixed_bytes(model)
@@ -271,7 +274,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         quantized = load_model(out, device)
         final_metric = _reported_metric(quantized.model, tokenizer, task, split, data_dir, progress, reported_limit)
         final_ops = measure_op_counts(quantized.model, calibration_runner(quantized, task, data_dir,
-                                                                          limit=64 if task == "sst2" else 40))
+                                                                          limit=op_count_limit))
         stored = {u: bytes_table[u][b] for u, b in best.assignment.items()}
         final_energy = energy_per_inference(final_ops, best.assignment, profile, unit_bytes=stored).total_pj
         memory = safetensors_tensor_bytes(out / "model.safetensors")
@@ -307,8 +310,5 @@ def _latency(model, calibration, device) -> float:
 
 
 def _reported_metric(model, tokenizer, task: str, split: str, data_dir, progress: bool, limit: int | None) -> float:
-    if task == "sst2":
-        return evaluate_classification(model, tokenizer, sst2.load_sst2(split, data_dir)[:limit], split,
-                                       progress=progress).accuracy
-    text = "".join(wikitext.load_wikitext(split, data_dir).splitlines(keepends=True)[:limit])
-    return evaluate_lm(model, tokenizer, text, split, progress=progress).perplexity
+    result = evaluate_split(model, tokenizer, task, split, data_dir, limit, progress)
+    return result.accuracy if task == "sst2" else result.perplexity
