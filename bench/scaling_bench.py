@@ -30,12 +30,13 @@ def parse_config(text: str) -> dict:
     return {"n_layer": int(depth), "n_embd": int(width), "vocab_size": int(vocab or 2048)}
 
 
-def measure(config: dict, tokens: int, bits: list[int], threads: int, device: str) -> dict:
+def measure(config: dict, tokens: int, bits: list[int], threads: int, device: str, method: str) -> dict:
     import torch
     import torch.nn.functional as F
 
     from qslm.analysis.cost import energy_per_inference, measure_op_counts
     from qslm.analysis.hierarchy import build_hierarchy
+    from qslm.analysis.local_sensitivity import BlockLocalSensitivity
     from qslm.analysis.sensitivity import CalibrationSet, damage, output_log_probs
     from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
     from qslm.quant.apply import WeightCache, fake_quantized
@@ -70,13 +71,16 @@ def measure(config: dict, tokens: int, bits: list[int], threads: int, device: st
 
     started = time.perf_counter()
     reference = output_log_probs(model, calibration)
+    local = BlockLocalSensitivity.for_hierarchy(model, hierarchy, calibration) if method == "local" else None
     cache = WeightCache()
     sens = {}
     scopes = list(dict.fromkeys([tuple(m) for m in groups.values()] + [(u,) for u in hierarchy.units]))
     for members in scopes:
+        block = local.block_holding(members) if local is not None else None
         for b in bits:
             with fake_quantized(model, QuantPlan({u: QuantSpec(b) for u in members}), cache):
-                sens[members, b] = damage(reference, output_log_probs(model, calibration), calibration)["kl"]
+                sens[members, b] = local.damage(block)["kl"] if block is not None else \
+                    damage(reference, output_log_probs(model, calibration), calibration)["kl"]
     sensitivity_s = time.perf_counter() - started
 
     def pseudo_ppl() -> float:
@@ -116,18 +120,21 @@ def main() -> None:
     parser.add_argument("--bits", default="2,4,8")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sensitivity", default="exact", choices=("exact", "local"),
+                        help="sensitivity method, as qslm search --sensitivity")
     parser.add_argument("--out", default=None, help="write the markdown table here too")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     bits = [int(b) for b in args.bits.split(",")]
     if args.child:
-        print(json.dumps(measure(parse_config(args.child), args.tokens, bits, args.threads, args.device)))
+        print(json.dumps(measure(parse_config(args.child), args.tokens, bits, args.threads, args.device,
+                                 args.sensitivity)))
         return
     rows = ["| blocks x width (vocab) | parameters | units | profile s | sensitivity s | search s | evaluations "
             "| s per unit (sens.+search) | peak RSS MB | peak GPU MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for text in args.configs.split(","):
         command = [sys.executable, __file__, "--child", text, "--tokens", str(args.tokens), "--bits", args.bits,
-                   "--threads", str(args.threads), "--device", args.device]
+                   "--threads", str(args.threads), "--device", args.device, "--sensitivity", args.sensitivity]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             rows.append(f"| {text} | failed: {done.stderr.strip().splitlines()[-1] if done.stderr else '?'} |")

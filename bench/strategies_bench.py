@@ -33,7 +33,8 @@ def run_one(name: str, args, out: Path, memory_limit: bool = True, **overrides) 
     max_memory = args.max_memory if memory_limit else None
     options = dict(constraints=Constraints(args.max_drop, args.max_ppl_increase, max_memory),
                    data_dir=args.data_dir, progress=False, reported_limit=args.reported_limit,
-                   cache_dir=args.cache_dir, seed=args.seed)
+                   cache_dir=args.cache_dir, seed=args.seed, validation_size=args.validation_size,
+                   sensitivity_method=args.sensitivity)
     options.update(overrides)
     result = run_search(args.model, args.task, out / name, **options)
     report = result.report
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--max-ppl-increase", type=float, default=None)
     parser.add_argument("--max-memory", type=float, default=None)
     parser.add_argument("--reported-limit", type=int, default=None)
+    parser.add_argument("--validation-size", type=int, default=None, help="as qslm search --validation-size")
+    parser.add_argument("--sensitivity", default="exact", choices=("exact", "local"))
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)

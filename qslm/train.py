@@ -46,6 +46,7 @@ class TrainOptions:
     model_overrides: dict = field(default_factory=dict)  # config fields, e.g. n_embd, n_layer
     init: str | None = None  # start from this model's weights and tokenizer
     corpora: list[str] = field(default_factory=list)  # extra LM text files (default: brown/brown.txt)
+    wikitext_weight: int = 1  # times the WikiText-2 text appears in the LM stream (it is the test domain)
     checkpoint_every: int = 200
     eval_every: int = 500
     data_dir: str | None = None
@@ -57,15 +58,16 @@ def lm_training_text(options: TrainOptions) -> str:
     root = resolve_data_dir(options.data_dir)
     corpora = options.corpora or [str(root / "brown" / "brown.txt")]
     parts = [load_text(path) for path in corpora]
+    in_domain = []
     if wikitext.has_split("train", options.data_dir):
-        parts.append(wikitext.load_wikitext("train", options.data_dir))
-    parts.append(wikitext.split_lines(wikitext.load_wikitext("valid", options.data_dir))[0])
-    return "\n".join(parts)
+        in_domain.append(wikitext.load_wikitext("train", options.data_dir))
+    in_domain.append(wikitext.split_lines(wikitext.load_wikitext("valid", options.data_dir))[0])
+    return "\n".join(parts + in_domain * options.wikitext_weight)
 
 
 def tokenizer_corpus(options: TrainOptions) -> list[str]:
     root = resolve_data_dir(options.data_dir)
-    lm = lm_training_text(options).splitlines()
+    lm = lm_training_text(dataclasses.replace(options, wikitext_weight=1)).splitlines()
     sentences = [ex.sentence for ex in sst2.read_tsv(root / "sst2" / "train.tsv")]
     return lm + sentences
 
@@ -90,6 +92,8 @@ class Trainer:
             raise QslmError(f"unknown arch {options.arch!r}; expected one of {sorted(ARCHITECTURES)}")
         if options.task not in ("wikitext2", "sst2"):
             raise QslmError(f"unknown task {options.task!r}; expected wikitext2 or sst2")
+        if options.wikitext_weight < 1:
+            raise QslmError(f"wikitext_weight must be a whole number >= 1, got {options.wikitext_weight}")
         config_fields = {f.name for f in dataclasses.fields(ARCHITECTURES[options.arch][0])}
         unknown = sorted(set(options.model_overrides) - config_fields)
         if unknown:
@@ -115,10 +119,12 @@ class Trainer:
         if options.init:
             loaded = load_model(options.init)
             tokenizer = loaded.tokenizer
-            config = dataclasses.replace(loaded.config, **options.model_overrides) \
-                if options.arch == loaded.config.arch else None
-            if config is None:
+            if options.arch != loaded.config.arch:
                 raise QslmError(f"--init model is arch {loaded.config.arch!r}, not {options.arch!r}")
+            overrides = dict(options.model_overrides)
+            if hasattr(loaded.config, "task"):  # e.g. an LM body under a new classification head
+                overrides.setdefault("task", "lm" if options.task == "wikitext2" else "classification")
+            config = dataclasses.replace(loaded.config, **overrides)
             model = build_model(config)
             # Reuse every tensor whose name and shape match (e.g. an LM body under a classifier).
             own = model.state_dict()

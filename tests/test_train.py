@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from qslm.errors import QslmError
 from qslm.models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
-from qslm.train import Trainer, TrainOptions, lr_at, train
+from qslm.train import Trainer, TrainOptions, lm_training_text, lr_at, tokenizer_corpus, train
 
 TASKS = {"wikitext2": {"n_embd": 16, "n_layer": 1, "ctx_len": 16},
          "sst2": {"n_embd": 16, "n_layer": 1, "ctx_len": 24}}
@@ -103,3 +103,28 @@ def test_learning_rate_schedule():
     assert lr_at(10, opts) == pytest.approx(1e-3)
     assert lr_at(60, opts) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
     assert lr_at(110, opts) == pytest.approx(1e-4)
+
+
+def test_wikitext_weight_repeats_the_in_domain_text(small_data_dir, tmp_path):
+    base = options("wikitext2", tmp_path / "m", small_data_dir)
+    line = next(l for l in (small_data_dir / "wikitext-2" / "valid.txt").read_text().splitlines() if len(l) > 40)
+    once, thrice = lm_training_text(base), lm_training_text(dataclasses.replace(base, wikitext_weight=3))
+    assert once.count(line) == 1 and thrice.count(line) == 3
+    brown = (small_data_dir / "brown" / "brown.txt").read_text().splitlines()[5]
+    assert once.count(brown) == thrice.count(brown)
+    # the tokenizer is trained on the plain mix whatever the weight, so it does not change with it
+    assert tokenizer_corpus(base) == tokenizer_corpus(dataclasses.replace(base, wikitext_weight=3))
+    with pytest.raises(QslmError, match="wikitext_weight must be a whole number >= 1, got 0"):
+        train(dataclasses.replace(base, wikitext_weight=0))
+
+
+def test_classifier_from_a_language_model(tiny_lm, small_data_dir, tmp_path):
+    """--init with an LM for sst2 keeps the LM body and tokenizer under a new classification head."""
+    out = train(options("sst2", tmp_path / "clf", small_data_dir, init=str(tiny_lm), steps=2,
+                        model_overrides={}))
+    config = json.loads((out / CONFIG_FILE).read_text())
+    assert config["task"] == "classification" and config["n_embd"] == 32
+    trained, body = weights(out), weights(tiny_lm)
+    assert "classifier.weight" in trained and "head.weight" not in trained
+    assert (out / TOKENIZER_FILE).read_text() == (tiny_lm / TOKENIZER_FILE).read_text()
+    assert set(body) - {"head.weight"} <= set(trained)

@@ -34,6 +34,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="objective weights, default quality=1,memory=1,energy=0.5,latency=0")
     parser.add_argument("--bits", default="2,3,4,5,6,8", help="candidate bit-widths (default 2,3,4,5,6,8)")
     parser.add_argument("--strategy", default="tiered", choices=STRATEGIES)
+    parser.add_argument("--sensitivity", default="exact", choices=("exact", "local"),
+                        help="exact: whole model per measurement; local: each block alone with a Fisher "
+                             "estimate, time linear in depth (for deep models)")
     parser.add_argument("--max-evals", type=int, default=None,
                         help="candidate evaluation budget (random/nsga2 default: 60)")
     parser.add_argument("--calibration-size", type=int, default=None,
@@ -59,7 +62,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
         weights=parse_weights(args.weights), bit_choices=parse_bits(args.bits), strategy=args.strategy,
         max_evaluations=args.max_evals, calibration_size=args.calibration_size,
         validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
-        reported_limit=args.reported_limit,
+        reported_limit=args.reported_limit, sensitivity_method=args.sensitivity,
         data_dir=args.data_dir, device=args.device)
 
 

@@ -28,6 +28,7 @@ class SpikeGPTConfig:
     num_classes: int = 2
     tau: float = 2.0
     v_threshold: float = 1.0
+    dropout: float = 0.0  # on the embeddings and the pooled features, during training only
     arch: str = "spikegpt"
 
 
@@ -193,6 +194,7 @@ class SpikeGPT(nn.Module):
         self.config = cfg
         d = cfg.n_embd
         self.emb = nn.Embedding(cfg.vocab_size, d)
+        self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
         self.ln_out = nn.LayerNorm(d)
         if cfg.task == "lm":
@@ -211,7 +213,7 @@ class SpikeGPT(nn.Module):
             nn.init.uniform_(module.weight, -1e-4, 1e-4)  # RWKV habit; ln0 rescales
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.emb(idx)
+        x = self.drop(self.emb(idx))
         for block in self.blocks:
             x = block(x)
         return self.ln_out(x)
@@ -227,4 +229,4 @@ class SpikeGPT(nn.Module):
         else:
             mask = attention_mask.to(h.dtype).unsqueeze(-1)
             pooled = (h * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-        return self.classifier(pooled)
+        return self.classifier(self.drop(pooled))

@@ -28,6 +28,7 @@ class SpikingEncoderConfig:
     num_classes: int = 2
     tau: float = 2.0
     v_threshold: float = 1.0
+    dropout: float = 0.0  # on the input currents and the pooled features, during training only
     task: str = "classification"
     arch: str = "spiking-encoder"
 
@@ -108,6 +109,7 @@ class SpikingEncoder(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_len, d)
         # Normalise the input current so the first neurons fire from the start.
         self.ln_in = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_layer)])
         self.ln_out = nn.LayerNorm(d)
         self.classifier = nn.Linear(d, cfg.num_classes)
@@ -125,10 +127,10 @@ class SpikingEncoder(nn.Module):
             if attention_mask is not None:
                 attention_mask = attention_mask[:, :N]
         mask = torch.ones_like(idx, dtype=torch.float32) if attention_mask is None else attention_mask.float()
-        x = self.ln_in(self.emb(idx) + self.pos_emb(torch.arange(N, device=idx.device))[None])
+        x = self.drop(self.ln_in(self.emb(idx) + self.pos_emb(torch.arange(N, device=idx.device))[None]))
         x = x.unsqueeze(0).expand(self.config.time_steps, B, N, -1).contiguous()  # [T, B, N, D]
         for block in self.blocks:
             x = block(x, mask)
         h = self.ln_out(x.mean(dim=0))  # average over time steps
         pooled = (h * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return self.classifier(pooled)
+        return self.classifier(self.drop(pooled))

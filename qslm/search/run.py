@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..analysis.cost import energy_per_inference, load_hardware_profile, measure_latency, measure_op_counts, power_mw
 from ..analysis.hessian import hutchinson_traces
 from ..analysis.hierarchy import build_hierarchy
+from ..analysis.local_sensitivity import BlockLocalSensitivity
 from ..analysis.sensitivity import (SensitivityCache, classification_calibration, damage, default_cache_dir,
                                     lm_calibration, model_hash, output_log_probs)
 from ..commands.profile import calibration_runner
@@ -45,6 +46,7 @@ from .problem import SearchProblem
 BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse")
 DEFAULTS = {"sst2": {"calibration": 128, "validation": 1000}, "wikitext2": {"calibration": 2048, "validation": 8000}}
 DEFAULT_BASELINE_BUDGET = 60
+SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
 # Op counts (firing rates) are measured at batch size 1 on the first examples / lines of the calibration slice.
 OP_COUNT_SEQUENCES = {"sst2": 64, "wikitext2": 40}
 REPORTED_SPLIT = {"sst2": "dev", "wikitext2": "test"}
@@ -97,16 +99,19 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
                calibration_size: int | None = None, validation_size: int | None = None,
                hardware: str = "default_45nm", seed: int = 0, cache_dir=None, data_dir=None, device=None,
                progress: bool = True, base_spec: QuantSpec = BASE_SPEC,
-               reported_limit: int | None = None) -> SearchResult:
+               reported_limit: int | None = None, sensitivity_method: str = "exact") -> SearchResult:
     """Search a mixed-precision plan for ``model_ref`` and write the quantized model and report to ``out``.
     ``reported_limit`` verifies on only the first N examples / lines of the reported split (benchmarks
-    of many strategies); the default verifies on all of it."""
+    of many strategies); the default verifies on all of it. ``sensitivity_method`` is ``exact`` (whole
+    model per measurement) or ``local`` (block-local Fisher estimate, time linear in depth)."""
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     constraints = constraints or Constraints()
     weights = parse_weights(weights)
     bit_choices = sorted(set(bit_choices))
     _check_options(task, constraints, bit_choices, strategy, max_evaluations)
+    if sensitivity_method not in SENSITIVITY_METHODS:
+        raise QslmError(f"unknown sensitivity method {sensitivity_method!r}; expected one of {SENSITIVITY_METHODS}")
     out = Path(out)
     torch.manual_seed(seed)
     profile = load_hardware_profile(hardware)
@@ -182,16 +187,22 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     weight_cache = WeightCache()
     reference = output_log_probs(model, calibration)
     spec_for = {b: dataclasses.replace(base_spec, bits=b) for b in bit_choices}
+    local = BlockLocalSensitivity.for_hierarchy(model, hierarchy, calibration) \
+        if sensitivity_method == "local" and hierarchy.blocks else None
 
     def sensitivity(members: tuple[str, ...], bits: int) -> dict:
-        key = SensitivityCache.key(digest, calibration.digest, members, spec_for[bits].describe())
+        block = local.block_holding(members) if local is not None else None
+        method = "local" if block is not None else "exact"  # units outside blocks: measured exactly
+        key = SensitivityCache.key(digest, calibration.digest + (":local" if block else ""), members,
+                                   spec_for[bits].describe())
         value = cache.get(key)
         if value is None:
             plan = QuantPlan({u: spec_for[bits] for u in members})
             with fake_quantized(model, plan, weight_cache):
-                value = damage(reference, output_log_probs(model, calibration), calibration)
+                value = local.damage(block) if block is not None else \
+                    damage(reference, output_log_probs(model, calibration), calibration)
             cache.put(key, value)
-        return value
+        return {**value, "method": method}
 
     scopes = list(dict.fromkeys([tuple(m) for m in groups.values()] + [(u,) for u in units]))
     table: dict[str, dict[str, dict]] = {}
@@ -246,6 +257,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     split = REPORTED_SPLIT[task]
     report = {
         "model": str(loaded.path), "model_name": loaded.path.name, "task": task, "strategy": strategy,
+        "sensitivity_method": sensitivity_method,
         "higher_is_better": not is_lm, "constraints": vars(constraints), "weights": weights,
         "bit_choices": bit_choices, "base_spec": base_spec.to_dict(), "hardware": profile.name, "seed": seed,
         "calibration_size": calibration.size, "validation_size": n_val if is_lm else validation.size,

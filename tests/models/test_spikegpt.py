@@ -217,3 +217,15 @@ def test_classification_ignores_right_padding():
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(unmasked, alone, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(other_pad, batched, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_acts_in_training_only():
+    model = tiny("classification", dropout=0.5)
+    idx = torch.randint(0, 50, (4, 9))
+    model.train()
+    torch.manual_seed(1)
+    first = model(idx)
+    assert not torch.equal(first, model(idx))
+    model.eval()
+    assert torch.equal(model(idx), model(idx))
+    assert torch.equal(tiny("classification").eval()(idx), model(idx))  # same weights, dropout off in eval

@@ -120,3 +120,11 @@ def test_linear_inputs_inside_blocks_are_binary_spikes():
 def test_heads_must_divide_the_width():
     with pytest.raises(ValueError, match=r"n_embd \(18\) must be divisible by n_head \(4\)"):
         SpikingEncoder(SpikingEncoderConfig(vocab_size=10, n_embd=18, n_head=4, n_layer=1))
+
+
+def test_dropout_acts_in_training_only():
+    ids = torch.randint(1, 50, (4, 10))
+    model = tiny(dropout=0.5)
+    assert torch.equal(model(ids), tiny().eval()(ids))  # eval: no dropout, same weights
+    model.train()
+    assert not torch.equal(model(ids), model(ids))

@@ -184,6 +184,24 @@ def test_bad_options(tiny_classifier, small_data_dir, tmp_path):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, strategy="anneal")
     with pytest.raises(QslmError, match="evaluation budget must be at least 1, got 0"):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, strategy="random", max_evaluations=0)
+    with pytest.raises(QslmError, match="unknown sensitivity method 'fast'"):
+        search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, sensitivity_method="fast")
+
+
+def test_local_sensitivity_search(base, tiny_classifier, small_data_dir, tmp_path_factory):
+    """Block units are measured block-locally, units outside blocks exactly; the search still meets
+    its constraints, and the estimates are cached apart from the exact ones."""
+    root = tmp_path_factory.mktemp("local")
+    result = search(tiny_classifier, root / "out", small_data_dir, shared_cache(tmp_path_factory),
+                    sensitivity_method="local")
+    report = result.report
+    assert report["sensitivity_method"] == "local" and base.report["sensitivity_method"] == "exact"
+    methods = {unit: {row["method"] for row in by_bits.values()} for unit, by_bits in report["sensitivity"].items()}
+    assert methods["blocks.0"] == {"local"} and methods["blocks.1.att.key"] == {"local"}
+    assert methods["emb"] == {"exact"} and methods["classifier"] == {"exact"}
+    assert report["sensitivity"]["emb"] == base.report["sensitivity"]["emb"]  # same exact measurement
+    assert report["sensitivity"]["blocks.0"] != base.report["sensitivity"]["blocks.0"]
+    assert report["status"] == "feasible" and report["chosen"]["memory_fraction"] <= 0.5
 
 
 def test_quantized_model_is_refused(base, small_data_dir, tmp_path):
