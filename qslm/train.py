@@ -30,6 +30,8 @@ from .errors import QslmError
 from .evaluate import evaluate_classification, evaluate_lm
 from .models.zoo import ARCHITECTURES, TOKENIZER_FILE, load_model, save_model, build_model
 
+TRAINING_FILE = "training.json"  # the training summary written beside the model
+
 
 @dataclass
 class TrainOptions:
@@ -70,6 +72,10 @@ def tokenizer_corpus(options: TrainOptions) -> list[str]:
     lm = lm_training_text(dataclasses.replace(options, wikitext_weight=1)).splitlines()
     sentences = [ex.sentence for ex in sst2.read_tsv(root / "sst2" / "train.tsv")]
     return lm + sentences
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def lr_at(step: int, options: TrainOptions) -> float:
@@ -118,6 +124,7 @@ class Trainer:
         tokenizer_path = self.work / TOKENIZER_FILE
         if options.init:
             loaded = load_model(options.init)
+            self.init_training = _read_json(loaded.path / TRAINING_FILE)
             tokenizer = loaded.tokenizer
             if options.arch != loaded.config.arch:
                 raise QslmError(f"--init model is arch {loaded.config.arch!r}, not {options.arch!r}")
@@ -279,9 +286,11 @@ class Trainer:
                    "train_seconds": round(self.seconds, 1),
                    "parameters": sum(p.numel() for p in self.model.parameters()),
                    "history": self.history}
+        if getattr(self, "init_training", None) is not None:  # provenance: how the starting model was made
+            summary["init_training"] = self.init_training
         self.model.eval()
         save_model(options.out, self.model.cpu(), self.tokenizer,
-                   extra_files={"training.json": json.dumps(summary, indent=2) + "\n"})
+                   extra_files={TRAINING_FILE: json.dumps(summary, indent=2) + "\n"})
         (self.work / "checkpoint.pt").unlink(missing_ok=True)
         (self.work / TOKENIZER_FILE).unlink(missing_ok=True)
         self.work.rmdir()

@@ -128,3 +128,7 @@ def test_classifier_from_a_language_model(tiny_lm, small_data_dir, tmp_path):
     assert "classifier.weight" in trained and "head.weight" not in trained
     assert (out / TOKENIZER_FILE).read_text() == (tiny_lm / TOKENIZER_FILE).read_text()
     assert set(body) - {"head.weight"} <= set(trained)
+    lm = train(options("wikitext2", tmp_path / "lm", small_data_dir, steps=2))
+    staged = train(options("wikitext2", tmp_path / "lm2", small_data_dir, init=str(lm), steps=2, model_overrides={}))
+    summary = json.loads((staged / "training.json").read_text())
+    assert summary["init_training"] == json.loads((lm / "training.json").read_text())  # provenance kept
