@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from qslm.report import pareto_front  # noqa: E402
 from qslm.search.objective import Constraints  # noqa: E402
-from qslm.search.run import run_search  # noqa: E402
+from qslm.search.run import SENSITIVITY_METHODS, run_search  # noqa: E402
 
 
 def run_one(name: str, args, out: Path, memory_limit: bool = True, **overrides) -> dict:
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--max-memory", type=float, default=None)
     parser.add_argument("--reported-limit", type=int, default=None)
     parser.add_argument("--validation-size", type=int, default=None, help="as qslm search --validation-size")
-    parser.add_argument("--sensitivity", default="exact", choices=("exact", "local"))
+    parser.add_argument("--sensitivity", default="exact", choices=SENSITIVITY_METHODS)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)

@@ -31,6 +31,7 @@ from .evaluate import evaluate_classification, evaluate_lm
 from .models.zoo import ARCHITECTURES, TOKENIZER_FILE, load_model, save_model, build_model
 
 TRAINING_FILE = "training.json"  # the training summary written beside the model
+MODEL_TASK = {"wikitext2": "lm", "sst2": "classification"}  # training task -> the config's head
 
 
 @dataclass
@@ -110,6 +111,7 @@ class Trainer:
         self.device = torch.device(options.device)
         torch.manual_seed(options.seed)
         self.rng = random.Random(options.seed)
+        self.init_training: dict | None = None  # the --init model's training summary, kept for provenance
         self.tokenizer, self.model = self._build()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr,
                                            weight_decay=options.weight_decay, betas=(0.9, 0.99))
@@ -130,7 +132,7 @@ class Trainer:
                 raise QslmError(f"--init model is arch {loaded.config.arch!r}, not {options.arch!r}")
             overrides = dict(options.model_overrides)
             if hasattr(loaded.config, "task"):  # e.g. an LM body under a new classification head
-                overrides.setdefault("task", "lm" if options.task == "wikitext2" else "classification")
+                overrides.setdefault("task", MODEL_TASK[options.task])
             config = dataclasses.replace(loaded.config, **overrides)
             model = build_model(config)
             # Reuse every tensor whose name and shape match (e.g. an LM body under a classifier).
@@ -143,10 +145,9 @@ class Trainer:
             else:
                 tokenizer = train_tokenizer(tokenizer_corpus(options), options.vocab_size)
             config_cls, _ = ARCHITECTURES[options.arch]
-            task = "lm" if options.task == "wikitext2" else "classification"
             fields = {"vocab_size": tokenizer.get_vocab_size(), **options.model_overrides}
             if "task" in {f.name for f in dataclasses.fields(config_cls)}:
-                fields.setdefault("task", task)
+                fields.setdefault("task", MODEL_TASK[options.task])
             config = config_cls(**fields)
             if options.task == "wikitext2" and config.task != "lm":
                 raise QslmError(f"arch {options.arch!r} cannot be trained as a language model")
@@ -286,7 +287,7 @@ class Trainer:
                    "train_seconds": round(self.seconds, 1),
                    "parameters": sum(p.numel() for p in self.model.parameters()),
                    "history": self.history}
-        if getattr(self, "init_training", None) is not None:  # provenance: how the starting model was made
+        if self.init_training is not None:
             summary["init_training"] = self.init_training
         self.model.eval()
         save_model(options.out, self.model.cpu(), self.tokenizer,

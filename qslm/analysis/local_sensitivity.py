@@ -99,15 +99,14 @@ class BlockLocalSensitivity:
                                                                                             mask.to(device))
                         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                                targets.to(device).reshape(-1), reduction="sum")
-                        names = [n for n in self.blocks if n in captured]
-                        grads = torch.autograd.grad(loss, [captured[n][2] for n in names], allow_unused=True)
+                        missing = [name for name in self.blocks if name not in captured]
+                        if missing:
+                            raise QslmError(f"block {missing[0]!r} did not run on the calibration inputs")
+                        grads = torch.autograd.grad(loss, [captured[n][2] for n in self.blocks], allow_unused=True)
                 finally:
                     for hook in hooks:
                         hook.remove()
-                for name in self.blocks:
-                    if name not in captured:
-                        raise QslmError(f"block {name!r} did not run on the calibration inputs")
-                for name, grad in zip(names, grads):
+                for name, grad in zip(self.blocks, grads):
                     args, kwargs, output = captured[name]
                     grad = torch.zeros_like(output) if grad is None else grad
                     self.records[name].append(BlockRecord(args, kwargs, output.detach(), grad.detach()))

@@ -193,7 +193,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     def sensitivity(members: tuple[str, ...], bits: int) -> dict:
         block = local.block_holding(members) if local is not None else None
         method = "local" if block is not None else "exact"  # units outside blocks: measured exactly
-        key = SensitivityCache.key(digest, calibration.digest + (":local" if block else ""), members,
+        key = SensitivityCache.key(digest, calibration.digest + (":local" if method == "local" else ""), members,
                                    spec_for[bits].describe())
         value = cache.get(key)
         if value is None:
