@@ -50,6 +50,9 @@ class TrainOptions:
     init: str | None = None  # start from this model's weights and tokenizer
     corpora: list[str] = field(default_factory=list)  # extra LM text files (default: brown/brown.txt)
     wikitext_weight: int = 1  # times the WikiText-2 text appears in the LM stream (it is the test domain)
+    # SST-2: draw each training example with probability proportional to words ** length_weighting.
+    # Train is mostly short phrases while dev is whole sentences; 0 keeps plain shuffled epochs.
+    length_weighting: float = 0.0
     checkpoint_every: int = 200
     eval_every: int = 500
     data_dir: str | None = None
@@ -101,6 +104,8 @@ class Trainer:
             raise QslmError(f"unknown task {options.task!r}; expected wikitext2 or sst2")
         if options.wikitext_weight < 1:
             raise QslmError(f"wikitext_weight must be a whole number >= 1, got {options.wikitext_weight}")
+        if not options.length_weighting >= 0:
+            raise QslmError(f"length_weighting must be >= 0, got {options.length_weighting}")
         config_fields = {f.name for f in dataclasses.fields(ARCHITECTURES[options.arch][0])}
         unknown = sorted(set(options.model_overrides) - config_fields)
         if unknown:
@@ -164,6 +169,7 @@ class Trainer:
             train, held_out = sst2.split_holdout(sst2.load_sst2("train", options.data_dir))
             max_len = getattr(self.model.config, "max_len", None) or self.model.config.ctx_len
             self.train_items = encode_examples(self.tokenizer, train, max_len)
+            self.train_weights = [len(e.sentence.split()) ** options.length_weighting for e in train]
             self.val_examples = held_out[:500]
             self.epoch_batches = []
 
@@ -209,7 +215,10 @@ class Trainer:
     def _classification_batch(self):
         if not self.epoch_batches:
             order = list(range(len(self.train_items)))
-            self.rng.shuffle(order)
+            if self.options.length_weighting:
+                order = self.rng.choices(order, weights=self.train_weights, k=len(order))
+            else:
+                self.rng.shuffle(order)
             bs = self.options.batch_size
             self.epoch_batches = [order[i:i + bs] for i in range(0, len(order), bs)]
         indices = self.epoch_batches.pop()

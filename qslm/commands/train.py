@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         arch=args.arch, task=args.task, out=Path(args.out), steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, warmup=args.warmup, seed=args.seed, vocab_size=args.vocab_size,
         model_overrides=parse_overrides(args.set), init=args.init, corpora=args.corpus,
-        wikitext_weight=args.wikitext_weight,
+        wikitext_weight=args.wikitext_weight, length_weighting=args.length_weighting,
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, data_dir=args.data_dir,
         device=str(resolve_device(args.device)))
     out = train(options)
@@ -63,6 +63,9 @@ def add_parser(subparsers) -> None:
                         help="LM pre-training text file (repeatable; default: DATA/brown/brown.txt)")
     parser.add_argument("--wikitext-weight", type=int, default=1, metavar="N",
                         help="LM training: include the WikiText-2 text N times in the stream (default 1)")
+    parser.add_argument("--length-weighting", type=float, default=0.0, metavar="ALPHA",
+                        help="SST-2 training: draw examples with probability proportional to "
+                             "words**ALPHA (default 0: plain shuffled epochs)")
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=500)
     add_data_dir_argument(parser)
