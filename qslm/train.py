@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .data import sst2, wikitext
@@ -53,6 +55,9 @@ class TrainOptions:
     # SST-2: draw each training example with probability proportional to words ** length_weighting.
     # Train is mostly short phrases while dev is whole sentences; 0 keeps plain shuffled epochs.
     length_weighting: float = 0.0
+    # Keep an exponential moving average of the weights (decay per step) and write it as the model;
+    # 0 writes the last step's weights. Validation then measures the average too.
+    ema_decay: float = 0.0
     checkpoint_every: int = 200
     eval_every: int = 500
     data_dir: str | None = None
@@ -106,6 +111,8 @@ class Trainer:
             raise QslmError(f"wikitext_weight must be a whole number >= 1, got {options.wikitext_weight}")
         if not options.length_weighting >= 0:
             raise QslmError(f"length_weighting must be >= 0, got {options.length_weighting}")
+        if not 0 <= options.ema_decay < 1:
+            raise QslmError(f"ema_decay must be in [0, 1), got {options.ema_decay}")
         config_fields = {f.name for f in dataclasses.fields(ARCHITECTURES[options.arch][0])}
         unknown = sorted(set(options.model_overrides) - config_fields)
         if unknown:
@@ -120,6 +127,8 @@ class Trainer:
         self.tokenizer, self.model = self._build()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr,
                                            weight_decay=options.weight_decay, betas=(0.9, 0.99))
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(options.ema_decay))
+                    if options.ema_decay else None)
         self.step = 0
         self.history: list[dict] = []
         self.seconds = 0.0
@@ -182,6 +191,8 @@ class Trainer:
             raise QslmError(f"{path} was written by different training options; remove {self.work} to start over")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.step, self.history, self.seconds = state["step"], state["history"], state["seconds"]
         self.rng.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -202,6 +213,7 @@ class Trainer:
     def save_checkpoint(self, batch_order: dict | None = None) -> None:
         atomic_torch_save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "history": self.history, "seconds": self.seconds, "options": self._options_fingerprint(),
             **(batch_order or self._batch_order_state()),
         }, self.work / "checkpoint.pt")
@@ -234,13 +246,19 @@ class Trainer:
         ids, mask, labels = self._classification_batch()
         return F.cross_entropy(self.model(ids, mask), labels), int(mask.sum())
 
+    @property
+    def result_model(self) -> nn.Module:
+        """The weights that are validated and written: the moving average when one is kept."""
+        return self.ema.module if self.ema is not None else self.model
+
     def validate(self) -> dict:
-        self.model.eval()
+        model = self.result_model
+        model.eval()
         if self.options.task == "wikitext2":
-            result = evaluate_lm(self.model, self.tokenizer, self.val_text, "calibration")
+            result = evaluate_lm(model, self.tokenizer, self.val_text, "calibration")
             metric = {"val_word_ppl": round(result.perplexity, 2)}
         else:
-            result = evaluate_classification(self.model, self.tokenizer, self.val_examples, "calibration")
+            result = evaluate_classification(model, self.tokenizer, self.val_examples, "calibration")
             metric = {"val_accuracy": round(result.accuracy, 4)}
         self.model.train()
         return metric
@@ -269,6 +287,8 @@ class Trainer:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
                 self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 self.step += 1
                 unfinished_step_order = None
                 elapsed = time.perf_counter() - started
@@ -298,8 +318,8 @@ class Trainer:
                    "history": self.history}
         if self.init_training is not None:
             summary["init_training"] = self.init_training
-        self.model.eval()
-        save_model(options.out, self.model.cpu(), self.tokenizer,
+        model = self.result_model.eval()
+        save_model(options.out, model.cpu(), self.tokenizer,
                    extra_files={TRAINING_FILE: json.dumps(summary, indent=2) + "\n"})
         (self.work / "checkpoint.pt").unlink(missing_ok=True)
         (self.work / TOKENIZER_FILE).unlink(missing_ok=True)

@@ -57,19 +57,20 @@ def test_tiny_run_writes_a_model_folder(task, small_data_dir, tmp_path):
     assert all(torch.isfinite(t).all() for t in weights(out).values())
 
 
-@pytest.mark.parametrize("task", ["wikitext2", "sst2"])
-def test_interrupted_run_resumes_to_identical_weights(task, small_data_dir, tmp_path, monkeypatch, capsys):
-    uninterrupted = train(options(task, tmp_path / "straight", small_data_dir))
+@pytest.mark.parametrize("task,ema_decay", [("wikitext2", 0.0), ("sst2", 0.0), ("sst2", 0.9)])
+def test_interrupted_run_resumes_to_identical_weights(task, ema_decay, small_data_dir, tmp_path, monkeypatch,
+                                                      capsys):
+    uninterrupted = train(options(task, tmp_path / "straight", small_data_dir, ema_decay=ema_decay))
 
     out = tmp_path / "resumed"
     with monkeypatch.context() as patch:
         interrupt_at(patch, 3)
         with pytest.raises(QslmError, match="interrupted at step 3; checkpoint saved"):
-            train(options(task, out, small_data_dir))
+            train(options(task, out, small_data_dir, ema_decay=ema_decay))
     assert not out.exists()
     assert (tmp_path / "resumed.partial" / "checkpoint.pt").is_file()
     # Volatile options (checkpoint and eval intervals) may change on resume.
-    train(options(task, out, small_data_dir, checkpoint_every=100))
+    train(options(task, out, small_data_dir, checkpoint_every=100, ema_decay=ema_decay))
     assert "resuming from" in capsys.readouterr().out
 
     expected, got = weights(uninterrupted), weights(out)
@@ -145,3 +146,37 @@ def test_length_weighting_draws_longer_examples_more_often(small_data_dir, tmp_p
     assert weighted > 1.15 * plain  # about 1.23 on the small data set; plain order gives about 1.0
     with pytest.raises(QslmError, match="length_weighting must be >= 0, got -1"):
         train(options("sst2", tmp_path / "bad", small_data_dir, length_weighting=-1.0))
+
+
+def test_ema_writes_the_moving_average_of_the_weights(small_data_dir, tmp_path, monkeypatch):
+    decay = 0.6
+    snapshots: list[dict[str, torch.Tensor]] = []
+    original_step = torch.optim.AdamW.step
+
+    def step_and_record(self, *args, **kwargs):
+        result = original_step(self, *args, **kwargs)
+        snapshots.append({n: p.detach().clone() for n, p in recorded_model.named_parameters()})
+        return result
+
+    original_build = Trainer._build
+
+    def build(self):
+        nonlocal recorded_model
+        tokenizer, model = original_build(self)
+        recorded_model = model
+        return tokenizer, model
+
+    recorded_model = None
+    monkeypatch.setattr(Trainer, "_build", build)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_and_record)
+    out = train(options("sst2", tmp_path / "ema", small_data_dir, ema_decay=decay))
+    assert len(snapshots) == 5
+    expected = dict(snapshots[0])  # the average starts from the first step's weights
+    for snapshot in snapshots[1:]:
+        expected = {n: decay * expected[n] + (1 - decay) * snapshot[n] for n in expected}
+    written = weights(out)
+    for name, value in expected.items():
+        torch.testing.assert_close(written[name], value)
+    assert not torch.equal(written["classifier.weight"], snapshots[-1]["classifier.weight"])
+    with pytest.raises(QslmError, match=r"ema_decay must be in \[0, 1\), got 1.0"):
+        train(options("sst2", tmp_path / "bad", small_data_dir, ema_decay=1.0))

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, warmup=args.warmup, seed=args.seed, vocab_size=args.vocab_size,
         model_overrides=parse_overrides(args.set), init=args.init, corpora=args.corpus,
         wikitext_weight=args.wikitext_weight, length_weighting=args.length_weighting,
+        ema_decay=args.ema_decay,
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, data_dir=args.data_dir,
         device=str(resolve_device(args.device)))
     out = train(options)
@@ -66,6 +67,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--length-weighting", type=float, default=0.0, metavar="ALPHA",
                         help="SST-2 training: draw examples with probability proportional to "
                              "words**ALPHA (default 0: plain shuffled epochs)")
+    parser.add_argument("--ema-decay", type=float, default=0.0, metavar="DECAY",
+                        help="keep a moving average of the weights (e.g. 0.999) and write it as the model "
+                             "(default 0: the last step's weights)")
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=500)
     add_data_dir_argument(parser)
