@@ -1,0 +1,79 @@
+"""Does block-local sensitivity order the units as the exact measure does?
+
+    QSLM_DATA_DIR=../shared/data python bench/sensitivity_rank_bench.py --model spikegpt-sst2
+
+For every unit inside a block and every bit-width, measures the exact damage (quantize the unit, run the
+whole model on the calibration set, KL to the float outputs) and the block-local estimate (re-run only the
+unit's block, diagonal Fisher), then prints the Spearman rank correlation between the two lists and the
+seconds each took. Only the order matters to the tiered search, which checks every move it makes.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from qslm.analysis.hierarchy import build_hierarchy
+from qslm.analysis.local_sensitivity import BlockLocalSensitivity
+from qslm.analysis.sensitivity import classification_calibration, damage, output_log_probs
+from qslm.data import sst2
+from qslm.evaluate import max_input_len
+from qslm.models.zoo import load_model
+from qslm.quant.apply import WeightCache, fake_quantized
+from qslm.quant.plan import QuantPlan
+from qslm.quant.quantizer import QuantSpec
+
+
+def ranks(values: list[float]) -> torch.Tensor:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = torch.empty(len(values))
+    for rank, index in enumerate(order):
+        out[index] = rank
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    return float(torch.corrcoef(torch.stack([ranks(a), ranks(b)]))[0, 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="spikegpt-sst2", help="an SST-2 classifier (bundled name or folder)")
+    parser.add_argument("--bits", nargs="+", type=int, default=[2, 3, 4])
+    parser.add_argument("--examples", type=int, default=32, help="longest held-out train phrases used")
+    parser.add_argument("--data-dir", default=None, help="data folder (default: $QSLM_DATA_DIR)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    loaded = load_model(args.model)
+    model = loaded.model
+    held = sorted(sst2.calibration_examples(args.data_dir), key=lambda ex: -len(ex.sentence.split()))
+    calibration = classification_calibration(loaded.tokenizer, held[:args.examples], max_input_len(model))
+    hierarchy = build_hierarchy(model)
+
+    started = time.perf_counter()
+    local = BlockLocalSensitivity(model, [block.name for block in hierarchy.blocks], calibration)
+    reference = output_log_probs(model, calibration)
+    cache = WeightCache()
+    exact, estimate, exact_s = [], [], 0.0
+    for block in hierarchy.blocks:
+        for unit in block.modules:
+            for bits in args.bits:
+                with fake_quantized(model, QuantPlan({unit: QuantSpec(bits)}), cache):
+                    t0 = time.perf_counter()
+                    exact.append(damage(reference, output_log_probs(model, calibration), calibration)["kl"])
+                    t1 = time.perf_counter()
+                    estimate.append(local.damage(block.name)["kl"])
+                    exact_s += t1 - t0
+    local_s = time.perf_counter() - started - exact_s
+    print(f"{args.model}: {len(exact)} (unit, bit-width) pairs over {len(hierarchy.blocks)} blocks, "
+          f"bits {args.bits}, {len(held[:args.examples])} calibration phrases")
+    print(f"Spearman rank correlation, local vs exact: {spearman(exact, estimate):.3f}")
+    print(f"seconds: exact {exact_s:.1f}, local {local_s:.1f} (recording included)")
+
+
+if __name__ == "__main__":
+    main()
