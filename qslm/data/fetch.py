@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..atomic import atomic_folder, commit_folder
 from ..errors import QslmError
 from .paths import DATA_DIR_ENV
 
@@ -128,19 +129,13 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, url: str | None 
     handle, archive_name = tempfile.mkstemp(prefix=f".{source.folder}.", suffix=".download", dir=root)
     os.close(handle)
     archive = Path(archive_name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{source.folder}.", suffix=".partial", dir=root))
+    staging = atomic_folder(target)
     try:
         actual = download(url, archive, timeout, progress)
         if actual != expected:
             raise QslmError(f"SHA-256 mismatch for {url}: expected {expected}, got {actual}")
         extract_members(archive, source.members, staging, url)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{source.folder}.", suffix=".old", dir=root))
-            os.replace(target, old / source.folder)
-            os.replace(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, target)
+        commit_folder(staging, target)
     finally:
         archive.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)  # already moved into place on success

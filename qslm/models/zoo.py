@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
+from ..atomic import atomic_folder, commit_folder
 from ..data.tokenizer import load_tokenizer
 from ..errors import QslmError
 from .spikegpt import SpikeGPT, SpikeGPTConfig
@@ -111,25 +111,6 @@ def load_model(ref: str | os.PathLike, device: str | torch.device = "cpu") -> Lo
             raise QslmError(f"{folder / WEIGHTS_FILE} does not match arch {config.arch!r}: {err}") from None
     model.to(device).eval()
     return LoadedModel(model, config, tokenizer, folder)
-
-
-def atomic_folder(out: Path):
-    """A temporary sibling folder to fill; ``commit_folder`` swaps it into place, so a crash
-    never leaves a half-written model."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-
-
-def commit_folder(tmp: Path, out: Path) -> None:
-    out = Path(out)
-    if out.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, backup / "old")
-        os.replace(tmp, out)
-        shutil.rmtree(backup)
-    else:
-        os.replace(tmp, out)
 
 
 def write_config(folder: Path, config) -> None:

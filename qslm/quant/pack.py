@@ -234,7 +234,8 @@ def packed_state_dict(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tens
 def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer, out_dir: str | os.PathLike) -> Path:
     """Write a quantized model folder atomically: config.json, model.safetensors (packed),
     quant_plan.json, tokenizer.json. The model is left as it was."""
-    from ..models.zoo import TOKENIZER_FILE, WEIGHTS_FILE, atomic_folder, commit_folder, write_config
+    from ..atomic import atomic_folder, commit_folder
+    from ..models.zoo import TOKENIZER_FILE, WEIGHTS_FILE, write_config
 
     out = Path(out_dir)
     state = packed_state_dict(model, plan)
