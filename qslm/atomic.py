@@ -21,11 +21,22 @@ def atomic_folder(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
 
 
+def _ordinary_permissions(folder: Path) -> None:
+    """What ``mkdir`` and ``open`` would have given: temporary folders, and files some writers (safetensors)
+    stage through temporary files, are private to their owner."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def commit_folder(tmp: Path, out: Path) -> None:
-    """Replace ``out`` (if any) by ``tmp``. The folder gets the permissions of one made by ``mkdir``
-    (temporary folders are private to their owner)."""
+    """Replace ``out`` (if any) by ``tmp``, with ordinary permissions."""
     out = Path(out)
-    os.chmod(tmp, 0o777 & ~_umask())
+    _ordinary_permissions(tmp)
     if out.exists():
         backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
         os.replace(out, backup / "old")

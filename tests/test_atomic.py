@@ -23,7 +23,10 @@ def test_committed_folder_follows_the_umask_not_the_private_temporary_mode(tmp_p
     try:
         tmp = atomic_folder(tmp_path / "model")
         assert stat.S_IMODE(tmp.stat().st_mode) == 0o700  # temporary folders are private
+        (tmp / "weights").write_text("w")
+        os.chmod(tmp / "weights", 0o600)  # as a writer staging through a temporary file leaves it
         commit_folder(tmp, tmp_path / "model")
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "model" / "weights").stat().st_mode) == 0o644
