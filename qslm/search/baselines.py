@@ -142,10 +142,7 @@ def nsga2_search(problem: SearchProblem, evaluations: int, seed: int) -> Candida
     choices = sorted(problem.bit_choices)
     memory_limit = problem.constraints.memory_limit_bytes(problem.baseline.memory_bytes)
 
-    def constraints(trial) -> list[float]:
-        return trial.user_attrs["constraints"]
-
-    sampler = optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+    sampler = optuna.samplers.NSGAIISampler(seed=seed)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
 
     def objective(trial):
@@ -154,9 +151,10 @@ def nsga2_search(problem: SearchProblem, evaluations: int, seed: int) -> Candida
         # Optuna treats values <= 0 as satisfied.
         quality_limit = (problem.constraints.max_drop if problem.baseline.higher_is_better
                          else problem.constraints.max_ppl_increase)
-        trial.set_user_attr("constraints", [
-            candidate.score.quality_loss - quality_limit if quality_limit is not None else 0.0,
-            (candidate.memory_bytes - memory_limit) / memory_limit if memory_limit else 0.0])
+        trial.set_constraint("quality", candidate.score.quality_loss - quality_limit
+                             if quality_limit is not None else 0.0)
+        trial.set_constraint("memory", (candidate.memory_bytes - memory_limit) / memory_limit
+                             if memory_limit else 0.0)
         return candidate.score.quality_loss, candidate.score.memory_fraction
 
     _distinct_evaluations(problem, evaluations, lambda: study.optimize(objective, n_trials=1))

@@ -13,7 +13,7 @@ from qslm.search.objective import Constraints
 
 UNITS = [u for units in GROUPS.values() for u in units]
 MIN_MEMORY_PLAN = {**{u: 2 for u in UNITS}, "b1.a": 4, "head": 4}  # smallest plan losing <= 1 point
-nsga2_warnings = pytest.mark.filterwarnings("ignore::FutureWarning")  # optuna 5 deprecates constraints_func
+nsga2_warnings = pytest.mark.filterwarnings("error::FutureWarning")  # no deprecated optuna API
 
 
 def brute_force(units, costs, sizes, budget):
