@@ -146,6 +146,10 @@ def test_length_weighting_draws_longer_examples_more_often(small_data_dir, tmp_p
     assert weighted > 1.15 * plain  # about 1.23 on the small data set; plain order gives about 1.0
     with pytest.raises(QslmError, match="length_weighting must be >= 0, got -1"):
         train(options("sst2", tmp_path / "bad", small_data_dir, length_weighting=-1.0))
+    with pytest.raises(QslmError, match="length_weighting applies to sst2 training only, not 'wikitext2'"):
+        train(options("wikitext2", tmp_path / "bad", small_data_dir, length_weighting=1.0))
+    with pytest.raises(QslmError, match="wikitext_weight applies to wikitext2 training only, not 'sst2'"):
+        train(options("sst2", tmp_path / "bad", small_data_dir, wikitext_weight=3))
 
 
 def test_ema_writes_the_moving_average_of_the_weights(small_data_dir, tmp_path, monkeypatch):
