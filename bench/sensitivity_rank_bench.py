@@ -15,7 +15,7 @@ import time
 import torch
 
 from qslm.analysis.hierarchy import build_hierarchy
-from qslm.analysis.local_sensitivity import BlockLocalSensitivity
+from qslm.analysis.local_sensitivity import BlockLocalSensitivity, rank_correlation
 from qslm.analysis.sensitivity import classification_calibration, damage, output_log_probs
 from qslm.data import sst2
 from qslm.evaluate import max_input_len
@@ -23,18 +23,6 @@ from qslm.models.zoo import load_model
 from qslm.quant.apply import WeightCache, fake_quantized
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import QuantSpec
-
-
-def ranks(values: list[float]) -> torch.Tensor:
-    order = sorted(range(len(values)), key=values.__getitem__)
-    out = torch.empty(len(values))
-    for rank, index in enumerate(order):
-        out[index] = rank
-    return out
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    return float(torch.corrcoef(torch.stack([ranks(a), ranks(b)]))[0, 1])
 
 
 def main() -> None:
@@ -71,7 +59,7 @@ def main() -> None:
     local_s = time.perf_counter() - started - exact_s
     print(f"{args.model}: {len(exact)} (unit, bit-width) pairs over {len(hierarchy.blocks)} blocks, "
           f"bits {args.bits}, {len(held[:args.examples])} calibration phrases")
-    print(f"Spearman rank correlation, local vs exact: {spearman(exact, estimate):.3f}")
+    print(f"Spearman rank correlation, local vs exact: {rank_correlation(exact, estimate):.3f}")
     print(f"seconds: exact {exact_s:.1f}, local {local_s:.1f} (recording included)")
 
 

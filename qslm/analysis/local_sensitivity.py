@@ -153,3 +153,14 @@ class BlockLocalSensitivity:
             fisher += 0.5 * float((record.grad * delta).pow(2).sum())
             first_order += float((record.grad * delta).sum())
         return {"kl": fisher / self.count, "loss_increase": (first_order + fisher) / self.count}
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation of two paired lists (no tie correction): how alike the local estimate and
+    the exact measure order the same (unit, bit-width) pairs, which is all the tiered search uses."""
+    def ranks(values: list[float]) -> torch.Tensor:
+        out = torch.empty(len(values))
+        out[sorted(range(len(values)), key=values.__getitem__)] = torch.arange(len(values), dtype=out.dtype)
+        return out
+
+    return float(torch.corrcoef(torch.stack([ranks(a), ranks(b)]))[0, 1])
