@@ -79,8 +79,9 @@ def lm_training_text(options: TrainOptions) -> str:
 def tokenizer_corpus(options: TrainOptions) -> list[str]:
     root = resolve_data_dir(options.data_dir)
     lm = lm_training_text(dataclasses.replace(options, wikitext_weight=1)).splitlines()
-    sentences = [ex.sentence for ex in sst2.read_tsv(root / "sst2" / "train.tsv")]
-    return lm + sentences
+    # Held-out sentences stay unseen, even by the vocabulary.
+    training, _ = sst2.split_holdout(sst2.read_tsv(root / "sst2" / "train.tsv"))
+    return lm + [ex.sentence for ex in training]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -183,7 +184,7 @@ class Trainer:
             max_len = getattr(self.model.config, "max_len", None) or self.model.config.ctx_len
             self.train_items = encode_examples(self.tokenizer, train, max_len)
             self.train_weights = [len(e.sentence.split()) ** options.length_weighting for e in train]
-            self.val_examples = held_out[:500]
+            self.val_examples = held_out
             self.epoch_batches = []
 
     def _resume(self) -> None:

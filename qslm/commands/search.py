@@ -42,7 +42,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-size", type=int, default=None,
                         help="sensitivity calibration: examples (sst2, default 128) or tokens (wikitext2, default 2048)")
     parser.add_argument("--validation-size", type=int, default=None,
-                        help="candidate checks: held-out examples (sst2, default 1000) or words (wikitext2, default 8000)")
+                        help="candidate checks: held-out whole sentences (sst2, default 800) or words (wikitext2, default 8000)")
     parser.add_argument("--hardware", default="default_45nm",
                         help="energy profile: bundled name (default_45nm, neuromorphic) or JSON path")
     parser.add_argument("--reported-limit", type=int, default=None,

@@ -11,10 +11,12 @@ from .paths import require_file, resolve_data_dir
 
 SPLIT_FILES = {"train": "train.tsv", "dev": "dev.tsv"}
 FORMAT = "a GLUE SST-2 TSV with a header row containing 'sentence' and 'label' (0 or 1)"
-# Calibration / search data come from train, never from dev (dev is only for reporting).
-HOLDOUT_SIZE = 2000
+# Calibration / search data come from train, never from dev (dev is only for reporting). SST-2 train holds
+# every phrase of each treebank sentence, so the held-out slice is made of whole sentences and training loses
+# every phrase cut from them: a held-out sentence is then as unseen as a dev sentence.
+HOLDOUT_SIZE = 800  # sentences; dev has 872
 HOLDOUT_SEED = 20260101
-HOLDOUT_MIN_WORDS = 6  # sentence-like phrases, closer to dev than one-word fragments
+HOLDOUT_MIN_WORDS = 4  # the shortest phrase that counts as a sentence (dev's median is 19 words)
 
 
 @dataclass(frozen=True)
@@ -51,24 +53,54 @@ def load_sst2(split: str, data_dir=None) -> list[Example]:
     return read_tsv(resolve_data_dir(data_dir) / "sst2" / SPLIT_FILES[split])
 
 
+def sentence_indices(train: list[Example], min_words: int = HOLDOUT_MIN_WORDS) -> list[int]:
+    """Indices of the whole sentences in ``train``: phrases of ``min_words`` words or more that are no
+    word span of a longer phrase (the first of identical phrases stands for them all)."""
+    words = [ex.sentence.split() for ex in train]
+    padded = [f" {' '.join(w)} " for w in words]
+    # Index phrases by each of their word n-grams of length min_words: a phrase can only lie inside the
+    # longer phrases that share its first n-gram, so each test looks at a handful of candidates.
+    containing: dict[str, list[int]] = {}
+    for i, w in enumerate(words):
+        for start in range(len(w) - min_words + 1):
+            containing.setdefault(" ".join(w[start:start + min_words]), []).append(i)
+    seen: set[str] = set()
+    sentences = []
+    for i, w in enumerate(words):
+        if len(w) < min_words or padded[i] in seen:
+            continue
+        seen.add(padded[i])
+        if not any(len(words[j]) > len(w) and padded[i] in padded[j] for j in containing[" ".join(w[:min_words])]):
+            sentences.append(i)
+    return sentences
+
+
+def word_spans(sentence: str) -> set[str]:
+    """Every contiguous run of words in ``sentence``, the whole sentence included."""
+    w = sentence.split()
+    return {" ".join(w[a:b]) for a in range(len(w)) for b in range(a + 1, len(w) + 1)}
+
+
 def split_holdout(train: list[Example], size: int = HOLDOUT_SIZE, seed: int = HOLDOUT_SEED
                   ) -> tuple[list[Example], list[Example]]:
-    """(training examples, held-out calibration examples): a fixed, seeded slice of train.
+    """(training examples, held-out calibration sentences): a fixed, seeded set of whole sentences of train.
 
-    A train file too small for ``size`` (a slice of SST-2, say) gives up half of its sentence-like
-    phrases instead, so training keeps data and calibration still has some.
+    The training examples leave out the held-out sentences and every phrase that is part of one, so nothing
+    of a held-out sentence is learnt with its label. A train file with fewer than ``2 * size`` sentences (a
+    slice of SST-2, say) gives up half of them instead, so training keeps data and calibration has some.
     """
-    candidates = [i for i, ex in enumerate(train) if len(ex.sentence.split()) >= HOLDOUT_MIN_WORDS]
-    size = min(size, len(candidates) // 2)
+    sentences = sentence_indices(train)
+    size = min(size, len(sentences) // 2)
     if size == 0:
-        raise QslmError(f"cannot hold out SST-2 examples for calibration: {len(candidates)} of "
-                        f"{len(train)} training examples have >= {HOLDOUT_MIN_WORDS} words, need 2 or more")
-    held = set(random.Random(seed).sample(candidates, size))
-    rest = [ex for i, ex in enumerate(train) if i not in held]
-    return rest, [train[i] for i in sorted(held)]
+        raise QslmError(f"cannot hold out SST-2 sentences for calibration: {len(sentences)} of {len(train)} "
+                        f"training phrases are whole sentences of >= {HOLDOUT_MIN_WORDS} words, need 2 or more")
+    held = sorted(random.Random(seed).sample(sentences, size))
+    held_spans = set().union(*(word_spans(train[i].sentence) for i in held))
+    rest = [ex for ex in train if " ".join(ex.sentence.split()) not in held_spans]
+    return rest, [train[i] for i in held]
 
 
 def calibration_examples(data_dir=None, size: int = HOLDOUT_SIZE) -> list[Example]:
-    """The held-out slice of train used for calibration, sensitivity and search."""
+    """The held-out sentences of train used for calibration, sensitivity and search."""
     _, held = split_holdout(load_sst2("train", data_dir))
     return held[:size]

@@ -4,7 +4,7 @@
     result = search("spikegpt-sst2", task="sst2", out="out/sst2", constraints=Constraints(max_drop=1.0))
 
 Data discipline: sensitivity and every candidate check use a held-out slice of *training* data
-(SST-2: the longest phrases of a seeded slice of train kept out of training; WikiText-2: the tail of valid kept out of
+(SST-2: seeded whole sentences of train, kept out of training with every phrase cut from them; WikiText-2: the tail of valid kept out of
 training); the reported split (SST-2 dev, WikiText-2 test) is used once, to verify the final plan.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ from .objective import Baseline, Constraints, parse_weights
 from .problem import SearchProblem
 
 BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse")
-DEFAULTS = {"sst2": {"calibration": 128, "validation": 1000}, "wikitext2": {"calibration": 2048, "validation": 8000}}
+DEFAULTS = {"sst2": {"calibration": 128, "validation": sst2.HOLDOUT_SIZE}, "wikitext2": {"calibration": 2048, "validation": 8000}}
 DEFAULT_BASELINE_BUDGET = 60
 SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
 # Op counts (firing rates) are measured at batch size 1 on the first examples / lines of the calibration slice.
@@ -135,8 +135,8 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
 
     # ---- data: held-out training slices for the search, the reported split only for verification
     if task == "sst2":
-        # The longest held-out phrases: closest to the full sentences of dev, so a drop measured on them
-        # carries over (short phrases hide quantization damage that full sentences show).
+        # Held-out whole sentences, longest first: calibration takes the longest, where quantization damage
+        # shows most.
         held_out = sorted(sst2.calibration_examples(data_dir), key=lambda ex: -len(ex.sentence.split()))[:n_val]
         max_len = getattr(loaded.config, "max_len", None) or loaded.config.ctx_len
         calibration = classification_calibration(tokenizer, held_out[:n_cal], max_len)

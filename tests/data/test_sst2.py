@@ -99,26 +99,50 @@ def test_split_holdout_is_deterministic_and_disjoint():
     assert split_holdout(train, size=50, seed=1)[1] != held
 
 
-def test_split_holdout_takes_only_sentence_like_phrases():
-    short = [Example("too short", 1) for _ in range(100)]
-    rest, held = split_holdout(short + synthetic_train(40), size=20)
-    assert all(len(ex.sentence.split()) >= sst2.HOLDOUT_MIN_WORDS for ex in held)
-    assert len(held) == 20 and len(rest) == 120
+def test_sentences_are_phrases_inside_no_longer_phrase():
+    train = [Example("a gorgeous , witty film", 1), Example("witty film", 1), Example("gorgeous , witty", 1),
+             Example("a dull and tedious mess of a movie", 0), Example("a dull and tedious mess", 0),
+             Example("dull and tedious mess", 0), Example("a dull and tedious mess", 0), Example("too short", 1),
+             # "sentence" inside "...sentences", not a word span of it: both are sentences
+             Example("this sentence has five words", 1), Example("this sentences has five words here", 1)]
+    assert sst2.sentence_indices(train) == [0, 3, 8, 9]
+
+
+def test_split_holdout_leaves_out_every_phrase_of_a_held_sentence():
+    kept = [Example("a gorgeous , witty film", 1), Example("witty film", 1), Example("gorgeous", 1)]
+    dropped = [Example("a dull and tedious mess of a movie", 0), Example("dull and tedious mess", 0),
+               Example("tedious", 0), Example("a movie", 0)]
+    other = synthetic_train(3)  # whole sentences too; the seed below holds out the second of the five
+    train = kept + dropped + other
+    sentences = [train[i] for i in sst2.sentence_indices(train)]
+    assert sentences == [kept[0], dropped[0], *other]
+    for seed in range(100):
+        rest, held = split_holdout(train, size=1, seed=seed)
+        if held == [dropped[0]]:
+            break
+    else:
+        pytest.fail("no seed in 100 held out the second sentence")
+    assert rest == kept + other
+    # A phrase of a held-out sentence that is also part of a training sentence goes too: its label was
+    # learnt as part of the held-out sentence's tree.
+    shared = Example("a", 1)
+    rest, held = split_holdout(train + [shared], size=1, seed=seed)
+    assert held == [dropped[0]] and shared not in rest
 
 
 def test_small_train_gives_up_half_its_sentences():
     short = [Example("too short", 1) for _ in range(100)]
     rest, held = split_holdout(short + synthetic_train(30), size=2000)
     assert len(held) == 15 and len(rest) == 115
-    with pytest.raises(QslmError, match="1 of 101 training examples have >= 6 words"):
+    with pytest.raises(QslmError, match="1 of 101 training phrases are whole sentences of >= 4 words"):
         split_holdout(short + synthetic_train(1))
 
 
 def test_holdout_of_a_slice_of_real_train(small_data_dir):
     train = load_sst2("train", small_data_dir)
     rest, held = split_holdout(train)
-    candidates = [ex for ex in train if len(ex.sentence.split()) >= sst2.HOLDOUT_MIN_WORDS]
-    assert len(held) == len(candidates) // 2 < sst2.HOLDOUT_SIZE
+    assert len(held) == min(sst2.HOLDOUT_SIZE, len(sst2.sentence_indices(train)) // 2)
+    assert rest and all(len(ex.sentence.split()) >= sst2.HOLDOUT_MIN_WORDS for ex in held)
     assert sst2.calibration_examples(small_data_dir) == held
 
 
@@ -126,9 +150,14 @@ def test_calibration_examples_come_from_train_only(data_dir):
     train = load_sst2("train", data_dir)
     rest, held = split_holdout(train)
     assert len(held) == sst2.HOLDOUT_SIZE
-    assert len(rest) + len(held) == len(train)
     assert sst2.calibration_examples(data_dir, size=100) == held[:100]
     train_set = set(train)
     assert all(ex in train_set for ex in held)
+    assert 0.8 * len(train) < len(rest) < len(train) - len(held)
     dev_sentences = {ex.sentence for ex in load_sst2("dev", data_dir)}
     assert not dev_sentences & {ex.sentence for ex in held}
+    # No held-out sentence lies inside a training phrase, and no training phrase inside a held-out sentence.
+    training_text = "\n".join(f" {ex.sentence} " for ex in rest)
+    assert not [ex for ex in held if f" {ex.sentence} " in training_text]
+    held_spans = set().union(*(sst2.word_spans(ex.sentence) for ex in held))
+    assert not [ex for ex in rest if ex.sentence in held_spans]
