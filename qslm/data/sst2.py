@@ -5,6 +5,7 @@ import csv
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import QslmError
 from .paths import require_file, resolve_data_dir
@@ -85,8 +86,9 @@ def split_holdout(train: list[Example], size: int = HOLDOUT_SIZE, seed: int = HO
                   ) -> tuple[list[Example], list[Example]]:
     """(training examples, held-out calibration sentences): a fixed, seeded set of whole sentences of train.
 
-    The training examples leave out the held-out sentences and every phrase that is part of one, so nothing
-    of a held-out sentence is learnt with its label. A train file with fewer than ``2 * size`` sentences (a
+    The training examples leave out the held-out sentences and every phrase that is part of one and of no
+    training sentence, so nothing of a held-out sentence is learnt with its label that a dev sentence's
+    phrases would not be. A train file with fewer than ``2 * size`` sentences (a
     slice of SST-2, say) gives up half of them instead, so training keeps data and calibration has some.
     """
     sentences = sentence_indices(train)
@@ -95,9 +97,32 @@ def split_holdout(train: list[Example], size: int = HOLDOUT_SIZE, seed: int = HO
         raise QslmError(f"cannot hold out SST-2 sentences for calibration: {len(sentences)} of {len(train)} "
                         f"training phrases are whole sentences of >= {HOLDOUT_MIN_WORDS} words, need 2 or more")
     held = sorted(random.Random(seed).sample(sentences, size))
+    held_set = set(held)
     held_spans = set().union(*(word_spans(train[i].sentence) for i in held))
-    rest = [ex for ex in train if " ".join(ex.sentence.split()) not in held_spans]
+    held_texts = {" ".join(train[i].sentence.split()) for i in held}
+    in_training_sentence = phrase_finder([train[i].sentence for i in sentences if i not in held_set])
+    # A phrase of a held-out sentence stays when a training sentence holds it too: dev sentences also share
+    # such phrases (mostly single words) with train, so the held-out sentences stay as unseen as dev's.
+    rest = [ex for ex in train if (text := " ".join(ex.sentence.split())) not in held_texts
+            and (text not in held_spans or in_training_sentence(text))]
     return rest, [train[i] for i in held]
+
+
+def phrase_finder(sentences: list[str]) -> Callable[[str], bool]:
+    """A test of whether a phrase is a word span of one of ``sentences``; it looks only at the sentences
+    that hold the phrase's rarest word."""
+    holding: dict[str, list[str]] = {}
+    for sentence in sentences:
+        padded = f" {' '.join(sentence.split())} "
+        for word in set(sentence.split()):
+            holding.setdefault(word, []).append(padded)
+
+    def occurs(phrase: str) -> bool:
+        words = phrase.split()
+        rarest = min(words, key=lambda w: len(holding.get(w, ())))
+        padded = f" {' '.join(words)} "
+        return any(padded in sentence for sentence in holding.get(rarest, ()))
+    return occurs
 
 
 def calibration_examples(data_dir=None, size: int = HOLDOUT_SIZE) -> list[Example]:

@@ -108,12 +108,14 @@ def test_sentences_are_phrases_inside_no_longer_phrase():
     assert sst2.sentence_indices(train) == [0, 3, 8, 9]
 
 
-def test_split_holdout_leaves_out_every_phrase_of_a_held_sentence():
+def test_split_holdout_leaves_out_the_phrases_only_a_held_sentence_has():
     kept = [Example("a gorgeous , witty film", 1), Example("witty film", 1), Example("gorgeous", 1)]
     dropped = [Example("a dull and tedious mess of a movie", 0), Example("dull and tedious mess", 0),
                Example("tedious", 0), Example("a movie", 0)]
-    other = synthetic_train(3)  # whole sentences too; the seed below holds out the second of the five
-    train = kept + dropped + other
+    # Phrases of the held-out sentence that a training sentence holds too stay, as dev's do.
+    shared = [Example("film", 1), Example("a", 1)]
+    other = synthetic_train(3)  # whole sentences too
+    train = kept + dropped + shared + other
     sentences = [train[i] for i in sst2.sentence_indices(train)]
     assert sentences == [kept[0], dropped[0], *other]
     for seed in range(100):
@@ -122,12 +124,13 @@ def test_split_holdout_leaves_out_every_phrase_of_a_held_sentence():
             break
     else:
         pytest.fail("no seed in 100 held out the second sentence")
-    assert rest == kept + other
-    # A phrase of a held-out sentence that is also part of a training sentence goes too: its label was
-    # learnt as part of the held-out sentence's tree.
-    shared = Example("a", 1)
-    rest, held = split_holdout(train + [shared], size=1, seed=seed)
-    assert held == [dropped[0]] and shared not in rest
+    assert rest == kept + shared + other
+
+
+def test_phrase_finder_matches_whole_words():
+    occurs = sst2.phrase_finder(["a gorgeous , witty film", "the  movie is bad"])
+    assert occurs("witty film") and occurs("a gorgeous") and occurs("movie is") and occurs("a")
+    assert not occurs("wit") and not occurs("film the") and not occurs("good") and not occurs("gorgeous witty")
 
 
 def test_small_train_gives_up_half_its_sentences():
@@ -153,11 +156,16 @@ def test_calibration_examples_come_from_train_only(data_dir):
     assert sst2.calibration_examples(data_dir, size=100) == held[:100]
     train_set = set(train)
     assert all(ex in train_set for ex in held)
-    assert 0.8 * len(train) < len(rest) < len(train) - len(held)
+    assert 0.85 * len(train) < len(rest) < len(train) - len(held)
     dev_sentences = {ex.sentence for ex in load_sst2("dev", data_dir)}
     assert not dev_sentences & {ex.sentence for ex in held}
     # No held-out sentence lies inside a training phrase, and no training phrase inside a held-out sentence.
     training_text = "\n".join(f" {ex.sentence} " for ex in rest)
     assert not [ex for ex in held if f" {ex.sentence} " in training_text]
+    # Training phrases inside a held-out sentence are all inside a training sentence too.
     held_spans = set().union(*(sst2.word_spans(ex.sentence) for ex in held))
-    assert not [ex for ex in rest if ex.sentence in held_spans]
+    shared = [ex for ex in rest if ex.sentence in held_spans]
+    held_set = set(held)
+    training_sentences = [train[i] for i in sst2.sentence_indices(train) if train[i] not in held_set]
+    sentence_text = "\n".join(f" {ex.sentence} " for ex in training_sentences)
+    assert shared and all(f" {ex.sentence} " in sentence_text for ex in shared)
