@@ -14,7 +14,7 @@ SPLIT_FILES = {"train": "train.tsv", "dev": "dev.tsv"}
 FORMAT = "a GLUE SST-2 TSV with a header row containing 'sentence' and 'label' (0 or 1)"
 # Calibration / search data come from train, never from dev (dev is only for reporting). SST-2 train holds
 # every phrase of each treebank sentence, so the held-out slice is made of whole sentences and training loses
-# every phrase cut from them: a held-out sentence is then as unseen as a dev sentence.
+# the phrases cut from them alone: a held-out sentence is then as unseen as a dev sentence.
 HOLDOUT_SIZE = 800  # sentences; dev has 872
 HOLDOUT_SEED = 20260101
 HOLDOUT_MIN_WORDS = 4  # the shortest phrase that counts as a sentence (dev's median is 19 words)
@@ -88,8 +88,8 @@ def split_holdout(train: list[Example], size: int = HOLDOUT_SIZE, seed: int = HO
 
     The training examples leave out the held-out sentences and every phrase that is part of one and of no
     training sentence, so nothing of a held-out sentence is learnt with its label that a dev sentence's
-    phrases would not be. A train file with fewer than ``2 * size`` sentences (a
-    slice of SST-2, say) gives up half of them instead, so training keeps data and calibration has some.
+    phrases would not be. A train file with fewer than ``2 * size`` sentences (a slice of SST-2, say)
+    gives up half of them instead, so training keeps data and calibration has some.
     """
     sentences = sentence_indices(train)
     size = min(size, len(sentences) // 2)

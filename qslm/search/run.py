@@ -4,8 +4,9 @@
     result = search("spikegpt-sst2", task="sst2", out="out/sst2", constraints=Constraints(max_drop=1.0))
 
 Data discipline: sensitivity and every candidate check use a held-out slice of *training* data
-(SST-2: seeded whole sentences of train, kept out of training with every phrase cut from them; WikiText-2: the tail of valid kept out of
-training); the reported split (SST-2 dev, WikiText-2 test) is used once, to verify the final plan.
+(SST-2: seeded whole sentences of train, kept out of training with the phrases cut from them alone;
+WikiText-2: the tail of valid kept out of training); the reported split (SST-2 dev, WikiText-2 test) is
+used once, to verify the final plan.
 """
 from __future__ import annotations
 
