@@ -109,15 +109,15 @@ class Trainer:
         if options.task not in ("wikitext2", "sst2"):
             raise QslmError(f"unknown task {options.task!r}; expected wikitext2 or sst2")
         if options.wikitext_weight < 1:
-            raise QslmError(f"wikitext_weight must be a whole number >= 1, got {options.wikitext_weight}")
+            raise QslmError(f"--wikitext-weight must be a whole number >= 1, got {options.wikitext_weight}")
         if not options.length_weighting >= 0:
-            raise QslmError(f"length_weighting must be >= 0, got {options.length_weighting}")
+            raise QslmError(f"--length-weighting must be >= 0, got {options.length_weighting}")
         if options.length_weighting and options.task != "sst2":
-            raise QslmError(f"length_weighting applies to sst2 training only, not {options.task!r}")
+            raise QslmError(f"--length-weighting applies to sst2 training only, not {options.task!r}")
         if options.wikitext_weight != 1 and options.task != "wikitext2":
-            raise QslmError(f"wikitext_weight applies to wikitext2 training only, not {options.task!r}")
+            raise QslmError(f"--wikitext-weight applies to wikitext2 training only, not {options.task!r}")
         if not 0 <= options.ema_decay < 1:
-            raise QslmError(f"ema_decay must be in [0, 1), got {options.ema_decay}")
+            raise QslmError(f"--ema-decay must be in [0, 1), got {options.ema_decay}")
         config_fields = {f.name for f in dataclasses.fields(ARCHITECTURES[options.arch][0])}
         unknown = sorted(set(options.model_overrides) - config_fields)
         if unknown:

@@ -115,7 +115,7 @@ def test_wikitext_weight_repeats_the_in_domain_text(small_data_dir, tmp_path):
     assert once.count(brown) == thrice.count(brown)
     # the tokenizer is trained on the plain mix whatever the weight, so it does not change with it
     assert tokenizer_corpus(base) == tokenizer_corpus(dataclasses.replace(base, wikitext_weight=3))
-    with pytest.raises(QslmError, match="wikitext_weight must be a whole number >= 1, got 0"):
+    with pytest.raises(QslmError, match="--wikitext-weight must be a whole number >= 1, got 0"):
         train(dataclasses.replace(base, wikitext_weight=0))
 
 
@@ -144,11 +144,11 @@ def test_length_weighting_draws_longer_examples_more_often(small_data_dir, tmp_p
 
     plain, weighted = mean_words_drawn(0.0), mean_words_drawn(1.0)
     assert weighted > 1.15 * plain  # about 1.23 on the small data set; plain order gives about 1.0
-    with pytest.raises(QslmError, match="length_weighting must be >= 0, got -1"):
+    with pytest.raises(QslmError, match="--length-weighting must be >= 0, got -1"):
         train(options("sst2", tmp_path / "bad", small_data_dir, length_weighting=-1.0))
-    with pytest.raises(QslmError, match="length_weighting applies to sst2 training only, not 'wikitext2'"):
+    with pytest.raises(QslmError, match="--length-weighting applies to sst2 training only, not 'wikitext2'"):
         train(options("wikitext2", tmp_path / "bad", small_data_dir, length_weighting=1.0))
-    with pytest.raises(QslmError, match="wikitext_weight applies to wikitext2 training only, not 'sst2'"):
+    with pytest.raises(QslmError, match="--wikitext-weight applies to wikitext2 training only, not 'sst2'"):
         train(options("sst2", tmp_path / "bad", small_data_dir, wikitext_weight=3))
 
 
@@ -182,5 +182,5 @@ def test_ema_writes_the_moving_average_of_the_weights(small_data_dir, tmp_path, 
     for name, value in expected.items():
         torch.testing.assert_close(written[name], value)
     assert not torch.equal(written["classifier.weight"], snapshots[-1]["classifier.weight"])
-    with pytest.raises(QslmError, match=r"ema_decay must be in \[0, 1\), got 1.0"):
+    with pytest.raises(QslmError, match=r"--ema-decay must be in \[0, 1\), got 1.0"):
         train(options("sst2", tmp_path / "bad", small_data_dir, ema_decay=1.0))
