@@ -257,7 +257,10 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     t0 = time.perf_counter()
     split = REPORTED_SPLIT[task]
     report = {
-        "model": str(loaded.path), "model_name": loaded.path.name, "task": task, "strategy": strategy,
+        # The model as the user named it (a bundled name or their path) and its weights hash: the report
+        # then says which model it was without recording where this machine keeps it.
+        "model": str(model_ref), "model_name": loaded.path.name, "model_hash": digest, "task": task,
+        "strategy": strategy,
         "sensitivity_method": sensitivity_method,
         "higher_is_better": not is_lm, "constraints": vars(constraints), "weights": weights,
         "bit_choices": bit_choices, "base_spec": base_spec.to_dict(), "hardware": profile.name, "seed": seed,

@@ -10,6 +10,7 @@ import pytest
 from safetensors import safe_open
 
 import qslm
+from qslm.analysis.sensitivity import model_hash
 from qslm.cli import main
 from qslm.errors import QslmError
 from qslm.search import run as run_module
@@ -50,8 +51,11 @@ def twin(tiny_classifier, small_data_dir, tmp_path_factory):
     return search(tiny_classifier, root / "out", small_data_dir, root / "cache")
 
 
-def test_output_folder(base):
+def test_output_folder(base, tiny_classifier):
     assert base.report["status"] == "feasible"
+    # the model as it was named, and its weights' identity
+    assert base.report["model"] == str(tiny_classifier)
+    assert base.report["model_hash"] == model_hash(qslm.load(tiny_classifier).model)
     for name in MODEL_FILES + REPORT_FILES:
         assert (base.out / name).is_file(), name
     assert not (base.out / ".model.tmp").exists()
