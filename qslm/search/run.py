@@ -168,7 +168,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
 
     # ---- hierarchy, float baseline, op counts
     t0 = time.perf_counter()
-    hierarchy = build_hierarchy(model, str(loaded.path))
+    hierarchy = build_hierarchy(model, str(model_ref))
     groups = hierarchy.groups()
     units = dict(hierarchy.units)
     modules = dict(model.named_modules())
