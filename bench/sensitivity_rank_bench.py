@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="spikegpt-sst2", help="an SST-2 classifier (bundled name or folder)")
     parser.add_argument("--bits", nargs="+", type=int, default=[2, 3, 4])
-    parser.add_argument("--examples", type=int, default=32, help="longest held-out train phrases used")
+    parser.add_argument("--examples", type=int, default=32, help="longest held-out training sentences used")
     parser.add_argument("--data-dir", default=None, help="data folder (default: $QSLM_DATA_DIR)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -58,7 +58,7 @@ def main() -> None:
                     exact_s += t1 - t0
     local_s = time.perf_counter() - started - exact_s
     print(f"{args.model}: {len(exact)} (unit, bit-width) pairs over {len(hierarchy.blocks)} blocks, "
-          f"bits {args.bits}, {len(held[:args.examples])} calibration phrases")
+          f"bits {args.bits}, {len(held[:args.examples])} held-out sentences")
     print(f"Spearman rank correlation, local vs exact: {rank_correlation(exact, estimate):.3f}")
     print(f"seconds: exact {exact_s:.1f}, local {local_s:.1f} (recording included)")
 
