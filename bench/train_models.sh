@@ -18,7 +18,8 @@ qslm train --arch spikegpt --task wikitext2 --init "$OUT/spikegpt-wt2-base" --ou
 # alone), see qslm.data.sst2.split_holdout.
 #
 # SpikeGPT: a language model pre-trained on Brown + WikiText-2 valid + the SST-2 training sentences (twice),
-# BPE 8192, then fine-tuned as a classifier (+2.4 points on dev over the same model from scratch).
+# BPE 8192, then fine-tuned as a classifier (+1.3 points on the held-out sentences over the same model from
+# scratch, seed 0 against seed 0).
 python - "$OUT/sst2-train-sentences.txt" <<'PY'
 import sys
 from qslm.data import sst2
@@ -31,8 +32,10 @@ qslm train --arch spikegpt --task wikitext2 --out "$OUT/spikegpt-sst2-lm" --step
   --warmup 100 --vocab-size 8192 --set n_embd=192 --set n_layer=4 --set ctx_len=64 \
   --corpus "$QSLM_DATA_DIR/brown/brown.txt" --corpus "$OUT/sst2-train-sentences.txt" \
   --corpus "$OUT/sst2-train-sentences.txt" --checkpoint-every 100 --eval-every 500
+# Fine-tuned with seeds 0 and 1; seed 1 scored higher on the held-out training sentences (80.50% against
+# 80.12%) and is the bundled model.
 qslm train --arch spikegpt --task sst2 --init "$OUT/spikegpt-sst2-lm" --out "$OUT/spikegpt-sst2" --steps 2000 \
-  --batch-size 32 --lr 5e-4 --warmup 100 --set dropout=0.1 --checkpoint-every 100 --eval-every 500
+  --batch-size 32 --lr 5e-4 --warmup 100 --set dropout=0.1 --seed 1 --checkpoint-every 100 --eval-every 500
 
 # Spiking encoder: from scratch, BPE 16384 (2048 splits sentiment words into pieces and cost ~2.5 points;
 # 16384 gave +0.9 points over 8192 on average over seeds).
