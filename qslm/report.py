@@ -72,7 +72,11 @@ def plot_sensitivity(report: dict, path: Path) -> None:
     units = list(table)
     bits = sorted({int(b) for row in table.values() for b in row})
     values = [[math.log10(max(table[u].get(str(b), {}).get("kl", float("nan")), 1e-8)) for b in bits] for u in units]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(bits), max(3.0, 0.16 * len(units))))
+    # Wide enough for the unit names beside the heatmap and the colour bar (a fixed width squeezed the
+    # heatmap out for long SpikeGPT names).
+    longest = max(len(u) for u in units)
+    fig, ax = plt.subplots(figsize=(2.0 + 0.7 * len(bits) + 0.05 * longest, max(3.0, 0.16 * len(units))),
+                           layout="constrained")
     image = ax.imshow(values, aspect="auto", cmap="magma_r")
     ax.set_xticks(range(len(bits)))
     ax.set_xticklabels([f"{b}b" for b in bits])
@@ -80,7 +84,6 @@ def plot_sensitivity(report: dict, path: Path) -> None:
     ax.set_yticklabels(units, fontsize=6)
     fig.colorbar(image, ax=ax, label="log10 KL vs float")
     ax.set_title("sensitivity (one unit quantized)")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
