@@ -77,10 +77,9 @@ def lm_training_text(options: TrainOptions) -> str:
 
 
 def tokenizer_corpus(options: TrainOptions) -> list[str]:
-    root = resolve_data_dir(options.data_dir)
     lm = lm_training_text(dataclasses.replace(options, wikitext_weight=1)).splitlines()
     # Held-out sentences stay unseen, even by the vocabulary.
-    training, _ = sst2.split_holdout(sst2.read_tsv(root / "sst2" / "train.tsv"))
+    training, _ = sst2.split_holdout(sst2.load_sst2("train", options.data_dir))
     return lm + [ex.sentence for ex in training]
 
 

@@ -54,11 +54,17 @@ def load_sst2(split: str, data_dir=None) -> list[Example]:
     return read_tsv(resolve_data_dir(data_dir) / "sst2" / SPLIT_FILES[split])
 
 
+def _padded(text: str) -> str:
+    """``text`` with single spaces between words and one at each end, so that ``" a b " in " x a b y "``
+    tests for a run of whole words."""
+    return f" {' '.join(text.split())} "
+
+
 def sentence_indices(train: list[Example], min_words: int = HOLDOUT_MIN_WORDS) -> list[int]:
     """Indices of the whole sentences in ``train``: phrases of ``min_words`` words or more that are no
     word span of a longer phrase (the first of identical phrases stands for them all)."""
     words = [ex.sentence.split() for ex in train]
-    padded = [f" {' '.join(w)} " for w in words]
+    padded = [_padded(ex.sentence) for ex in train]
     # Index phrases by each of their word n-grams of length min_words: a phrase can only lie inside the
     # longer phrases that share its first n-gram, so each test looks at a handful of candidates.
     containing: dict[str, list[int]] = {}
@@ -98,13 +104,13 @@ def split_holdout(train: list[Example], size: int = HOLDOUT_SIZE, seed: int = HO
                         f"training phrases are whole sentences of >= {HOLDOUT_MIN_WORDS} words, need 2 or more")
     held = sorted(random.Random(seed).sample(sentences, size))
     held_set = set(held)
-    held_spans = set().union(*(word_spans(train[i].sentence) for i in held))
-    held_texts = {" ".join(train[i].sentence.split()) for i in held}
+    held_spans = set().union(*(word_spans(train[i].sentence) for i in held))  # the sentences themselves too
     in_training_sentence = phrase_finder([train[i].sentence for i in sentences if i not in held_set])
     # A phrase of a held-out sentence stays when a training sentence holds it too: dev sentences also share
-    # such phrases (mostly single words) with train, so the held-out sentences stay as unseen as dev's.
-    rest = [ex for ex in train if (text := " ".join(ex.sentence.split())) not in held_texts
-            and (text not in held_spans or in_training_sentence(text))]
+    # such phrases (mostly single words) with train, so the held-out sentences stay as unseen as dev's. A
+    # held-out sentence (or a copy of it) is inside no training sentence, as no sentence is inside another.
+    rest = [ex for ex in train if (text := " ".join(ex.sentence.split())) not in held_spans
+            or in_training_sentence(text)]
     return rest, [train[i] for i in held]
 
 
@@ -113,14 +119,13 @@ def phrase_finder(sentences: list[str]) -> Callable[[str], bool]:
     that hold the phrase's rarest word."""
     holding: dict[str, list[str]] = {}
     for sentence in sentences:
-        padded = f" {' '.join(sentence.split())} "
+        padded = _padded(sentence)
         for word in set(sentence.split()):
             holding.setdefault(word, []).append(padded)
 
     def occurs(phrase: str) -> bool:
-        words = phrase.split()
-        rarest = min(words, key=lambda w: len(holding.get(w, ())))
-        padded = f" {' '.join(words)} "
+        rarest = min(phrase.split(), key=lambda w: len(holding.get(w, ())))
+        padded = _padded(phrase)
         return any(padded in sentence for sentence in holding.get(rarest, ()))
     return occurs
 

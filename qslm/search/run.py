@@ -45,7 +45,8 @@ from .objective import Baseline, Constraints, parse_weights
 from .problem import SearchProblem
 
 BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse")
-DEFAULTS = {"sst2": {"calibration": 128, "validation": sst2.HOLDOUT_SIZE}, "wikitext2": {"calibration": 2048, "validation": 8000}}
+DEFAULTS = {"sst2": {"calibration": 128, "validation": sst2.HOLDOUT_SIZE},
+            "wikitext2": {"calibration": 2048, "validation": 8000}}
 DEFAULT_BASELINE_BUDGET = 60
 SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
 # Op counts (firing rates) are measured at batch size 1 on the first examples / lines of the calibration slice.
