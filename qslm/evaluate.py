@@ -15,7 +15,8 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
-from .data.batching import classification_batches, encode_examples, length_order, scored_windows
+from .data.batching import classification_batches, collate, encode_examples, length_order, scored_windows
+from .data.masked_lm import mask_tokens
 from .data import sst2, wikitext
 from .data.sst2 import Example
 from .data.tokenizer import pad_id
@@ -111,6 +112,22 @@ def evaluate_lm(model, tokenizer, text: str, split: str, batch_size: int = 8, pr
     loss_per_word = float(nll.double().sum()) / words
     return EvalResult("wikitext2", split, words, time.perf_counter() - started,
                       perplexity=math.exp(loss_per_word), loss=loss_per_word, firing_rates=recorder.rates)
+
+
+@torch.no_grad()
+def masked_lm_loss(model: nn.Module, tokenizer: Tokenizer, chunks: list[list[int]], batch_size: int = 64,
+                   seed: int = 0) -> float:
+    """Mean cross-entropy (nats) over masked tokens of ``chunks``, masked the same way on every call."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for start in range(0, len(chunks), batch_size):
+        ids, mask, _ = collate([(chunk, 0) for chunk in chunks[start:start + batch_size]], pad_id(tokenizer))
+        inputs, predict_at, targets = mask_tokens(ids, mask, tokenizer, generator)
+        logits = model(inputs.to(device), mask.to(device), predict_at.to(device))
+        total += float(F.cross_entropy(logits, targets.to(device), reduction="sum"))
+        count += targets.numel()
+    return total / max(count, 1)
 
 
 def evaluate_split(model, tokenizer, task: str, split: str, data_dir=None, limit: int | None = None,

@@ -2,6 +2,10 @@
 
     qslm train --arch spikegpt --task wikitext2 --out runs/spikegpt-wt2 --steps 4000
 
+Task ``wikitext2`` trains a language model on the text stream: next-token for SpikeGPT, masked tokens
+(BERT-style) for the bidirectional spiking encoder, whose masked LM is a pre-training stage for
+``--task sst2 --init``.
+
 Seeded; checkpoints every ``checkpoint_every`` steps (and on Ctrl-C) to ``OUT.partial/checkpoint.pt``;
 re-running the same command resumes from there. The finished model folder appears at OUT only at the end.
 """
@@ -24,16 +28,22 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .data import sst2, wikitext
-from .data.batching import classification_batches, encode_examples
+from .data.batching import classification_batches, collate, encode_examples
+from .data.masked_lm import line_chunks, mask_tokens
 from .data.paths import resolve_data_dir
 from .data.text import load_text
 from .data.tokenizer import load_tokenizer, pad_id, train_tokenizer
 from .errors import QslmError
-from .evaluate import evaluate_classification, evaluate_lm
-from .models.zoo import ARCHITECTURES, TOKENIZER_FILE, load_model, save_model, build_model
+from .evaluate import evaluate_classification, evaluate_lm, masked_lm_loss
+from .models.zoo import ARCHITECTURES, LANGUAGE_MODEL_TASK, TOKENIZER_FILE, build_model, load_model, save_model
 
 TRAINING_FILE = "training.json"  # the training summary written beside the model
-MODEL_TASK = {"wikitext2": "lm", "sst2": "classification"}  # training task -> the config's head
+LM_VALIDATION_CHARS = 20000  # of the held-out WikiText-2 text, validated on by language-model training
+
+
+def head_task(arch: str, task: str) -> str:
+    """The config ``task`` (the model's head) that training ``arch`` on ``task`` needs."""
+    return "classification" if task == "sst2" else LANGUAGE_MODEL_TASK[arch]
 
 
 @dataclass
@@ -150,7 +160,7 @@ class Trainer:
                 raise QslmError(f"--init model is arch {loaded.config.arch!r}, not {options.arch!r}")
             overrides = dict(options.model_overrides)
             if hasattr(loaded.config, "task"):  # e.g. an LM body under a new classification head
-                overrides.setdefault("task", MODEL_TASK[options.task])
+                overrides.setdefault("task", head_task(options.arch, options.task))
             config = dataclasses.replace(loaded.config, **overrides)
             model = build_model(config)
             # Reuse every tensor whose name and shape match (e.g. an LM body under a classifier).
@@ -165,19 +175,25 @@ class Trainer:
             config_cls, _ = ARCHITECTURES[options.arch]
             fields = {"vocab_size": tokenizer.get_vocab_size(), **options.model_overrides}
             if "task" in {f.name for f in dataclasses.fields(config_cls)}:
-                fields.setdefault("task", MODEL_TASK[options.task])
+                fields.setdefault("task", head_task(options.arch, options.task))
             config = config_cls(**fields)
-            if options.task == "wikitext2" and config.task != "lm":
-                raise QslmError(f"arch {options.arch!r} cannot be trained as a language model")
             model = build_model(config)
         tokenizer.save(str(tokenizer_path))
         return tokenizer, model.to(self.device)
 
     def _prepare_data(self) -> None:
         options = self.options
-        if options.task == "wikitext2":
+        if self.masked_lm:
+            max_len = self.model.config.max_len
+            self.train_chunks = line_chunks(self.tokenizer, lm_training_text(options), max_len)
+            self.val_chunks = line_chunks(
+                self.tokenizer, wikitext.calibration_text(options.data_dir)[:LM_VALIDATION_CHARS], max_len)
+            if not self.train_chunks or not self.val_chunks:
+                raise QslmError(f"no text lines of at least a few tokens to train or validate the masked LM on "
+                                f"(data folder {resolve_data_dir(options.data_dir)})")
+        elif options.task == "wikitext2":
             self.train_ids = torch.tensor(self.tokenizer.encode(lm_training_text(options)).ids, dtype=torch.long)
-            self.val_text = wikitext.calibration_text(options.data_dir)[:20000]
+            self.val_text = wikitext.calibration_text(options.data_dir)[:LM_VALIDATION_CHARS]
         else:
             train, held_out = sst2.split_holdout(sst2.load_sst2("train", options.data_dir))
             max_len = getattr(self.model.config, "max_len", None) or self.model.config.ctx_len
@@ -228,6 +244,13 @@ class Trainer:
         chunk = torch.stack([self.train_ids[s:s + ctx + 1] for s in starts]).to(self.device)
         return chunk[:, :-1], chunk[:, 1:]
 
+    def _masked_lm_batch(self) -> tuple[torch.Tensor, ...]:
+        chunks = [self.train_chunks[self.rng.randrange(len(self.train_chunks))]
+                  for _ in range(self.options.batch_size)]
+        ids, mask, _ = collate([(chunk, 0) for chunk in chunks], pad_id(self.tokenizer))
+        inputs, predict_at, targets = mask_tokens(ids, mask, self.tokenizer)
+        return tuple(t.to(self.device) for t in (inputs, mask, predict_at, targets))
+
     def _classification_batch(self):
         if not self.epoch_batches:
             order = list(range(len(self.train_items)))
@@ -242,7 +265,14 @@ class Trainer:
                                                      pad_id(self.tokenizer))
         return ids.to(self.device), mask.to(self.device), labels.to(self.device)
 
+    @property
+    def masked_lm(self) -> bool:
+        return getattr(self.model.config, "task", None) == "mlm"
+
     def loss(self) -> tuple[torch.Tensor, int]:
+        if self.masked_lm:
+            inputs, mask, predict_at, targets = self._masked_lm_batch()
+            return F.cross_entropy(self.model(inputs, mask, predict_at), targets), int(mask.sum())
         if self.options.task == "wikitext2":
             inputs, targets = self._lm_batch()
             logits = self.model(inputs)
@@ -258,7 +288,9 @@ class Trainer:
     def validate(self) -> dict:
         model = self.result_model
         model.eval()
-        if self.options.task == "wikitext2":
+        if self.masked_lm:
+            metric = {"val_mlm_loss": round(masked_lm_loss(model, self.tokenizer, self.val_chunks), 4)}
+        elif self.options.task == "wikitext2":
             result = evaluate_lm(model, self.tokenizer, self.val_text, "calibration")
             metric = {"val_word_ppl": round(result.perplexity, 2)}
         else:
@@ -278,12 +310,15 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         bar = tqdm(total=options.steps, initial=self.step, desc="train", unit="step")
         unfinished_step_order = None
+        unfinished_step_buffers: dict[str, torch.Tensor] = {}
         try:
             while self.step < options.steps:
                 started = time.perf_counter()
                 # An interrupt usually lands mid-step, after this step's batch was drawn; the checkpoint
                 # must then hold the batch order from the step's start, or a resumed run skips a batch.
                 unfinished_step_order = self._batch_order_state()
+                # Its forward pass also moves BatchNorm running statistics; keep theirs from the step's start.
+                unfinished_step_buffers = {name: b.clone() for name, b in self.model.named_buffers()}
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(self.step, options)
                 loss, n_tokens = self.loss()
@@ -294,7 +329,7 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
                 self.step += 1
-                unfinished_step_order = None
+                unfinished_step_order, unfinished_step_buffers = None, {}
                 elapsed = time.perf_counter() - started
                 self.seconds += elapsed
                 bar.update(1)
@@ -303,7 +338,7 @@ class Trainer:
                 if self.step % options.eval_every == 0 or self.step == options.steps:
                     record.update(self.validate())
                     bar.write(json.dumps(record))
-                if self.step % 50 == 0 or "val_word_ppl" in record or "val_accuracy" in record:
+                if self.step % 50 == 0 or len(record) > 2:  # every 50 steps and every validation
                     self.history.append(record)
                 if self.step % options.checkpoint_every == 0:
                     self.save_checkpoint()
@@ -313,6 +348,10 @@ class Trainer:
             bar.close()
             signal.signal(signal.SIGTERM, previous)
         if interrupted:
+            buffers = dict(self.model.named_buffers())
+            with torch.no_grad():
+                for name, saved in unfinished_step_buffers.items():
+                    buffers[name].copy_(saved)
             self.save_checkpoint(unfinished_step_order)
             raise QslmError(f"training interrupted at step {self.step}; checkpoint saved in {self.work}, "
                             f"re-run the same command to resume")

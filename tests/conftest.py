@@ -83,3 +83,12 @@ def tiny_encoder(tiny_tokenizer, tmp_path_factory) -> Path:
     cfg = SpikingEncoderConfig(vocab_size=tiny_tokenizer.get_vocab_size(), n_embd=32, n_layer=2, n_head=2,
                                max_len=48, time_steps=2)
     return _save(SpikingEncoder(cfg), tiny_tokenizer, tmp_path_factory.mktemp("models") / "tiny-encoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_masked_lm(tiny_tokenizer, tmp_path_factory) -> Path:
+    """A spiking encoder's masked-LM pre-training stage: not evaluable until fine-tuned."""
+    torch.manual_seed(0)
+    cfg = SpikingEncoderConfig(vocab_size=tiny_tokenizer.get_vocab_size(), n_embd=32, n_layer=2, n_head=2,
+                               max_len=48, time_steps=2, task="mlm")
+    return _save(SpikingEncoder(cfg), tiny_tokenizer, tmp_path_factory.mktemp("models") / "tiny-masked-lm")

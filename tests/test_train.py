@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -22,6 +23,15 @@ def options(task: str, out, data_dir, **changes) -> TrainOptions:
                   model_overrides=dict(TASKS[task]), checkpoint_every=2, eval_every=100,
                   data_dir=str(data_dir), device="cpu")
     return TrainOptions(**{**fields, **changes})
+
+
+ENCODER = {"n_embd": 16, "n_layer": 1, "n_head": 2, "time_steps": 2, "max_len": 24}
+
+
+def masked_lm_options(out, data_dir, **changes) -> TrainOptions:
+    """The spiking encoder's masked-LM pre-training stage."""
+    return options("wikitext2", out, data_dir, **{"arch": "spiking-encoder", "model_overrides": dict(ENCODER),
+                                                  **changes})
 
 
 def weights(folder) -> dict[str, torch.Tensor]:
@@ -57,20 +67,25 @@ def test_tiny_run_writes_a_model_folder(task, small_data_dir, tmp_path):
     assert all(torch.isfinite(t).all() for t in weights(out).values())
 
 
-@pytest.mark.parametrize("task,ema_decay", [("wikitext2", 0.0), ("sst2", 0.0), ("sst2", 0.9)])
+@pytest.mark.parametrize("task,ema_decay", [("wikitext2", 0.0), ("sst2", 0.0), ("sst2", 0.9), ("mlm", 0.0)])
 def test_interrupted_run_resumes_to_identical_weights(task, ema_decay, small_data_dir, tmp_path, monkeypatch,
                                                       capsys):
-    uninterrupted = train(options(task, tmp_path / "straight", small_data_dir, ema_decay=ema_decay))
+    def run_options(out, **changes):
+        if task == "mlm":
+            return masked_lm_options(out, small_data_dir, ema_decay=ema_decay, **changes)
+        return options(task, out, small_data_dir, ema_decay=ema_decay, **changes)
+
+    uninterrupted = train(run_options(tmp_path / "straight"))
 
     out = tmp_path / "resumed"
     with monkeypatch.context() as patch:
         interrupt_at(patch, 3)
         with pytest.raises(QslmError, match="interrupted at step 3; checkpoint saved"):
-            train(options(task, out, small_data_dir, ema_decay=ema_decay))
+            train(run_options(out))
     assert not out.exists()
     assert (tmp_path / "resumed.partial" / "checkpoint.pt").is_file()
     # Volatile options (checkpoint and eval intervals) may change on resume.
-    train(options(task, out, small_data_dir, checkpoint_every=100, ema_decay=ema_decay))
+    train(run_options(out, checkpoint_every=100))
     assert "resuming from" in capsys.readouterr().out
 
     expected, got = weights(uninterrupted), weights(out)
@@ -133,6 +148,40 @@ def test_classifier_from_a_language_model(tiny_lm, small_data_dir, tmp_path):
     staged = train(options("wikitext2", tmp_path / "lm2", small_data_dir, init=str(lm), steps=2, model_overrides={}))
     summary = json.loads((staged / "training.json").read_text())
     assert summary["init_training"] == json.loads((lm / "training.json").read_text())  # provenance kept
+
+
+def test_encoder_masked_lm_pre_training_then_classifier(small_data_dir, tmp_path):
+    """The encoder's language-model stage is a masked LM; --init for sst2 keeps all of it but the LM head."""
+    mlm = train(masked_lm_options(tmp_path / "mlm", small_data_dir, steps=3))
+    config = json.loads((mlm / CONFIG_FILE).read_text())
+    assert config["task"] == "mlm" and config["arch"] == "spiking-encoder"
+    final = json.loads((mlm / "training.json").read_text())["history"][-1]
+    assert final["step"] == 3 and 0 < final["val_mlm_loss"] < 2 * math.log(config["vocab_size"])
+    pre_trained = weights(mlm)
+    assert pre_trained["lm_head.weight"].shape == (config["vocab_size"], 16)
+
+    fine_tune = Trainer(options("sst2", tmp_path / "clf", small_data_dir, arch="spiking-encoder", init=str(mlm),
+                                model_overrides={}))
+    state = fine_tune.model.state_dict()
+    assert fine_tune.model.config.task == "classification"
+    assert "classifier.weight" in state and not any(name.startswith("lm_head") for name in state)
+    for name, tensor in pre_trained.items():
+        if not name.startswith("lm_head"):
+            assert torch.equal(state[name], tensor), name
+
+
+def test_masked_lm_needs_a_mask_token(small_data_dir, tmp_path, tiny_encoder):
+    """A classifier whose tokenizer predates the mask token cannot seed a masked LM."""
+    tokenizer = json.loads((tiny_encoder / TOKENIZER_FILE).read_text())
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["content"] != "<mask>"]
+    tokenizer["model"]["vocab"].pop("<mask>")
+    old = tmp_path / "old-encoder"
+    old.mkdir()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        (old / name).write_bytes((tiny_encoder / name).read_bytes())
+    (old / TOKENIZER_FILE).write_text(json.dumps(tokenizer))
+    with pytest.raises(QslmError, match="the tokenizer has no <mask> token"):
+        train(masked_lm_options(tmp_path / "mlm", small_data_dir, init=str(old), model_overrides={}))
 
 
 def test_length_weighting_draws_longer_examples_more_often(small_data_dir, tmp_path):

@@ -16,10 +16,6 @@ from .common import add_data_dir_argument, add_device_argument, add_model_argume
 DEFAULT_LIMIT = {"sst2": 64, "wikitext2": 40}  # examples / lines of the calibration slice
 
 
-def model_task(config) -> str:
-    return "wikitext2" if getattr(config, "task", "classification") == "lm" else "sst2"
-
-
 def calibration_runner(loaded, task: str, data_dir=None, limit: int | None = None) -> Callable[[], int]:
     """A function that runs ``loaded.model`` over the calibration slice at batch size 1 (the deployment
     setting: no padding, one sequence per forward) and returns how many sequences it ran.
@@ -67,11 +63,11 @@ def profile_model(model_ref: str, task: str | None = None, data_dir=None, limit:
     from ..analysis.cost import OpCounter, energy_per_inference, load_hardware_profile, power_mw
     from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
     from ..device import resolve_device
-    from ..models.zoo import load_model
+    from ..models.zoo import evaluation_task, load_model
 
     profile = load_hardware_profile(hardware)
     loaded = load_model(model_ref, resolve_device(device))
-    own_task = model_task(loaded.config)
+    own_task = evaluation_task(loaded.config, loaded.path)
     task = task or own_task
     if task != own_task:
         kind = "language model" if own_task == "wikitext2" else "classifier"

@@ -49,7 +49,8 @@ def add_parser(subparsers) -> None:
                     "re-running the same command after an interruption resumes.")
     parser.add_argument("--arch", required=True, choices=["spikegpt", "spiking-encoder"])
     parser.add_argument("--task", required=True, choices=["wikitext2", "sst2"],
-                        help="wikitext2: language modelling; sst2: sentiment classification")
+                        help="wikitext2: language modelling (SpikeGPT: next token; spiking-encoder: masked tokens, a "
+                             "pre-training stage for --task sst2 --init); sst2: sentiment classification")
     parser.add_argument("--out", required=True, help="model folder to write")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=16)

@@ -4,7 +4,8 @@ The embedded sentence is presented for ``time_steps`` SNN time steps. Each block
 spiking self-attention (query, key and value are spike trains; attention is a product of
 spike matrices, no softmax) and a spiking MLP, so every Linear inside the blocks sees spikes.
 Names: ``emb``, ``pos_emb``, ``ln_in``, ``blocks.{i}.attn.{query,key,value,proj}``, ``blocks.{i}.mlp.{fc1,fc2}``,
-``ln_out``, ``classifier``.
+``ln_out``, ``classifier``. A masked-language-model pre-training stage (``task="mlm"``) has ``lm_head``
+(per-token vocabulary logits) in place of ``classifier``; fine-tuning keeps every other tensor.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class SpikingEncoderConfig:
     tau: float = 2.0
     v_threshold: float = 1.0
     dropout: float = 0.0  # on the input currents and the pooled features, during training only
-    task: str = "classification"
+    task: str = "classification"  # or "mlm": masked language model, the pre-training stage
     arch: str = "spiking-encoder"
 
 
@@ -112,17 +113,27 @@ class SpikingEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_layer)])
         self.ln_out = nn.LayerNorm(d)
-        self.classifier = nn.Linear(d, cfg.num_classes)
+        if cfg.task == "classification":
+            self.classifier = nn.Linear(d, cfg.num_classes)
+        elif cfg.task == "mlm":
+            self.lm_head = nn.Linear(d, cfg.vocab_size)
+        else:
+            raise ValueError(f"spiking-encoder task must be 'classification' or 'mlm', got {cfg.task!r}")
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """idx [B, N] token ids (N <= max_len) -> class logits [B, num_classes]."""
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                predict_at: torch.Tensor | None = None) -> torch.Tensor:
+        """idx [B, N] token ids (N <= max_len) -> class logits [B, num_classes]; or, for ``task="mlm"``,
+        vocabulary logits [B, N, vocab] or, given ``predict_at`` (bool [B, N]), [positions, vocab] for the
+        chosen positions only (the head is the costliest layer, so training scores only masked ones)."""
         B, N = idx.shape
         if N > self.config.max_len:
+            if predict_at is not None:  # the caller's targets would no longer line up
+                raise ValueError(f"predict_at needs inputs of at most max_len={self.config.max_len} tokens, got {N}")
             idx, N = idx[:, : self.config.max_len], self.config.max_len
             if attention_mask is not None:
                 attention_mask = attention_mask[:, :N]
@@ -132,5 +143,7 @@ class SpikingEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         h = self.ln_out(x.mean(dim=0))  # average over time steps
+        if self.config.task == "mlm":
+            return self.lm_head(h if predict_at is None else h[predict_at.bool()])
         pooled = (h * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
         return self.classifier(self.drop(pooled))

@@ -29,6 +29,9 @@ ARCHITECTURES = {
     "spikegpt": (SpikeGPTConfig, SpikeGPT),
     "spiking-encoder": (SpikingEncoderConfig, SpikingEncoder),
 }
+# The head each architecture trains for language modelling: SpikeGPT is causal (next token), the spiking
+# encoder is bidirectional (masked tokens).
+LANGUAGE_MODEL_TASK = {"spikegpt": "lm", "spiking-encoder": "mlm"}
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
 
 
@@ -66,6 +69,17 @@ def config_from_dict(raw: dict, source: Path):
     if unknown:
         raise QslmError(f"{source}: unknown config keys {unknown} for arch {arch!r}")
     return config_cls(**raw)
+
+
+def evaluation_task(config, path: Path) -> str:
+    """The task a model is evaluated, profiled and searched on: ``wikitext2`` for a language model,
+    ``sst2`` for a classifier. A masked-LM pre-training stage has no such task."""
+    task = getattr(config, "task", "classification")
+    if task == "mlm":
+        raise QslmError(f"model {path} is a masked-language-model pre-training stage, not a classifier or a "
+                        f"language model; fine-tune it first: qslm train --arch {config.arch} --task sst2 "
+                        f"--init {path} --out OUT")
+    return "wikitext2" if task == "lm" else "sst2"
 
 
 def build_model(config) -> nn.Module:

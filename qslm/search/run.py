@@ -32,7 +32,7 @@ from ..data import sst2, wikitext
 from ..device import resolve_device
 from ..errors import QslmError
 from ..evaluate import evaluate_lm, evaluate_split
-from ..models.zoo import load_model
+from ..models.zoo import evaluation_task, load_model
 from ..quant.apply import WeightCache, fake_quantized
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
 from ..quant.pack import PLAN_FILE, export_quantized
@@ -126,10 +126,11 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         raise QslmError(f"output folder {out} is the model folder itself: the quantized model would overwrite "
                         f"the model; choose another output folder")
     model, tokenizer = loaded.model, loaded.tokenizer
-    is_lm = getattr(loaded.config, "task", "classification") == "lm"
-    if (task == "wikitext2") != is_lm:
-        raise QslmError(f"model {loaded.path} is a {'language model' if is_lm else 'classifier'}; "
-                        f"it cannot be searched on task {task!r}")
+    own_task = evaluation_task(loaded.config, loaded.path)
+    if task != own_task:
+        kind = "language model" if own_task == "wikitext2" else "classifier"
+        raise QslmError(f"model {loaded.path} is a {kind}; it cannot be searched on task {task!r}")
+    is_lm = task == "wikitext2"
     n_cal = calibration_size or DEFAULTS[task]["calibration"]
     n_val = validation_size or DEFAULTS[task]["validation"]
     if n_cal <= 0 or n_val <= 0:

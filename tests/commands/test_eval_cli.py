@@ -60,6 +60,8 @@ def test_table_output(capsys, tiny_classifier, small_data_dir):
 @pytest.mark.parametrize("model, task, message", [
     ("tiny_classifier", "wikitext2", "is a classifier; it cannot be evaluated on task 'wikitext2'"),
     ("tiny_lm", "sst2", "is a language model; it cannot be evaluated on task 'sst2'"),
+    ("tiny_masked_lm", "sst2", "is a masked-language-model pre-training stage, not a classifier or a language "
+                               "model; fine-tune it first: qslm train --arch spiking-encoder --task sst2 --init"),
 ])
 def test_wrong_task_for_the_model(capsys, request, small_data_dir, model, task, message):
     folder = request.getfixturevalue(model)

@@ -58,3 +58,9 @@ def test_errors_are_one_line(tiny_lm, small_data_dir, capsys, extra, message):
     assert main(["profile", str(tiny_lm), "--data-dir", str(small_data_dir), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("qslm profile: error:") and message in err
+
+
+def test_a_masked_lm_stage_is_refused(tiny_masked_lm, small_data_dir, capsys):
+    assert main(["profile", str(tiny_masked_lm), "--data-dir", str(small_data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qslm profile: error:") and "masked-language-model pre-training stage" in err

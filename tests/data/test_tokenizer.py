@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from qslm.data.tokenizer import PAD_TOKEN, load_tokenizer, pad_id, train_tokenizer
+from qslm.data.tokenizer import MASK_TOKEN, PAD_TOKEN, load_tokenizer, mask_id, pad_id, train_tokenizer
 from qslm.errors import QslmError
 
 TEXTS = ["the film is a delight .", "a dull , lifeless movie .", "the cast is fine but the plot is thin ."] * 20
@@ -17,6 +17,8 @@ def tokenizer():
 def test_trained_vocabulary(tokenizer):
     assert 256 < tokenizer.get_vocab_size() <= 300
     assert tokenizer.token_to_id(PAD_TOKEN) == 0 == pad_id(tokenizer)
+    assert tokenizer.token_to_id(MASK_TOKEN) == 1 == mask_id(tokenizer)
+    assert tokenizer.encode("a <mask> film").ids.count(1) == 1  # written in text, it is the special token
     # Frequent words become single tokens.
     assert len(tokenizer.encode("the").ids) == 1
 
@@ -45,6 +47,12 @@ def test_training_is_deterministic():
 def test_pad_id_falls_back_to_zero():
     from tokenizers import Tokenizer, models
     assert pad_id(Tokenizer(models.BPE())) == 0
+
+
+def test_mask_id_needs_the_mask_token():
+    from tokenizers import Tokenizer, models
+    with pytest.raises(QslmError, match="the tokenizer has no <mask> token, so it cannot train a masked"):
+        mask_id(Tokenizer(models.BPE()))
 
 
 def test_missing_tokenizer(tmp_path):

@@ -128,3 +128,38 @@ def test_dropout_acts_in_training_only():
     assert torch.equal(model(ids), tiny().eval()(ids))  # eval: no dropout, same weights
     model.train()
     assert not torch.equal(model(ids), model(ids))
+
+
+def test_masked_lm_head_scores_every_or_the_chosen_positions():
+    model = tiny(task="mlm").train()
+    assert not hasattr(model, "classifier")
+    ids = torch.randint(1, 50, (3, 12))
+    assert model(ids).shape == (3, 12, 50)
+    predict_at = torch.zeros_like(ids, dtype=torch.bool)
+    predict_at[0, 2] = predict_at[2, 5] = predict_at[2, 11] = True
+    logits = model(ids, torch.ones_like(ids), predict_at)
+    assert logits.shape == (3, 50)
+    nn.functional.cross_entropy(logits, ids[predict_at]).backward()
+    assert model.blocks[0].attn.query.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(ids, None, predict_at), model(ids)[predict_at], atol=1e-5)
+
+
+def test_masked_lm_right_padding_does_not_change_real_positions():
+    model = tiny(task="mlm")
+    torch.manual_seed(1)
+    sequences = [torch.randint(1, 50, (n,)) for n in (4, 11)]
+    ids, mask = padded(sequences, 15)
+    with torch.no_grad():
+        batch = model(ids, mask)
+        for row, seq in enumerate(sequences):
+            assert torch.allclose(batch[row, : len(seq)], model(seq[None])[0], atol=1e-5)
+
+
+def test_bad_task_and_predict_at_on_overlong_inputs():
+    with pytest.raises(ValueError, match="task must be 'classification' or 'mlm', got 'lm'"):
+        tiny(task="lm")
+    ids = torch.randint(1, 50, (1, 25))
+    with pytest.raises(ValueError, match="predict_at needs inputs of at most max_len=20 tokens, got 25"):
+        tiny(task="mlm")(ids, None, torch.ones_like(ids, dtype=torch.bool))

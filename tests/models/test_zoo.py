@@ -155,3 +155,18 @@ def test_bundled_names(tiny_lm, tmp_path, monkeypatch):
     assert load_model("tiny-lm").path == (bundled / "tiny-lm").resolve()
     with pytest.raises(QslmError, match=r"\(bundled: tiny-lm\)"):
         load_model("tiny-classifier")
+
+
+@pytest.mark.parametrize("config, task", [
+    (SpikeGPTConfig(), "wikitext2"),
+    (SpikeGPTConfig(task="classification"), "sst2"),
+    (SpikingEncoderConfig(), "sst2"),
+])
+def test_evaluation_task_follows_the_head(config, task, tmp_path):
+    assert zoo.evaluation_task(config, tmp_path) == task
+
+
+def test_a_masked_lm_has_no_evaluation_task(tmp_path):
+    with pytest.raises(QslmError, match=f"model {tmp_path} is a masked-language-model pre-training stage.*"
+                                        f"--task sst2 --init {tmp_path}"):
+        zoo.evaluation_task(SpikingEncoderConfig(task="mlm"), tmp_path)
