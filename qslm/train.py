@@ -34,10 +34,12 @@ from .data.paths import resolve_data_dir
 from .data.text import load_text
 from .data.tokenizer import load_tokenizer, pad_id, train_tokenizer
 from .errors import QslmError
-from .evaluate import evaluate_classification, evaluate_lm, masked_lm_loss
-from .models.zoo import ARCHITECTURES, LANGUAGE_MODEL_TASK, TOKENIZER_FILE, build_model, load_model, save_model
+from .evaluate import classification_logits, evaluate_classification, evaluate_lm, masked_lm_loss
+from .models.zoo import (ARCHITECTURES, LANGUAGE_MODEL_TASK, TOKENIZER_FILE, build_model, evaluation_task,
+                         load_model, save_model)
 
 TRAINING_FILE = "training.json"  # the training summary written beside the model
+TEACHER_LOGITS_FILE = "teacher_logits.pt"  # kept in the work folder so a resumed run need not recompute them
 LM_VALIDATION_CHARS = 20000  # of the held-out WikiText-2 text, validated on by language-model training
 
 
@@ -68,6 +70,12 @@ class TrainOptions:
     # Keep an exponential moving average of the weights (decay per step) and write it as the model;
     # 0 writes the last step's weights. Validation then measures the average too.
     ema_decay: float = 0.0
+    # SST-2: learn also from a trained classifier's outputs (knowledge distillation, as SpikeBERT trains its
+    # spiking encoder): loss = (1 - w) * cross-entropy(labels) + w * T^2 * KL(teacher || student) at
+    # temperature T. The teacher may be any classifier folder or bundled name, of any architecture.
+    teacher: str | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
     checkpoint_every: int = 200
     eval_every: int = 500
     data_dir: str | None = None
@@ -104,6 +112,14 @@ def lr_at(step: int, options: TrainOptions) -> float:
     return options.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher || student) of the temperature-softened distributions (Hinton et al.): the T^2
+    keeps its gradients on the scale of the label loss whatever the temperature."""
+    return temperature ** 2 * F.kl_div(F.log_softmax(student / temperature, dim=-1),
+                                       F.log_softmax(teacher / temperature, dim=-1), log_target=True,
+                                       reduction="batchmean")
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -127,6 +143,12 @@ class Trainer:
             raise QslmError(f"--wikitext-weight applies to wikitext2 training only, not {options.task!r}")
         if not 0 <= options.ema_decay < 1:
             raise QslmError(f"--ema-decay must be in [0, 1), got {options.ema_decay}")
+        if options.teacher is not None and options.task != "sst2":
+            raise QslmError(f"--teacher applies to sst2 training only, not {options.task!r}")
+        if not 0 <= options.distill_weight <= 1:
+            raise QslmError(f"--distill-weight must be in [0, 1], got {options.distill_weight}")
+        if not options.distill_temperature > 0:
+            raise QslmError(f"--distill-temperature must be > 0, got {options.distill_temperature}")
         config_fields = {f.name for f in dataclasses.fields(ARCHITECTURES[options.arch][0])}
         unknown = sorted(set(options.model_overrides) - config_fields)
         if unknown:
@@ -201,6 +223,23 @@ class Trainer:
             self.train_weights = [len(e.sentence.split()) ** options.length_weighting for e in train]
             self.val_examples = held_out
             self.epoch_batches = []
+            self.teacher_logits = self._teacher_logits(train) if options.teacher is not None else None
+
+    def _teacher_logits(self, examples: list[sst2.Example]) -> torch.Tensor:
+        """The teacher's logits for every training example, in order (computed once, kept for resuming)."""
+        path = self.work / TEACHER_LOGITS_FILE
+        if path.is_file():
+            return torch.load(path, weights_only=True)
+        teacher = load_model(self.options.teacher, self.device)
+        if evaluation_task(teacher.config, teacher.path) != "sst2":
+            raise QslmError(f"--teacher {self.options.teacher} is a language model; a teacher must be a classifier")
+        if teacher.config.num_classes != self.model.config.num_classes:
+            raise QslmError(f"--teacher {self.options.teacher} has {teacher.config.num_classes} classes, "
+                            f"the model being trained {self.model.config.num_classes}")
+        print(f"teacher {teacher.path}: scoring {len(examples):,} training examples")
+        logits, _ = classification_logits(teacher.model, teacher.tokenizer, examples, batch_size=256, progress=True)
+        atomic_torch_save(logits, path)
+        return logits
 
     def _resume(self) -> None:
         path = self.work / "checkpoint.pt"
@@ -263,7 +302,8 @@ class Trainer:
         indices = self.epoch_batches.pop()
         (ids, mask, labels), = classification_batches([self.train_items[i] for i in indices], len(indices),
                                                      pad_id(self.tokenizer))
-        return ids.to(self.device), mask.to(self.device), labels.to(self.device)
+        teacher = self.teacher_logits[indices] if self.teacher_logits is not None else None
+        return ids.to(self.device), mask.to(self.device), labels.to(self.device), teacher
 
     @property
     def masked_lm(self) -> bool:
@@ -277,8 +317,14 @@ class Trainer:
             inputs, targets = self._lm_batch()
             logits = self.model(inputs)
             return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), targets.numel()
-        ids, mask, labels = self._classification_batch()
-        return F.cross_entropy(self.model(ids, mask), labels), int(mask.sum())
+        ids, mask, labels, teacher = self._classification_batch()
+        logits = self.model(ids, mask)
+        loss = F.cross_entropy(logits, labels)
+        if teacher is not None:
+            loss = ((1 - self.options.distill_weight) * loss
+                    + self.options.distill_weight * distillation_loss(logits, teacher.to(self.device),
+                                                                      self.options.distill_temperature))
+        return loss, int(mask.sum())
 
     @property
     def result_model(self) -> nn.Module:
@@ -366,6 +412,7 @@ class Trainer:
                    extra_files={TRAINING_FILE: json.dumps(summary, indent=2) + "\n"})
         (self.work / "checkpoint.pt").unlink(missing_ok=True)
         (self.work / TOKENIZER_FILE).unlink(missing_ok=True)
+        (self.work / TEACHER_LOGITS_FILE).unlink(missing_ok=True)
         self.work.rmdir()
         return Path(options.out)
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from qslm.data import sst2
 from qslm.errors import QslmError
-from qslm.models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
-from qslm.train import Trainer, TrainOptions, lm_training_text, lr_at, tokenizer_corpus, train
+from qslm.evaluate import classification_logits
+from qslm.models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model
+from qslm.train import (Trainer, TrainOptions, distillation_loss, lm_training_text, lr_at, tokenizer_corpus,
+                        train)
 
 TASKS = {"wikitext2": {"n_embd": 16, "n_layer": 1, "ctx_len": 16},
          "sst2": {"n_embd": 16, "n_layer": 1, "ctx_len": 24}}
@@ -67,12 +71,15 @@ def test_tiny_run_writes_a_model_folder(task, small_data_dir, tmp_path):
     assert all(torch.isfinite(t).all() for t in weights(out).values())
 
 
-@pytest.mark.parametrize("task,ema_decay", [("wikitext2", 0.0), ("sst2", 0.0), ("sst2", 0.9), ("mlm", 0.0)])
+@pytest.mark.parametrize("task,ema_decay", [("wikitext2", 0.0), ("sst2", 0.0), ("sst2", 0.9), ("mlm", 0.0),
+                                            ("distill", 0.0)])
 def test_interrupted_run_resumes_to_identical_weights(task, ema_decay, small_data_dir, tmp_path, monkeypatch,
-                                                      capsys):
+                                                      capsys, tiny_classifier):
     def run_options(out, **changes):
         if task == "mlm":
             return masked_lm_options(out, small_data_dir, ema_decay=ema_decay, **changes)
+        if task == "distill":
+            return options("sst2", out, small_data_dir, teacher=str(tiny_classifier), **changes)
         return options(task, out, small_data_dir, ema_decay=ema_decay, **changes)
 
     uninterrupted = train(run_options(tmp_path / "straight"))
@@ -182,6 +189,49 @@ def test_masked_lm_needs_a_mask_token(small_data_dir, tmp_path, tiny_encoder):
     (old / TOKENIZER_FILE).write_text(json.dumps(tokenizer))
     with pytest.raises(QslmError, match="the tokenizer has no <mask> token"):
         train(masked_lm_options(tmp_path / "mlm", small_data_dir, init=str(old), model_overrides={}))
+
+
+def test_distillation_loss_is_the_scaled_kl_of_softened_outputs():
+    teacher = torch.tensor([[2.0, -1.0], [0.5, 0.5]])
+    student = torch.tensor([[0.0, 1.0], [1.0, -1.0]])
+    p, q = torch.softmax(teacher / 3, -1), torch.softmax(student / 3, -1)
+    expected = 9 * (p * (p.log() - q.log())).sum(-1).mean()
+    assert distillation_loss(student, teacher, 3.0) == pytest.approx(float(expected), rel=1e-5)
+    assert distillation_loss(teacher, teacher, 3.0) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_distillation_learns_from_the_teacher_outputs(small_data_dir, tmp_path, tiny_classifier, monkeypatch):
+    """The teacher's logits line up with the training examples; at weight 1 the labels play no part."""
+    trainer = Trainer(options("sst2", tmp_path / "m", small_data_dir, arch="spiking-encoder",
+                              model_overrides=dict(ENCODER), teacher=str(tiny_classifier), distill_weight=1.0))
+    teacher = load_model(tiny_classifier)
+    train_examples, _ = sst2.split_holdout(sst2.load_sst2("train", small_data_dir))
+    assert trainer.teacher_logits.shape == (len(trainer.train_items), 2)
+    some = [0, 7, len(train_examples) - 1]
+    expected, _ = classification_logits(teacher.model, teacher.tokenizer, [train_examples[i] for i in some])
+    assert torch.allclose(trainer.teacher_logits[some], expected, atol=1e-5)
+
+    state = trainer._batch_order_state()
+    loss, _ = trainer.loss()
+    trainer.rng.setstate(state["python_rng"])
+    trainer.epoch_batches = []
+    trainer.train_items = [(ids, 1 - label) for ids, label in trainer.train_items]  # every label wrong
+    flipped, _ = trainer.loss()
+    assert loss.item() == pytest.approx(flipped.item(), rel=1e-6) and loss.item() > 0
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"distill_weight": 1.5}, "--distill-weight must be in [0, 1], got 1.5"),
+    ({"distill_temperature": 0.0}, "--distill-temperature must be > 0, got 0.0"),
+    ({"teacher": "LM"}, "is a language model; a teacher must be a classifier"),
+    ({"task": "wikitext2", "teacher": "CLF"}, "--teacher applies to sst2 training only, not 'wikitext2'"),
+])
+def test_bad_distillation_options(changes, message, small_data_dir, tmp_path, tiny_lm, tiny_classifier):
+    folders = {"LM": str(tiny_lm), "CLF": str(tiny_classifier)}
+    changes = {k: folders.get(v, v) if isinstance(v, str) else v for k, v in changes.items()}
+    task = changes.pop("task", "sst2")
+    with pytest.raises(QslmError, match=re.escape(message)):
+        train(options(task, tmp_path / "m", small_data_dir, **{"teacher": str(tiny_classifier), **changes}))
 
 
 def test_length_weighting_draws_longer_examples_more_often(small_data_dir, tmp_path):

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, warmup=args.warmup, seed=args.seed, vocab_size=args.vocab_size,
         model_overrides=parse_overrides(args.set), init=args.init, corpora=args.corpus,
         wikitext_weight=args.wikitext_weight, length_weighting=args.length_weighting,
-        ema_decay=args.ema_decay,
+        ema_decay=args.ema_decay, teacher=args.teacher, distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, data_dir=args.data_dir,
         device=str(resolve_device(args.device)))
     out = train(options)
@@ -71,6 +72,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--ema-decay", type=float, default=0.0, metavar="DECAY",
                         help="keep a moving average of the weights (e.g. 0.999) and write it as the model "
                              "(default 0: the last step's weights)")
+    parser.add_argument("--teacher", default=None, metavar="MODEL",
+                        help="SST-2 training: also learn from this trained classifier's outputs (knowledge "
+                             "distillation; any architecture)")
+    parser.add_argument("--distill-weight", type=float, default=0.5, metavar="W",
+                        help="with --teacher: weight of the distillation loss, the labels get 1 - W (default 0.5)")
+    parser.add_argument("--distill-temperature", type=float, default=2.0, metavar="T",
+                        help="with --teacher: softmax temperature of both models' outputs (default 2)")
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=500)
     add_data_dir_argument(parser)
