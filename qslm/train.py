@@ -12,6 +12,7 @@ re-running the same command resumes from there. The finished model folder appear
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -94,10 +95,16 @@ def lm_training_text(options: TrainOptions) -> str:
     return "\n".join(parts + in_domain * options.wikitext_weight)
 
 
-def tokenizer_corpus(options: TrainOptions) -> list[str]:
+def sst2_split(options: TrainOptions) -> tuple[list[sst2.Example], list[sst2.Example]]:
+    """SST-2 train as (training examples, held-out sentences)."""
+    return sst2.split_holdout(sst2.load_sst2("train", options.data_dir))
+
+
+def tokenizer_corpus(options: TrainOptions, sst2_training: list[sst2.Example] | None = None) -> list[str]:
+    """Text the vocabulary is trained on; ``sst2_training`` saves recomputing the split when known."""
     lm = lm_training_text(dataclasses.replace(options, wikitext_weight=1)).splitlines()
     # Held-out sentences stay unseen, even by the vocabulary.
-    training, _ = sst2.split_holdout(sst2.load_sst2("train", options.data_dir))
+    training = sst2_training if sst2_training is not None else sst2_split(options)[0]
     return lm + [ex.sentence for ex in training]
 
 
@@ -171,6 +178,10 @@ class Trainer:
         self._prepare_data()
         self._resume()
 
+    @functools.cached_property
+    def sst2_split(self) -> tuple[list[sst2.Example], list[sst2.Example]]:
+        return sst2_split(self.options)  # ~2 s: computed once for the vocabulary and the data
+
     def _build(self):
         options = self.options
         tokenizer_path = self.work / TOKENIZER_FILE
@@ -193,7 +204,7 @@ class Trainer:
             if tokenizer_path.is_file():
                 tokenizer = load_tokenizer(tokenizer_path)
             else:
-                tokenizer = train_tokenizer(tokenizer_corpus(options), options.vocab_size)
+                tokenizer = train_tokenizer(tokenizer_corpus(options, self.sst2_split[0]), options.vocab_size)
             config_cls, _ = ARCHITECTURES[options.arch]
             fields = {"vocab_size": tokenizer.get_vocab_size(), **options.model_overrides}
             if "task" in {f.name for f in dataclasses.fields(config_cls)}:
@@ -217,7 +228,7 @@ class Trainer:
             self.train_ids = torch.tensor(self.tokenizer.encode(lm_training_text(options)).ids, dtype=torch.long)
             self.val_text = wikitext.calibration_text(options.data_dir)[:LM_VALIDATION_CHARS]
         else:
-            train, held_out = sst2.split_holdout(sst2.load_sst2("train", options.data_dir))
+            train, held_out = self.sst2_split
             max_len = getattr(self.model.config, "max_len", None) or self.model.config.ctx_len
             self.train_items = encode_examples(self.tokenizer, train, max_len)
             self.train_weights = [len(e.sentence.split()) ** options.length_weighting for e in train]

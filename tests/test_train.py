@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from qslm.data import sst2
 from qslm.errors import QslmError
 from qslm.evaluate import classification_logits
-from qslm.models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model
-from qslm.train import (Trainer, TrainOptions, distillation_loss, lm_training_text, lr_at, tokenizer_corpus,
-                        train)
+from qslm.models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, build_model, load_model, save_model
+from qslm.train import (Trainer, TrainOptions, distillation_loss, lm_training_text, lr_at, sst2_split,
+                        tokenizer_corpus, train)
 
 TASKS = {"wikitext2": {"n_embd": 16, "n_layer": 1, "ctx_len": 16},
          "sst2": {"n_embd": 16, "n_layer": 1, "ctx_len": 24}}
@@ -137,6 +137,7 @@ def test_wikitext_weight_repeats_the_in_domain_text(small_data_dir, tmp_path):
     assert once.count(brown) == thrice.count(brown)
     # the tokenizer is trained on the plain mix whatever the weight, so it does not change with it
     assert tokenizer_corpus(base) == tokenizer_corpus(dataclasses.replace(base, wikitext_weight=3))
+    assert tokenizer_corpus(base) == tokenizer_corpus(base, sst2_split(base)[0])  # the trainer passes its split
     with pytest.raises(QslmError, match="--wikitext-weight must be a whole number >= 1, got 0"):
         train(dataclasses.replace(base, wikitext_weight=0))
 
@@ -232,6 +233,15 @@ def test_bad_distillation_options(changes, message, small_data_dir, tmp_path, ti
     task = changes.pop("task", "sst2")
     with pytest.raises(QslmError, match=re.escape(message)):
         train(options(task, tmp_path / "m", small_data_dir, **{"teacher": str(tiny_classifier), **changes}))
+
+
+def test_teacher_must_have_the_same_classes(small_data_dir, tmp_path, tiny_classifier):
+    three = tmp_path / "three-classes"
+    loaded = load_model(tiny_classifier)
+    config = dataclasses.replace(loaded.config, num_classes=3)
+    save_model(three, build_model(config), loaded.tokenizer)
+    with pytest.raises(QslmError, match="has 3 classes, the model being trained 2"):
+        train(options("sst2", tmp_path / "m", small_data_dir, teacher=str(three)))
 
 
 def test_length_weighting_draws_longer_examples_more_often(small_data_dir, tmp_path):
