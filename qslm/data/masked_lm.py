@@ -21,9 +21,8 @@ def line_chunks(tokenizer: Tokenizer, text: str, max_len: int) -> list[list[int]
     lines = [line.strip() for line in text.splitlines()]
     chunks = []
     for encoding in tokenizer.encode_batch([line for line in lines if line]):
-        ids = encoding.ids
-        chunks += [ids[i:i + max_len] for i in range(0, len(ids), max_len) if len(ids[i:i + max_len])
-                   >= MIN_CHUNK_TOKENS]
+        pieces = (encoding.ids[i:i + max_len] for i in range(0, len(encoding.ids), max_len))
+        chunks += [piece for piece in pieces if len(piece) >= MIN_CHUNK_TOKENS]
     return chunks
 
 
