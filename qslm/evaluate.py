@@ -15,8 +15,8 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
-from .data.batching import classification_batches, collate, encode_examples, length_order, scored_windows
-from .data.masked_lm import mask_tokens
+from .data.batching import classification_batches, encode_examples, length_order, scored_windows
+from .data.masked_lm import masked_batch
 from .data import sst2, wikitext
 from .data.sst2 import Example
 from .data.tokenizer import pad_id
@@ -122,8 +122,7 @@ def masked_lm_loss(model: nn.Module, tokenizer: Tokenizer, chunks: list[list[int
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     for start in range(0, len(chunks), batch_size):
-        ids, mask, _ = collate([(chunk, 0) for chunk in chunks[start:start + batch_size]], pad_id(tokenizer))
-        inputs, predict_at, targets = mask_tokens(ids, mask, tokenizer, generator)
+        inputs, mask, predict_at, targets = masked_batch(chunks[start:start + batch_size], tokenizer, generator)
         logits = model(inputs.to(device), mask.to(device), predict_at.to(device))
         total += float(F.cross_entropy(logits, targets.to(device), reduction="sum"))
         count += targets.numel()

@@ -29,13 +29,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .data import sst2, wikitext
-from .data.batching import classification_batches, collate, encode_examples
-from .data.masked_lm import line_chunks, mask_tokens
+from .data.batching import classification_batches, encode_examples
+from .data.masked_lm import line_chunks, masked_batch
 from .data.paths import resolve_data_dir
 from .data.text import load_text
 from .data.tokenizer import load_tokenizer, pad_id, train_tokenizer
 from .errors import QslmError
-from .evaluate import classification_logits, evaluate_classification, evaluate_lm, masked_lm_loss
+from .evaluate import classification_logits, evaluate_classification, evaluate_lm, masked_lm_loss, max_input_len
 from .models.zoo import (ARCHITECTURES, LANGUAGE_MODEL_TASK, TOKENIZER_FILE, build_model, evaluation_task,
                          load_model, save_model)
 
@@ -229,8 +229,7 @@ class Trainer:
             self.val_text = wikitext.calibration_text(options.data_dir)[:LM_VALIDATION_CHARS]
         else:
             train, held_out = self.sst2_split
-            max_len = getattr(self.model.config, "max_len", None) or self.model.config.ctx_len
-            self.train_items = encode_examples(self.tokenizer, train, max_len)
+            self.train_items = encode_examples(self.tokenizer, train, max_input_len(self.model))
             self.train_weights = [len(e.sentence.split()) ** options.length_weighting for e in train]
             self.val_examples = held_out
             self.epoch_batches = []
@@ -297,9 +296,7 @@ class Trainer:
     def _masked_lm_batch(self) -> tuple[torch.Tensor, ...]:
         chunks = [self.train_chunks[self.rng.randrange(len(self.train_chunks))]
                   for _ in range(self.options.batch_size)]
-        ids, mask, _ = collate([(chunk, 0) for chunk in chunks], pad_id(self.tokenizer))
-        inputs, predict_at, targets = mask_tokens(ids, mask, self.tokenizer)
-        return tuple(t.to(self.device) for t in (inputs, mask, predict_at, targets))
+        return tuple(t.to(self.device) for t in masked_batch(chunks, self.tokenizer))
 
     def _classification_batch(self):
         if not self.epoch_batches:

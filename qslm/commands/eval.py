@@ -15,16 +15,13 @@ def evaluate_model(model_ref: str, task: str, split: str | None = None, limit: i
     """Load a model and evaluate it on a task split; ``limit`` keeps the first N examples (sst2)
     or the first N lines (wikitext2)."""
     from ..evaluate import evaluate_split
-    from ..models.zoo import evaluation_task, load_model
+    from ..models.zoo import check_task, load_model
 
     split = split or DEFAULT_SPLIT[task]
     if limit is not None and limit <= 0:
         raise QslmError(f"--limit must be positive, got {limit}")
     loaded = load_model(model_ref, resolve_device(device))
-    own_task = evaluation_task(loaded.config, loaded.path)
-    if task != own_task:
-        kind = "language model" if own_task == "wikitext2" else "classifier"
-        raise QslmError(f"model {loaded.path} is a {kind}; it cannot be evaluated on task {task!r}")
+    check_task(loaded, task, "evaluated")
     return evaluate_split(loaded.model, loaded.tokenizer, task, split, data_dir, limit, progress)
 
 

@@ -63,15 +63,11 @@ def profile_model(model_ref: str, task: str | None = None, data_dir=None, limit:
     from ..analysis.cost import OpCounter, energy_per_inference, load_hardware_profile, power_mw
     from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
     from ..device import resolve_device
-    from ..models.zoo import evaluation_task, load_model
+    from ..models.zoo import check_task, load_model
 
     profile = load_hardware_profile(hardware)
     loaded = load_model(model_ref, resolve_device(device))
-    own_task = evaluation_task(loaded.config, loaded.path)
-    task = task or own_task
-    if task != own_task:
-        kind = "language model" if own_task == "wikitext2" else "classifier"
-        raise QslmError(f"model {loaded.path} is a {kind}; it cannot be profiled on task {task!r}")
+    task = check_task(loaded, task, "profiled")
     run = calibration_runner(loaded, task, data_dir, limit)
     hierarchy = build_hierarchy(loaded.model)
     with SpikeRecorder(loaded.model) as spikes, OpCounter(loaded.model) as counter:

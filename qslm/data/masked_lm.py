@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer
 
-from .tokenizer import SPECIAL_TOKENS, mask_id
+from .batching import collate
+from .tokenizer import SPECIAL_TOKENS, mask_id, pad_id
 
 MASK_RATE = 0.15
 MIN_CHUNK_TOKENS = 4  # shorter chunks (stray headings, blank-ish lines) teach little
@@ -24,6 +25,14 @@ def line_chunks(tokenizer: Tokenizer, text: str, max_len: int) -> list[list[int]
         pieces = (encoding.ids[i:i + max_len] for i in range(0, len(encoding.ids), max_len))
         chunks += [piece for piece in pieces if len(piece) >= MIN_CHUNK_TOKENS]
     return chunks
+
+
+def masked_batch(chunks: list[list[int]], tokenizer: Tokenizer, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``chunks`` right-padded and masked: (corrupted ids, attention_mask, predict_at, targets)."""
+    ids, attention_mask, _ = collate([(chunk, 0) for chunk in chunks], pad_id(tokenizer))  # no labels
+    corrupted, predict_at, targets = mask_tokens(ids, attention_mask, tokenizer, generator)
+    return corrupted, attention_mask, predict_at, targets
 
 
 def mask_tokens(ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer: Tokenizer,

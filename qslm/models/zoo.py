@@ -82,6 +82,16 @@ def evaluation_task(config, path: Path) -> str:
     return "wikitext2" if task == "lm" else "sst2"
 
 
+def check_task(loaded: LoadedModel, task: str | None, action: str) -> str:
+    """The task to run ``loaded`` on: ``task``, or the model's own when None. A classifier asked for
+    ``wikitext2`` or a language model for ``sst2`` is refused, naming ``action`` (e.g. "evaluated")."""
+    own = evaluation_task(loaded.config, loaded.path)
+    if task is not None and task != own:
+        kind = "language model" if own == "wikitext2" else "classifier"
+        raise QslmError(f"model {loaded.path} is a {kind}; it cannot be {action} on task {task!r}")
+    return own
+
+
 def build_model(config) -> nn.Module:
     _, model_cls = ARCHITECTURES[config.arch]
     return model_cls(config)

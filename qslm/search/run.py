@@ -31,8 +31,8 @@ from ..commands.profile import calibration_runner
 from ..data import sst2, wikitext
 from ..device import resolve_device
 from ..errors import QslmError
-from ..evaluate import evaluate_lm, evaluate_split
-from ..models.zoo import evaluation_task, load_model
+from ..evaluate import evaluate_lm, evaluate_split, max_input_len
+from ..models.zoo import check_task, load_model
 from ..quant.apply import WeightCache, fake_quantized
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
 from ..quant.pack import PLAN_FILE, export_quantized
@@ -126,10 +126,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         raise QslmError(f"output folder {out} is the model folder itself: the quantized model would overwrite "
                         f"the model; choose another output folder")
     model, tokenizer = loaded.model, loaded.tokenizer
-    own_task = evaluation_task(loaded.config, loaded.path)
-    if task != own_task:
-        kind = "language model" if own_task == "wikitext2" else "classifier"
-        raise QslmError(f"model {loaded.path} is a {kind}; it cannot be searched on task {task!r}")
+    check_task(loaded, task, "searched")
     is_lm = task == "wikitext2"
     n_cal = calibration_size or DEFAULTS[task]["calibration"]
     n_val = validation_size or DEFAULTS[task]["validation"]
@@ -141,7 +138,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         # Held-out whole sentences, longest first: calibration takes the longest, where quantization damage
         # shows most.
         held_out = sorted(sst2.calibration_examples(data_dir), key=lambda ex: -len(ex.sentence.split()))[:n_val]
-        max_len = getattr(loaded.config, "max_len", None) or loaded.config.ctx_len
+        max_len = max_input_len(model)
         calibration = classification_calibration(tokenizer, held_out[:n_cal], max_len)
         validation = classification_calibration(tokenizer, held_out, max_len, batch_size=128)
 
