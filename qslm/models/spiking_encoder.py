@@ -30,6 +30,10 @@ class SpikingEncoderConfig:
     tau: float = 2.0
     v_threshold: float = 1.0
     dropout: float = 0.0  # on the input currents and the pooled features, during training only
+    # None: each query sums its attention over the keys, as Spikformer does (images have a fixed token
+    # count), so the attention current grows with sentence length. K: the sum is averaged over the
+    # sentence's real keys and scaled by K, so long sentences drive the neurons as short ones do.
+    attention_keys: int | None = None
     task: str = "classification"  # or "mlm": masked language model, the pre-training stage
     arch: str = "spiking-encoder"
 
@@ -49,8 +53,11 @@ class SpikingSelfAttention(nn.Module):
         d = cfg.n_embd
         if d % cfg.n_head:
             raise ValueError(f"n_embd ({d}) must be divisible by n_head ({cfg.n_head})")
+        if cfg.attention_keys is not None and cfg.attention_keys < 1:
+            raise ValueError(f"attention_keys must be a positive integer or None, got {cfg.attention_keys}")
         self.n_head = cfg.n_head
         self.scale = (d // cfg.n_head) ** -0.5
+        self.attention_keys = cfg.attention_keys
         self.input_lif = LIF(cfg.tau, cfg.v_threshold)
         self.query, self.key, self.value = (nn.Linear(d, d) for _ in range(3))
         self.bn_q, self.bn_k, self.bn_v = (SeqBatchNorm(d) for _ in range(3))
@@ -69,7 +76,10 @@ class SpikingSelfAttention(nn.Module):
         q = self._heads(self.q_lif(self.bn_q(self.query(s))))
         k = self._heads(self.k_lif(self.bn_k(self.key(s))))
         v = self._heads(self.v_lif(self.bn_v(self.value(s))))
-        scores = (q @ k.transpose(-2, -1)) * self.scale * key_mask[None, :, None, None, :]
+        scale = self.scale * key_mask[None, :, None, None, :]  # [1, B, 1, 1, N]
+        if self.attention_keys is not None:
+            scale = scale * (self.attention_keys / key_mask.sum(-1).clamp_min(1.0))[None, :, None, None, None]
+        scores = (q @ k.transpose(-2, -1)) * scale
         out = (scores @ v).transpose(2, 3).reshape(T, B, N, D)
         return self.bn_proj(self.proj(self.attn_lif(out)))
 

@@ -85,6 +85,43 @@ def test_key_mask_hides_padding_from_attention():
         torch.testing.assert_close(other, outputs[0])
 
 
+@pytest.mark.parametrize("attention_keys", [None, 4])
+def test_averaged_attention_does_not_grow_with_the_number_of_keys(attention_keys):
+    """The same token repeated N times: averaged attention gives every query the same current for any N;
+    Spikformer's sum grows with N."""
+    model = tiny(attention_keys=attention_keys)
+    attention = model.blocks[0].attn
+    torch.manual_seed(2)
+    token = 2.0 * torch.rand(1, 1, 1, 16)  # [T, B, N, D], one token
+    currents = []
+    hook = attention.attn_lif.register_forward_hook(lambda module, inputs, output: currents.append(inputs[0]))
+    with torch.no_grad():
+        for n in (3, 9):
+            attention(token.expand(3, 1, n, 16), torch.ones(1, n))
+    hook.remove()
+    short, long = currents[0][:, :, 0], currents[1][:, :, 0]
+    assert short.abs().sum() > 0
+    if attention_keys is None:
+        torch.testing.assert_close(long, 3 * short)
+    else:
+        torch.testing.assert_close(long, short)
+
+
+def test_averaged_attention_ignores_padding():
+    model = tiny(attention_keys=4)
+    torch.manual_seed(1)
+    sequences = [torch.randint(1, 50, (n,)) for n in (4, 11, 7)]
+    with torch.no_grad():
+        alone = torch.cat([model(seq[None]) for seq in sequences])
+        batched = model(*padded(sequences, 16, pad=9))
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_keys_must_be_positive():
+    with pytest.raises(ValueError, match="attention_keys must be a positive integer"):
+        tiny(attention_keys=0)
+
+
 def test_long_inputs_are_truncated_to_max_len():
     model = tiny(max_len=8)
     ids = torch.randint(1, 50, (2, 13))
