@@ -38,9 +38,14 @@ qslm train --arch spikegpt --task sst2 --init "$OUT/spikegpt-sst2-lm" --out "$OU
   --batch-size 32 --lr 5e-4 --warmup 100 --set dropout=0.1 --seed 1 --checkpoint-every 100 --eval-every 500
 
 # Spiking encoder: from scratch, BPE 16384 (2048 splits sentiment words into pieces and cost ~2.5 points;
-# 16384 gave +0.9 points over 8192 on average over seeds).
-# Trained with seeds 0, 1 and 2; seed 2 scored highest on the held-out training sentences (79.37% against
-# 78.12% and 78.62%) and is the bundled model.
-qslm train --arch spiking-encoder --task sst2 --out "$OUT/spiking-encoder-sst2" --steps 2000 --batch-size 32 \
-  --lr 1e-3 --warmup 100 --vocab-size 16384 --set n_embd=128 --set n_layer=2 --set n_head=4 --set time_steps=4 \
-  --set max_len=64 --seed 2 --checkpoint-every 100 --eval-every 500
+# 16384 gave +0.9 points over 8192 on average over seeds), each query's attention averaged over the
+# sentence's keys (attention_keys=16; Spikformer's sum over keys grows with sentence length, and SST-2
+# trains on short phrases but is scored on whole sentences), distilled from the SpikeGPT classifier above.
+# Trained with seeds 0, 1 and 2; seed 1 scored highest on the held-out training sentences (80.25% against
+# 79.87% and 78.37%) and is the bundled model.
+for seed in 0 1 2; do
+  qslm train --arch spiking-encoder --task sst2 --out "$OUT/spiking-encoder-sst2-seed$seed" --steps 2000 \
+    --batch-size 32 --lr 1e-3 --warmup 100 --vocab-size 16384 --set n_embd=128 --set n_layer=2 --set n_head=4 \
+    --set time_steps=4 --set max_len=64 --set attention_keys=16 --teacher "$OUT/spikegpt-sst2" --seed "$seed" \
+    --checkpoint-every 100 --eval-every 500
+done
