@@ -12,6 +12,12 @@ Block tier: each block (and each unit outside blocks, as a group of one) may ste
   again for its next step down; a refused group is not tried lower in this tier.
 Module tier: the same descent, one module at a time, so blocks that could not go lower as a whole
   still lower their cheap modules (e.g. the FFN value while the receptance stays wide).
+Trade tier (only when no evaluated plan is feasible yet and the plan is over the memory limit): a unit
+  that saves many bytes (an embedding) may be refused a step down because the small units around it
+  already spent the quality budget. Lower the unit whose step saves the most bytes and spend the bytes
+  left under the limit on raising other units, most measured sensitivity removed per byte first; the
+  descents only lower bits, so they never find such a plan. Each such trade costs one evaluation; the
+  first feasible one is descended again module by module.
 The result is the feasible candidate with the lowest objective among all evaluated.
 """
 from __future__ import annotations
@@ -74,6 +80,59 @@ def descend(problem: SearchProblem, current: Candidate, items: dict[str, tuple[s
     return current
 
 
+def raise_within(problem: SearchProblem, assignment: Assignment, headroom: int, keep: str) -> Assignment:
+    """``assignment`` with units other than ``keep`` raised one step at a time, most sensitivity removed
+    per extra byte first, while the extra bytes fit in ``headroom``."""
+    raised = dict(assignment)
+
+    def step(unit: str):
+        target = min((b for b in problem.bit_choices if b > raised[unit]), default=None)
+        if target is None:
+            return None
+        cost = problem.unit_bytes[unit][target] - problem.unit_bytes[unit][raised[unit]]
+        gain = problem.sensitivity((unit,), raised[unit]) - problem.sensitivity((unit,), target)
+        if gain <= 0 or cost <= 0:
+            return None
+        return (-gain / cost, position[unit], unit, target, cost)
+
+    position = {unit: index for index, unit in enumerate(problem.units)}
+    queue = [s for s in (step(unit) for unit in problem.units if unit != keep) if s is not None]
+    heapq.heapify(queue)
+    while queue:
+        _, _, unit, target, cost = heapq.heappop(queue)
+        if cost > headroom:
+            continue
+        raised[unit], headroom = target, headroom - cost
+        follow_up = step(unit)
+        if follow_up is not None:
+            heapq.heappush(queue, follow_up)
+    return raised
+
+
+def trade(problem: SearchProblem, current: Candidate) -> Candidate | None:
+    """A feasible plan made by lowering one unit and raising others within the memory limit, or None."""
+    limit = problem.constraints.memory_limit_bytes(problem.baseline.memory_bytes)
+    if limit is None or current.memory_bytes <= limit or not problem.quality_ok(current):
+        return None
+    moves = []
+    for position, unit in enumerate(problem.units):
+        target = lower_bits(problem.bit_choices, current.assignment[unit])
+        if target is not None:
+            saved = problem.unit_bytes[unit][current.assignment[unit]] - problem.unit_bytes[unit][target]
+            moves.append((-saved, position, unit, target))
+    for _, _, unit, target in sorted(moves):
+        trial = {**current.assignment, unit: target}
+        headroom = int(limit) - problem.memory_bytes(trial)
+        if headroom < 0:
+            break  # moves are sorted by bytes saved: none of the rest fits either
+        if not problem.budget_left:
+            return None
+        candidate = problem.evaluate(raise_within(problem, trial, headroom, keep=unit), "trade")
+        if candidate.score.feasible:
+            return candidate
+    return None
+
+
 def tiered_search(problem: SearchProblem) -> Candidate | None:
     start = global_tier(problem)
     if start is None:
@@ -81,5 +140,9 @@ def tiered_search(problem: SearchProblem) -> Candidate | None:
     groups = {name: tuple(units) for name, units in problem.groups.items()}
     current = descend(problem, start, groups, "block")
     modules = {unit: (unit,) for unit in problem.units}
-    descend(problem, current, modules, "module")
+    current = descend(problem, current, modules, "module")
+    if problem.best() is None:
+        traded = trade(problem, current)
+        if traded is not None:
+            descend(problem, traded, modules, "module")
     return problem.best()

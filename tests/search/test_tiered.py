@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import BITS, FP32_BYTES, GROUPS, Synthetic, unit_bytes
+from conftest import BITS, FP32_BYTES, GROUPS, INSENSITIVE, LOSS, Synthetic, unit_bytes
 from qslm.search.journal import assignment_key
 from qslm.search.objective import Constraints
-from qslm.search.tiered import descend, global_tier, lower_bits, tiered_search
+from qslm.search.tiered import descend, global_tier, lower_bits, raise_within, tiered_search
 
 ALL_LOW_BUT_SENSITIVE = {**{u: 2 for units in GROUPS.values() for u in units}, "b1.a": 4, "head": 4}
 
@@ -98,6 +98,47 @@ def test_memory_limit_nothing_meets_is_infeasible(synthetic):
     assert [problem.violation(c) for c in closest] == sorted(problem.violation(c) for c in problem.candidates)
     # the smallest plan that keeps quality is the closest one
     assert closest[0].assignment == ALL_LOW_BUT_SENSITIVE
+
+
+# The large b0.b (4000 parameters) loses 0.6 points at 2 bits; the small b1.a loses 0.5 at 2 bits and nothing
+# at 4. Lowering cheapest-damage-per-byte first, the descents take b1.a to 2 bits before b0.b, and then
+# b0.b cannot follow: 8640 B, over the 8245 B limit. Only trading works: b0.b to 2 bits, b1.a back to 4.
+TRADE_LOSS = {**{unit: INSENSITIVE for unit in LOSS}, "b0.b": {8: 0.0, 4: 0.05, 2: 0.6},
+              "b1.a": {8: 0.0, 4: 0.0, 2: 0.5}}
+TRADE_LIMIT = 0.085  # of FP32: 8245 B
+
+
+def test_trade_tier_lowers_a_large_unit_and_raises_small_sensitive_ones(tmp_path):
+    synthetic = Synthetic(tmp_path, loss=TRADE_LOSS)
+    problem = synthetic.problem(Constraints(max_drop=1.0, max_memory=TRADE_LIMIT))
+    best = tiered_search(problem)
+    stuck = [c for c in problem.candidates if c.tier == "module" and c.index < problem.candidates[-1].index]
+    assert any(c.memory_bytes == 8640 and problem.quality_ok(c) for c in stuck)  # where the descents end
+    trades = [c for c in problem.candidates if c.tier == "trade"]
+    assert len(trades) == 1 and trades[0].score.feasible
+    assert trades[0].assignment["b0.b"] == 2 and trades[0].assignment["b1.a"] == 4
+    # then the module descent lowers what the trade raised beyond need
+    assert best.assignment == {**{u: 2 for units in GROUPS.values() for u in units}, "b1.a": 4}
+    assert best.memory_bytes == 7890 <= TRADE_LIMIT * FP32_BYTES
+    assert best.score.quality_loss == pytest.approx(0.616)
+
+
+def test_no_trade_when_a_plan_is_already_feasible(synthetic):
+    problem = synthetic.problem(Constraints(max_drop=1.0, max_memory=0.11))
+    tiered_search(problem)
+    assert all(c.tier != "trade" for c in problem.candidates)
+
+
+def test_raise_within_spends_only_the_headroom_and_keeps_the_lowered_unit(tmp_path):
+    problem = Synthetic(tmp_path, loss=TRADE_LOSS).problem(Constraints(max_drop=1.0, max_memory=TRADE_LIMIT))
+    low = problem.uniform(2)
+    for headroom in (0, 249, 250, 600, 10_000):
+        raised = raise_within(problem, low, headroom, keep="b0.b")
+        assert raised["b0.b"] == 2
+        assert 0 <= problem.memory_bytes(raised) - problem.memory_bytes(low) <= headroom
+    assert raise_within(problem, low, 249, keep="b0.b") == low
+    # the most sensitivity removed per byte goes first: b1.a (0.5 points for 250 B)
+    assert raise_within(problem, low, 250, keep="b0.b") == {**low, "b1.a": 4}
 
 
 def test_deterministic(tmp_path):
