@@ -84,6 +84,7 @@ def raise_within(problem: SearchProblem, assignment: Assignment, headroom: int, 
     """``assignment`` with units other than ``keep`` raised one step at a time, most sensitivity removed
     per extra byte first, while the extra bytes fit in ``headroom``."""
     raised = dict(assignment)
+    position = {unit: index for index, unit in enumerate(problem.units)}
 
     def step(unit: str):
         target = min((b for b in problem.bit_choices if b > raised[unit]), default=None)
@@ -95,7 +96,6 @@ def raise_within(problem: SearchProblem, assignment: Assignment, headroom: int, 
             return None
         return (-gain / cost, position[unit], unit, target, cost)
 
-    position = {unit: index for index, unit in enumerate(problem.units)}
     queue = [s for s in (step(unit) for unit in problem.units if unit != keep) if s is not None]
     heapq.heapify(queue)
     while queue:
