@@ -13,6 +13,7 @@ import argparse
 import torch
 
 from qslm.data import sst2
+from qslm.data.batching import encode_examples
 from qslm.evaluate import classification_logits, max_input_len
 from qslm.models.zoo import load_model
 
@@ -45,9 +46,9 @@ def main() -> None:
             loaded = load_model(ref)
             model = loaded.model.eval()
             logits, labels = classification_logits(model, loaded.tokenizer, dev)
-            for example, correct in zip(dev, (logits.argmax(-1) == labels).tolist()):
-                n_tokens = min(len(loaded.tokenizer.encode(example.sentence).ids), max_input_len(model))
-                band = band_of(n_tokens)
+            inputs = encode_examples(loaded.tokenizer, dev, max_input_len(model))  # what the model read
+            for (ids, _), correct in zip(inputs, (logits.argmax(-1) == labels).tolist()):
+                band = band_of(len(ids))
                 right[band] += correct
                 total[band] += 1
         cells = " | ".join(f"{100 * r / t:.1f}% ({t // len(models)})" if t else "n/a" for r, t in zip(right, total))

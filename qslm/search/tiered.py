@@ -32,6 +32,12 @@ def lower_bits(choices: list[int], bits: int) -> int | None:
     return max(lower) if lower else None
 
 
+def bytes_saved(problem: SearchProblem, units: tuple[str, ...], assignment: Assignment, target: int) -> int:
+    """Bytes saved by taking ``units`` down to at most ``target`` bits."""
+    return sum(problem.unit_bytes[u][assignment[u]] - problem.unit_bytes[u][min(assignment[u], target)]
+               for u in units)
+
+
 def global_tier(problem: SearchProblem) -> Candidate | None:
     with problem.progress_bar(len(problem.bit_choices), "global tier") as bar:
         for bits in sorted(problem.bit_choices):
@@ -54,8 +60,7 @@ def descend(problem: SearchProblem, current: Candidate, items: dict[str, tuple[s
         target = lower_bits(problem.bit_choices, bits)
         if target is None:
             return None
-        saved = sum(problem.unit_bytes[u][assignment[u]] - problem.unit_bytes[u][min(assignment[u], target)]
-                    for u in units)
+        saved = bytes_saved(problem, units, assignment, target)
         if saved <= 0:
             return None
         damage = max(problem.sensitivity(units, target) - problem.sensitivity(units, bits), 0.0)
@@ -118,8 +123,7 @@ def trade(problem: SearchProblem, current: Candidate) -> Candidate | None:
     for position, unit in enumerate(problem.units):
         target = lower_bits(problem.bit_choices, current.assignment[unit])
         if target is not None:
-            saved = problem.unit_bytes[unit][current.assignment[unit]] - problem.unit_bytes[unit][target]
-            moves.append((-saved, position, unit, target))
+            moves.append((-bytes_saved(problem, (unit,), current.assignment, target), position, unit, target))
     for _, _, unit, target in sorted(moves):
         trial = {**current.assignment, unit: target}
         headroom = int(limit) - problem.memory_bytes(trial)
