@@ -1,0 +1,172 @@
+"""A task: the user's data and metric, which is all the search engine knows of them.
+
+    task = qslm.Task(
+        evaluate=my_eval,          # callable(model) -> float: the metric on the user's validation data
+        calibration=my_batches,    # re-iterable of model inputs: a tensor, a tuple (positional) or a dict (keyword)
+        higher_is_better=True,
+        test=my_test_eval,         # optional: run once on the chosen plan, the reported figure
+    )
+
+``max_drop`` limits a higher-is-better metric absolutely, in the metric's own units; a lower-is-better
+metric (perplexity, loss) is limited relatively (``max_relative_increase``).
+
+Sensitivity needs no task-specific code: it is the damage to the model's outputs against float on the
+calibration inputs (KL divergence for logits, a normalised MSE otherwise; see ``damage``). ``output``
+picks the tensor to compare from whatever the model returns (default: the tensor itself, or every
+floating tensor of a tuple, list or dict).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import QslmError
+
+DAMAGE_MEASURES = ("auto", "kl", "mse")
+ModelInput = torch.Tensor | tuple | list | Mapping
+
+
+@dataclass
+class Task:
+    evaluate: Callable[[nn.Module], float]
+    calibration: Iterable[ModelInput]
+    higher_is_better: bool = True
+    test: Callable[[nn.Module], float] | None = None
+    # outputs -> the tensor whose damage is measured (default: see the module docstring)
+    output: Callable[[object], torch.Tensor] | None = None
+    # "kl": the compared tensor holds logits over its last dimension; "mse": any values, error normalised
+    # by the float output's energy; "auto": kl for a single floating tensor output, mse otherwise
+    damage: str = "auto"
+    # inputs run to count operations and firing rates, one inference per row of the first tensor
+    # (default: the calibration inputs; batch size 1 counts no padding)
+    profile_inputs: Iterable[ModelInput] | None = None
+    name: str = "custom"
+    metric_name: str = "metric"
+    test_split: str = "test"
+    # identifies the validation data and metric in a search's journal, so a resumed search never mixes in
+    # measurements of other data (default: the evaluate function's qualified name and the calibration inputs)
+    fingerprint: str | None = None
+
+    def __post_init__(self):
+        if not callable(self.evaluate):
+            raise QslmError(f"Task.evaluate must be a callable(model) -> float, got {type(self.evaluate).__name__}")
+        if self.test is not None and not callable(self.test):
+            raise QslmError(f"Task.test must be a callable(model) -> float or None, got {type(self.test).__name__}")
+        if self.output is not None and not callable(self.output):
+            raise QslmError(f"Task.output must be a callable(outputs) -> tensor or None, got "
+                            f"{type(self.output).__name__}")
+        if not isinstance(self.higher_is_better, bool):
+            raise QslmError(f"Task.higher_is_better must be True or False, got {self.higher_is_better!r}")
+        if self.damage not in DAMAGE_MEASURES:
+            raise QslmError(f"Task.damage must be one of {list(DAMAGE_MEASURES)}, got {self.damage!r}")
+        self.calibration = _reiterable(self.calibration, "calibration")
+        if self.profile_inputs is not None:
+            self.profile_inputs = _reiterable(self.profile_inputs, "profile_inputs")
+
+    @property
+    def profiling(self) -> list[ModelInput]:
+        return self.profile_inputs if self.profile_inputs is not None else self.calibration
+
+    def identity(self) -> str:
+        """The fingerprint a journal header records (see ``fingerprint``)."""
+        if self.fingerprint is not None:
+            return self.fingerprint
+        function = getattr(self.evaluate, "__qualname__", type(self.evaluate).__qualname__)
+        return f"{self.name}:{function}:{inputs_digest(self.calibration)}"
+
+
+def _reiterable(inputs, field: str) -> list[ModelInput]:
+    """The inputs as a list: a generator would be used up by the first pass over it."""
+    if isinstance(inputs, (torch.Tensor, Mapping)):
+        raise QslmError(f"Task.{field} must be an iterable of model inputs (e.g. a list of batches), "
+                        f"got a single {type(inputs).__name__}; wrap it in a list")
+    try:
+        items = list(inputs)
+    except TypeError:
+        raise QslmError(f"Task.{field} must be an iterable of model inputs, got {type(inputs).__name__}") from None
+    if not items:
+        raise QslmError(f"Task.{field} is empty: give at least one batch of model inputs")
+    for index, item in enumerate(items):
+        if not isinstance(item, (torch.Tensor, tuple, list, Mapping)):
+            raise QslmError(f"Task.{field}[{index}] is a {type(item).__name__}; a model input is a tensor, "
+                            "a tuple of positional arguments or a dict of keyword arguments")
+    return items
+
+
+def _to(value, device: torch.device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+def model_device(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def call_model(model: nn.Module, inputs: ModelInput):
+    """``model`` on one calibration item: a tensor is one argument, a tuple/list positional arguments,
+    a dict keyword arguments; tensors are moved to the model's device."""
+    inputs = _to(inputs, model_device(model))
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def first_tensor(value) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (tuple, list)) else ()
+    for item in items:
+        found = first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def inferences_in(inputs: ModelInput) -> int:
+    """Rows of the first tensor of an input: the number of inferences (sequences) it holds."""
+    tensor = first_tensor(inputs)
+    if tensor is None or tensor.dim() == 0:
+        raise QslmError("a model input holds no batched tensor, so its number of inferences is unknown")
+    return int(tensor.shape[0])
+
+
+def inputs_digest(items: Iterable[ModelInput]) -> str:
+    """SHA-256 over every tensor of the inputs (values, shapes, dtypes) and their structure."""
+    h = hashlib.sha256()
+
+    def visit(value) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, Mapping):
+            h.update(b"{")
+            for key in sorted(value, key=str):
+                h.update(str(key).encode())
+                visit(value[key])
+            h.update(b"}")
+        elif isinstance(value, (tuple, list)):
+            h.update(b"(")
+            for item in value:
+                visit(item)
+            h.update(b")")
+        else:
+            h.update(repr(value).encode())
+
+    for item in items:
+        visit(item)
+    return h.hexdigest()
