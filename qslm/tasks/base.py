@@ -170,3 +170,13 @@ def inputs_digest(items: Iterable[ModelInput]) -> str:
     for item in items:
         visit(item)
     return h.hexdigest()
+
+
+@torch.no_grad()
+def run_inputs(model: nn.Module, inputs: Iterable[ModelInput]) -> int:
+    """Run ``model`` on every input (no gradients) and return how many inferences they held."""
+    count = 0
+    for item in inputs:
+        call_model(model, item)
+        count += inferences_in(item)
+    return count
