@@ -6,10 +6,14 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _figure(**kwargs):
+    """A matplotlib figure drawn straight to files (no pyplot, so the user's backend is left alone)."""
+    from matplotlib.figure import Figure  # imported on use: plotting is the only part that needs it
+
+    figure = Figure(**kwargs)
+    return figure, figure.subplots()
 
 PLOTS = {"pareto": "pareto.png", "bitwidths": "bitwidths.png", "sensitivity": "sensitivity.png"}
 
@@ -25,8 +29,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def plot_pareto(report: dict, path: Path) -> None:
     candidates = report["candidates"]
-    quality_axis = "accuracy drop (points)" if report["higher_is_better"] else "perplexity increase (relative)"
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    quality_axis = (f"{report['metric_name']} drop" if report["higher_is_better"]
+                    else f"{report['metric_name']} increase (relative)")
+    fig, ax = _figure(figsize=(6.4, 4.4))
     tiers = sorted({c["tier"] for c in candidates})
     for tier in tiers:
         xs = [100 * c["memory_fraction"] for c in candidates if c["tier"] == tier]
@@ -41,12 +46,11 @@ def plot_pareto(report: dict, path: Path) -> None:
                    zorder=5, label="chosen")
     ax.set_xlabel("memory (% of FP32)")
     ax.set_ylabel(quality_axis + " on validation slice")
-    ax.set_title(f"{report['model_name']}: {len(candidates)} candidates evaluated")
+    ax.set_title(f"{report['model']}: {len(candidates)} candidates evaluated")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_bitwidths(report: dict, path: Path) -> None:
@@ -54,7 +58,7 @@ def plot_bitwidths(report: dict, path: Path) -> None:
     if not assignment:
         return
     names = list(assignment)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(names)), 3.6))
+    fig, ax = _figure(figsize=(max(6.0, 0.22 * len(names)), 3.6))
     ax.bar(range(len(names)), [assignment[n] for n in names], color="tab:blue")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=90, fontsize=6)
@@ -62,7 +66,6 @@ def plot_bitwidths(report: dict, path: Path) -> None:
     ax.set_title("bit-width per module (chosen plan)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_sensitivity(report: dict, path: Path) -> None:
@@ -71,35 +74,33 @@ def plot_sensitivity(report: dict, path: Path) -> None:
         return
     units = list(table)
     bits = sorted({int(b) for row in table.values() for b in row})
-    values = [[math.log10(max(table[u].get(str(b), {}).get("kl", float("nan")), 1e-8)) for b in bits] for u in units]
+    values = [[math.log10(max(table[u].get(str(b), {}).get("damage", float("nan")), 1e-12)) for b in bits]
+              for u in units]
     # Wide enough for the unit names beside the heatmap and the colour bar (a fixed width squeezed the
     # heatmap out for long SpikeGPT names).
     longest = max(len(u) for u in units)
-    fig, ax = plt.subplots(figsize=(2.0 + 0.7 * len(bits) + 0.05 * longest, max(3.0, 0.16 * len(units))),
-                           layout="constrained")
+    fig, ax = _figure(figsize=(2.0 + 0.7 * len(bits) + 0.05 * longest, max(3.0, 0.16 * len(units))),
+                      layout="constrained")
     image = ax.imshow(values, aspect="auto", cmap="magma_r")
     ax.set_xticks(range(len(bits)))
     ax.set_xticklabels([f"{b}b" for b in bits])
     ax.set_yticks(range(len(units)))
     ax.set_yticklabels(units, fontsize=6)
-    fig.colorbar(image, ax=ax, label="log10 KL vs float")
+    fig.colorbar(image, ax=ax, label=f"log10 {report.get('damage_measure', 'damage')} vs float")
     ax.set_title("sensitivity (one unit quantized)")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
-def _fmt_metric(value: float | None, higher_is_better: bool) -> str:
-    if value is None:
-        return "n/a"
-    return f"{100 * value:.2f}%" if higher_is_better else f"{value:.2f}"
+def _fmt_metric(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def markdown(report: dict) -> str:
     hib = report["higher_is_better"]
     base, final = report["baseline"], report.get("final")
-    metric_name = "accuracy" if hib else "word perplexity"
-    lines = [f"# QSLM report: {report['model_name']} on {report['task']}", ""]
-    lines.append(f"Status: **{report['status']}**. Strategy `{report['strategy']}`, "
+    metric_name = report["metric_name"]
+    lines = [f"# QSLM report: {report['model']} on {report['task']}", ""]
+    lines.append(f"Status: **{report['status']}**. Strategy `{report['config']['strategy']}`, "
                  f"{len(report['candidates'])} candidate evaluations, {report['seconds']['total']:.0f} s in all.")
     lines.append("")
     if final:
@@ -111,8 +112,8 @@ def markdown(report: dict) -> str:
              f"{100 * (1 - final['energy_pj'] / base['energy_pj']):.1f}% less"),
             ("Power (mW)", f"{base['power_mw']:.3f}", f"{final['power_mw']:.3f}",
              f"{100 * (1 - final['power_mw'] / base['power_mw']):.1f}% less"),
-            (f"{metric_name} ({split})", _fmt_metric(base[f"metric_{split}"], hib), _fmt_metric(final["metric"], hib),
-             (f"{100 * (final['metric'] - base[f'metric_{split}']):+.2f} points" if hib
+            (f"{metric_name} ({split})", _fmt_metric(base[f"metric_{split}"]), _fmt_metric(final["metric"]),
+             (f"{final['metric'] - base[f'metric_{split}']:+.4g}" if hib
               else f"{100 * (final['metric'] / base[f'metric_{split}'] - 1):+.2f}%")),
             ("Latency per batch on this machine (ms)", f"{1e3 * base['latency_s']:.1f}",
              f"{1e3 * final['latency_s']:.1f}", f"x{final['latency_s'] / base['latency_s']:.2f}"),
@@ -120,12 +121,10 @@ def markdown(report: dict) -> str:
         lines += ["| | FP32 | QSLM | change |", "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
         lines.append("")
-        scope = (f"the first {final['reported_limit']} {'examples' if hib else 'lines'} of the `{split}` split"
-                 if final.get("reported_limit") else f"the full `{split}` split")
         lines.append(f"Memory is bytes of the exported model's tensors (codes, scales, zero-points and float "
-                     f"tensors). Energy uses the `{report['hardware']}` hardware profile. "
-                     f"The {metric_name} is measured on {scope}; the search itself only saw "
-                     f"a held-out slice of training data.")
+                     f"tensors, each shared tensor once). Energy uses the `{report['hardware']}` hardware profile. "
+                     f"The {metric_name} is measured on the `{split}` data, once, on the packed model loaded "
+                     f"back; the search itself only saw the validation data.")
         lines.append("")
     else:
         lines += ["No plan met the constraints. Closest plans:", ""]
@@ -134,24 +133,22 @@ def markdown(report: dict) -> str:
                          f"quality loss {c['quality_loss']:.4g}; violates: {'; '.join(c['violations'])}")
         lines.append("")
     lines += ["## Constraints and objective", "", f"- constraints: `{json.dumps(report['constraints'])}`",
-              f"- objective weights: `{json.dumps(report['weights'])}`", f"- bit-widths: {report['bit_choices']}",
-              ""]
+              f"- search config: `{json.dumps(report['config'])}`", ""]
     if report.get("chosen"):
         lines += ["## Bit-width per module", "", "| unit | bits |", "|---|---|"]
         lines += [f"| {u} | {b} |" for u, b in report["chosen"]["assignment"].items()]
         lines.append("")
     if report.get("sensitivity"):
         bits = sorted({int(b) for row in report["sensitivity"].values() for b in row})
-        lines += ["## Sensitivity (KL vs float, one unit quantized; calibration slice)", "",
+        lines += [f"## Sensitivity ({report.get('damage_measure', 'damage')} vs float, one unit quantized; "
+                  "calibration inputs)", "",
                   "| unit | " + " | ".join(f"{b} bit" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
         for unit, row in report["sensitivity"].items():
-            lines.append(f"| {unit} | " + " | ".join(f"{row[str(b)]['kl']:.2e}" if str(b) in row else "" for b in bits)
+            lines.append(f"| {unit} | " + " | ".join(f"{row[str(b)]['damage']:.2e}" if str(b) in row else "" for b in bits)
                          + " |")
         lines.append("")
     lines += ["## Candidates evaluated", ""]
-    if hib:
-        lines += ["Metric: accuracy on the validation slice minus one standard error of the paired difference "
-                  "to the float model (a noise-aware, pessimistic estimate).", ""]
+    lines += [f"Metric: {metric_name} on the validation data.", ""]
     lines += ["| # | tier | metric | quality loss | memory % | energy % | feasible |",
               "|---|---|---|---|---|---|---|"]
     for c in report["candidates"]:
@@ -166,7 +163,7 @@ def markdown(report: dict) -> str:
 def write_report(report: dict, folder: Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     (folder / "report.md").write_text(markdown(report))
     plot_pareto(report, folder / PLOTS["pareto"])
     plot_bitwidths(report, folder / PLOTS["bitwidths"])

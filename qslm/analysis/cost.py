@@ -49,6 +49,7 @@ of the profile): ``power_mw = pJ x 1e-12 x Hz x 1e3``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -57,11 +58,13 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..errors import QslmError
-from ..quant.units import quantizable_units
-from .hierarchy import is_binary, unit_weight_shape
+from ..quant.units import quantizable_units, unit_tensor
+from .hierarchy import is_binary
 
 HARDWARE_DIR = Path(__file__).resolve().parent.parent / "hardware"
 DEFAULT_HARDWARE = "default_45nm"
@@ -261,55 +264,139 @@ class OpCounts:
         return cls(int(raw["inferences"]), int(raw["forwards"]), units)
 
 
-class OpCounter:
-    """Context manager: count the operations of every quantizable unit of ``model`` while it runs.
-    Call ``result(inferences)`` after the block for the per-inference ``OpCounts``."""
+def _transparent_ops() -> frozenset:
+    """Ops whose output is the same weight seen another way (a view, a cast): a unit keeps its name."""
+    T = torch.Tensor
+    return frozenset([T.t, torch.t, T.transpose, torch.transpose, T.permute, torch.permute, T.view, T.reshape,
+                      torch.reshape, T.to, T.float, T.half, T.bfloat16, T.double, T.contiguous, T.type_as,
+                      T.unsqueeze, torch.unsqueeze, T.squeeze, torch.squeeze, T.detach, T.clone, T.flatten,
+                      T.T.__get__, T.mT.__get__, T.data.__get__])
+
+
+def _matmul_ops() -> frozenset:
+    T = torch.Tensor
+    return frozenset([torch.matmul, T.matmul, T.__matmul__, T.__rmatmul__, torch.mm, T.mm, torch.bmm, T.bmm])
+
+
+class OpCounter(TorchFunctionMode):
+    """Context manager: count the operations of every unit of ``model`` while it runs. Call
+    ``result(inferences)`` after the block for the per-inference ``OpCounts``.
+
+    Every torch function call is seen (a ``TorchFunctionMode``), so a weight counts wherever the code
+    uses it: an ``nn.Linear``, a bare parameter through ``F.linear``, ``@``, ``torch.matmul``,
+    ``torch.einsum`` (two operands), ``F.embedding``, a convolution, ``F.bilinear``; views and casts of
+    a weight (``.t()``, ``.T``, ``.to(dtype)``) keep its identity. A tied weight is one unit, whichever
+    place it is used from."""
 
     def __init__(self, model: nn.Module):
+        super().__init__()
         self.model = model
-        self.modules = quantizable_units(model)
+        self.units = quantizable_units(model)
+        self._ids: dict[int, str] = {}
         self._totals: dict[str, UnitOps] = {}
         self._forwards = 0
-        self._handles: list = []
+        self._handle = None
+        self._transparent = _transparent_ops()
+        self._matmuls = _matmul_ops()
 
     def __enter__(self) -> "OpCounter":
         self._forwards = 0
-        self._totals = {}
-        for name, module in self.modules.items():
-            shape = unit_weight_shape(module)
-            self._totals[name] = UnitOps(name, type(module).__name__, shape.numel(), shape[1:].numel())
-            self._handles.append(module.register_forward_hook(self._hook(self._totals[name])))
-        self._handles.append(self.model.register_forward_hook(self._count_forward))
-        return self
+        self._totals = {name: UnitOps(name, unit.kind, unit.numel, unit.numel // max(unit.shape[0], 1))
+                        for name, unit in self.units.items()}
+        # Float parameters are known by identity; a packed unit's dequantized weight carries its name.
+        self._ids = {id(unit_tensor(self.model, unit)): name for name, unit in self.units.items()
+                     if unit.packed is None}
+        self._handle = self.model.register_forward_hook(self._count_forward)
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
     def _count_forward(self, module, inputs, output) -> None:
         self._forwards += 1
 
-    @staticmethod
-    def _hook(ops: UnitOps):
-        @torch.no_grad()
-        def hook(_module, inputs, output):
-            x = inputs[0]
-            ops.calls += 1
-            if not x.is_floating_point():  # indices: an embedding lookup
-                ops.lookups += x.numel()
-                return
-            ops.weight_reads += ops.weights
-            dense_macs = output.numel() * ops.fan_in
-            nonzero = float(torch.count_nonzero(x))
-            ops.input_elements += x.numel()
-            ops.nonzero_inputs += nonzero
-            if is_binary(x):
-                ops.spike_calls += 1
-                ops.acs += dense_macs * nonzero / x.numel()
-            else:
-                ops.macs += dense_macs
-        return hook
+    def _unit_of(self, value) -> str | None:
+        if not isinstance(value, torch.Tensor):
+            return None
+        return getattr(value, "qslm_unit", None) or self._ids.get(id(value))
 
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        with torch.no_grad():
+            self._count(func, args, kwargs, out)
+        return out
+
+    def _count(self, func, args, kwargs, out) -> None:
+        if func in self._transparent:
+            name = self._unit_of(args[0]) if args else None
+            if name is not None and isinstance(out, torch.Tensor):
+                out.qslm_unit = name
+            return
+        if func is F.linear:
+            self._dense(args[1] if len(args) > 1 else kwargs.get("weight"), args[0], out, contraction=None)
+        elif func is F.embedding:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            name = self._unit_of(weight)
+            if name is not None:
+                ops = self._totals[name]
+                ops.calls += 1
+                ops.lookups += args[0].numel()
+        elif func in (F.conv1d, F.conv2d, F.conv3d):
+            self._dense(args[1] if len(args) > 1 else kwargs.get("weight"), args[0], out, contraction=None)
+        elif func in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            if self._unit_of(weight) is not None:
+                self._record(self._unit_of(weight), args[0], args[0].numel() * weight[0].numel())
+        elif func is F.bilinear:
+            weight = args[2] if len(args) > 2 else kwargs.get("weight")
+            if self._unit_of(weight) is not None:
+                self._record(self._unit_of(weight), args[0], out.numel() * weight[0].numel())
+        elif func in self._matmuls and len(args) >= 2:
+            a, b = args[0], args[1]
+            if self._unit_of(b) is not None:
+                self._dense(b, a, out, contraction=a.shape[-1])
+            elif self._unit_of(a) is not None:
+                self._dense(a, b, out, contraction=a.shape[-1])
+        elif func is torch.einsum:
+            operands = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else args[1]
+            named = [i for i, x in enumerate(operands) if self._unit_of(x) is not None]
+            if len(operands) == 2 and len(named) == 1:
+                letters = {}
+                inputs = str(args[0]).replace(" ", "").split("->")[0].split(",")
+                for spec, operand in zip(inputs, operands):
+                    for letter, size in zip(spec.replace("...", ""), operand.shape[-len(spec.replace("...", "")):]):
+                        letters[letter] = size
+                batch = math.prod(operands[1 - named[0]].shape[:-len(inputs[1 - named[0]].replace("...", ""))]) \
+                    if "..." in inputs[1 - named[0]] else 1
+                self._record(self._unit_of(operands[named[0]]), operands[1 - named[0]],
+                             batch * math.prod(letters.values()))
+
+    def _dense(self, weight, x, out, contraction: int | None) -> None:
+        name = self._unit_of(weight)
+        if name is None or not isinstance(out, torch.Tensor):
+            return
+        fan_in = contraction if contraction is not None else weight[0].numel()
+        self._record(name, x, out.numel() * fan_in)
+
+    def _record(self, name: str, x, dense_macs: float) -> None:
+        ops = self._totals[name]
+        ops.calls += 1
+        ops.weight_reads += ops.weights
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or not x.numel():
+            ops.macs += dense_macs
+            return
+        nonzero = float(torch.count_nonzero(x))
+        ops.input_elements += x.numel()
+        ops.nonzero_inputs += nonzero
+        if is_binary(x):
+            ops.spike_calls += 1
+            ops.acs += dense_macs * nonzero / x.numel()
+        else:
+            ops.macs += dense_macs
 
     def result(self, inferences: int) -> OpCounts:
         if not isinstance(inferences, int) or isinstance(inferences, bool) or inferences <= 0:

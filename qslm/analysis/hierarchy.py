@@ -8,9 +8,9 @@
 
 Rules (no model-specific code):
 
-* **Units** are the quantizable leaves, as ``qslm.quant.units`` defines them: ``nn.Linear``,
-  ``nn.Embedding``, ``nn.Conv1d``, ``nn.Conv2d`` (subclasses included) and their bit-packed stand-ins
-  in a loaded quantized model, which keep the float model's names.
+* **Units** are weight tensors, as ``qslm.quant.units`` defines them: the weight of every Linear,
+  Embedding or Conv, any bare matrix parameter of a custom module, a tied tensor once; a loaded
+  quantized model's packed units keep the float model's names. A unit sits where its module sits.
 * A **repeated container** is an ``nn.ModuleList`` or ``nn.Sequential`` with at least two children of
   the same class that hold units. Its unit-holding children are the **blocks** (``blocks.3``). The
   search stops descending at the outermost repeated container, so repeated containers nested inside
@@ -36,55 +36,24 @@ from torch import nn
 
 from ..errors import QslmError
 from ..models.neurons import LIF
-from ..quant.units import QUANTIZABLE_TYPES, PackedUnit, quantizable_units, unit_parameter_count
+from ..quant.units import WEIGHT_HOLDERS, Unit, find_units, inside, join
 
 REPEATED_CONTAINER_TYPES = (nn.ModuleList, nn.Sequential)
 THRESHOLD_ATTRIBUTES = ("threshold", "v_threshold", "v_th")
 FP32_BYTES = 4
 
 
-def is_quantizable(module: nn.Module) -> bool:
-    return isinstance(module, QUANTIZABLE_TYPES + (PackedUnit,))
+def _holds_units(path: str, units: dict[str, Unit]) -> bool:
+    return any(inside(place, path) for u in units.values() for place in u.places)
 
 
-def unit_weight_shape(module: nn.Module) -> torch.Size:
-    """The float weight's shape of a unit, packed or not."""
-    return module.weight_shape if isinstance(module, PackedUnit) else module.weight.shape
-
-
-def _holds_units(module: nn.Module) -> bool:
-    return any(is_quantizable(m) for m in module.modules())
-
-
-def is_repeated_container(module: nn.Module) -> bool:
+def is_repeated_container(module: nn.Module, path: str = "", units: dict[str, Unit] | None = None) -> bool:
+    """A ModuleList/Sequential with at least two children of one class that hold units."""
     if not isinstance(module, REPEATED_CONTAINER_TYPES):
         return False
-    classes = Counter(type(child) for child in module.children() if _holds_units(child))
+    units = find_units(module) if units is None else units
+    classes = Counter(type(child) for name, child in module.named_children() if _holds_units(join(path, name), units))
     return any(count >= 2 for count in classes.values())
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _inside(name: str, scope: str) -> bool:
-    return name == scope or name.startswith(scope + ".")
-
-
-@dataclass
-class Unit:
-    name: str
-    kind: str  # class name, e.g. "Linear"
-    shape: list[int]  # weight shape
-    parameters: int  # weight + bias
-
-    @property
-    def bytes_fp32(self) -> int:
-        return FP32_BYTES * self.parameters
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "shape": self.shape, "parameters": self.parameters,
-                "bytes_fp32": self.bytes_fp32}
 
 
 @dataclass
@@ -141,7 +110,7 @@ class Hierarchy:
 
     @property
     def quantizable_parameters(self) -> int:
-        return sum(u.parameters for u in self.units.values())
+        return sum(u.numel for u in self.units.values())
 
     @property
     def bytes_fp32(self) -> int:
@@ -183,7 +152,7 @@ class Hierarchy:
 
     def _block_for_neuron(self, name: str) -> Block | None:
         for block in self.blocks:
-            if _inside(name, block.name):
+            if inside(name, block.name):
                 return block
         # A neuron sitting in a repeated container between blocks spikes on the previous block's output.
         parent, _, _ = name.rpartition(".")
@@ -207,47 +176,53 @@ class Hierarchy:
                 "neurons_outside_blocks": {n: r.rate for n, r in self.neurons_outside_blocks.items()}}
 
 
-def _unit(name: str, module: nn.Module) -> Unit:
-    return Unit(name, type(module).__name__, list(unit_weight_shape(module)), unit_parameter_count(module))
-
-
-def build_hierarchy(model: nn.Module, label: str | None = None) -> Hierarchy:
-    """The block/module tree of ``model`` (see the module docstring for the rules)."""
+def build_hierarchy(model: nn.Module, label: str | None = None, ignore=()) -> Hierarchy:
+    """The block/module tree of ``model`` (see the module docstring for the rules); units matching an
+    ``ignore`` glob are left out (they stay float)."""
     label = label or type(model).__name__
-    unit_modules = quantizable_units(model)
-    units = {name: _unit(name, m) for name, m in unit_modules.items()}
+    all_units = find_units(model)
+    units = find_units(model, ignore)
     if not units:
-        kinds = ", ".join(t.__name__ for t in QUANTIZABLE_TYPES)
-        raise QslmError(f"the profiler found no quantizable modules in {label}: expected at least one of {kinds}")
+        reason = (f"every one of its {len(all_units)} units matches the ignore patterns {list(ignore)}" if all_units
+                  else "it has no floating weight of two or more dimensions (Linear, Embedding, Conv, or a "
+                       "bare matrix parameter)")
+        raise QslmError(f"the profiler found no quantizable units in {label}: {reason}")
 
     block_names: list[str] = []
     containers: list[str] = []
     container_children: dict[str, list[str]] = {}
 
     def visit(module: nn.Module, prefix: str) -> None:
-        if is_repeated_container(module):
+        if is_repeated_container(module, prefix, units):
             containers.append(prefix)
-            container_children[prefix] = [_join(prefix, n) for n, _ in module.named_children()]
-            block_names.extend(_join(prefix, n) for n, c in module.named_children() if _holds_units(c))
+            container_children[prefix] = [join(prefix, n) for n, _ in module.named_children()]
+            block_names.extend(join(prefix, n) for n, _ in module.named_children()
+                               if _holds_units(join(prefix, n), units))
             return
         for name, child in module.named_children():
-            visit(child, _join(prefix, name))
+            visit(child, join(prefix, name))
 
     visit(model, "")
-    blocks = [Block(name, [u for u in units if _inside(u, name)]) for name in block_names]
+    blocks = [Block(name, [u for u, unit in units.items() if inside(unit.module, name)]) for name in block_names]
+    blocks = [b for b in blocks if b.modules]  # a block holding only aliases of other units' tensors
     in_blocks = {m for b in blocks for m in b.modules}
     top_level = [u for u in units if u not in in_blocks]
+    unit_tensors = {id(t) for u in all_units.values() for t in _unit_tensors(model, u)}
     modules = dict(model.named_modules())
-    in_units = {id(p) for m in unit_modules.values() for p in m.parameters()}
 
     def other_parameters(module: nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters() if id(p) not in in_units)
+        return sum(p.numel() for p in module.parameters() if id(p) not in unit_tensors)
 
     for block in blocks:
-        block.parameters = sum(units[m].parameters for m in block.modules)
+        block.parameters = sum(units[m].numel for m in block.modules)
         block.other_parameters = other_parameters(modules[block.name])
-    total = sum(u.parameters for u in units.values()) + other_parameters(model)
+    # every tensor once (parameters() skips shared ones); units by their weights, packed or float
+    total = sum(u.numel for u in all_units.values()) + other_parameters(model)
     return Hierarchy(label, blocks, top_level, units, containers, total, _container_children=container_children)
+
+
+def _unit_tensors(model: nn.Module, unit: Unit) -> list[torch.Tensor]:
+    return [] if unit.packed is not None else [getattr(model.get_submodule(unit.module), unit.attribute)]
 
 
 def _first_tensor(value) -> torch.Tensor | None:
@@ -278,7 +253,7 @@ class SpikeRecorder:
         self.model = model
         self.records: dict[str, SpikeRecord] = {}
         self._candidates = {name: m for name, m in model.named_modules()
-                            if name and not is_quantizable(m) and next(m.children(), None) is None}
+                            if name and not isinstance(m, WEIGHT_HOLDERS) and next(m.children(), None) is None}
         self._stats: dict[str, dict] = {}
         self._handles: list = []
 

@@ -1,12 +1,14 @@
 """Block-local sensitivity: the damage of quantizing units inside one block, measured by running that
 block alone, so that measuring every unit costs time linear in the model's depth.
 
-One forward and backward pass over the calibration set (float model) records, for every block, its
-inputs, and the gradient of the task loss at its output. Quantizing units of block ``i`` then re-runs
+One forward and backward pass over the calibration inputs (float model) records, for every block, its
+inputs, and the gradient at its output of a loss whose curvature measures the output damage (the
+cross-entropy with the float model's own predictions for logits, the squared error to the float
+outputs otherwise: ``OutputReference.surrogate_loss``; no labels are needed). Quantizing units of block ``i`` then re-runs
 block ``i`` alone on its recorded inputs; the change ``d`` of its output is turned into a predicted
 damage with the diagonal Fisher approximation used by BRECQ-style reconstruction:
 
-    damage ~= 1/2 * sum((g * d)^2) / n        (g: loss gradient at the block output, n: targets)
+    damage ~= 1/2 * sum((g * d)^2) / n        (g: loss gradient at the block output, n: output positions)
 
 which, like the exact measure, is in nats per target and zero for an unchanged output. The exact
 measure (``qslm.analysis.sensitivity``) runs the whole model once per (units, bit-width): with units
@@ -27,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import QslmError
-from .sensitivity import CalibrationSet
+from ..tasks.base import call_model
+from .sensitivity import OutputReference
 
 # Re-running a block on its own inputs may differ from the recorded pass by float rounding (the
 # autograd path and the inference path of an op can differ), which flips a few spikes at threshold.
@@ -57,12 +60,12 @@ class BlockLocalSensitivity:
     """Fisher-weighted output error of single blocks. ``damage(block)`` is measured under whatever
     (fake) quantization is applied to the model at the time of the call."""
 
-    def __init__(self, model: nn.Module, block_names: list[str], calibration: CalibrationSet,
+    def __init__(self, model: nn.Module, block_names: list[str], reference: OutputReference,
                  block_units: dict[str, list[str]] | None = None):
         self.model = model
         # unit -> its block, to route a measurement (``block_holding``)
         self.block_of = {u: b for b, units in (block_units or {}).items() for u in units}
-        self.calibration = calibration
+        self.calibration = reference
         modules = dict(model.named_modules())
         missing = [name for name in block_names if name not in modules]
         if missing:
@@ -75,8 +78,8 @@ class BlockLocalSensitivity:
         self._check_replay()
 
     @classmethod
-    def for_hierarchy(cls, model: nn.Module, hierarchy, calibration: CalibrationSet) -> "BlockLocalSensitivity":
-        return cls(model, [b.name for b in hierarchy.blocks], calibration,
+    def for_hierarchy(cls, model: nn.Module, hierarchy, reference: OutputReference) -> "BlockLocalSensitivity":
+        return cls(model, [b.name for b in hierarchy.blocks], reference,
                    {b.name: list(b.modules) for b in hierarchy.blocks})
 
     def block_holding(self, units) -> str | None:
@@ -85,20 +88,19 @@ class BlockLocalSensitivity:
         return owners.pop() if len(owners) == 1 and None not in owners else None
 
     def _record(self) -> None:
-        device = next(self.model.parameters()).device
+        reference = self.calibration
         was_training = self.model.training
         self.model.eval()
         try:
-            for ids, mask, targets in self.calibration.batches:
+            for index, item in enumerate(reference.inputs):
                 captured: dict[str, tuple] = {}
                 hooks = [block.register_forward_hook(self._capture(name, captured), with_kwargs=True)
                          for name, block in self.blocks.items()]
                 try:
+                    if reference.reset is not None:
+                        reference.reset(self.model)
                     with torch.enable_grad():
-                        logits = self.model(ids.to(device)) if mask is None else self.model(ids.to(device),
-                                                                                            mask.to(device))
-                        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                               targets.to(device).reshape(-1), reduction="sum")
+                        loss = reference.surrogate_loss(call_model(self.model, item), index)
                         missing = [name for name in self.blocks if name not in captured]
                         if missing:
                             raise QslmError(f"block {missing[0]!r} did not run on the calibration inputs")
@@ -110,7 +112,7 @@ class BlockLocalSensitivity:
                     args, kwargs, output = captured[name]
                     grad = torch.zeros_like(output) if grad is None else grad
                     self.records[name].append(BlockRecord(args, kwargs, output.detach(), grad.detach()))
-                self.count += targets.numel()
+            self.count = reference.positions if reference.measure == "kl" else 1
         finally:
             self.model.train(was_training)
 
@@ -143,16 +145,14 @@ class BlockLocalSensitivity:
 
     @torch.no_grad()
     def damage(self, name: str) -> dict[str, float]:
-        """Predicted damage of the block's current (quantized) weights: ``kl`` is the Fisher estimate,
-        ``loss_increase`` its first-order-plus-Fisher estimate of the task-loss change (nats/target)."""
+        """Predicted damage of the block's current (quantized) weights (the Fisher estimate), in the units
+        of the exact measure."""
         if name not in self.blocks:
             raise QslmError(f"no block {name!r}; blocks are {sorted(self.blocks)}")
-        fisher, first_order = 0.0, 0.0
+        fisher = 0.0
         for out, ref, record in zip(self._replay(name), self.reference[name], self.records[name]):
-            delta = out - ref
-            fisher += 0.5 * float((record.grad * delta).pow(2).sum())
-            first_order += float((record.grad * delta).sum())
-        return {"kl": fisher / self.count, "loss_increase": (first_order + fisher) / self.count}
+            fisher += 0.5 * float((record.grad * (out - ref)).pow(2).sum())
+        return {"damage": fisher / self.count, "measure": self.calibration.measure}
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:

@@ -1,11 +1,14 @@
 """Sensitivity analysis: how much quantizing one unit (a module, or a whole block) to b bits,
-everything else in float, damages the model on a small calibration set.
+everything else in float, damages the model's outputs on a small set of calibration inputs.
 
-Two measures against the float model's outputs on the same inputs:
-  * ``kl``: mean KL(p_float || p_quantized) of the output distribution (per example for classifiers,
-    per token for language models) -- smooth, used to order search moves;
-  * ``loss_increase``: increase of the task loss (cross-entropy with the true labels / next tokens).
-Results are cached on disk keyed by model hash + calibration set digest + units + spec, so re-runs and
+No task-specific code: ``OutputReference`` keeps the float model's outputs on the calibration inputs
+and measures the current (fake-quantized) model against them:
+  * ``kl``: for logits, the mean KL(p_float || p_quantized) of the softmax over the last dimension, per
+    output position (per example for a classifier, per token for a language model);
+  * ``mse``: for any other output, the squared error over the float output's energy (normalised MSE).
+The compared tensor is picked from whatever the model returns (a tensor, or the floating tensors of a
+tuple / list / dict), or by the task's ``output`` function.
+Results are cached on disk keyed by model hash + calibration digest + units + spec, so re-runs and
 resumed searches do not recompute them.
 """
 from __future__ import annotations
@@ -22,6 +25,8 @@ from torch import nn
 
 from ..data.batching import classification_batches, encode_examples, length_order
 from ..data.tokenizer import pad_id
+from ..errors import QslmError
+from ..tasks.base import call_model
 
 
 @dataclass
@@ -71,27 +76,89 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-@torch.no_grad()
-def output_log_probs(model: nn.Module, calibration: CalibrationSet) -> list[torch.Tensor]:
-    device = next(model.parameters()).device
-    outputs = []
-    for ids, mask, _ in calibration.batches:
-        logits = model(ids.to(device)) if mask is None else model(ids.to(device), mask.to(device))
-        outputs.append(F.log_softmax(logits.float(), dim=-1).cpu())
-    return outputs
+def floating_tensors(outputs) -> list[torch.Tensor]:
+    """Every floating tensor of a model's outputs, in order (nested tuples, lists and dicts included)."""
+    if isinstance(outputs, torch.Tensor):
+        return [outputs] if outputs.is_floating_point() else []
+    if isinstance(outputs, dict):
+        return [t for key in outputs for t in floating_tensors(outputs[key])]
+    if isinstance(outputs, (tuple, list)):
+        return [t for item in outputs for t in floating_tensors(item)]
+    return []
 
 
-def damage(reference: list[torch.Tensor], quantized: list[torch.Tensor], calibration: CalibrationSet
-           ) -> dict[str, float]:
-    """Mean KL(reference || quantized) and task-loss increase over the calibration set."""
-    kl_sum, loss_ref, loss_q, count = 0.0, 0.0, 0.0, 0
-    for ref, q, (_, _, targets) in zip(reference, quantized, calibration.batches):
-        kl_sum += float((ref.exp() * (ref - q)).sum(-1).sum())
-        flat_targets = targets.reshape(-1)
-        loss_ref += float(F.nll_loss(ref.reshape(-1, ref.shape[-1]), flat_targets, reduction="sum"))
-        loss_q += float(F.nll_loss(q.reshape(-1, q.shape[-1]), flat_targets, reduction="sum"))
-        count += flat_targets.numel()
-    return {"kl": kl_sum / count, "loss_increase": (loss_q - loss_ref) / count}
+class OutputReference:
+    """The float model's outputs on ``inputs`` (model inputs: tensors, tuples or dicts), and the damage
+    of the model as it computes now against them. ``measure`` is ``kl``, ``mse`` or ``auto`` (kl for a
+    model that returns one floating tensor, mse otherwise); ``output`` picks the tensor to compare."""
+
+    def __init__(self, model: nn.Module, inputs: list, measure: str = "auto", output=None, reset=None):
+        self.model, self.inputs, self.output, self.reset = model, inputs, output, reset
+        raw = self._raw_outputs()
+        if measure == "auto":
+            measure = "kl" if output is not None or isinstance(raw[0], torch.Tensor) else "mse"
+        if measure not in ("kl", "mse"):
+            raise QslmError(f"unknown damage measure {measure!r}; expected kl, mse or auto")
+        self.measure = measure
+        self.reference = [self._select(r) for r in raw]
+        if measure == "kl":
+            self.reference = [[F.log_softmax(t, dim=-1) for t in ts] for ts in self.reference]
+        self.energy = sum(float(t.double().pow(2).sum()) for ts in self.reference for t in ts)
+        self.positions = sum(t[..., 0].numel() for ts in self.reference for t in ts)
+
+    @torch.no_grad()
+    def _raw_outputs(self) -> list:
+        outputs = []
+        for item in self.inputs:
+            if self.reset is not None:
+                self.reset(self.model)
+            outputs.append(call_model(self.model, item))
+        return outputs
+
+    def _select(self, outputs) -> list[torch.Tensor]:
+        chosen = self.output(outputs) if self.output is not None else outputs
+        tensors = floating_tensors(chosen)
+        if not tensors:
+            raise QslmError(f"the model's outputs hold no floating tensor to compare (got {type(chosen).__name__}); "
+                            "pass output= to pick one")
+        if self.output is not None and len(tensors) != 1:
+            raise QslmError(f"output= must return one tensor, got {len(tensors)}")
+        return [t.detach().float().cpu() for t in tensors]
+
+    def outputs(self) -> list[list[torch.Tensor]]:
+        """The model's current outputs on the inputs, as the damage compares them."""
+        current = [self._select(r) for r in self._raw_outputs()]
+        if self.measure == "kl":
+            current = [[F.log_softmax(t, dim=-1) for t in ts] for ts in current]
+        return current
+
+    def damage(self) -> dict[str, float]:
+        """``{"damage": d, "measure": "kl"|"mse"}`` of the model as it computes now."""
+        total = 0.0
+        for ref, cur in zip(self.reference, self.outputs()):
+            for r, q in zip(ref, cur):
+                if r.shape != q.shape:
+                    raise QslmError(f"the model's output changed shape from {list(r.shape)} to {list(q.shape)}")
+                if self.measure == "kl":
+                    total += float((r.exp() * (r - q)).sum(-1).double().sum())
+                else:
+                    total += float((q - r).double().pow(2).sum())
+        value = total / self.positions if self.measure == "kl" else total / (self.energy or 1.0)
+        return {"damage": value, "measure": self.measure}
+
+    def surrogate_loss(self, outputs, index: int) -> torch.Tensor:
+        """A differentiable loss of the model's outputs on input ``index`` whose curvature measures the
+        damage: cross-entropy with the float model's own predictions (kl), or half the squared error to
+        the float outputs over their energy (mse). Used for Fisher and Hessian estimates."""
+        current = [t.float() for t in floating_tensors(self.output(outputs) if self.output else outputs)]
+        total = 0.0
+        for r, q in zip(self.reference[index], current):
+            r = r.to(q.device)
+            if self.measure == "kl":
+                total = total + F.cross_entropy(q.reshape(-1, q.shape[-1]), r.argmax(-1).reshape(-1), reduction="sum")
+            else:
+                total = total + 0.5 * (q - r).pow(2).sum() / (self.energy or 1.0)
+        return total
 
 
 class SensitivityCache:

@@ -123,14 +123,14 @@ def load_model(ref: str | os.PathLike, device: str | torch.device = "cpu") -> Lo
     config = read_config(folder)
     tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
     model = build_model(config)
-    from ..quant.pack import PLAN_FILE, load_packed_into  # late import: quant builds on models
+    from ..quant.pack import PLAN_FILE, fill_tied_keys, load_packed_into  # late import: quant builds on models
 
     state = read_state_dict(folder / WEIGHTS_FILE)
     if (folder / PLAN_FILE).is_file():
         load_packed_into(model, state, folder / PLAN_FILE)
     else:
         try:
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(fill_tied_keys(model, state), strict=True)
         except RuntimeError as err:
             raise QslmError(f"{folder / WEIGHTS_FILE} does not match arch {config.arch!r}: {err}") from None
     model.to(device).eval()
@@ -148,7 +148,9 @@ def save_model(out: str | os.PathLike, model: nn.Module, tokenizer: Tokenizer, e
     tmp = atomic_folder(out)
     try:
         write_config(tmp, model.config)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        from ..quant.pack import unique_state  # late import: quant builds on models
+
+        state = {k: v.detach().cpu().contiguous() for k, v in unique_state(model).items()}  # a tied tensor once
         save_file(state, str(tmp / WEIGHTS_FILE))
         tokenizer.save(str(tmp / TOKENIZER_FILE))
         for name, content in (extra_files or {}).items():

@@ -23,10 +23,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..errors import QslmError
 from ..models.neurons import lif_modules
 from .plan import QuantPlan
 from .quantizer import NeuronSpec, QuantSpec, quantize_tensor
-from .units import quantizable_units
+from .units import quantizable_units, unit_tensor
 
 
 class WeightCache:
@@ -102,7 +103,10 @@ def float_weight(model: nn.Module, name: str) -> torch.Tensor:
     state = _APPLIED.get(model)
     if state is not None and name in state.float_weights:
         return state.float_weights[name]
-    return model.get_submodule(name).weight.data
+    units = quantizable_units(model)
+    if name not in units:
+        raise QslmError(f"{name!r} is not a quantizable unit of the model")
+    return unit_tensor(model, units[name]).data
 
 
 @torch.no_grad()
@@ -118,7 +122,7 @@ def apply_plan(model: nn.Module, plan: QuantPlan, cache: WeightCache | None = No
         spec = wanted.get(name)
         if state.specs.get(name) == spec:
             continue
-        weight = units[name].weight
+        weight = unit_tensor(model, units[name])
         original = state.float_weights.get(name, weight.data)
         if spec is None:
             weight.data = original

@@ -8,6 +8,7 @@ Neuron-state fixed point changes run-time state, not stored weights, so it costs
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections import defaultdict
@@ -16,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .pack import PLAN_FILE, stored_weight_bytes
+from .pack import PLAN_FILE, stored_weight_bytes, unique_state
 from .plan import QuantPlan
 from .quantizer import QuantSpec
-from .units import PackedUnit, quantizable_units, unit_parameter_count
+from .units import Unit, float_class, quantizable_units
 
 
 def fp32_bytes(t: torch.Tensor) -> int:
@@ -27,36 +28,30 @@ def fp32_bytes(t: torch.Tensor) -> int:
     return t.numel() * 4 if t.is_floating_point() else t.numel() * t.element_size()
 
 
-def _prefix(name: str) -> str:
-    return f"{name}." if name else ""
+def unit_bytes(unit: Unit | nn.Module, spec: QuantSpec | None) -> int:
+    """Stored bytes of a unit's weight under ``spec`` (None: fp32): codes + scales + zero-points.
+    A module stands for its ``weight``."""
+    shape = unit.shape if isinstance(unit, Unit) else tuple(unit.weight.shape)
+    if spec is None:
+        return 4 * math.prod(shape)
+    return stored_weight_bytes(shape, spec)
 
 
-def unit_bytes(module: nn.Module, spec: QuantSpec | None) -> int:
-    """Stored bytes of float unit ``module`` under ``spec`` (None: fp32): its weight quantized and
-    packed, its bias and any other tensor of its own as float32."""
-    total = 0
-    for key, tensor in module.state_dict().items():
-        if key == "weight" and spec is not None:
-            total += stored_weight_bytes(tensor.shape, spec)
-        else:
-            total += fp32_bytes(tensor)
-    return total
-
-
-def _unit_keys(model: nn.Module, units: dict[str, nn.Module]) -> set[str]:
-    return {_prefix(name) + key for name, module in units.items() for key in module.state_dict()}
+def _unit_keys(units: dict[str, Unit]) -> set[str]:
+    return {place for unit in units.values() for place in unit.places}
 
 
 def fixed_bytes(model: nn.Module) -> int:
-    """Bytes of everything outside the quantizable units (norms, time-mix, ...), stored as float32."""
-    claimed = _unit_keys(model, quantizable_units(model))
-    return sum(fp32_bytes(t) for key, t in model.state_dict().items() if key not in claimed)
+    """Bytes of every tensor that is not a unit weight (biases, norms, time-mix, buffers), stored as
+    float32, each shared tensor once."""
+    claimed = _unit_keys(quantizable_units(model))
+    return sum(fp32_bytes(t) for key, t in unique_state(model).items() if key not in claimed)
 
 
 def plan_bytes_by_unit(model: nn.Module, plan: QuantPlan) -> dict[str, int]:
-    """Stored bytes of every quantizable unit under ``plan`` (units it does not quantize: fp32)."""
+    """Stored bytes of every unit under ``plan`` (units it does not quantize: fp32)."""
     plan.validate(model)
-    return {name: unit_bytes(module, plan.units.get(name)) for name, module in quantizable_units(model).items()}
+    return {name: unit_bytes(unit, plan.units.get(name)) for name, unit in quantizable_units(model).items()}
 
 
 def plan_bytes(model: nn.Module, plan: QuantPlan) -> int:
@@ -74,25 +69,30 @@ def safetensors_tensor_bytes(path: str | os.PathLike) -> int:
 
 def memory_report(model: nn.Module, folder: str | os.PathLike | None = None) -> dict:
     """Parameters and bytes (as stored vs as FP32) per unit and in total, for a float or loaded packed
-    model. Tensors outside the quantizable units are grouped by the kind of module that owns them."""
+    model, each shared tensor once. Tensors outside the units are grouped by the kind of module that
+    owns them."""
     units = quantizable_units(model)
+    state = unique_state(model)
     rows = []
-    for name, module in units.items():
-        parameters = unit_parameter_count(module)
-        stored = sum(t.nbytes for t in module.state_dict().values())
-        if isinstance(module, PackedUnit):
-            rows.append({"name": name, "parameters": parameters, "spec": module.spec.describe(),
-                         "bytes_fp32": 4 * parameters, "bytes": stored})
+    for name, unit in units.items():
+        if unit.packed is not None:
+            prefix = f"{unit.module}." if unit.module else ""
+            stored = sum(state[prefix + buffer].nbytes for buffer in
+                         model.get_submodule(unit.module)._qslm_packed[unit.attribute].buffer_names().values())
+            spec = unit.packed.describe()
         else:
-            rows.append({"name": name, "parameters": parameters, "spec": "fp32",
-                         "bytes_fp32": sum(fp32_bytes(t) for t in module.state_dict().values()), "bytes": stored})
-    claimed = _unit_keys(model, units)
+            stored, spec = state[unit.path].nbytes, "fp32"
+        rows.append({"name": name, "parameters": unit.numel, "spec": spec, "bytes_fp32": 4 * unit.numel,
+                     "bytes": stored, "aliases": list(unit.aliases)})
+    packed_buffers = {f"{u.module}.{b}" if u.module else b for u in units.values() if u.packed is not None
+                      for b in model.get_submodule(u.module)._qslm_packed[u.attribute].buffer_names().values()}
+    claimed = _unit_keys(units) | packed_buffers
     parameter_names = {name for name, _ in model.named_parameters()}
     others: dict[str, dict] = defaultdict(lambda: {"parameters": 0, "bytes_fp32": 0, "bytes": 0})
-    for key, tensor in model.state_dict().items():
+    for key, tensor in state.items():
         if key in claimed:
             continue
-        owner = type(model.get_submodule(key.rpartition(".")[0])).__name__
+        owner = float_class(model.get_submodule(key.rpartition(".")[0])).__name__
         group = others[owner]
         group["parameters"] += tensor.numel() if key in parameter_names else 0
         group["bytes_fp32"] += fp32_bytes(tensor)

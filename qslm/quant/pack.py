@@ -35,7 +35,7 @@ from ..errors import QslmError
 from ..models.neurons import lif_modules
 from .plan import QuantPlan
 from .quantizer import QuantSpec, QuantizedTensor, dequantize_groups, group_count, quantize_tensor
-from .units import PackedUnit
+from .units import PACKED_ATTRIBUTE, Unit, find_units, unit_tensor
 
 PLAN_FILE = "quant_plan.json"
 SCALE_BYTES = 4  # float32 scales; see quantizer.py for why not fp16
@@ -126,83 +126,119 @@ def stored_weight_bytes(shape: torch.Size | tuple[int, ...], spec: QuantSpec) ->
     return packed_size(math.prod(shape), spec.bits) + SCALE_BYTES * n_groups + zero_points
 
 
-# --- packed modules ----------------------------------------------------------------------------
+# --- packed units --------------------------------------------------------------------------------
+# A packed unit keeps only its codes, scales and zero-points, as uint8/float32 buffers of the module that
+# held the float weight (``NAME.weight_codes`` ...), and the module's class is swapped for a subclass in
+# which the weight's attribute dequantizes on every access (the way torch.nn.utils.parametrize works).
+# The module's own forward runs unchanged, so any module packs without per-class code: Linear, Conv,
+# Embedding, a custom module using a bare parameter through F.linear or @. A tied tensor is packed once,
+# in its first place; its other places read the same buffers.
 
-class _PackedWeight(PackedUnit):
-    """Holds a weight as packed codes + scales (+ zero-points) buffers; dequantizes it on use."""
+class PackedTensor:
+    """The packed form of one unit, in the buffers of its ``holder`` module."""
 
-    def __init__(self, spec: QuantSpec, weight_shape: torch.Size, bias: torch.Tensor | None):
-        super().__init__()
-        self.spec = spec
-        self.weight_shape = torch.Size(weight_shape)
-        n_groups = group_count(self.weight_shape, spec)
-        self.register_buffer("weight_codes", torch.zeros(packed_size(self.weight_shape.numel(), spec.bits),
-                                                         dtype=torch.uint8))
-        self.register_buffer("weight_scale", torch.zeros(n_groups, dtype=torch.float32))
-        if not spec.symmetric:
-            self.register_buffer("weight_zero_point", torch.zeros(packed_size(n_groups, spec.bits), dtype=torch.uint8))
-        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32).clone(),
-                                                           requires_grad=False)
+    def __init__(self, holder: nn.Module, attribute: str, spec: QuantSpec, shape: torch.Size, dtype: torch.dtype,
+                 unit: str):
+        self.holder, self.attribute, self.spec, self.unit = holder, attribute, spec, unit
+        self.shape, self.dtype = torch.Size(shape), dtype
+
+    def buffer_names(self) -> dict[str, str]:
+        names = {"codes": f"{self.attribute}_codes", "scale": f"{self.attribute}_scale"}
+        if not self.spec.symmetric:
+            names["zero_point"] = f"{self.attribute}_zero_point"
+        return names
+
+    def allocate(self) -> None:
+        n_groups = group_count(self.shape, self.spec)
+        sizes = {"codes": (packed_size(self.shape.numel(), self.spec.bits), torch.uint8),
+                 "scale": (n_groups, torch.float32), "zero_point": (packed_size(n_groups, self.spec.bits), torch.uint8)}
+        for role, name in self.buffer_names().items():
+            size, dtype = sizes[role]
+            self.holder.register_buffer(name, torch.zeros(size, dtype=dtype))
 
     def store(self, quantized: QuantizedTensor) -> None:
-        self.weight_codes.copy_(pack_codes(quantized.codes, self.spec.bits))
-        self.weight_scale.copy_(quantized.scale)
+        names = self.buffer_names()
+        getattr(self.holder, names["codes"]).copy_(pack_codes(quantized.codes, self.spec.bits))
+        getattr(self.holder, names["scale"]).copy_(quantized.scale)
         if quantized.zero_point is not None:
-            self.weight_zero_point.copy_(pack_codes(quantized.zero_point, self.spec.bits))
+            getattr(self.holder, names["zero_point"]).copy_(pack_codes(quantized.zero_point, self.spec.bits))
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The dequantized weight (computed on every access; only the packed form is kept)."""
-        n_groups = self.weight_scale.numel()
-        codes = unpack_codes(self.weight_codes, self.spec.bits, self.weight_shape.numel()).view(n_groups, -1)
+    def dequantize(self) -> torch.Tensor:
+        names = self.buffer_names()
+        scale = getattr(self.holder, names["scale"])
+        n_groups = scale.numel()
+        codes = unpack_codes(getattr(self.holder, names["codes"]), self.spec.bits, self.shape.numel()).view(n_groups, -1)
         zero_point = (None if self.spec.symmetric
-                      else unpack_codes(self.weight_zero_point, self.spec.bits, n_groups))
-        return dequantize_groups(codes, self.weight_scale, zero_point, self.spec).view(self.weight_shape)
-
-    def extra_repr(self) -> str:
-        return f"{list(self.weight_shape)}, {self.spec.describe()}, bias={self.bias is not None}"
-
-
-class PackedLinear(_PackedWeight):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+                      else unpack_codes(getattr(self.holder, names["zero_point"]), self.spec.bits, n_groups))
+        weight = dequantize_groups(codes, scale, zero_point, self.spec).view(self.shape).to(self.dtype)
+        weight.qslm_unit = self.unit  # lets the op counter (qslm.analysis.cost) know the weight it sees
+        return weight
 
 
-class PackedEmbedding(_PackedWeight):
-    def __init__(self, spec: QuantSpec, weight_shape: torch.Size, padding_idx: int | None):
-        super().__init__(spec, weight_shape, None)
-        self.padding_idx = padding_idx
+class _DequantizedAttribute:
+    """Class attribute standing for a packed tensor: reading it dequantizes (only codes are kept)."""
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return F.embedding(idx, self.weight, self.padding_idx)
+    def __init__(self, attribute: str):
+        self.attribute = attribute
 
-
-class PackedConv(_PackedWeight):
-    def __init__(self, spec: QuantSpec, weight_shape: torch.Size, bias: torch.Tensor | None, conv: nn.Module):
-        super().__init__(spec, weight_shape, bias)
-        self.conv = F.conv1d if isinstance(conv, nn.Conv1d) else F.conv2d
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype),
-                         self.stride, self.padding, self.dilation, self.groups)
+    def __get__(self, module, owner=None):
+        if module is None:
+            return self
+        return getattr(module, PACKED_ATTRIBUTE)[self.attribute].dequantize()
 
 
-def packed_like(module: nn.Module, spec: QuantSpec, name: str) -> _PackedWeight:
-    """An empty packed stand-in for float ``module`` (buffers to be filled by ``store`` or a state dict)."""
-    shape = module.weight.shape
-    if isinstance(module, nn.Embedding):
-        if module.max_norm is not None:
-            raise QslmError(f"unit {name!r}: Embedding with max_norm (renormalises weights in place) cannot be packed")
-        return PackedEmbedding(spec, shape, module.padding_idx)
-    if isinstance(module, nn.Linear):
-        return PackedLinear(spec, shape, module.bias)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise QslmError(f"unit {name!r}: only numeric zero padding can be packed, got padding="
-                            f"{module.padding!r}, padding_mode={module.padding_mode!r}")
-        return PackedConv(spec, shape, module.bias, module)
-    raise QslmError(f"unit {name!r} is a {type(module).__name__}; packable units are Linear, Embedding, Conv1d/2d")
+_PACKED_CLASSES: dict[tuple[type, tuple[str, ...]], type] = {}
+
+
+def _packed_class(cls: type, attributes: tuple[str, ...]) -> type:
+    base = getattr(cls, "_qslm_float_class", cls)
+    key = (base, attributes)
+    if key not in _PACKED_CLASSES:
+        namespace = {a: _DequantizedAttribute(a) for a in attributes}
+        _PACKED_CLASSES[key] = type(f"Packed{base.__name__}", (base,), {**namespace, "_qslm_float_class": base})
+    return _PACKED_CLASSES[key]
+
+
+def _attach(module: nn.Module, attribute: str, packed: PackedTensor) -> None:
+    """Make ``module.attribute`` read ``packed`` instead of a float parameter."""
+    if attribute in module._parameters:
+        del module._parameters[attribute]
+    table = dict(getattr(module, PACKED_ATTRIBUTE, {}))
+    table[attribute] = packed
+    object.__setattr__(module, PACKED_ATTRIBUTE, table)  # plain attribute: not a submodule, not in the state dict
+    module.__class__ = _packed_class(type(module), tuple(sorted(table)))
+
+
+def _check_packable(model: nn.Module, unit: Unit) -> None:
+    for place in unit.places:
+        module_path = place.rpartition(".")[0]
+        module = model.get_submodule(module_path)
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.max_norm is not None:
+            raise QslmError(f"unit {unit.name!r}: an Embedding with max_norm renormalises its weight in place, "
+                            "so it cannot be packed; leave it out (ignore) or set max_norm=None")
+
+
+def pack_units(model: nn.Module, plan: QuantPlan) -> dict[str, PackedTensor]:
+    """Turn every unit ``plan`` quantizes into empty packed buffers (to fill by ``store`` or a state dict)."""
+    units = find_units(model)
+    packed = {}
+    for name, spec in plan.quantized.items():
+        unit = units[name]
+        if unit.packed is not None:
+            raise QslmError(f"unit {name!r} is already packed ({unit.packed.describe()})")
+        _check_packable(model, unit)
+        tensor = unit_tensor(model, unit)
+        holder = model.get_submodule(unit.module)
+        packed[name] = PackedTensor(holder, unit.attribute, spec, tensor.shape, tensor.dtype, name)
+        packed[name].allocate()
+        done = set()
+        for place in unit.places:
+            module_path, _, attribute = place.rpartition(".")
+            module = model.get_submodule(module_path)
+            if (id(module), attribute) not in done:
+                done.add((id(module), attribute))
+                _attach(module, attribute, packed[name])
+    return packed
 
 
 # --- export and load ---------------------------------------------------------------------------
@@ -212,39 +248,68 @@ def _fp32(t: torch.Tensor) -> torch.Tensor:
     return (t.to(torch.float32) if t.is_floating_point() else t).contiguous()
 
 
+def tied_key_groups(model: nn.Module) -> list[list[str]]:
+    """State-dict keys that name one tensor, first key first (tied weights, shared modules)."""
+    groups: dict[int, list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(key)
+    return list(groups.values())
+
+
+def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with every shared tensor once, under its first key."""
+    state = model.state_dict()
+    return {keys[0]: state[keys[0]] for keys in tied_key_groups(model)}
+
+
 def packed_state_dict(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tensor]:
-    """What ``model.safetensors`` holds for ``model`` quantized by ``plan`` (float weights of a model
-    currently fake-quantized are taken from the saved originals)."""
+    """What ``model.safetensors`` holds for ``model`` quantized by ``plan``: every tensor once, quantized
+    units as codes + scales (+ zero-points) (float weights of a model fake-quantized now are taken from
+    the saved originals)."""
     from .apply import float_weight  # apply builds on plan and pack's sibling modules; import on use
 
     plan.validate(model)
-    units = dict(model.named_modules())
-    state = {key: _fp32(value) for key, value in model.state_dict().items()}
+    units = find_units(model)
+    state = {key: _fp32(value) for key, value in unique_state(model).items()}
     for name, spec in plan.quantized.items():
-        module = units[name]
-        packed = packed_like(module, spec, name)
-        packed.store(quantize_tensor(float_weight(model, name), spec))
-        prefix = f"{name}." if name else ""
-        for key in module.state_dict():
-            del state[prefix + key]
-        state.update({prefix + key: _fp32(value) for key, value in packed.state_dict().items()})
+        unit = units[name]
+        for place in unit.places:
+            state.pop(place, None)
+        holder = model.get_submodule(unit.module)
+        packed = PackedTensor(holder, unit.attribute, spec, torch.Size(unit.shape), torch.float32, name)
+        quantized = quantize_tensor(float_weight(model, name), spec)
+        prefix = f"{unit.module}." if unit.module else ""
+        state[prefix + packed.buffer_names()["codes"]] = pack_codes(quantized.codes, spec.bits)
+        state[prefix + packed.buffer_names()["scale"]] = _fp32(quantized.scale)
+        if quantized.zero_point is not None:
+            state[prefix + packed.buffer_names()["zero_point"]] = pack_codes(quantized.zero_point, spec.bits)
     return state
 
 
-def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Write a quantized model folder atomically: config.json, model.safetensors (packed),
-    quant_plan.json, tokenizer.json. The model is left as it was."""
+def write_quantized_files(model: nn.Module, plan: QuantPlan, folder: Path) -> None:
+    """``model.safetensors`` (packed) and ``quant_plan.json`` into an existing ``folder``."""
+    from ..models.zoo import WEIGHTS_FILE
+
+    state = packed_state_dict(model, plan)
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: safetensors orders several at random
+    (folder / PLAN_FILE).write_text(plan.to_json())
+
+
+def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | None, out_dir: str | os.PathLike
+                     ) -> Path:
+    """Write a quantized model folder atomically: model.safetensors (packed), quant_plan.json, and for a
+    model of a model folder its config.json and tokenizer.json. The model is left as it was."""
     from ..atomic import atomic_folder, commit_folder
-    from ..models.zoo import TOKENIZER_FILE, WEIGHTS_FILE, write_config
+    from ..models.zoo import TOKENIZER_FILE, write_config
 
     out = Path(out_dir)
-    state = packed_state_dict(model, plan)
     tmp = atomic_folder(out)
     try:
-        write_config(tmp, model.config)
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: safetensors orders several at random
-        (tmp / PLAN_FILE).write_text(plan.to_json())
-        tokenizer.save(str(tmp / TOKENIZER_FILE))
+        if hasattr(model, "config") and hasattr(model.config, "arch"):
+            write_config(tmp, model.config)
+        write_quantized_files(model, plan, tmp)
+        if tokenizer is not None:
+            tokenizer.save(str(tmp / TOKENIZER_FILE))
         commit_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -259,24 +324,28 @@ def set_neuron_quantizers(model: nn.Module, plan: QuantPlan) -> None:
         neurons[name].state_quantizer = spec.quantizer(neurons[name].v_threshold)
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, new)
+def fill_tied_keys(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict stored with each shared tensor once, completed with the other keys of that tensor
+    so that a strict ``load_state_dict`` accepts it."""
+    filled = dict(state_dict)
+    for keys in tied_key_groups(model):
+        if keys[0] in filled:
+            for key in keys[1:]:
+                filled.setdefault(key, filled[keys[0]])
+    return filled
 
 
-def load_packed_into(model: nn.Module, state_dict: dict[str, torch.Tensor], plan_path: str | os.PathLike) -> None:
-    """Turn float ``model`` (just built from its config) into the packed model ``plan_path`` describes
-    and load ``state_dict`` into it strictly. Quantized units become packed modules of the same name
-    that keep only codes and scales in memory."""
-    plan = QuantPlan.load(plan_path)
+def load_packed_into(model: nn.Module, state_dict: dict[str, torch.Tensor], plan: QuantPlan | str | os.PathLike
+                     ) -> None:
+    """Turn float ``model`` (freshly built) into the packed model ``plan`` describes and load
+    ``state_dict`` into it strictly. Quantized units keep only codes and scales in memory."""
+    source = plan if isinstance(plan, QuantPlan) else str(plan)
+    plan = plan if isinstance(plan, QuantPlan) else QuantPlan.load(plan)
     plan.validate(model)
-    units = dict(model.named_modules())
-    for name, spec in plan.quantized.items():
-        if not name:
-            raise QslmError(f"{plan_path}: the whole model cannot be one packed unit")
-        replace_module(model, name, packed_like(units[name], spec, name))
+    pack_units(model, plan)
     try:
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(fill_tied_keys(model, state_dict), strict=True)
     except RuntimeError as err:
-        raise QslmError(f"packed weights do not match {plan_path}: {err}") from None
+        raise QslmError(f"packed weights do not match {source if isinstance(source, str) else 'the plan'}: "
+                        f"{err}") from None
     set_neuron_quantizers(model, plan)

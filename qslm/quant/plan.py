@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import QslmError
 from ..models.neurons import lif_modules
 from .quantizer import NeuronSpec, QuantSpec, check_group_size
-from .units import PackedUnit, quantizable_units
+from .units import alias_owner, quantizable_units
 
 PLAN_VERSION = 1
 FLOAT_BITS = 32  # in a bit assignment, "keep this unit fp32"
@@ -134,19 +134,24 @@ class QuantPlan:
         problems = []
         modules = None
         for name, spec in self.units.items():
-            module = units.get(name)
-            if module is None:
+            unit = units.get(name)
+            if unit is None:
                 modules = modules if modules is not None else dict(model.named_modules())
-                what = (f"is a {type(modules[name]).__name__}, not a quantizable unit (Linear, Embedding, Conv1d/2d)"
-                        if name in modules else "is not a module of this model")
+                tied_to = alias_owner(model, name)
+                if tied_to is not None:
+                    what = f"is tied to unit {tied_to!r} (one tensor, quantized once): name it {tied_to!r}"
+                elif name in modules:
+                    what = f"is a {type(modules[name]).__name__}, not a quantizable unit (it holds no weight matrix)"
+                else:
+                    what = "is not a module or weight of this model"
                 problems.append(f"unit {name!r} {what}; closest units: {closest_names(name, list(units))}")
             elif spec is not None:
-                if isinstance(module, PackedUnit):
-                    problems.append(f"unit {name!r} is already quantized ({module.spec.describe()}); "
+                if unit.packed is not None:
+                    problems.append(f"unit {name!r} is already quantized ({unit.packed.describe()}); "
                                     "quantize the float model instead")
                     continue
                 try:
-                    check_group_size(module.weight.shape, spec, f"unit {name!r}")
+                    check_group_size(unit.shape, spec, f"unit {name!r}")
                 except QslmError as err:
                     problems.append(str(err))
         for name in self.neurons:

@@ -1,7 +1,8 @@
 """Constraints and the multi-objective cost that every search strategy shares.
 
 Quality is measured against the float model on the same data:
-  * accuracy tasks: drop in percentage points (``max_drop``),
+  * higher-is-better metrics (accuracy, in percent for the built-in tasks): absolute drop in the
+    metric's own units (``max_drop``),
   * perplexity tasks: relative increase (``max_ppl_increase``, 0.03 = +3%).
 Memory is exact bytes (codes + scales + zero-points + float tensors); ``max_memory`` is either a
 fraction of FP32 (<= 1) or a byte count (> 1). Energy is per inference, ``max_energy`` likewise a
@@ -71,7 +72,7 @@ def parse_weights(text: str | dict | None) -> dict[str, float]:
 @dataclass
 class Baseline:
     """The float model's figures every candidate is compared with."""
-    metric: float  # accuracy (0..1) or word perplexity
+    metric: float  # the task's metric of the float model
     higher_is_better: bool
     memory_bytes: int
     energy_pj: float
@@ -90,8 +91,9 @@ class Score:
 
 
 def quality_loss(metric: float, baseline: Baseline) -> float:
+    """Higher-is-better metrics lose absolutely, in their own units; lower-is-better ones relatively."""
     if baseline.higher_is_better:
-        return 100.0 * (baseline.metric - metric)
+        return baseline.metric - metric
     return metric / baseline.metric - 1.0
 
 

@@ -81,11 +81,11 @@ def test_op_counts_are_per_inference_whatever_the_batch():
 def test_conv_counts():
     conv = nn.Conv1d(2, 3, kernel_size=3, padding=1)
     dense = measure_op_counts(conv, lambda: conv(torch.randn(1, 2, 5)), inferences=1)
-    assert dense.units[""].macs == (3 * 5) * (2 * 3)  # output elements x fan-in
+    assert dense.units["weight"].macs == (3 * 5) * (2 * 3)  # output elements x fan-in
     spikes = torch.zeros(1, 2, 5)
     spikes[0, 0, 1] = spikes[0, 1, 3] = 1.0
     sparse = measure_op_counts(conv, lambda: conv(spikes), inferences=1)
-    assert sparse.units[""].acs == pytest.approx(90 * 2 / 10)
+    assert sparse.units["weight"].acs == pytest.approx(90 * 2 / 10)
 
 
 def test_energy_by_hand_from_the_profile(tiny_ops):

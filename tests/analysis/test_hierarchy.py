@@ -11,6 +11,7 @@ from torch import nn
 
 from qslm.analysis.hierarchy import SpikeRecord, SpikeRecorder, build_hierarchy, measure_firing_rates
 from qslm.errors import QslmError
+from qslm.quant.quantizer import QuantSpec
 from qslm.models.neurons import LIF, record_firing_rates
 from qslm.models.zoo import load_model
 
@@ -37,7 +38,7 @@ def test_spikegpt_language_model(tiny_lm):
     # ln0 lives only in block 0; norms and time-mix vectors stay float and are counted apart
     assert block.other_parameters == sum(p.numel() for p in model.blocks[0].parameters()) - block.parameters
     assert hierarchy.blocks[1].other_parameters < block.other_parameters
-    assert hierarchy.units["head"].parameters == vocab * d
+    assert hierarchy.units["head"].numel == vocab * d
     assert hierarchy.units["emb"].kind == "Embedding"
     assert hierarchy.parameters == sum(p.numel() for p in model.parameters())
     assert hierarchy.block_of("blocks.1.ffn.value") == "blocks.1"
@@ -200,11 +201,11 @@ def test_model_without_repeated_container_is_all_top_level():
     assert hierarchy.blocks == [] and hierarchy.containers == []
     assert hierarchy.top_level == ["emb", "conv", "head"]
     assert hierarchy.groups() == {"emb": ["emb"], "conv": ["conv"], "head": ["head"]}
-    assert hierarchy.units["conv"].parameters == 4 * 4 * 3 + 4
+    assert hierarchy.units["conv"].numel == 4 * 4 * 3  # the bias is a fixed float tensor
 
 
 def test_model_without_quantizable_modules_is_an_error():
-    with pytest.raises(QslmError, match="the profiler found no quantizable modules in Sequential"):
+    with pytest.raises(QslmError, match="the profiler found no quantizable units in Sequential"):
         build_hierarchy(nn.Sequential(nn.LayerNorm(4), nn.ReLU()))
 
 
@@ -231,6 +232,7 @@ def test_loaded_quantized_model_keeps_the_hierarchy(tiny_encoder, tmp_path):
     assert packed.top_level == float_hierarchy.top_level
     assert packed.parameters == float_hierarchy.parameters
     for name, unit in packed.units.items():
-        assert (unit.shape, unit.parameters) == (float_hierarchy.units[name].shape, float_hierarchy.units[name].parameters)
-    assert packed.units["blocks.0.mlp.fc1"].kind == "PackedLinear"
+        assert (unit.shape, unit.numel) == (float_hierarchy.units[name].shape, float_hierarchy.units[name].numel)
+        assert unit.packed == QuantSpec(4)
+    assert packed.units["blocks.0.mlp.fc1"].kind == "Linear"
     assert [b.other_parameters for b in packed.blocks] == [b.other_parameters for b in float_hierarchy.blocks]

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 from qslm.errors import QslmError
 from qslm.models.zoo import load_model
 from qslm.quant.apply import applied_plan, apply_plan, fake_quantized, restore
-from qslm.quant.pack import PLAN_FILE, PackedEmbedding, PackedLinear, export_quantized
+from qslm.quant.pack import PLAN_FILE, export_quantized
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec
-from qslm.quant.units import PackedUnit, quantizable_units
+from qslm.quant.units import quantizable_units
 
 
 def inputs(loaded, n: int = 12):
@@ -51,7 +51,8 @@ def test_loaded_model_equals_fake_quantized(fixture, request, tmp_path):
     assert torch.allclose(packed.model(*inputs(packed)), expected, rtol=0, atol=1e-6)
     assert not torch.allclose(model(*inputs(loaded)), expected)  # and the float model really differs
     for name, unit in quantizable_units(packed.model).items():
-        assert isinstance(unit, PackedUnit) == (plan.units[name] is not None), name
+        assert (unit.packed is not None) == (plan.units[name] is not None), name
+        assert unit.packed == plan.units[name]
     for name, spec in plan.neurons.items():
         assert packed.model.get_submodule(name).state_quantizer.bits == spec.bits
 
@@ -60,13 +61,15 @@ def test_weights_stay_packed_in_memory(tiny_lm, tmp_path):
     loaded = load_model(tiny_lm)
     export_quantized(loaded.model, QuantPlan.uniform(loaded.model, QuantSpec(4)), loaded.tokenizer, tmp_path / "q")
     model = load_model(tmp_path / "q").model
-    assert isinstance(model.emb, PackedEmbedding) and isinstance(model.blocks[0].att.key, PackedLinear)
+    assert isinstance(model.emb, torch.nn.Embedding) and isinstance(model.blocks[0].att.key, torch.nn.Linear)
     key = model.blocks[0].att.key
     assert dict((k, v.dtype) for k, v in key.state_dict().items()) == {"weight_codes": torch.uint8,
                                                                        "weight_scale": torch.float32}
     assert key.weight_codes.numel() == 32 * 32 // 2  # two 4-bit codes a byte
     parameters = dict(model.named_parameters())
     assert not any(f"{unit}.weight" in parameters for unit in quantizable_units(model))
+    assert not any(t.is_floating_point() and t.numel() >= 32 * 32 for t in model.state_dict().values()
+                   if t.dtype != torch.uint8)  # no float copy of any weight is kept
     assert key.weight.shape == (32, 32)  # dequantized on demand
 
 

@@ -35,13 +35,13 @@ def test_plan_bytes_equal_exported_tensor_bytes(fixture, plan_name, request, tmp
 
 
 def test_unit_bytes_by_hand():
-    linear = torch.nn.Linear(48, 10)
-    assert unit_bytes(linear, None) == (48 * 10 + 10) * 4
-    # 3-bit codes share bytes: 480 codes -> 180 bytes; 10 float32 scales; bias fp32
-    assert unit_bytes(linear, QuantSpec(3)) == 180 + 10 * 4 + 10 * 4
+    linear = torch.nn.Linear(48, 10)  # the unit is the weight: the bias is a fixed float tensor
+    assert unit_bytes(linear, None) == 48 * 10 * 4
+    # 3-bit codes share bytes: 480 codes -> 180 bytes; 10 float32 scales
+    assert unit_bytes(linear, QuantSpec(3)) == 180 + 10 * 4
     # group 16 asym: 30 groups -> 30 scales, 30 zero-points of 3 bits packed in 12 bytes
-    assert unit_bytes(linear, QuantSpec(3, "group", 16, False)) == 180 + 30 * 4 + math.ceil(30 * 3 / 8) + 40
-    assert unit_bytes(linear, QuantSpec(16, "per-tensor")) == 960 + 4 + 40
+    assert unit_bytes(linear, QuantSpec(3, "group", 16, False)) == 180 + 30 * 4 + math.ceil(30 * 3 / 8)
+    assert unit_bytes(linear, QuantSpec(16, "per-tensor")) == 960 + 4
     embedding = torch.nn.Embedding(100, 8)
     assert unit_bytes(embedding, QuantSpec(4)) == 400 + 100 * 4
 

@@ -82,7 +82,7 @@ def test_unknown_unit_lists_close_matches(lm):
     with pytest.raises(QslmError) as err:
         QuantPlan({"blocks.1.att.keys": QuantSpec(4)}).validate(lm)
     message = str(err.value)
-    assert "unit 'blocks.1.att.keys' is not a module of this model" in message
+    assert "unit 'blocks.1.att.keys' is not a module or weight of this model" in message
     assert "closest units: blocks.1.att.key" in message
 
 

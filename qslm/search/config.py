@@ -1,0 +1,95 @@
+"""``SearchConfig``: how a search runs (bit-widths, strategy, budget, sensitivity method, seed, hardware,
+quantizer settings, objective weights, units left out). Typed, checked, and round-trips through JSON,
+so the report records exactly what ran.
+
+    config = SearchConfig(bit_choices=(2, 3, 4, 8), strategy="tiered", ignore=("*.pos",))
+    SearchConfig.from_dict(config.to_dict()) == config
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from ..errors import QslmError
+from ..quant.quantizer import BITS, QuantSpec
+from .objective import DEFAULT_WEIGHTS, parse_weights
+
+SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
+DEFAULT_BIT_CHOICES = (2, 3, 4, 5, 6, 8)
+BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse")
+DEFAULT_BASELINE_BUDGET = 60  # evaluations for random and nsga2 when no budget is given
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    bit_choices: tuple[int, ...] = DEFAULT_BIT_CHOICES
+    strategy: str = "tiered"
+    max_evaluations: int | None = None
+    sensitivity: str = "exact"
+    seed: int = 0
+    hardware: str = "default_45nm"  # a bundled hardware profile or a JSON file
+    base_spec: QuantSpec = BASE_SPEC  # granularity, symmetry and observer of every quantized unit
+    weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    ignore: tuple[str, ...] = ()  # glob patterns of units kept float (matched on names and parameter paths)
+
+    def __post_init__(self):
+        from .strategies import strategy_names  # strategies register themselves on import
+
+        bits = self.bit_choices
+        if isinstance(bits, (str, bytes)) or not hasattr(bits, "__iter__"):
+            raise QslmError(f"bit_choices must be a list of bit-widths, got {bits!r}")
+        bits = tuple(bits)
+        bad = [b for b in bits if isinstance(b, bool) or not isinstance(b, int) or b not in BITS]
+        if bad or not bits:
+            raise QslmError(f"unsupported bit-widths {bad or list(bits)}; choose some of {list(BITS)}")
+        object.__setattr__(self, "bit_choices", tuple(sorted(set(bits))))
+        if self.strategy not in strategy_names():
+            raise QslmError(f"unknown strategy {self.strategy!r}; expected one of {', '.join(strategy_names())}")
+        if self.max_evaluations is not None and (isinstance(self.max_evaluations, bool) or not isinstance(
+                self.max_evaluations, int) or self.max_evaluations < 1):
+            raise QslmError(f"the evaluation budget must be a positive integer, got {self.max_evaluations!r}")
+        if self.sensitivity not in SENSITIVITY_METHODS:
+            raise QslmError(f"unknown sensitivity method {self.sensitivity!r}; expected one of "
+                            f"{list(SENSITIVITY_METHODS)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise QslmError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.hardware, str) or not self.hardware:
+            raise QslmError(f"hardware must be a profile name or a JSON path, got {self.hardware!r}")
+        if not isinstance(self.base_spec, QuantSpec):
+            raise QslmError(f"base_spec must be a QuantSpec, got {type(self.base_spec).__name__}")
+        weights = parse_weights(self.weights)
+        if not all(math.isfinite(v) for v in weights.values()):
+            raise QslmError(f"objective weights must be finite, got {weights}")
+        object.__setattr__(self, "weights", weights)
+        if isinstance(self.ignore, str):
+            raise QslmError(f"ignore must be a list of glob patterns, got the string {self.ignore!r}")
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+
+    @property
+    def budget(self) -> int:
+        """Evaluations a sampling strategy (random, nsga2) spends."""
+        return self.max_evaluations or DEFAULT_BASELINE_BUDGET
+
+    def to_dict(self) -> dict:
+        raw = dataclasses.asdict(self)
+        raw["bit_choices"] = list(self.bit_choices)
+        raw["ignore"] = list(self.ignore)
+        raw["base_spec"] = self.base_spec.to_dict()
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "search config") -> "SearchConfig":
+        if not isinstance(raw, dict):
+            raise QslmError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise QslmError(f"{source}: unknown keys {unknown}; expected some of {sorted(known)}")
+        values = dict(raw)
+        if "base_spec" in values:
+            values["base_spec"] = QuantSpec.from_dict(values["base_spec"], f"{source}: base_spec")
+        for key in ("bit_choices", "ignore"):
+            if key in values and isinstance(values[key], list):
+                values[key] = tuple(values[key])
+        return cls(**values)

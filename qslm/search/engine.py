@@ -1,0 +1,237 @@
+"""The search engine: any PyTorch model, any ``Task`` (the user's data and metric), one ``SearchConfig``.
+
+    result = search(model, task, out="out/mine", constraints=Constraints(max_drop=1.0, max_memory=0.14))
+    result.report["baseline"], result.report["final"]
+    qslm.load_quantized(MyModel(...), "out/mine")
+
+Profile (hierarchy, op counts, firing rates) -> sensitivity of every unit and group at every bit-width
+(damage to the outputs on the calibration inputs, cached) -> a strategy asks ``SearchProblem.evaluate``
+for the task's metric of candidate plans (journaled, so a rerun resumes) -> the best feasible plan is
+exported bit-packed, loaded back, and its test metric, memory (bytes on disk) and energy are measured
+from the packed model -> report. Nothing here knows which data set or architecture it serves.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..analysis.cost import OpCounter, energy_per_inference, load_hardware_profile, measure_latency, power_mw
+from ..analysis.hessian import hutchinson_traces
+from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
+from ..analysis.sensitivity import OutputReference, SensitivityCache, default_cache_dir, model_hash
+from ..errors import QslmError
+from ..quant.apply import WeightCache, fake_quantized
+from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
+from ..quant.pack import PLAN_FILE, load_packed_into, write_quantized_files
+from ..quant.plan import QuantPlan
+from ..quant.units import find_units, unit_tensor
+from ..report import write_report
+from ..tasks.base import Task, call_model, run_inputs
+from .config import SearchConfig
+from .journal import Journal
+from .measure import SensitivityTable, cache_file, timed
+from .objective import Baseline, Constraints
+from .problem import SearchProblem
+from .strategies import StrategyContext, run_strategy
+
+WEIGHTS_FILE = "model.safetensors"
+MODEL_FILES = (WEIGHTS_FILE, PLAN_FILE)
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    report: dict
+    plan: QuantPlan | None
+    model: nn.Module | None = None  # the packed model, loaded back from the written files
+
+
+def _check(task: Task, constraints: Constraints) -> None:
+    if not isinstance(task, Task):
+        raise QslmError(f"task must be a qslm.Task (or a built-in task name), got {type(task).__name__}")
+    if task.higher_is_better and constraints.max_ppl_increase is not None:
+        raise QslmError(f"the metric of task {task.name!r} is higher-is-better: limit its drop with max_drop "
+                        "(absolute, in the metric's units), not a relative increase")
+    if not task.higher_is_better and constraints.max_drop is not None:
+        raise QslmError(f"the metric of task {task.name!r} is lower-is-better: limit it with a relative increase "
+                        "(e.g. 0.03 for +3%), not max_drop")
+
+
+def _metric(function: Callable[[nn.Module], float], model: nn.Module, what: str) -> float:
+    with torch.no_grad():
+        value = function(model)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise QslmError(f"the task's {what} function must return a finite number, got {value!r}")
+    return float(value)
+
+
+def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Constraints | None = None,
+           config: SearchConfig | None = None, *, device: str | torch.device | None = None, progress: bool = True,
+           label: str | None = None, cache_dir: str | os.PathLike | None = None,
+           companion_files: Mapping[str, Callable[[Path], None]] | None = None) -> SearchResult:
+    """Search a mixed-precision plan for ``model`` on ``task`` and write the packed model and report to
+    ``out``. ``label`` names the model in the report; ``cache_dir`` keeps sensitivity measurements across
+    runs (default ``$QSLM_CACHE_DIR`` or ``~/.cache/qslm``); ``companion_files`` (name -> writer of that
+    file into a folder) go beside the model, e.g. a model folder's config and tokenizer."""
+    from ..device import resolve_device
+
+    started, seconds = time.perf_counter(), {}
+    constraints, config = constraints or Constraints(), config or SearchConfig()
+    _check(task, constraints)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    profile = load_hardware_profile(config.hardware)
+    model = model.to(resolve_device(device)).eval()
+    label = label or type(model).__name__
+
+    # ---- profile: hierarchy, float metric, memory, op counts
+    t0 = time.perf_counter()
+    hierarchy = build_hierarchy(model, label, config.ignore)
+    if any(u.packed is not None for u in find_units(model).values()):
+        raise QslmError(f"{label} is already quantized; search starts from a float model")
+    groups, units = hierarchy.groups(), dict(hierarchy.units)
+    op_counts = _profile(model, task, hierarchy)
+    baseline_metric, baseline_seconds = timed(lambda: _metric(task.evaluate, model, "evaluate"))
+    fixed = fixed_bytes(model) + sum(unit_bytes(u, None) for n, u in find_units(model).items() if n not in units)
+    baseline = Baseline(baseline_metric, task.higher_is_better, fixed + sum(unit_bytes(u, None) for u in units.values()),
+                        energy_per_inference(op_counts, None, profile).total_pj, baseline_seconds)
+    seconds["profile"] = time.perf_counter() - t0
+
+    # ---- sensitivity of every group and unit at every bit-width
+    t0 = time.perf_counter()
+    digest = model_hash(model)
+    weight_cache = WeightCache()
+    specs = {b: dataclasses.replace(config.base_spec, bits=b) for b in config.bit_choices}
+    reference = OutputReference(model, task.calibration, task.damage, task.output)
+    cache = SensitivityCache(cache_file(Path(cache_dir) if cache_dir is not None else default_cache_dir(), digest))
+    sensitivity = SensitivityTable(model, hierarchy, reference, config.sensitivity, cache, digest, specs, weight_cache)
+    table = sensitivity.table(groups, list(units), list(config.bit_choices), progress)
+    seconds["sensitivity"] = time.perf_counter() - t0
+
+    # ---- search: a journal entry (one plan's metric) depends only on the header, so a rerun with other
+    # constraints, weights, strategy or budget reuses every measurement already made
+    t0 = time.perf_counter()
+    header = {"model": digest, "task": task.identity(), "metric": task.metric_name,
+              "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}
+    bytes_table = {u: {b: unit_bytes(unit, specs[b]) for b in config.bit_choices} for u, unit in units.items()}
+
+    def measure_assignment(assignment: dict[str, int]) -> tuple[float, float]:
+        with fake_quantized(model, QuantPlan.from_bits(assignment, config.base_spec), weight_cache):
+            return timed(lambda: _metric(task.evaluate, model, "evaluate"))
+
+    problem = SearchProblem(
+        groups=groups, bit_choices=list(config.bit_choices), measure_metric=measure_assignment,
+        unit_bytes=bytes_table, fixed_bytes=fixed,
+        energy_pj=lambda a: energy_per_inference(op_counts, a, profile).total_pj,
+        sensitivity=lambda members, bits: sensitivity.measure(tuple(members), bits)["damage"], baseline=baseline,
+        constraints=constraints, weights=config.weights, journal=Journal(out / "journal.jsonl", header),
+        max_evaluations=config.max_evaluations, progress=progress)
+
+    def hawq_omega():
+        weights = {u: unit_tensor(model, unit) for u, unit in units.items()}
+        traces = hutchinson_traces(model, weights, reference, seed=config.seed)
+        return lambda u, b: traces[u] / weights[u].numel() * float(
+            (weight_cache.dequantized(u, weights[u], specs[b]) - weights[u]).detach().pow(2).sum())
+
+    run_strategy(config.strategy, problem, StrategyContext(config.seed, config.budget, hawq_omega))
+    best = problem.best()
+    seconds["search"] = time.perf_counter() - t0
+
+    # ---- verify the chosen plan on the packed model, export, report
+    t0 = time.perf_counter()
+    test = task.test or task.evaluate
+    split = task.test_split if task.test is not None else "validation"
+    reported_metric = _metric(test, model, "test")
+    report = {
+        "model": label, "model_hash": digest, "task": task.name, "metric_name": task.metric_name,
+        "higher_is_better": task.higher_is_better, "constraints": vars(constraints), "config": config.to_dict(),
+        "hardware": profile.name, "calibration_batches": len(task.calibration), "damage_measure": reference.measure,
+        "hierarchy": hierarchy.to_dict(), "sensitivity": table,
+        "candidates": [c.to_dict() for c in problem.candidates],
+        "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
+        "baseline": {"metric_validation": baseline.metric, f"metric_{split}": reported_metric,
+                     "memory_bytes": baseline.memory_bytes, "energy_pj": baseline.energy_pj,
+                     "power_mw": power_mw(baseline.energy_pj, profile), "latency_s": _latency(model, task)},
+    }
+    plan, packed = None, None
+    if best is None:
+        report.update(status="infeasible", closest=[c.to_dict() for c in problem.closest()], final=None, chosen=None)
+        for name in MODEL_FILES + tuple(companion_files or {}):  # an earlier run's model must not sit beside this report
+            (out / name).unlink(missing_ok=True)
+    else:
+        plan = QuantPlan.from_bits(best.assignment, config.base_spec)
+        packed = _export_and_reload(model, plan, out, companion_files or {})
+        final_metric = _metric(test, packed, "test")
+        final_ops = _profile(packed, task)
+        stored = {u: bytes_table[u][b] for u, b in best.assignment.items()}
+        final_energy = energy_per_inference(final_ops, best.assignment, profile, unit_bytes=stored).total_pj
+        loss = (reported_metric - final_metric) if task.higher_is_better else final_metric / reported_metric - 1
+        limit = constraints.max_drop if task.higher_is_better else constraints.max_ppl_increase
+        report.update(status="feasible", chosen=best.to_dict(), final={
+            "split": split, "metric": final_metric, "quality_loss": loss,
+            "quality_within_limit": limit is None or loss <= limit,
+            "memory_bytes": safetensors_tensor_bytes(out / WEIGHTS_FILE), "memory_bytes_predicted": best.memory_bytes,
+            "energy_pj": final_energy, "power_mw": power_mw(final_energy, profile),
+            "latency_s": _latency(packed, task), "plan_file": PLAN_FILE})
+    seconds["verify"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - started
+    report["seconds"] = seconds
+    write_report(report, out)
+    return SearchResult(out, report, plan, packed)
+
+
+def _export_and_reload(model: nn.Module, plan: QuantPlan, out: Path, companions: Mapping[str, Callable[[Path], None]]
+                       ) -> nn.Module:
+    """Write the packed model into ``out`` (each file staged, then moved in by one rename) and load it back
+    into a copy of the model, so every figure of the final plan is measured on what was written."""
+    staging = out / ".model.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        write_quantized_files(model, plan, staging)
+        for name, write in companions.items():
+            write(staging / name)
+        for name in MODEL_FILES + tuple(companions):
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_quantized(copy.deepcopy(model), out)
+
+
+def load_quantized(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
+    """Load the packed weights of a quantized folder (``model.safetensors`` + ``quant_plan.json``) into
+    ``model``, a fresh float instance of the class that was searched; its units then hold bit-packed
+    codes, not float copies. Returns ``model``."""
+    from ..models.zoo import read_state_dict  # model-folder I/O
+
+    folder = Path(folder)
+    if not (folder / PLAN_FILE).is_file():
+        raise QslmError(f"{folder} holds no {PLAN_FILE}: not a quantized model folder")
+    load_packed_into(model, read_state_dict(folder / WEIGHTS_FILE), folder / PLAN_FILE)
+    return model.eval()
+
+
+def _profile(model: nn.Module, task: Task, hierarchy=None):
+    """Op counts per inference on the task's profile inputs, and (given a hierarchy) firing rates."""
+    with SpikeRecorder(model) as spikes, OpCounter(model) as counter:
+        inferences = run_inputs(model, task.profiling)
+    if hierarchy is not None:
+        hierarchy.attach_firing_rates(spikes.records)
+    return counter.result(inferences)
+
+
+def _latency(model: nn.Module, task: Task) -> float:
+    return measure_latency(model, lambda: call_model(model, task.calibration[0]), repeats=5)
