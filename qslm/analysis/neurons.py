@@ -66,6 +66,7 @@ def has_threshold(module: nn.Module) -> bool:
 
 
 def _is_unit(module: nn.Module) -> bool:
+    # hierarchy.is_quantizable, restated: hierarchy imports this module, not the other way round
     return isinstance(module, QUANTIZABLE_TYPES + (PackedUnit,))
 
 
@@ -82,7 +83,7 @@ class _Behaviour:
     input_dense: bool = False
 
 
-def _outermost_neurons_only(spiking: dict[str, nn.Module]) -> list[str]:
+def _neurons_among(spiking: dict[str, nn.Module]) -> list[str]:
     """The neurons among modules that spiked, with spike functions and wrappers removed (model order)."""
     with_threshold = [name for name, module in spiking.items() if has_threshold(module)]
     not_spike_functions = [name for name in spiking if name in with_threshold
@@ -137,7 +138,7 @@ class SpikeRecorder:
         spiking = {name: module for name, module in self._candidates.items()
                    if self._spiked(name, module)}
         self.records = {name: SpikeRecord(self._behaviour[name].spikes, self._behaviour[name].elements)
-                        for name in _outermost_neurons_only(spiking)}
+                        for name in _neurons_among(spiking)}
 
     def _spiked(self, name: str, module: nn.Module) -> bool:
         seen = self._behaviour[name]
