@@ -17,10 +17,9 @@ Rules (no model-specific code):
   a block (e.g. a list of heads) stay inside that block.
 * Units inside a block are its **modules**; units outside every block (embedding, LM head,
   classifier, or everything when the model has no repeated container) are **top-level** units.
-* **Neurons** are found while the model runs: instances of ``qslm.models.neurons.LIF``, and, for
-  other SNN libraries (snnTorch ``Leaky``, ...), any leaf module whose output (the first tensor of a
-  tuple output, as snnTorch returns ``(spikes, membrane)``) was binary on every call and which either
-  has a threshold attribute or turned a non-binary input into it. A neuron belongs to the block whose
+* **Neurons** are found while the model runs, by ``qslm.analysis.neurons`` (qslm's LIF, snnTorch,
+  SpikingJelly and hand-written neurons: binary output, and a threshold or dense input turned into
+  spikes). A neuron belongs to the block whose
   subtree holds it; a neuron that sits directly in a repeated container between blocks (as in
   ``Sequential(Linear, Leaky, Linear, Leaky)``) belongs to the block before it, whose output it spikes on.
   A block's firing rate is its neurons' spikes over their output elements (so larger layers weigh more).
@@ -35,11 +34,12 @@ import torch
 from torch import nn
 
 from ..errors import QslmError
-from ..models.neurons import LIF
-from ..quant.units import WEIGHT_HOLDERS, Unit, find_units, inside, join
+from ..quant.units import Unit, find_units, inside, join
+# Neuron detection lives in .neurons; re-exported so this module's API stays.
+from .neurons import (THRESHOLD_ATTRIBUTES, SpikeRecord, SpikeRecorder, _first_tensor,  # noqa: F401
+                      is_binary, measure_firing_rates)
 
 REPEATED_CONTAINER_TYPES = (nn.ModuleList, nn.Sequential)
-THRESHOLD_ATTRIBUTES = ("threshold", "v_threshold", "v_th")
 FP32_BYTES = 4
 
 
@@ -54,17 +54,6 @@ def is_repeated_container(module: nn.Module, path: str = "", units: dict[str, Un
     units = find_units(module) if units is None else units
     classes = Counter(type(child) for name, child in module.named_children() if _holds_units(join(path, name), units))
     return any(count >= 2 for count in classes.values())
-
-
-@dataclass
-class SpikeRecord:
-    """Spikes emitted and output elements seen by one neuron module."""
-    spikes: float = 0.0
-    elements: int = 0
-
-    @property
-    def rate(self) -> float:
-        return self.spikes / self.elements if self.elements else 0.0
 
 
 @dataclass
@@ -219,87 +208,3 @@ def build_hierarchy(model: nn.Module, label: str | None = None, ignore=()) -> Hi
     # every tensor once (parameters() skips shared ones); units by their weights, packed or float
     total = sum(u.numel for u in all_units.values()) + other_parameters(model)
     return Hierarchy(label, blocks, top_level, units, containers, total, _container_children=container_children)
-
-
-def _unit_tensors(model: nn.Module, unit: Unit) -> list[torch.Tensor]:
-    return [] if unit.packed is not None else [getattr(model.get_submodule(unit.module), unit.attribute)]
-
-
-def _first_tensor(value) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            if isinstance(item, torch.Tensor):
-                return item
-    return None
-
-
-def is_binary(x: torch.Tensor) -> bool:
-    """All values in {0, 1} (spikes). Integer tensors (token ids) are never spikes."""
-    if not x.is_floating_point() or x.numel() == 0:
-        return False
-    return bool(((x == 0) | (x == 1)).all())
-
-
-class SpikeRecorder:
-    """Context manager: find the neurons of ``model`` while it runs and count their spikes.
-
-    ``records`` (after the block) maps neuron name -> SpikeRecord, in model order. Candidates are
-    ``LIF`` instances and leaf modules that are not units (see the module docstring for the test).
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.records: dict[str, SpikeRecord] = {}
-        self._candidates = {name: m for name, m in model.named_modules()
-                            if name and not isinstance(m, WEIGHT_HOLDERS) and next(m.children(), None) is None}
-        self._stats: dict[str, dict] = {}
-        self._handles: list = []
-
-    def __enter__(self) -> "SpikeRecorder":
-        self._stats = {name: {"spikes": 0.0, "elements": 0, "binary": True, "input_dense": False}
-                       for name in self._candidates}
-        for name, module in self._candidates.items():
-            self._handles.append(module.register_forward_hook(self._hook(name)))
-        return self
-
-    def _hook(self, name: str):
-        stats = self._stats[name]
-        known = isinstance(self._candidates[name], LIF)
-
-        def hook(module, inputs, output):
-            if not stats["binary"]:
-                return
-            out = _first_tensor(output)
-            if out is None or not (known or is_binary(out.detach())):
-                stats["binary"] = False
-                return
-            stats["spikes"] += float(out.detach().sum())
-            stats["elements"] += out.numel()
-            x = _first_tensor(inputs)
-            if x is not None and x.is_floating_point() and not is_binary(x.detach()):
-                stats["input_dense"] = True
-        return hook
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self.records = {}
-        for name, module in self._candidates.items():
-            stats = self._stats[name]
-            if not stats["elements"]:
-                continue
-            known = isinstance(module, LIF)
-            spiking = stats["binary"] and (stats["input_dense"]
-                                           or any(hasattr(module, a) for a in THRESHOLD_ATTRIBUTES))
-            if known or spiking:
-                self.records[name] = SpikeRecord(stats["spikes"], stats["elements"])
-
-
-def measure_firing_rates(model: nn.Module, run_fn) -> dict[str, SpikeRecord]:
-    """Run ``run_fn()`` (which runs ``model`` on calibration data) and return each neuron's spike record."""
-    with SpikeRecorder(model) as recorder:
-        run_fn()
-    return recorder.records

@@ -9,7 +9,8 @@ import snntorch as snn
 import torch
 from torch import nn
 
-from qslm.analysis.hierarchy import SpikeRecord, SpikeRecorder, build_hierarchy, measure_firing_rates
+from qslm.analysis.hierarchy import build_hierarchy
+from qslm.analysis.neurons import SpikeRecord, SpikeRecorder, measure_firing_rates
 from qslm.errors import QslmError
 from qslm.quant.quantizer import QuantSpec
 from qslm.models.neurons import LIF, record_firing_rates
