@@ -1,8 +1,8 @@
 """Convert a checkpoint of the original SpikeGPT (github.com/ridgerchu/SpikeGPT) into a qslm model folder.
 
 The format. ``train.py`` and ``src/trainer.py`` save ``model.state_dict()`` of ``src/model.py``'s ``GPT``
-with ``torch.save``: a plain dict of tensors, loaded by ``src/model_run.py`` with ``torch.load`` and read
-key by key, unwrapped. Keys: ``emb.weight`` [vocab, C]; ``blocks.{i}.ln1/ln2`` (and ``blocks.0.ln0``);
+with ``torch.save``: a plain dict of tensors, which ``src/model_run.py`` loads with ``torch.load`` and reads
+key by key (no wrapper dict, no prefix). Keys: ``emb.weight`` [vocab, C]; ``blocks.{i}.ln1/ln2`` (and ``blocks.0.ln0``);
 ``blocks.{i}.att.{time_decay, time_first}`` [C], ``att.time_mix_{k,v,r}`` [1, 1, C],
 ``att.{key,value,receptance,output}.weight`` [C, C]; ``blocks.{i}.ffn.time_mix_{k,r}`` [1, 1, C],
 ``ffn.key.weight`` [4C, C], ``ffn.receptance.weight`` [C, C], ``ffn.value.weight`` [C, 4C]; ``ln_out``;
@@ -27,8 +27,9 @@ What upstream does with the tensors, and what this converter does about it:
 * The runner divides ``att.output`` and ``ffn.value`` of block i by ``2 ** (i // 6)`` and halves the
   residual after every 6th block (``RWKV_RESCALE_LAYER``), an fp16 range guard from RWKV. For RWKV
   that is exact; with spiking residuals it is not (the LIF inputs shrink, the spikes added do not), and
-  qslm's SpikeGPT has no residual scaling. The converter keeps the training-time model
-  (``src/model.py``), which that guard does not change for 6 blocks or fewer, and says so when deeper.
+  qslm's SpikeGPT has no residual scaling. The converter keeps the training-time blocks of
+  ``src/model.py``; for 6 blocks or fewer the guard changes nothing and the converted model computes
+  the runner's logits, for deeper models the difference is printed as a note.
 
 Keys qslm's SpikeGPT cannot represent are refused, with the list: a copy head (``head_q``/``head_k``,
 ``RWKV_HEAD_QK_DIM > 0``), position embeddings (``pos_emb*``), ``RWKV-ffnPre``'s ``blocks.0.ffnPre``.
@@ -93,8 +94,10 @@ def convert_spikegpt(checkpoint: str | Path, tokenizer: str | Path, out: str | P
     state = drop_unused(refuse_unrepresentable(state, checkpoint), notes)
     config = infer_config(state, checkpoint, ctx_len=ctx_len, tau=tau, v_threshold=v_threshold)
     check_tokenizer_fits(tok, tokenizer_path, config.vocab_size)
-    model = SpikeGPT(config)
+    with torch.device("meta"):  # shapes only: the checkpoint's tensors become the parameters, no init work
+        model = SpikeGPT(config)
     weights = match_to_model(state, model, checkpoint, notes)
+    del state  # the float32 copies are all that is needed from here on
     binarize = binary_embedding == "on" or (binary_embedding == "auto" and config.vocab_size == CHARACTER_VOCAB_SIZE)
     if binarize:
         # heaviside(emb(idx)) == emb'(idx) with emb' = heaviside(emb.weight): the step is element-wise.
@@ -104,7 +107,7 @@ def convert_spikegpt(checkpoint: str | Path, tokenizer: str | Path, out: str | P
         notes.append(f"upstream's runner (src/model_run.py) halves the residual after every {RESCALE_EVERY}th "
                      f"block for fp16 range, which changes a spiking model's output; this conversion computes "
                      f"the training-time model (src/model.py), without it")
-    model.load_state_dict(weights, strict=True)
+    model.load_state_dict(weights, strict=True, assign=True)
     model.eval()
     save_model(out, model, tok)
     return ConversionResult(out, config, binarize, notes)
