@@ -40,8 +40,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tokenizer", required=True, metavar="TOKENIZER.json",
                         help="the model's Hugging Face tokenizers file (e.g. 20B_tokenizer.json)")
     parser.add_argument("--out", required=True, metavar="DIR", help="new model folder (must not exist or be empty)")
-    parser.add_argument("--ctx-len", type=int, default=1024, help="context length the model was trained on (default: 1024, as upstream)")
-    parser.add_argument("--tau", type=float, default=2.0, help="LIF membrane time constant (default: 2, as upstream)")
+    parser.add_argument("--ctx-len", type=int, default=1024,
+                        help="context length the model was trained on (default: 1024, as upstream)")
+    parser.add_argument("--tau", type=float, default=2.0,
+                        help="LIF membrane time constant (default: 2, as upstream)")
     parser.add_argument("--v-threshold", type=float, default=1.0,
                         help="LIF firing threshold (default: 1, as upstream; early revisions used 0.1)")
     parser.add_argument("--binary-embedding", choices=("auto", "on", "off"), default="auto",
