@@ -7,7 +7,7 @@ import sys
 
 from .errors import QslmError
 
-COMMAND_MODULES = ("train", "eval", "info", "data", "quantize", "profile", "search", "demo")
+COMMAND_MODULES = ("train", "eval", "info", "data", "quantize", "profile", "search", "demo", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
