@@ -208,3 +208,7 @@ def build_hierarchy(model: nn.Module, label: str | None = None, ignore=()) -> Hi
     # every tensor once (parameters() skips shared ones); units by their weights, packed or float
     total = sum(u.numel for u in all_units.values()) + other_parameters(model)
     return Hierarchy(label, blocks, top_level, units, containers, total, _container_children=container_children)
+
+
+def _unit_tensors(model: nn.Module, unit: Unit) -> list[torch.Tensor]:
+    return [] if unit.packed is not None else [getattr(model.get_submodule(unit.module), unit.attribute)]

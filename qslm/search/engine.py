@@ -28,6 +28,7 @@ from torch import nn
 from ..analysis.cost import OpCounter, energy_per_inference, load_hardware_profile, measure_latency, power_mw
 from ..analysis.hessian import hutchinson_traces
 from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
+from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache, default_cache_dir, model_hash
 from ..errors import QslmError
 from ..quant.apply import WeightCache, fake_quantized
@@ -36,7 +37,7 @@ from ..quant.pack import PLAN_FILE, load_packed_into, write_quantized_files
 from ..quant.plan import QuantPlan
 from ..quant.units import find_units, unit_tensor
 from ..report import write_report
-from ..tasks.base import Task, call_model, run_inputs
+from ..tasks.base import Task, run_inputs
 from .config import SearchConfig
 from .journal import Journal
 from .measure import SensitivityTable, cache_file, timed
@@ -115,7 +116,7 @@ def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Co
     digest = model_hash(model)
     weight_cache = WeightCache()
     specs = {b: dataclasses.replace(config.base_spec, bits=b) for b in config.bit_choices}
-    reference = OutputReference(model, task.calibration, task.damage, task.output)
+    reference = OutputReference(model, task.calibration, task.damage, task.output, reset=reset_neuron_states)
     cache = SensitivityCache(cache_file(Path(cache_dir) if cache_dir is not None else default_cache_dir(), digest))
     sensitivity = SensitivityTable(model, hierarchy, reference, config.sensitivity, cache, digest, specs, weight_cache)
     table = sensitivity.table(groups, list(units), list(config.bit_choices), progress)
@@ -227,11 +228,11 @@ def load_quantized(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
 def _profile(model: nn.Module, task: Task, hierarchy=None):
     """Op counts per inference on the task's profile inputs, and (given a hierarchy) firing rates."""
     with SpikeRecorder(model) as spikes, OpCounter(model) as counter:
-        inferences = run_inputs(model, task.profiling)
+        inferences = run_inputs(model, task.profiling, reset_neuron_states)
     if hierarchy is not None:
         hierarchy.attach_firing_rates(spikes.records)
     return counter.result(inferences)
 
 
 def _latency(model: nn.Module, task: Task) -> float:
-    return measure_latency(model, lambda: call_model(model, task.calibration[0]), repeats=5)
+    return measure_latency(model, lambda: run_inputs(model, task.calibration[:1], reset_neuron_states), repeats=5)

@@ -173,10 +173,14 @@ def inputs_digest(items: Iterable[ModelInput]) -> str:
 
 
 @torch.no_grad()
-def run_inputs(model: nn.Module, inputs: Iterable[ModelInput]) -> int:
-    """Run ``model`` on every input (no gradients) and return how many inferences they held."""
+def run_inputs(model: nn.Module, inputs: Iterable[ModelInput], reset: Callable[[nn.Module], object] | None = None
+               ) -> int:
+    """Run ``model`` on every input (no gradients; ``reset(model)`` before each, to clear neuron state)
+    and return how many inferences they held."""
     count = 0
     for item in inputs:
+        if reset is not None:
+            reset(model)
         call_model(model, item)
         count += inferences_in(item)
     return count
