@@ -172,8 +172,8 @@ def test_wrong_task_for_the_model(tiny_classifier, tiny_lm, small_data_dir, tmp_
 
 
 @pytest.mark.parametrize("task, constraints, message", [
-    ("sst2", Constraints(max_ppl_increase=0.03), "--max-ppl-increase applies to wikitext2"),
-    ("wikitext2", Constraints(max_drop=1.0), "--max-drop applies to sst2"),
+    ("sst2", Constraints(max_relative_increase=0.03), "--max-relative-increase .* applies to lower-is-better"),
+    ("wikitext2", Constraints(max_drop=1.0), "--max-drop applies to higher-is-better"),
     ("mnli", None, "unknown task"),
 ])
 def test_constraint_for_the_other_task(tiny_classifier, small_data_dir, tmp_path, task, constraints, message):
@@ -216,7 +216,7 @@ def test_quantized_model_is_refused(base, small_data_dir, tmp_path):
 def test_language_model_search(tiny_lm, small_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("lm") / "out"
     result = search(tiny_lm, out, small_data_dir, shared_cache(tmp_path_factory), task="wikitext2",
-                    constraints=Constraints(max_ppl_increase=0.5, max_memory=0.5), bit_choices=(4, 8),
+                    constraints=Constraints(max_relative_increase=0.5, max_memory=0.5), bit_choices=(4, 8),
                     calibration_size=64, validation_size=150, reported_limit=20)
     report = result.report
     assert report["status"] == "feasible" and not report["higher_is_better"]
