@@ -192,6 +192,18 @@ def test_bad_options(tiny_classifier, small_data_dir, tmp_path):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, sensitivity_method="fast")
 
 
+@pytest.mark.parametrize("option, message", [
+    ({"calibration_size": 0}, "sizes must be positive, got 0 and 64"),  # 0 used to mean the default
+    ({"validation_size": 0}, "sizes must be positive, got 32 and 0"),
+    ({"reported_limit": 0}, "reported_limit must be a positive integer, got 0"),
+    ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+])
+def test_zero_is_not_the_default(tiny_classifier, small_data_dir, tmp_path, option, message):
+    with pytest.raises(QslmError, match=message):
+        search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, **option)
+    assert not (tmp_path / "out").exists()
+
+
 def test_local_sensitivity_search(base, tiny_classifier, small_data_dir, tmp_path_factory):
     """Block units are measured block-locally, units outside blocks exactly; the search still meets
     its constraints, and the estimates are cached apart from the exact ones."""
