@@ -29,8 +29,8 @@ def integer_at_least(least: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if value < least:
+            value = None
+        if value is None or value < least:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
     return parse

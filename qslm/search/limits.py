@@ -82,7 +82,7 @@ def _parse_limit(value, name: str, units: dict[str, float], unit_name: str, sugg
             if _is_float_text(value):  # 'nan', 'inf': say why rather than only what is expected
                 raise QslmError(f"{name} must be a finite number, got {value!r}")
             raise QslmError(f"{name} {value!r} is not a limit; {expected}")
-        number, unit = float(match.group(1)), match.group(2)
+        number, unit = finite_number(match.group(1), name), match.group(2)
     else:
         number, unit = finite_number(value, name), None
     if number <= 0:
@@ -95,7 +95,7 @@ def _parse_limit(value, name: str, units: dict[str, float], unit_name: str, sugg
         factor = units.get(unit.lower())
         if factor is None:
             raise QslmError(f"{name} {value!r}: unknown unit {unit!r}; {expected}")
-        return Limit(value, amount=number * factor)
+        return Limit(value, amount=finite_number(number * factor, name))
     if number > 1:
         raise QslmError(f"{name} {value!r} is ambiguous: a bare number must be a fraction of FP32 in (0, 1]; "
                         f"add a unit for an amount ({number:g}{suggested[0]} or {number:g}{suggested[1]}), or give "

@@ -35,8 +35,9 @@ class Candidate:
                 "energy_pj": self.energy_pj, "modelled_latency_s": self.modelled_latency_s,
                 "measured_latency_s": self.measured_latency_s, "quality_loss": self.score.quality_loss,
                 "memory_fraction": self.score.memory_fraction, "energy_fraction": self.score.energy_fraction,
-                "latency_fraction": self.score.latency_fraction, "objective": self.score.objective, "feasible": self.score.feasible,
-                "violations": self.score.violations, "resumed": self.resumed, "assignment": self.assignment}
+                "latency_fraction": self.score.latency_fraction, "objective": self.score.objective,
+                "feasible": self.score.feasible, "violations": self.score.violations, "resumed": self.resumed,
+                "assignment": self.assignment}
 
 
 @dataclass

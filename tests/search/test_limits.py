@@ -62,6 +62,8 @@ def test_absent_and_parsed_limits_pass_through():
     ("lots", "'lots' is not a limit; expected a fraction of FP32 in \\(0, 1\\]"),
     ("nan", "--max-memory must be a finite number, got 'nan'"),
     ("inf", "must be a finite number"),
+    ("1e400", "must be a finite number, got '1e400'"),
+    ("1e300GB", "must be a finite number"),
     (float("nan"), "must be a finite number"),
     (True, "must be a number"),
 ])
