@@ -34,7 +34,7 @@ def measure(config: dict, tokens: int, bits: list[int], threads: int, device: st
     import torch
     import torch.nn.functional as F
 
-    from qslm.analysis.cost import energy_per_inference, measure_op_counts
+    from qslm.analysis.cost import energy_per_inference, latency_per_inference, measure_op_counts
     from qslm.analysis.hierarchy import build_hierarchy
     from qslm.analysis.local_sensitivity import BlockLocalSensitivity
     from qslm.analysis.sensitivity import CalibrationSet, damage, output_log_probs
@@ -96,11 +96,13 @@ def measure(config: dict, tokens: int, bits: list[int], threads: int, device: st
     fixed = fixed_bytes(model)
     bytes_table = {u: {b: unit_bytes(modules[u], QuantSpec(b)) for b in bits} for u in hierarchy.units}
     fp32 = fixed + sum(unit_bytes(modules[u], None) for u in hierarchy.units)
-    baseline = Baseline(pseudo_ppl(), False, fp32, energy_per_inference(op_counts).total_pj, 1.0)
+    baseline = Baseline(pseudo_ppl(), False, fp32, energy_per_inference(op_counts).total_pj,
+                        latency_per_inference(op_counts))
     with tempfile.TemporaryDirectory() as tmp:
         problem = SearchProblem(groups, bits, measure_metric, bytes_table, fixed,
                                 lambda a: energy_per_inference(op_counts, a).total_pj,
-                                lambda m, b: sens[tuple(m), b], baseline, Constraints(max_ppl_increase=0.03),
+                                lambda a: latency_per_inference(op_counts, a),
+                                lambda m, b: sens[tuple(m), b], baseline, Constraints(max_relative_increase=0.03),
                                 parse_weights(None), Journal(Path(tmp) / "j.jsonl", {}), progress=False)
         started = time.perf_counter()
         best = tiered_search(problem)

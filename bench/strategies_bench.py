@@ -31,7 +31,7 @@ def run_one(name: str, args, out: Path, memory_limit: bool = True, **overrides) 
     out of the search (fixed uniform plans), and the table then says whether the plan meets it."""
     started = time.perf_counter()
     max_memory = args.max_memory if memory_limit else None
-    options = dict(constraints=Constraints(args.max_drop, args.max_ppl_increase, max_memory),
+    options = dict(constraints=Constraints(args.max_drop, args.max_relative_increase, max_memory),
                    data_dir=args.data_dir, progress=False, reported_limit=args.reported_limit,
                    cache_dir=args.cache_dir, seed=args.seed, validation_size=args.validation_size,
                    sensitivity_method=args.sensitivity)
@@ -42,8 +42,8 @@ def run_one(name: str, args, out: Path, memory_limit: bool = True, **overrides) 
     split = "dev" if args.task == "sst2" else "test"
     status = report["status"]
     if status == "feasible" and args.max_memory is not None and not memory_limit:
-        status = "feasible" if final["memory_bytes"] <= args.max_memory * report["baseline"]["memory_bytes"] \
-            else "over memory limit"
+        limit_bytes = Constraints(max_memory=args.max_memory).memory_limit_bytes(report["baseline"]["memory_bytes"])
+        status = "feasible" if final["memory_bytes"] <= limit_bytes else "over memory limit"
     return {"strategy": name, "status": status, "evaluations": len(report["candidates"]),
             "wall_s": time.perf_counter() - started, "search_s": report["seconds"]["search"],
             "memory_fraction": final.get("memory_bytes", float("nan")) / report["baseline"]["memory_bytes"],
@@ -88,8 +88,8 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--task", required=True, choices=["sst2", "wikitext2"])
     parser.add_argument("--max-drop", type=float, default=None)
-    parser.add_argument("--max-ppl-increase", type=float, default=None)
-    parser.add_argument("--max-memory", type=float, default=None)
+    parser.add_argument("--max-relative-increase", type=float, default=None)
+    parser.add_argument("--max-memory", default=None, help="as qslm search --max-memory (0.125, 12.5%%, 3MB)")
     parser.add_argument("--reported-limit", type=int, default=None)
     parser.add_argument("--validation-size", type=int, default=None, help="as qslm search --validation-size")
     parser.add_argument("--sensitivity", default="exact", choices=SENSITIVITY_METHODS)

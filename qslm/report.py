@@ -160,10 +160,35 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def finite_or_null(value, path: str = "", nulled: list[str] | None = None):
+    """A copy of ``value`` (JSON-like) with every NaN or infinite float replaced by None; the path of each
+    replaced value is appended to ``nulled``. Constraints and weights are refused when not finite before
+    any search runs, so what reaches here is a measurement (e.g. the perplexity of a diverged plan)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if nulled is not None:
+            nulled.append(path)
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item, f"{path}.{key}" if path else str(key), nulled)
+                for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item, f"{path}[{i}]", nulled) for i, item in enumerate(value)]
+    return value
+
+
+def report_json(report: dict) -> str:
+    """``report`` as strict JSON: NaN and infinities become null and are listed under ``non_finite``."""
+    nulled: list[str] = []
+    strict = finite_or_null(report, nulled=nulled)
+    if nulled:
+        strict["non_finite"] = nulled
+    return json.dumps(strict, indent=2, allow_nan=False) + "\n"
+
+
 def write_report(report: dict, folder: Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    (folder / "report.json").write_text(report_json(report))
     (folder / "report.md").write_text(markdown(report))
     plot_pareto(report, folder / PLOTS["pareto"])
     plot_bitwidths(report, folder / PLOTS["bitwidths"])

@@ -1,11 +1,34 @@
-"""Report plots: drawn without layout warnings, whatever the unit names."""
+"""Reports: report.json is strict JSON (no NaN/Infinity); plots are drawn without layout warnings, whatever
+the unit names."""
 from __future__ import annotations
 
+import json
+import math
 import warnings
 
 import pytest
 
-from qslm.report import plot_sensitivity
+from qslm.report import plot_sensitivity, report_json
+
+
+def strict_loads(text: str):
+    return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in report.json"))
+
+
+def test_report_json_turns_non_finite_measurements_into_null_and_lists_them():
+    report = {"baseline": {"metric": 20.0}, "candidates": [{"metric": math.inf, "quality_loss": math.nan},
+                                                           {"metric": 21.0, "quality_loss": 0.05}],
+              "sensitivity": {"emb": {"2": {"kl": -math.inf}}}, "bit_choices": (2, 8)}
+    written = strict_loads(report_json(report))
+    assert written["candidates"] == [{"metric": None, "quality_loss": None}, {"metric": 21.0, "quality_loss": 0.05}]
+    assert written["sensitivity"]["emb"]["2"]["kl"] is None and written["bit_choices"] == [2, 8]
+    assert written["non_finite"] == ["candidates[0].metric", "candidates[0].quality_loss", "sensitivity.emb.2.kl"]
+    assert report["candidates"][0]["metric"] == math.inf  # the report itself is left as it was
+
+
+def test_finite_report_json_is_unchanged():
+    report = {"status": "feasible", "final": {"metric": 0.8, "memory_bytes": 10}, "closest": []}
+    assert strict_loads(report_json(report)) == report
 
 
 @pytest.mark.parametrize("bits", [(8,), (2, 3, 4, 5, 6, 8)])

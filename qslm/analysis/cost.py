@@ -45,6 +45,18 @@ to account for that, call ``measure_op_counts`` again on the quantized model.
 
 Power (for paper-style tables) = energy per inference x a fixed inference rate (``inference_rate_hz``
 of the profile): ``power_mw = pJ x 1e-12 x Hz x 1e3``.
+
+**Latency** per inference, modelled from the same op counts (the profile's ``latency`` section), so it
+is the same on every run and machine; ``measure_latency`` times the real model, for reports only:
+
+* operation rates: ``latency.float`` gives ``macs_per_s`` / ``acs_per_s`` for float units;
+  ``latency.integer`` maps bit-width classes (the widest width each class handles, e.g. 8, 16, 32)
+  to the same two rates. An integer op runs in the narrowest class at least as wide as its operands,
+  the widths the energy model uses: an AC at ``max(b, accumulator_bits)``, a MAC at ``sqrt(b x a)``.
+* per unit: ``compute_s = MACs / macs_per_s + ACs / acs_per_s`` and ``memory_s = weight bits moved /
+  8 / latency.weight_memory_bytes_per_s`` (bits moved as for energy, stored bytes included);
+  compute and weight traffic overlap, so a unit takes ``max(compute_s, memory_s)`` (a roofline).
+* units run one after another: ``latency = sum over units``.
 """
 from __future__ import annotations
 
@@ -86,6 +98,26 @@ class ScaledOp:
 
 
 @dataclass(frozen=True)
+class OpRates:
+    macs_per_s: float
+    acs_per_s: float
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Operation rates of float units and of each integer bit-width class, and the weight bandwidth."""
+    float_rates: OpRates
+    integer_rates: tuple[tuple[int, OpRates], ...]  # (widest width of the class, rates), narrowest first
+    weight_bytes_per_s: float
+
+    def rates(self, width: float | None) -> OpRates:
+        """The rates of float ops (None) or of the narrowest integer class holding ``width`` bits."""
+        if width is None:
+            return self.float_rates
+        return next(rates for bits, rates in self.integer_rates if width <= bits)  # classes cover MAX_BITS
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     name: str
     description: str
@@ -99,6 +131,7 @@ class HardwareProfile:
     access_pj: float
     access_bits: int
     inference_rate_hz: float
+    latency: LatencyModel
     source: str = ""
 
     def add_pj(self, bits: int) -> float:
@@ -122,6 +155,14 @@ class HardwareProfile:
 
     def read_pj(self, bits_moved: float) -> float:
         return bits_moved / self.access_bits * self.access_pj
+
+    def mac_rate(self, bits: int | None) -> float:
+        """MACs per second with ``bits``-bit integer weights (None: float), at the energy model's width."""
+        return self.latency.rates(None if bits is None else (bits * self.activation_bits) ** 0.5).macs_per_s
+
+    def ac_rate(self, bits: int | None) -> float:
+        """ACs per second with ``bits``-bit integer weights (None: float): the accumulator's width."""
+        return self.latency.rates(None if bits is None else max(bits, self.accumulator_bits)).acs_per_s
 
 
 def list_hardware_profiles() -> list[str]:
@@ -162,6 +203,25 @@ def _scaled_op(raw: dict, key: str, source: str) -> ScaledOp:
     return op
 
 
+def _op_rates(raw: dict, key: str, source: str) -> OpRates:
+    return OpRates(float(_require(raw, f"{key}.macs_per_s", source)), float(_require(raw, f"{key}.acs_per_s", source)))
+
+
+def _latency_model(raw: dict, source: str) -> LatencyModel:
+    classes = _require(raw, "latency.integer", source, dict)
+    try:
+        widths = sorted((int(bits), bits) for bits in classes)
+    except (TypeError, ValueError):
+        raise QslmError(f"hardware profile {source}: latency.integer must map bit-widths to rates, "
+                        f"got keys {list(classes)}") from None
+    if not widths or widths[0][0] < 1 or widths[-1][0] < MAX_BITS:
+        raise QslmError(f"hardware profile {source}: latency.integer needs bit-width classes up to {MAX_BITS} "
+                        f"bits (e.g. \"8\", \"16\", \"32\"), got {list(classes)}")
+    integer = tuple((bits, _op_rates(raw, f"latency.integer.{key}", source)) for bits, key in widths)
+    return LatencyModel(_op_rates(raw, "latency.float", source), integer,
+                        float(_require(raw, "latency.weight_memory_bytes_per_s", source)))
+
+
 def hardware_profile_from_dict(raw: dict, source: str = "<dict>") -> HardwareProfile:
     if not isinstance(raw, dict):
         raise QslmError(f"hardware profile {source}: expected a JSON object, got {type(raw).__name__}")
@@ -178,6 +238,7 @@ def hardware_profile_from_dict(raw: dict, source: str = "<dict>") -> HardwarePro
         access_pj=float(_require(raw, "weight_memory.pj_per_access", source)),
         access_bits=int(_require(raw, "weight_memory.bits_per_access", source, int)),
         inference_rate_hz=float(_require(raw, "inference_rate_hz", source)),
+        latency=_latency_model(raw, source),
         source=source)
 
 
@@ -482,6 +543,22 @@ def _check_bits(unit: str, bits) -> int | None:
     return bits
 
 
+def _check_units(op_counts: OpCounts, unit_bits: Mapping, unit_bytes: Mapping) -> None:
+    for label, names in (("bit-width", unit_bits), ("stored bytes", unit_bytes)):
+        unknown = sorted(set(names) - set(op_counts.units))
+        if unknown:
+            raise QslmError(f"{label} given for unknown units {unknown}; units are {list(op_counts.units)}")
+
+
+def _bits_moved(ops: UnitOps, bits: int | None, stored_bytes: int | None, profile: HardwareProfile) -> float:
+    """Weight bits read per inference: exact stored bits per weight when known, else the bit-width."""
+    if bits is not None and stored_bytes is not None:
+        bits_per_weight = 8 * stored_bytes / ops.weights
+    else:
+        bits_per_weight = profile.float_bits if bits is None else bits
+    return ops.weight_reads * bits_per_weight
+
+
 def energy_per_inference(op_counts: OpCounts, unit_bits: Mapping[str, int | None] | None = None,
                          profile: HardwareProfile | str | os.PathLike = DEFAULT_HARDWARE,
                          unit_bytes: Mapping[str, int] | None = None) -> EnergyBreakdown:
@@ -491,19 +568,13 @@ def energy_per_inference(op_counts: OpCounts, unit_bits: Mapping[str, int | None
     profile = load_hardware_profile(profile)
     unit_bits = dict(unit_bits or {})
     unit_bytes = dict(unit_bytes or {})
-    for label, names in (("bit-width", unit_bits), ("stored bytes", unit_bytes)):
-        unknown = sorted(set(names) - set(op_counts.units))
-        if unknown:
-            raise QslmError(f"{label} given for unknown units {unknown}; units are {list(op_counts.units)}")
+    _check_units(op_counts, unit_bits, unit_bytes)
     breakdown = EnergyBreakdown(profile.name)
     for name, ops in op_counts.units.items():
         bits = _check_bits(name, unit_bits.get(name))
         compute = ops.macs * profile.mac_pj(bits) + ops.acs * profile.ac_pj(bits)
-        if bits is not None and name in unit_bytes:
-            bits_per_weight = 8 * unit_bytes[name] / ops.weights
-        else:
-            bits_per_weight = profile.float_bits if bits is None else bits
-        breakdown.units[name] = UnitEnergy(bits, compute, profile.read_pj(ops.weight_reads * bits_per_weight))
+        memory = profile.read_pj(_bits_moved(ops, bits, unit_bytes.get(name), profile))
+        breakdown.units[name] = UnitEnergy(bits, compute, memory)
     return breakdown
 
 
@@ -515,6 +586,24 @@ def power_mw(energy_pj: float, rate_hz: float | HardwareProfile) -> float:
 
 
 # ---------------------------------------------------------------- latency
+
+def latency_per_inference(op_counts: OpCounts, unit_bits: Mapping[str, int | None] | None = None,
+                          profile: HardwareProfile | str | os.PathLike = DEFAULT_HARDWARE,
+                          unit_bytes: Mapping[str, int] | None = None) -> float:
+    """Modelled seconds of one inference (see the module docstring), arguments as ``energy_per_inference``.
+    Deterministic, unlike ``measure_latency``: the search ranks candidates by this one."""
+    profile = load_hardware_profile(profile)
+    unit_bits = dict(unit_bits or {})
+    unit_bytes = dict(unit_bytes or {})
+    _check_units(op_counts, unit_bits, unit_bytes)
+    total = 0.0
+    for name, ops in op_counts.units.items():
+        bits = _check_bits(name, unit_bits.get(name))
+        compute = ops.macs / profile.mac_rate(bits) + ops.acs / profile.ac_rate(bits)
+        memory = _bits_moved(ops, bits, unit_bytes.get(name), profile) / 8 / profile.latency.weight_bytes_per_s
+        total += max(compute, memory)
+    return total
+
 
 def measure_latency(model: nn.Module, run_fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall-clock seconds of ``run_fn()`` over ``repeats`` runs after ``warmup`` unmeasured ones."""

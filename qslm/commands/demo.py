@@ -16,9 +16,11 @@ def run(args: argparse.Namespace) -> int:
     for name, value in DEMO_CONSTRAINTS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    print(f"qslm demo: searching {args.model} on {DEMO_TASK} with max accuracy drop {args.max_drop} points "
-          f"and max memory {args.max_memory} of FP32; writing {args.out}/")
-    result = run_search(args.model, DEMO_TASK, args.out, **options_from_args(args))
+    options = options_from_args(args)
+    constraints = options["constraints"]
+    print(f"qslm demo: searching {args.model} on {DEMO_TASK} with max accuracy drop {constraints.max_drop} points "
+          f"and max memory {constraints.max_memory}; writing {args.out}/")
+    result = run_search(args.model, DEMO_TASK, args.out, **options)
     print_summary(result)
     return 0 if result.report.get("final") else 3
 

@@ -20,45 +20,77 @@ def parse_bits(text: str) -> list[int]:
     return bits
 
 
+def integer_at_least(least: int):
+    """An argparse ``type=``: an integer >= ``least``, so a 0 that would silently mean "the default" is refused
+    with the flag's name."""
+    expected = "a positive integer" if least == 1 else f"an integer >= {least}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = integer_at_least(1)
+
+
 def add_search_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``search`` and ``demo``."""
     parser.add_argument("--max-drop", type=float, default=None,
-                        help="max accuracy drop in points vs FP32 (sst2), e.g. 1.0")
-    parser.add_argument("--max-ppl-increase", type=float, default=None,
-                        help="max relative perplexity increase (wikitext2), e.g. 0.03 for +3%%")
-    parser.add_argument("--max-memory", type=float, default=None,
-                        help="max memory: fraction of FP32 if <= 1 (e.g. 0.125), else bytes")
-    parser.add_argument("--max-energy", type=float, default=None,
-                        help="max energy per inference: fraction of FP32 if <= 1, else picojoules")
+                        help="higher-is-better metrics (sst2 accuracy): max drop in the metric's points vs FP32, "
+                             "e.g. 1.0")
+    parser.add_argument("--max-relative-increase", type=float, default=None,
+                        help="lower-is-better metrics (wikitext2 perplexity): max relative increase vs FP32, "
+                             "e.g. 0.03 for +3%%")
+    parser.add_argument("--max-ppl-increase", dest="max_relative_increase", type=float, default=None,
+                        help=argparse.SUPPRESS)  # the former name, kept so existing commands still run
+    parser.add_argument("--max-memory", default=None,
+                        help="max memory: a fraction of FP32 in (0, 1] (0.125), a percentage (12.5%%) or a size "
+                             "with a unit (3MB, 3MiB, 512kB, 3145728B)")
+    parser.add_argument("--max-energy", default=None,
+                        help="max energy per inference: a fraction of FP32 in (0, 1], a percentage, or an amount "
+                             "with a unit (250nJ, 1.5uJ, 4e5pJ)")
     parser.add_argument("--weights", default=None,
-                        help="objective weights, default quality=1,memory=1,energy=0.5,latency=0")
+                        help="objective weights, default quality=1,memory=1,energy=0.5,latency=0 (latency: "
+                             "modelled from the hardware profile)")
     parser.add_argument("--bits", default="2,3,4,5,6,8", help="candidate bit-widths (default 2,3,4,5,6,8)")
     parser.add_argument("--strategy", default="tiered", choices=STRATEGIES)
     parser.add_argument("--sensitivity", default="exact", choices=("exact", "local"),
                         help="exact: whole model per measurement; local: each block alone with a Fisher "
                              "estimate, time linear in depth (for deep models)")
-    parser.add_argument("--max-evals", type=int, default=None,
+    parser.add_argument("--max-evals", type=positive_int, default=None,
                         help="candidate evaluation budget (random/nsga2 default: 60)")
-    parser.add_argument("--calibration-size", type=int, default=None,
+    parser.add_argument("--calibration-size", type=positive_int, default=None,
                         help="sensitivity calibration: examples (sst2, default 128) or tokens (wikitext2, default 2048)")
-    parser.add_argument("--validation-size", type=int, default=None,
+    parser.add_argument("--validation-size", type=positive_int, default=None,
                         help="candidate checks: held-out whole sentences (sst2, default 800) or words (wikitext2, default 8000)")
     parser.add_argument("--hardware", default="default_45nm",
-                        help="energy profile: bundled name (default_45nm, neuromorphic) or JSON path")
-    parser.add_argument("--reported-limit", type=int, default=None,
+                        help="energy and latency profile: bundled name (default_45nm, neuromorphic) or JSON path")
+    parser.add_argument("--reported-limit", type=positive_int, default=None,
                         help="verify on the first N examples (sst2) / lines (wikitext2) of the reported split only "
                              "(default: all of it)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=integer_at_least(0), default=0)
     parser.add_argument("--cache-dir", default=None, help="sensitivity cache (default: $QSLM_CACHE_DIR or ~/.cache/qslm)")
     add_data_dir_argument(parser)
     add_device_argument(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
+    from ..search.limits import parse_energy_limit, parse_memory_limit, parse_quality_limit
     from ..search.objective import Constraints, parse_weights
 
+    # Parsed here with the flags' names, so a bad value is reported as the option the user typed.
+    constraints = Constraints(parse_quality_limit(args.max_drop, "--max-drop"),
+                              parse_quality_limit(args.max_relative_increase, "--max-relative-increase"),
+                              parse_memory_limit(args.max_memory, "--max-memory"),
+                              parse_energy_limit(args.max_energy, "--max-energy"))
     return dict(
-        constraints=Constraints(args.max_drop, args.max_ppl_increase, args.max_memory, args.max_energy),
+        constraints=constraints,
         weights=parse_weights(args.weights), bit_choices=parse_bits(args.bits), strategy=args.strategy,
         max_evaluations=args.max_evals, calibration_size=args.calibration_size,
         validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,

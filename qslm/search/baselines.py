@@ -149,8 +149,7 @@ def nsga2_search(problem: SearchProblem, evaluations: int, seed: int) -> Candida
         assignment = {u: trial.suggest_categorical(u, choices) for u in problem.units}
         candidate = problem.evaluate(assignment, "nsga2")
         # Optuna treats values <= 0 as satisfied.
-        quality_limit = (problem.constraints.max_drop if problem.baseline.higher_is_better
-                         else problem.constraints.max_ppl_increase)
+        quality_limit = problem.constraints.quality_limit(problem.baseline.higher_is_better)
         trial.set_constraint("quality", candidate.score.quality_loss - quality_limit
                              if quality_limit is not None else 0.0)
         trial.set_constraint("memory", (candidate.memory_bytes - memory_limit) / memory_limit

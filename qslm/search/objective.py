@@ -1,23 +1,28 @@
 """Constraints and the multi-objective cost that every search strategy shares.
 
 Quality is measured against the float model on the same data:
-  * higher-is-better metrics (accuracy, in percent for the built-in tasks): absolute drop in the
-    metric's own units (``max_drop``),
-  * perplexity tasks: relative increase (``max_ppl_increase``, 0.03 = +3%).
-Memory is exact bytes (codes + scales + zero-points + float tensors); ``max_memory`` is either a
-fraction of FP32 (<= 1) or a byte count (> 1). Energy is per inference, ``max_energy`` likewise a
-fraction of FP32 or picojoules.
+  * higher-is-better metrics: absolute drop in the metric's own units (``max_drop``; the built-in
+    classification tasks report accuracy in percent, so 1.0 is one point),
+  * lower-is-better metrics (perplexity, loss): relative increase (``max_relative_increase``,
+    0.03 = +3%).
+Memory is exact bytes (codes + scales + zero-points + float tensors) and energy is pJ per inference;
+``max_memory`` and ``max_energy`` are a fraction of FP32, a percentage or an amount with a unit
+(``qslm.search.limits``). Every constraint and weight must be a finite number.
 
 The objective is a weighted sum of normalised terms, lower is better:
   quality term = quality loss / its constraint (1.0 = at the limit; 0 when no constraint is set,
                  the loss is divided by 1 point / 1% instead),
-  memory, energy, latency terms = fraction of the FP32 model's value.
+  memory, energy, latency terms = fraction of the FP32 model's value. Latency is the modelled one
+  (``qslm.analysis.cost.latency_per_inference``), never a wall-clock measurement, so the same
+  measurements always rank the candidates the same way.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass, field
 
 from ..errors import QslmError
+from .limits import Limit, parse_energy_limit, parse_memory_limit, parse_quality_limit
 
 OBJECTIVE_TERMS = ("quality", "memory", "energy", "latency")
 DEFAULT_WEIGHTS = {"quality": 1.0, "memory": 1.0, "energy": 0.5, "latency": 0.0}
@@ -25,28 +30,39 @@ DEFAULT_WEIGHTS = {"quality": 1.0, "memory": 1.0, "energy": 0.5, "latency": 0.0}
 
 @dataclass(frozen=True)
 class Constraints:
-    max_drop: float | None = None  # accuracy points
-    max_ppl_increase: float | None = None  # relative
-    max_memory: float | None = None  # fraction of FP32 if <= 1, else bytes
-    max_energy: float | None = None  # fraction of FP32 if <= 1, else pJ
+    """``max_memory`` / ``max_energy`` take a float fraction of FP32, a string (``"12.5%"``, ``"3MB"``,
+    ``"250nJ"``) or a parsed ``Limit``; they are stored as a ``Limit``, which keeps what was asked."""
+    max_drop: float | None = None  # metric units (accuracy points), higher-is-better metrics
+    max_relative_increase: float | None = None  # relative, lower-is-better metrics
+    max_memory: Limit | float | str | None = None
+    max_energy: Limit | float | str | None = None
 
     def __post_init__(self):
-        for name, value in asdict(self).items():
-            if value is not None and value < 0:
-                raise QslmError(f"constraint {name} must be >= 0, got {value}")
-        for name in ("max_memory", "max_energy"):  # nothing runs in 0 bytes or 0 pJ
-            if getattr(self, name) == 0:
-                raise QslmError(f"constraint {name} must be > 0")
+        # frozen: normalised once, here, so every reader sees numbers and Limits
+        for name in ("max_drop", "max_relative_increase"):
+            object.__setattr__(self, name, parse_quality_limit(getattr(self, name), f"constraint {name}"))
+        object.__setattr__(self, "max_memory", parse_memory_limit(self.max_memory, "constraint max_memory"))
+        object.__setattr__(self, "max_energy", parse_energy_limit(self.max_energy, "constraint max_energy"))
+
+    def quality_limit(self, higher_is_better: bool) -> float | None:
+        return self.max_drop if higher_is_better else self.max_relative_increase
 
     def memory_limit_bytes(self, fp32_bytes: int) -> float | None:
-        if self.max_memory is None:
-            return None
-        return self.max_memory * fp32_bytes if self.max_memory <= 1 else self.max_memory
+        return None if self.max_memory is None else self.max_memory.resolve(fp32_bytes)
 
     def energy_limit_pj(self, fp32_pj: float) -> float | None:
-        if self.max_energy is None:
-            return None
-        return self.max_energy * fp32_pj if self.max_energy <= 1 else self.max_energy
+        return None if self.max_energy is None else self.max_energy.resolve(fp32_pj)
+
+    def to_dict(self, fp32_bytes: int | None = None, fp32_pj: float | None = None) -> dict:
+        """What was asked (JSON-ready), and with the FP32 figures, the limits in bytes and pJ."""
+        asked = {"max_drop": self.max_drop, "max_relative_increase": self.max_relative_increase,
+                 "max_memory": None if self.max_memory is None else self.max_memory.asked,
+                 "max_energy": None if self.max_energy is None else self.max_energy.asked}
+        if fp32_bytes is not None:
+            asked["memory_limit_bytes"] = self.memory_limit_bytes(fp32_bytes)
+        if fp32_pj is not None:
+            asked["energy_limit_pj"] = self.energy_limit_pj(fp32_pj)
+        return asked
 
 
 def parse_weights(text: str | dict | None) -> dict[str, float]:
@@ -64,6 +80,8 @@ def parse_weights(text: str | dict | None) -> dict[str, float]:
             weights[key] = float(value)
         except (TypeError, ValueError):
             raise QslmError(f"objective weight {key}={value!r} is not a number") from None
+        if not math.isfinite(weights[key]):
+            raise QslmError(f"objective weight {key} must be a finite number, got {value!r}")
         if weights[key] < 0:
             raise QslmError(f"objective weight {key} must be >= 0, got {weights[key]}")
     return weights
@@ -76,7 +94,7 @@ class Baseline:
     higher_is_better: bool
     memory_bytes: int
     energy_pj: float
-    latency_s: float
+    latency_s: float  # modelled per inference (the objective's), not measured
 
 
 @dataclass
@@ -101,7 +119,7 @@ def score(metric: float, memory_bytes: int, energy_pj: float, latency_s: float, 
           constraints: Constraints, weights: dict[str, float]) -> Score:
     loss = quality_loss(metric, baseline)
     violations = []
-    quality_limit = constraints.max_drop if baseline.higher_is_better else constraints.max_ppl_increase
+    quality_limit = constraints.quality_limit(baseline.higher_is_better)
     if quality_limit is not None and loss > quality_limit + 1e-12:
         unit = "points" if baseline.higher_is_better else "relative"
         violations.append(f"quality loss {loss:.4g} > {quality_limit:g} {unit}")

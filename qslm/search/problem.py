@@ -1,5 +1,5 @@
 """What every search strategy shares: the units and their grouping, the evaluator (real task metric on
-the validation slice, journaled), exact memory, energy, and the objective.
+the validation slice, journaled), exact memory, modelled energy and latency, and the objective.
 
 Strategies only choose assignments (unit name -> bit-width) and call ``evaluate``; everything that
 costs time is cached here, so strategies stay short and comparable.
@@ -25,23 +25,28 @@ class Candidate:
     metric: float
     memory_bytes: int
     energy_pj: float
-    latency_s: float
+    modelled_latency_s: float  # per inference, from the hardware profile: what the objective uses
+    measured_latency_s: float  # wall-clock seconds of the validation run: reported only (it is noisy)
     score: Score
     resumed: bool = False
 
     def to_dict(self) -> dict:
         return {"index": self.index, "tier": self.tier, "metric": self.metric, "memory_bytes": self.memory_bytes,
-                "energy_pj": self.energy_pj, "latency_s": self.latency_s, "quality_loss": self.score.quality_loss,
+                "energy_pj": self.energy_pj, "modelled_latency_s": self.modelled_latency_s,
+                "measured_latency_s": self.measured_latency_s, "quality_loss": self.score.quality_loss,
                 "memory_fraction": self.score.memory_fraction, "energy_fraction": self.score.energy_fraction,
-                "objective": self.score.objective, "feasible": self.score.feasible,
-                "violations": self.score.violations, "resumed": self.resumed, "assignment": self.assignment}
+                "latency_fraction": self.score.latency_fraction, "objective": self.score.objective,
+                "feasible": self.score.feasible, "violations": self.score.violations, "resumed": self.resumed,
+                "assignment": self.assignment}
 
 
 @dataclass
 class SearchProblem:
     """``groups`` maps each block (and each top-level unit, as its own group) to its units, in model order.
     ``measure_metric(assignment) -> (metric, seconds)`` runs the fake-quantized model on the validation slice.
-    ``unit_bytes[unit][bits]`` and ``fixed_bytes`` give exact memory; ``energy_pj(assignment)`` the energy.
+    ``unit_bytes[unit][bits]`` and ``fixed_bytes`` give exact memory; ``energy_pj(assignment)`` the energy and
+    ``latency_s(assignment)`` the modelled latency per inference (deterministic: the measured seconds
+    are only recorded, so noisy timings never change which plan wins).
     ``sensitivity(units, bits)`` is the proxy damage (KL to the float model) of quantizing only ``units``."""
     groups: dict[str, list[str]]
     bit_choices: list[int]
@@ -49,6 +54,7 @@ class SearchProblem:
     unit_bytes: dict[str, dict[int, int]]
     fixed_bytes: int
     energy_pj: Callable[[Assignment], float]
+    latency_s: Callable[[Assignment], float]
     sensitivity: Callable[[tuple[str, ...], int], float]
     baseline: Baseline
     constraints: Constraints
@@ -82,14 +88,14 @@ class SearchProblem:
         resumed = entry is not None
         if entry is None:
             metric, seconds = self.measure_metric(assignment)
-            entry = {"key": key, "metric": metric, "latency_s": seconds}
+            entry = {"key": key, "metric": metric, "latency_s": seconds}  # journal key: measured seconds
             self.journal.add(entry)
         memory = self.memory_bytes(assignment)
         energy = self.energy_pj(assignment)
-        result = score(entry["metric"], memory, energy, entry["latency_s"], self.baseline, self.constraints,
-                       self.weights)
+        latency = self.latency_s(assignment)
+        result = score(entry["metric"], memory, energy, latency, self.baseline, self.constraints, self.weights)
         candidate = Candidate(len(self.candidates), tier, dict(assignment), entry["metric"], memory, energy,
-                              entry["latency_s"], result, resumed)
+                              latency, entry["latency_s"], result, resumed)
         self.candidates.append(candidate)
         self._seen[key] = candidate
         return candidate
@@ -100,7 +106,7 @@ class SearchProblem:
     def violation(self, candidate: Candidate) -> float:
         """How far a candidate is from feasible, each constraint normalised by its limit (0 = feasible)."""
         total = 0.0
-        limit = self.constraints.max_drop if self.baseline.higher_is_better else self.constraints.max_ppl_increase
+        limit = self.constraints.quality_limit(self.baseline.higher_is_better)
         if limit is not None:
             total += max(0.0, candidate.score.quality_loss - limit) / max(limit, 1e-9)
         memory_limit = self.constraints.memory_limit_bytes(self.baseline.memory_bytes)

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..analysis.cost import energy_per_inference, load_hardware_profile, measure_latency, measure_op_counts, power_mw
+from ..analysis.cost import (energy_per_inference, latency_per_inference, load_hardware_profile, measure_latency,
+                             measure_op_counts, power_mw)
 from ..analysis.hessian import hutchinson_traces
 from ..analysis.hierarchy import build_hierarchy
 from ..analysis.local_sensitivity import BlockLocalSensitivity
@@ -63,13 +64,19 @@ class SearchResult:
 
 
 def _check_options(task: str, constraints: Constraints, bit_choices: list[int], strategy: str,
-                   max_evaluations: int | None) -> None:
+                   max_evaluations: int | None, reported_limit: int | None, seed: int) -> None:
     if task not in REPORTED_SPLIT:
         raise QslmError(f"unknown task {task!r}; expected sst2 or wikitext2")
-    if task == "sst2" and constraints.max_ppl_increase is not None:
-        raise QslmError("--max-ppl-increase applies to wikitext2; for sst2 use --max-drop (accuracy points)")
+    if task == "sst2" and constraints.max_relative_increase is not None:
+        raise QslmError("--max-relative-increase (max_relative_increase) applies to lower-is-better metrics "
+                        "(wikitext2 perplexity); for sst2 accuracy use --max-drop (points)")
     if task == "wikitext2" and constraints.max_drop is not None:
-        raise QslmError("--max-drop applies to sst2; for wikitext2 use --max-ppl-increase (relative, e.g. 0.03)")
+        raise QslmError("--max-drop applies to higher-is-better metrics (sst2 accuracy); for wikitext2 "
+                        "perplexity use --max-relative-increase (relative, e.g. 0.03)")
+    if reported_limit is not None and not _integer_at_least(reported_limit, 1):  # no limit is None, not 0
+        raise QslmError(f"reported_limit must be a positive integer, got {reported_limit!r}")
+    if not _integer_at_least(seed, 0):
+        raise QslmError(f"seed must be an integer >= 0, got {seed!r}")
     bad = [b for b in bit_choices if b not in BITS]
     if bad:
         raise QslmError(f"unsupported bit-widths {bad}; choose from {list(BITS)}")
@@ -77,6 +84,10 @@ def _check_options(task: str, constraints: Constraints, bit_choices: list[int], 
         raise QslmError(f"unknown strategy {strategy!r}")
     if max_evaluations is not None and max_evaluations < 1:
         raise QslmError(f"the evaluation budget must be at least 1, got {max_evaluations}")
+
+
+def _integer_at_least(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def _validation_text(text: str, words: int) -> str:
@@ -111,7 +122,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     constraints = constraints or Constraints()
     weights = parse_weights(weights)
     bit_choices = sorted(set(bit_choices))
-    _check_options(task, constraints, bit_choices, strategy, max_evaluations)
+    _check_options(task, constraints, bit_choices, strategy, max_evaluations, reported_limit, seed)
     if sensitivity_method not in SENSITIVITY_METHODS:
         raise QslmError(f"unknown sensitivity method {sensitivity_method!r}; expected one of {SENSITIVITY_METHODS}")
     out = Path(out)
@@ -128,8 +139,8 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     model, tokenizer = loaded.model, loaded.tokenizer
     check_task(loaded, task, "searched")
     is_lm = task == "wikitext2"
-    n_cal = calibration_size or DEFAULTS[task]["calibration"]
-    n_val = validation_size or DEFAULTS[task]["validation"]
+    n_cal = DEFAULTS[task]["calibration"] if calibration_size is None else calibration_size
+    n_val = DEFAULTS[task]["validation"] if validation_size is None else validation_size
     if n_cal <= 0 or n_val <= 0:
         raise QslmError(f"calibration and validation sizes must be positive, got {n_cal} and {n_val}")
 
@@ -173,11 +184,12 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     modules = dict(model.named_modules())
     op_count_limit = OP_COUNT_SEQUENCES[task]
     op_counts = measure_op_counts(model, calibration_runner(loaded, task, data_dir, limit=op_count_limit))
-    baseline_metric, baseline_seconds = _timed(lambda: measure(model))
+    baseline_metric = measure(model)
     fp32_unit_bytes = {u: unit_bytes(modules[u], None) for u in units}
     fixed = fixed_bytes(model)
     baseline = Baseline(baseline_metric, not is_lm, fixed + sum(fp32_unit_bytes.values()),
-                        energy_per_inference(op_counts, None, profile).total_pj, baseline_seconds)
+                        energy_per_inference(op_counts, None, profile).total_pj,
+                        latency_per_inference(op_counts, None, profile))
     seconds["profile"] = time.perf_counter() - t0
 
     # ---- sensitivity: each group and each unit alone, each bit-width, against float outputs
@@ -231,10 +243,11 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     problem = SearchProblem(
         groups=groups, bit_choices=bit_choices, measure_metric=measure_assignment, unit_bytes=bytes_table,
         fixed_bytes=fixed, energy_pj=lambda a: energy_per_inference(op_counts, a, profile).total_pj,
+        latency_s=lambda a: latency_per_inference(op_counts, a, profile),
         sensitivity=lambda members, bits: sensitivity(tuple(members), bits)["kl"], baseline=baseline,
         constraints=constraints, weights=weights, journal=journal, max_evaluations=max_evaluations,
         progress=progress)
-    budget = max_evaluations or DEFAULT_BASELINE_BUDGET
+    budget = DEFAULT_BASELINE_BUDGET if max_evaluations is None else max_evaluations
     if strategy == "tiered":
         tiered.tiered_search(problem)
     elif strategy == "uniform":
@@ -261,7 +274,8 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         "model": str(model_ref), "model_name": loaded.path.name, "model_hash": digest, "task": task,
         "strategy": strategy,
         "sensitivity_method": sensitivity_method,
-        "higher_is_better": not is_lm, "constraints": vars(constraints), "weights": weights,
+        "higher_is_better": not is_lm, "weights": weights,
+        "constraints": constraints.to_dict(baseline.memory_bytes, baseline.energy_pj),
         "bit_choices": bit_choices, "base_spec": base_spec.to_dict(), "hardware": profile.name, "seed": seed,
         "calibration_size": calibration.size, "validation_size": n_val if is_lm else validation.size,
         "hierarchy": hierarchy.to_dict(), "sensitivity": table,
@@ -273,7 +287,8 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     report["baseline"] = {"metric_validation": baseline.metric, f"metric_{split}": reported_metric,
                           "memory_bytes": baseline.memory_bytes, "energy_pj": baseline.energy_pj,
                           "power_mw": power_mw(baseline.energy_pj, profile),
-                          "latency_s": _latency(model, calibration, device)}
+                          "latency_s": _latency(model, calibration, device),
+                          "modelled_latency_s": baseline.latency_s}
     plan = None
     if best is None:
         report["status"] = "infeasible"
@@ -294,14 +309,17 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         final_energy = energy_per_inference(final_ops, best.assignment, profile, unit_bytes=stored).total_pj
         memory = safetensors_tensor_bytes(out / "model.safetensors")
         loss = (100 * (reported_metric - final_metric)) if not is_lm else final_metric / reported_metric - 1
-        limit = constraints.max_drop if not is_lm else constraints.max_ppl_increase
+        limit = constraints.quality_limit(not is_lm)
         report["status"] = "feasible"
         report["chosen"] = best.to_dict()
         report["final"] = {"split": split, "reported_limit": reported_limit, "metric": final_metric, "quality_loss": loss,
                            "quality_within_limit": limit is None or loss <= limit, "memory_bytes": memory,
                            "memory_bytes_predicted": best.memory_bytes, "energy_pj": final_energy,
                            "power_mw": power_mw(final_energy, profile),
-                           "latency_s": _latency(quantized.model, calibration, device), "plan_file": PLAN_FILE}
+                           "latency_s": _latency(quantized.model, calibration, device),
+                           "modelled_latency_s": latency_per_inference(final_ops, best.assignment, profile,
+                                                                       unit_bytes=stored),
+                           "plan_file": PLAN_FILE}
     seconds["verify"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     report["seconds"] = seconds

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from qslm.analysis.cost import (HARDWARE_DIR, OpCounts, energy_per_inference, list_hardware_profiles,
-                                load_hardware_profile, measure_latency, measure_op_counts, power_mw)
+from qslm.analysis.cost import (HARDWARE_DIR, OpCounts, energy_per_inference, hardware_profile_from_dict,
+                                latency_per_inference, list_hardware_profiles, load_hardware_profile,
+                                measure_latency, measure_op_counts, power_mw)
 from qslm.analysis.hierarchy import build_hierarchy
 from qslm.errors import QslmError
 from qslm.models.zoo import load_model
@@ -170,7 +171,14 @@ def broken(tmp_path, edit) -> str:
     (lambda r: r["float"].update(ac_pj="0.9"), "float.ac_pj must be a positive number, got '0.9'"),
     (lambda r: r["integer_add"].update(anchors_pj={"8": 0.03}), "needs exactly two distinct bit-widths"),
     (lambda r: r["integer_mult"].update(anchors_pj={"8": 3.1, "32": 0.2}), "must give positive energies"),
-], ids=["missing", "missing-nested", "negative", "string", "one-anchor", "decreasing"])
+    (lambda r: r.pop("latency"), "missing key 'latency.integer'"),
+    (lambda r: r["latency"].pop("weight_memory_bytes_per_s"), "missing key 'latency.weight_memory_bytes_per_s'"),
+    (lambda r: r["latency"]["integer"].pop("32"), "latency.integer needs bit-width classes up to 32 bits"),
+    (lambda r: r["latency"]["integer"].update({"x": {}}), "latency.integer must map bit-widths to rates"),
+    (lambda r: r["latency"]["float"].update(acs_per_s=0), "latency.float.acs_per_s must be a positive number"),
+    (lambda r: r["latency"]["integer"]["8"].pop("macs_per_s"), "missing key 'latency.integer.8.macs_per_s'"),
+], ids=["missing", "missing-nested", "negative", "string", "one-anchor", "decreasing", "no-latency",
+        "no-bandwidth", "classes-too-narrow", "class-not-a-width", "zero-rate", "missing-rate"])
 def test_bad_profile_is_a_clear_error(tmp_path, edit, message):
     path = broken(tmp_path, edit)
     with pytest.raises(QslmError, match=rf"hardware profile {path}: .*{message[:20]}") as err:
@@ -223,6 +231,61 @@ def test_power_at_a_fixed_rate():
     assert power_mw(1e9, 1.0) == pytest.approx(1.0)  # 1 mJ per inference at 1 Hz
     profile = load_hardware_profile()
     assert power_mw(1e6, profile) == pytest.approx(1e6 * 1e-12 * profile.inference_rate_hz * 1e3)
+
+
+def test_latency_by_hand_from_the_profile(tiny_ops):
+    """Each unit takes the longer of its compute and its weight traffic; units add up."""
+    raw = json.loads((HARDWARE_DIR / "default_45nm.json").read_text())
+    rates, bandwidth = raw["latency"], raw["latency"]["weight_memory_bytes_per_s"]
+    float_macs, float_acs = rates["float"]["macs_per_s"], rates["float"]["acs_per_s"]
+    # emb: 12 weights read, no ops; spike_fc: 9 ACs, 12 weights; dense_fc: 12 MACs, 6 weights
+    expected = (12 * 4 / bandwidth + max(9 / float_acs, 12 * 4 / bandwidth)
+                + max(12 / float_macs, 6 * 4 / bandwidth))
+    assert latency_per_inference(tiny_ops, None, "default_45nm") == pytest.approx(expected)
+    # 8-bit weights: the AC runs in the 32-bit class (32-bit accumulator), the MAC at sqrt(8 x 32) = 16 bits
+    int32_acs, int16_macs = rates["integer"]["32"]["acs_per_s"], rates["integer"]["16"]["macs_per_s"]
+    expected8 = 12 / bandwidth + max(9 / int32_acs, 12 / bandwidth) + max(12 / int16_macs, 6 / bandwidth)
+    assert latency_per_inference(tiny_ops, {u: 8 for u in tiny_ops.units}, "default_45nm") == pytest.approx(expected8)
+
+    # with unlimited bandwidth only the compute is left
+    raw["latency"]["weight_memory_bytes_per_s"] = 1e30
+    fast_memory = hardware_profile_from_dict(raw)
+    assert latency_per_inference(tiny_ops, None, fast_memory) == pytest.approx(9 / float_acs + 12 / float_macs)
+    int8_macs = rates["integer"]["8"]["macs_per_s"]  # 2-bit weights: sqrt(2 x 32) = 8 bits
+    assert latency_per_inference(tiny_ops, {"dense_fc": 2}, fast_memory) == pytest.approx(
+        9 / float_acs + 12 / int8_macs)
+
+
+def test_latency_classes_are_the_narrowest_that_fit():
+    raw = json.loads((HARDWARE_DIR / "neuromorphic.json").read_text())["latency"]["integer"]
+    profile = load_hardware_profile("neuromorphic")  # 16-bit accumulators, 32-bit activations
+    assert profile.ac_rate(4) == raw["16"]["acs_per_s"] and profile.ac_rate(16) == raw["16"]["acs_per_s"]
+    assert profile.ac_rate(17) == raw["32"]["acs_per_s"]
+    assert profile.mac_rate(2) == raw["8"]["macs_per_s"] and profile.mac_rate(8) == raw["16"]["macs_per_s"]
+    assert profile.mac_rate(16) == raw["32"]["macs_per_s"]  # sqrt(16 x 32) = 22.6 bits
+    assert profile.mac_rate(None) < profile.mac_rate(2)
+
+
+def test_stored_bytes_set_the_modelled_weight_traffic(tiny_ops):
+    raw = json.loads((HARDWARE_DIR / "default_45nm.json").read_text())
+    bandwidth = raw["latency"]["weight_memory_bytes_per_s"]
+    plain = latency_per_inference(tiny_ops, {"emb": 4})
+    stored = latency_per_inference(tiny_ops, {"emb": 4}, unit_bytes={"emb": 100})  # 40 weights: 20 bits each
+    assert stored - plain == pytest.approx(12 * (20 - 4) / 8 / bandwidth)
+
+
+@pytest.mark.parametrize("profile", ["default_45nm", "neuromorphic"])
+def test_fewer_bits_are_never_slower_and_the_model_is_deterministic(tiny_encoder, profile):
+    model = load_model(tiny_encoder).model
+    with torch.no_grad():
+        model.emb.weight.normal_(std=2.0)  # make the random model spike
+    ops = measure_op_counts(model, lambda: model(torch.randint(0, model.config.vocab_size, (1, 6))), inferences=1)
+    totals = [latency_per_inference(ops, {u: bits for u in ops.units}, profile) for bits in (None, 16, 8, 4, 2)]
+    assert totals == sorted(totals, reverse=True) and totals[-1] < totals[0]
+    assert totals == [latency_per_inference(ops, {u: bits for u in ops.units}, profile)
+                      for bits in (None, 16, 8, 4, 2)]
+    with pytest.raises(QslmError, match=r"unknown units \['head'\]"):
+        latency_per_inference(ops, {"head": 8}, profile)
 
 
 def test_latency_is_a_median_of_runs():

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from qslm.cli import main
+from qslm.commands.search import options_from_args
 from qslm.search.run import DEFAULTS
 
 
@@ -24,7 +25,7 @@ def cache_dir(tmp_path_factory):
 def test_search_prints_fp32_vs_qslm_table(tiny_classifier, small_data_dir, cache_dir, tmp_path, capsys):
     out = tmp_path / "out"
     capsys.readouterr()
-    assert main(["search", str(tiny_classifier), "--task", "sst2", "--max-drop", "1", "--max-memory", "0.5",
+    assert main(["search", str(tiny_classifier), "--task", "sst2", "--max-drop", "1", "--max-memory", "50%",
                  "--out", str(out), *small_options(small_data_dir, cache_dir)]) == 0
     printed = capsys.readouterr().out.splitlines()
     header = next(line for line in printed if "FP32" in line)
@@ -36,7 +37,18 @@ def test_search_prints_fp32_vs_qslm_table(tiny_classifier, small_data_dir, cache
     fraction = report["final"]["memory_bytes"] / report["baseline"]["memory_bytes"]
     assert f"{100 * fraction:.1f}% of FP32" in rows["memory (MB)"]
     assert f"model and report written to {out}" in printed[-1]
-    assert report["strategy"] == "tiered" and report["constraints"]["max_memory"] == 0.5
+    assert report["strategy"] == "tiered"
+    # what was asked, and the limit it means for this model
+    assert report["constraints"]["max_memory"] == "50%"
+    assert report["constraints"]["memory_limit_bytes"] == 0.5 * report["baseline"]["memory_bytes"]
+    # modelled latency (what the objective used) beside the measured one, in strict JSON
+    json.loads((out / "report.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert report["baseline"]["modelled_latency_s"] > report["final"]["modelled_latency_s"] > 0
+    assert report["baseline"]["latency_s"] > 0 and report["final"]["latency_s"] > 0
+    for candidate in report["candidates"]:
+        assert candidate["modelled_latency_s"] > 0 and candidate["measured_latency_s"] >= 0
+        assert candidate["latency_fraction"] == pytest.approx(
+            candidate["modelled_latency_s"] / report["baseline"]["modelled_latency_s"])
 
 
 def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, capsys):
@@ -54,18 +66,54 @@ def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, c
     (["--bits", "2,x"], "--bits '2,x': expected comma-separated integers"),
     (["--bits", ","], "--bits is empty"),
     (["--bits", "1,4"], "unsupported bit-widths [1]"),
-    (["--max-ppl-increase", "0.03"], "--max-ppl-increase applies to wikitext2"),
-    (["--max-memory", "-1"], "constraint max_memory must be >= 0"),
+    (["--max-relative-increase", "0.03"], "--max-relative-increase (max_relative_increase) applies to lower-is-better"),
+    (["--max-ppl-increase", "0.03"], "--max-relative-increase (max_relative_increase) applies to lower-is-better"),
+    (["--max-memory", "-1"], "--max-memory must be > 0"),
     (["--weights", "speed=1"], "unknown objective weight 'speed'"),
-    (["--max-energy", "0"], "constraint max_energy must be > 0"),
-    (["--max-evals", "0"], "evaluation budget must be at least 1"),
+    (["--max-energy", "0"], "--max-energy must be > 0"),
+    # not finite: refused before anything runs (a NaN limit used to disable the check and break report.json)
+    (["--max-memory", "nan"], "--max-memory must be a finite number, got 'nan'"),
+    (["--max-energy", "inf"], "--max-energy must be a finite number, got 'inf'"),
+    (["--max-drop", "nan"], "--max-drop must be a finite number, got nan"),
+    (["--weights", "latency=nan"], "objective weight latency must be a finite number"),
+    # a bare number above 1 used to be read as bytes / pJ
+    (["--max-memory", "2.0"], "--max-memory '2.0' is ambiguous"),
+    (["--max-energy", "1500"], "--max-energy '1500' is ambiguous"),
+    (["--max-memory", "3 lots"], "unknown unit 'lots'"),
 ])
 def test_bad_options_exit_2(tiny_classifier, tmp_path, capsys, argv, message):
     code = main(["search", str(tiny_classifier), "--task", "sst2", "--out", str(tmp_path / "out"), *argv])
     assert code == 2
     error = capsys.readouterr().err
-    assert error.startswith("qslm search: error:") and message in error
+    assert error.startswith("qslm search: error:") and message in error and error.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--calibration-size", "0"), ("--validation-size", "0"), ("--reported-limit", "0"), ("--max-evals", "0"),
+    ("--calibration-size", "-5"), ("--max-evals", "x"), ("--seed", "-1"),
+])
+@pytest.mark.parametrize("command", ["search", "demo"])
+def test_counts_must_be_positive(tiny_classifier, tmp_path, capsys, command, flag, value):
+    """0 used to mean "the default" (``size or default``); now it is refused, naming the flag."""
+    task = ["--task", "sst2"] if command == "search" else []
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, str(tiny_classifier) if command == "search" else "--model=" + str(tiny_classifier),
+              *task, "--out", str(tmp_path / "out"), flag, value])
+    assert exit_info.value.code == 2
+    expected = "an integer >= 0" if flag == "--seed" else "a positive integer"
+    assert f"qslm {command}: error: argument {flag}: expected {expected}, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_counts_and_limits_that_are_accepted():
+    from qslm.cli import build_parser
+
+    args = build_parser().parse_args(["search", "m", "--task", "wikitext2", "--out", "o", "--seed", "0",
+                                      "--max-evals", "1", "--max-ppl-increase", "0.02", "--max-memory", "3MiB"])
+    assert (args.seed, args.max_evals, args.max_relative_increase) == (0, 1, 0.02)  # the old name still works
+    constraints = options_from_args(args)["constraints"]
+    assert constraints.max_relative_increase == 0.02 and constraints.memory_limit_bytes(10 ** 9) == 3 * 2 ** 20
 
 
 @pytest.mark.parametrize("command", ["search", "demo"])
@@ -74,8 +122,10 @@ def test_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for option in ("--max-drop", "--max-memory", "--strategy", "--bits", "--cache-dir", "--out"):
+    for option in ("--max-drop", "--max-relative-increase", "--max-memory", "--strategy", "--bits", "--cache-dir",
+                   "--out"):
         assert option in text
+    assert "--max-ppl-increase" not in text  # the former name works but is not offered
     # the defaults the help states are the ones the search uses
     assert f"(sst2, default {DEFAULTS['sst2']['calibration']})" in text
     assert f"(wikitext2, default {DEFAULTS['wikitext2']['calibration']})" in text
@@ -91,6 +141,7 @@ def test_demo_applies_its_default_constraints(tiny_classifier, small_data_dir, c
     printed = capsys.readouterr().out
     assert "max accuracy drop 1.0 points and max memory 0.125 of FP32" in printed
     report = json.loads((out / "report.json").read_text())
-    assert report["constraints"] == {"max_drop": 1.0, "max_ppl_increase": None, "max_memory": 0.125,
-                                     "max_energy": None}
+    assert report["constraints"] == {"max_drop": 1.0, "max_relative_increase": None, "max_memory": 0.125,
+                                     "max_energy": None, "energy_limit_pj": None,
+                                     "memory_limit_bytes": 0.125 * report["baseline"]["memory_bytes"]}
     assert report["final"]["memory_bytes"] <= 0.125 * report["baseline"]["memory_bytes"]

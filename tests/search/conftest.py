@@ -3,9 +3,12 @@
 Three blocks of three units plus a ``head`` outside the blocks. Memory is ``params * bits / 8`` plus a
 fixed per-unit overhead (scales); accuracy loss (in points) is additive over units with a known
 per-unit, per-bit-width loss, and the sensitivity proxy is the same sum, so every search decision can
-be checked by hand.
+be checked by hand. Modelled latency is ``params * bits`` ns; the measured
+seconds are a constant, or noise when a test asks for it.
 """
 from __future__ import annotations
+
+import random
 
 import pytest
 
@@ -37,21 +40,32 @@ def energy(assignment: dict[str, int]) -> float:
     return float(sum(UNIT_PARAMS[unit] * bits for unit, bits in assignment.items()))
 
 
+def latency(assignment: dict[str, int]) -> float:
+    """Modelled seconds: weight traffic, 1 ns per weight bit moved."""
+    return sum(UNIT_PARAMS[unit] * bits for unit, bits in assignment.items()) * 1e-9
+
+
+FP32_LATENCY = latency({unit: 32 for unit in UNIT_PARAMS})
+
+
 class Synthetic:
     """Builds fresh problems over the same units and records every (expensive) metric measurement."""
 
-    def __init__(self, tmp_path, loss=None):
+    def __init__(self, tmp_path, loss=None, timing_noise_seed: int | None = None):
         self.tmp_path = tmp_path
         self.loss = loss or LOSS
         self.measured: list[dict[str, int]] = []
         self.problems = 0
+        # wall-clock seconds of each measurement: constant, or random like a busy machine's
+        self.timings = None if timing_noise_seed is None else random.Random(timing_noise_seed)
 
     def loss_points(self, assignment: dict[str, int]) -> float:
         return sum(self.loss[unit][bits] for unit, bits in assignment.items())
 
     def measure(self, assignment: dict[str, int]) -> tuple[float, float]:
         self.measured.append(dict(assignment))
-        return BASE_ACCURACY - self.loss_points(assignment) / 100, 0.01
+        seconds = 0.01 if self.timings is None else self.timings.uniform(0.001, 1.0)
+        return BASE_ACCURACY - self.loss_points(assignment) / 100, seconds
 
     def sensitivity(self, units, bits: int) -> float:
         return sum(self.loss[unit][bits] for unit in units)
@@ -63,8 +77,8 @@ class Synthetic:
             groups={name: list(units) for name, units in GROUPS.items()}, bit_choices=list(bits),
             measure_metric=self.measure,
             unit_bytes={u: {b: unit_bytes(u, b) for b in bits} for u in UNIT_PARAMS}, fixed_bytes=FIXED,
-            energy_pj=energy, sensitivity=self.sensitivity,
-            baseline=Baseline(BASE_ACCURACY, True, FP32_BYTES, FP32_ENERGY, 0.01),
+            energy_pj=energy, latency_s=latency, sensitivity=self.sensitivity,
+            baseline=Baseline(BASE_ACCURACY, True, FP32_BYTES, FP32_ENERGY, FP32_LATENCY),
             constraints=constraints, weights=parse_weights(weights),
             journal=Journal(self.tmp_path / f"journal-{self.problems}.jsonl", {"problem": self.problems}),
             max_evaluations=max_evaluations, progress=False)

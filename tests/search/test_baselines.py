@@ -96,7 +96,7 @@ def test_hawq_with_memory_limit_is_the_knapsack_optimum(synthetic):
 
 
 def test_hawq_memory_limit_below_fixed_bytes_is_infeasible(synthetic):
-    problem = synthetic.problem(Constraints(max_drop=1.0, max_memory=FIXED // 2))
+    problem = synthetic.problem(Constraints(max_drop=1.0, max_memory=f"{FIXED // 2}B"))
     assert baselines.hawq_search(problem, omega(synthetic)) is None
     assert synthetic.measured == []
 

@@ -10,7 +10,7 @@ ACCURACY = Baseline(metric=0.9, higher_is_better=True, memory_bytes=1000, energy
 PERPLEXITY = Baseline(metric=20.0, higher_is_better=False, memory_bytes=1000, energy_pj=2000.0, latency_s=0.5)
 
 
-@pytest.mark.parametrize("name", ["max_drop", "max_ppl_increase", "max_memory", "max_energy"])
+@pytest.mark.parametrize("name", ["max_drop", "max_relative_increase", "max_memory", "max_energy"])
 def test_negative_constraint_is_an_error(name):
     with pytest.raises(QslmError, match=name):
         Constraints(**{name: -0.5})
@@ -23,16 +23,43 @@ def test_zero_memory_or_energy_is_an_error(name):
 
 
 def test_zero_quality_loss_is_allowed():
-    assert Constraints(max_drop=0.0).max_drop == 0.0 and Constraints(max_ppl_increase=0).max_ppl_increase == 0
+    assert Constraints(max_drop=0.0).max_drop == 0.0 and Constraints(max_relative_increase=0).max_relative_increase == 0
 
 
 def test_limits_fraction_or_absolute():
     assert Constraints().memory_limit_bytes(1000) is None and Constraints().energy_limit_pj(2000.0) is None
     assert Constraints(max_memory=0.125).memory_limit_bytes(8000) == 1000
     assert Constraints(max_memory=1.0).memory_limit_bytes(8000) == 8000  # 1 is a fraction: all of FP32
-    assert Constraints(max_memory=5000).memory_limit_bytes(8000) == 5000  # > 1: bytes
+    assert Constraints(max_memory="12.5%").memory_limit_bytes(8000) == 1000
+    assert Constraints(max_memory="5000B").memory_limit_bytes(8000) == 5000
+    assert Constraints(max_memory="5kB").memory_limit_bytes(8000) == 5000
     assert Constraints(max_energy=0.5).energy_limit_pj(2000.0) == 1000.0
-    assert Constraints(max_energy=1500.0).energy_limit_pj(2000.0) == 1500.0
+    assert Constraints(max_energy="1.5nJ").energy_limit_pj(2000.0) == 1500.0
+
+
+@pytest.mark.parametrize("name", ["max_memory", "max_energy"])
+def test_bare_number_over_one_is_ambiguous(name):
+    """2.0 used to mean 2 bytes (or 2 pJ) without a word; now it must say which."""
+    with pytest.raises(QslmError, match=f"constraint {name} 2.0 is ambiguous.*add a unit"):
+        Constraints(**{name: 2.0})
+
+
+@pytest.mark.parametrize("name", ["max_drop", "max_relative_increase", "max_memory", "max_energy"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "nan", "-inf"])
+def test_non_finite_constraint_is_an_error(name, value):
+    with pytest.raises(QslmError, match=f"constraint {name} must be a finite number"):
+        Constraints(**{name: value})
+
+
+def test_constraints_keep_what_was_asked_and_give_the_limits():
+    constraints = Constraints(max_drop=1, max_memory="12.5%", max_energy="1.5nJ")
+    assert constraints.max_drop == 1.0 and isinstance(constraints.max_drop, float)
+    assert constraints.to_dict() == {"max_drop": 1.0, "max_relative_increase": None, "max_memory": "12.5%",
+                                     "max_energy": "1.5nJ"}
+    assert constraints.to_dict(8000, 2000.0) == {**constraints.to_dict(), "memory_limit_bytes": 1000.0,
+                                                 "energy_limit_pj": 1500.0}
+    assert Constraints().to_dict(8000, 2000.0)["memory_limit_bytes"] is None
+    assert Constraints(max_memory="12.5%") == Constraints(max_memory="12.5%")  # still a value: comparable
 
 
 def test_parse_weights():
@@ -49,10 +76,17 @@ def test_parse_weights():
     ("memory=abc", "memory='abc' is not a number"),
     ("memory", "is not a number"),
     ("energy=-1", "must be >= 0"),
+    ("latency=nan", "weight latency must be a finite number"),
+    ("memory=inf", "weight memory must be a finite number"),
 ])
 def test_parse_weights_errors(text, message):
     with pytest.raises(QslmError, match=message):
         parse_weights(text)
+
+
+def test_non_finite_weight_in_a_dict_is_an_error():
+    with pytest.raises(QslmError, match="weight quality must be a finite number"):
+        parse_weights({"quality": float("nan")})
 
 
 def test_quality_loss():
@@ -73,7 +107,7 @@ def test_accuracy_score_by_hand():
 
 def test_accuracy_violations():
     result = score(0.88, 600, 1500.0, 0.5, ACCURACY,
-                   Constraints(max_drop=1.0, max_memory=0.5, max_energy=1000.0), parse_weights(None))
+                   Constraints(max_drop=1.0, max_memory=0.5, max_energy="1000pJ"), parse_weights(None))
     assert not result.feasible
     assert len(result.violations) == 3
     assert result.violations[0].startswith("quality loss 2 > 1 points")
@@ -89,10 +123,10 @@ def test_quality_exactly_at_the_limit_is_feasible():
 
 def test_perplexity_score_by_hand():
     weights = parse_weights("quality=2,memory=1,energy=0,latency=1")
-    ok = score(20.4, 200, 100.0, 1.0, PERPLEXITY, Constraints(max_ppl_increase=0.03), weights)
+    ok = score(20.4, 200, 100.0, 1.0, PERPLEXITY, Constraints(max_relative_increase=0.03), weights)
     assert ok.feasible and ok.quality_loss == pytest.approx(0.02)
     assert ok.objective == pytest.approx(2 * 0.02 / 0.03 + 0.2 + 2.0)
-    bad = score(21.0, 200, 100.0, 1.0, PERPLEXITY, Constraints(max_ppl_increase=0.03), weights)
+    bad = score(21.0, 200, 100.0, 1.0, PERPLEXITY, Constraints(max_relative_increase=0.03), weights)
     assert not bad.feasible and bad.violations[0].endswith("> 0.03 relative")
     # a max_drop (accuracy points) says nothing about perplexity
     assert score(40.0, 200, 100.0, 1.0, PERPLEXITY, Constraints(max_drop=0.1), weights).feasible

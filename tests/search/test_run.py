@@ -172,8 +172,8 @@ def test_wrong_task_for_the_model(tiny_classifier, tiny_lm, small_data_dir, tmp_
 
 
 @pytest.mark.parametrize("task, constraints, message", [
-    ("sst2", Constraints(max_ppl_increase=0.03), "--max-ppl-increase applies to wikitext2"),
-    ("wikitext2", Constraints(max_drop=1.0), "--max-drop applies to sst2"),
+    ("sst2", Constraints(max_relative_increase=0.03), "--max-relative-increase .* applies to lower-is-better"),
+    ("wikitext2", Constraints(max_drop=1.0), "--max-drop applies to higher-is-better"),
     ("mnli", None, "unknown task"),
 ])
 def test_constraint_for_the_other_task(tiny_classifier, small_data_dir, tmp_path, task, constraints, message):
@@ -190,6 +190,18 @@ def test_bad_options(tiny_classifier, small_data_dir, tmp_path):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, strategy="random", max_evaluations=0)
     with pytest.raises(QslmError, match="unknown sensitivity method 'fast'"):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, sensitivity_method="fast")
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"calibration_size": 0}, "sizes must be positive, got 0 and 64"),  # 0 used to mean the default
+    ({"validation_size": 0}, "sizes must be positive, got 32 and 0"),
+    ({"reported_limit": 0}, "reported_limit must be a positive integer, got 0"),
+    ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+])
+def test_zero_is_not_the_default(tiny_classifier, small_data_dir, tmp_path, option, message):
+    with pytest.raises(QslmError, match=message):
+        search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, **option)
+    assert not (tmp_path / "out").exists()
 
 
 def test_local_sensitivity_search(base, tiny_classifier, small_data_dir, tmp_path_factory):
@@ -216,7 +228,7 @@ def test_quantized_model_is_refused(base, small_data_dir, tmp_path):
 def test_language_model_search(tiny_lm, small_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("lm") / "out"
     result = search(tiny_lm, out, small_data_dir, shared_cache(tmp_path_factory), task="wikitext2",
-                    constraints=Constraints(max_ppl_increase=0.5, max_memory=0.5), bit_choices=(4, 8),
+                    constraints=Constraints(max_relative_increase=0.5, max_memory=0.5), bit_choices=(4, 8),
                     calibration_size=64, validation_size=150, reported_limit=20)
     report = result.report
     assert report["status"] == "feasible" and not report["higher_is_better"]
