@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -231,25 +230,30 @@ def packed_state_dict(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tens
     return state
 
 
-def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Write a quantized model folder atomically: config.json, model.safetensors (packed),
-    quant_plan.json, tokenizer.json. The model is left as it was."""
-    from ..atomic import atomic_folder, commit_folder
+def write_quantized_files(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer, folder: Path) -> dict[str, Path]:
+    """Write a quantized model's files (config.json, model.safetensors packed, quant_plan.json,
+    tokenizer.json) into ``folder`` (e.g. an output folder's staging folder); returns name -> path."""
     from ..models.zoo import TOKENIZER_FILE, WEIGHTS_FILE, write_config
 
-    out = Path(out_dir)
     state = packed_state_dict(model, plan)
-    tmp = atomic_folder(out)
-    try:
-        write_config(tmp, model.config)
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: safetensors orders several at random
-        (tmp / PLAN_FILE).write_text(plan.to_json())
-        tokenizer.save(str(tmp / TOKENIZER_FILE))
-        commit_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    write_config(folder, model.config)
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: safetensors orders several at random
+    (folder / PLAN_FILE).write_text(plan.to_json())
+    tokenizer.save(str(folder / TOKENIZER_FILE))
+    return {path.name: path for path in sorted(folder.iterdir())}
+
+
+def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer, out_dir: str | os.PathLike,
+                     overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Write a quantized model into output folder ``out_dir`` (a ``quantize`` output, see
+    ``qslm.outputs``: new, empty, or an earlier quantize output unless ``overwrite``). The model is left
+    as it was."""
+    from ..outputs import OutputFolder
+
+    plan.validate(model)  # a bad plan is refused before the folder is touched
+    with OutputFolder.claim(out_dir, "quantize", overwrite=overwrite, protect=protect) as folder:
+        folder.commit(write_quantized_files(model, plan, tokenizer, folder.staging()))
+    return Path(out_dir)
 
 
 def set_neuron_quantizers(model: nn.Module, plan: QuantPlan) -> None:

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from qslm.errors import QslmError
 from qslm.models.zoo import load_model
 from qslm.quant.apply import applied_plan, apply_plan, fake_quantized, restore
+from qslm.outputs import MANIFEST_FILE
 from qslm.quant.pack import PLAN_FILE, PackedEmbedding, PackedLinear, export_quantized
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec
@@ -44,7 +45,8 @@ def test_loaded_model_equals_fake_quantized(fixture, request, tmp_path):
         expected = model(*inputs(loaded))
         out = export_quantized(model, plan, loaded.tokenizer, tmp_path / "q")  # from the float originals
     assert applied_plan(model) is None
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", PLAN_FILE, "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE, "config.json", "model.safetensors", PLAN_FILE,
+                                                     "tokenizer.json"]
     assert QuantPlan.load(out / PLAN_FILE) == plan
     packed = load_model(out)
     assert list(dict(packed.model.named_modules())) == list(dict(model.named_modules()))  # names unchanged
