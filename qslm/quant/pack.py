@@ -233,14 +233,14 @@ def packed_state_dict(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tens
 def write_quantized_files(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer, folder: Path) -> dict[str, Path]:
     """Write a quantized model's files (config.json, model.safetensors packed, quant_plan.json,
     tokenizer.json) into ``folder`` (e.g. an output folder's staging folder); returns name -> path."""
-    from ..models.zoo import TOKENIZER_FILE, WEIGHTS_FILE, write_config
+    from ..models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, write_config
 
     state = packed_state_dict(model, plan)
     write_config(folder, model.config)
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: safetensors orders several at random
     (folder / PLAN_FILE).write_text(plan.to_json())
     tokenizer.save(str(folder / TOKENIZER_FILE))
-    return {path.name: path for path in sorted(folder.iterdir())}
+    return {name: folder / name for name in (CONFIG_FILE, WEIGHTS_FILE, PLAN_FILE, TOKENIZER_FILE)}
 
 
 def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer, out_dir: str | os.PathLike,

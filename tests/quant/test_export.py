@@ -85,6 +85,19 @@ def test_export_replaces_an_existing_folder_atomically(tiny_lm, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
 
 
+def test_export_into_a_folder_of_other_files_needs_overwrite_and_keeps_them(tiny_lm, tmp_path):
+    loaded = load_model(tiny_lm)
+    plan = QuantPlan.uniform(loaded.model, QuantSpec(4))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(QslmError, match="already holds files qslm did not write"):
+        export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and load_model(tmp_path).model is not None
+    with pytest.raises(QslmError, match="is the input model"):
+        export_quantized(loaded.model, plan, loaded.tokenizer, tiny_lm, overwrite=True, protect=(tiny_lm,))
+
+
 def test_export_does_not_disturb_a_fake_quantized_model(tiny_lm, tmp_path):
     loaded = load_model(tiny_lm)
     fake = QuantPlan({"head": QuantSpec(2)})
