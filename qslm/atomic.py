@@ -1,5 +1,8 @@
-"""Folders written all at once: fill a temporary sibling, then swap it into place, so a crash or
-Ctrl-C never leaves a half-written model or data set behind."""
+"""Files and folders written all at once, so a crash or Ctrl-C never leaves a half-written one behind.
+
+``atomic_folder``/``commit_folder`` swap a whole folder into place and are meant for folders qslm owns
+whole (a fetched data set, replaced only on ``--force``). Output folders the user names (``--out``) go
+through ``qslm.outputs``, which never replaces a folder wholesale."""
 from __future__ import annotations
 
 import os
@@ -19,6 +22,28 @@ def atomic_folder(out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+
+
+def ordinary_file_permissions(path: Path) -> None:
+    """What ``open`` would have given ``path``: some writers (safetensors, ``mkstemp``) leave files
+    private to their owner."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` by a file holding ``text``: a reader sees the old content or the new, never part."""
+    path = Path(path)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        ordinary_file_permissions(Path(tmp_name))
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def _ordinary_permissions(folder: Path) -> None:

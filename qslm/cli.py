@@ -3,10 +3,13 @@ provides ``add_parser(subparsers)``; the parser it adds carries ``func`` to run.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from .errors import QslmError
 
+# Errors that only a write can raise: the message says so.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 COMMAND_MODULES = ("train", "eval", "info", "data", "quantize", "profile", "search", "demo", "convert")
 
 
@@ -29,6 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(err: OSError) -> str:
+    """One line naming what failed and where, e.g. ``cannot write out/model.safetensors: No space left on device``."""
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.filename is None:
+        return reason
+    paths = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 is not None else "")
+    return f"cannot write {paths}: {reason}" if err.errno in WRITE_ERRNOS else f"{paths}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -36,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except QslmError as err:
         print(f"qslm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # permission denied, disk full, not a directory: the path, not a traceback
+        print(f"qslm {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"qslm {args.command}: interrupted", file=sys.stderr)

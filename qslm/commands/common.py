@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import QslmError
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +23,29 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="data folder (default: $QSLM_DATA_DIR)")
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --out folder that holds other files or another command's output; "
+                             "only the files this command writes are replaced, none is deleted")
+
+
+def claim_output(out: str, kind: str, overwrite: bool, inputs: Iterable[str | None] = ()):
+    """Claim ``--out`` for a ``kind`` job before any work starts (``qslm.outputs``), refusing the input
+    models' folders and folders above them."""
+    from ..models.zoo import resolve_model_path
+    from ..outputs import OutputFolder
+
+    protect = []
+    for ref in inputs:
+        if ref is None:
+            continue
+        try:
+            protect.append(resolve_model_path(ref))
+        except QslmError:
+            protect.append(Path(ref))  # not a model: the job itself reports that; the path is still kept safe
+    return OutputFolder.claim(out, kind, overwrite=overwrite, protect=protect)
 
 
 def print_json(obj) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_argument, print_json
+from .common import add_model_argument, add_overwrite_argument, print_json
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,7 +18,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = quantize(args.model, bits=args.bits, granularity=args.granularity, symmetric=args.symmetric,
                       observer=args.observer, percentile=args.percentile, plan=args.plan,
-                      neuron_bits=args.neuron_bits, strict=args.strict, out=args.out)
+                      neuron_bits=args.neuron_bits, strict=args.strict, out=args.out,
+                      overwrite=args.overwrite)
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -55,6 +56,8 @@ def add_parser(subparsers) -> None:
                         help="fixed-point LIF state with K bits over +-2 thresholds, for every neuron")
     parser.add_argument("--strict", action="store_true",
                         help="fail unless the plan (with --bits) covers every quantizable unit")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output model folder (replaced atomically)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output model folder: new, empty, or an earlier quantize output")
+    add_overwrite_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(func=run)

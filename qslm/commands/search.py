@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from ..errors import QslmError
-from .common import add_data_dir_argument, add_device_argument, add_model_argument, print_table
+from .common import (add_data_dir_argument, add_device_argument, add_model_argument, add_overwrite_argument,
+                     claim_output, print_table)
 
 STRATEGIES = ("tiered", "uniform", "hawq", "greedy", "random", "nsga2")
 
@@ -128,9 +129,14 @@ def print_summary(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..outputs import check_writable_folder
     from ..search.run import run_search
 
-    result = run_search(args.model, args.task, args.out, **options_from_args(args))
+    # Checked before any work: the search writes its model, reports and journal into --out.
+    with claim_output(args.out, "search", args.overwrite, inputs=[args.model]):
+        if args.cache_dir is not None:
+            check_writable_folder(args.cache_dir, "cache folder")
+        result = run_search(args.model, args.task, args.out, **options_from_args(args))
     print_summary(result)
     return 0 if result.report.get("final") else 3
 
@@ -144,6 +150,8 @@ def add_parser(subparsers) -> None:
                     "the constraints (the report lists the closest).")
     add_model_argument(parser)
     parser.add_argument("--task", required=True, choices=["sst2", "wikitext2"])
-    parser.add_argument("--out", required=True, help="output folder: quantized model, reports, journal")
+    parser.add_argument("--out", required=True,
+                        help="output folder: quantized model, reports, journal (new, empty, or an earlier search's)")
+    add_overwrite_argument(parser)
     add_search_options(parser)
     parser.set_defaults(func=run)

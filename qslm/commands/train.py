@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..device import resolve_device
 from ..errors import QslmError
-from .common import add_data_dir_argument, add_device_argument
+from .common import add_data_dir_argument, add_device_argument, add_overwrite_argument, claim_output
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
         distill_temperature=args.distill_temperature,
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, data_dir=args.data_dir,
         device=str(resolve_device(args.device)))
-    out = train(options)
+    # --out is checked (and created) before any work: hours of training into a folder the final write
+    # must refuse would be wasted.
+    with claim_output(args.out, "train", args.overwrite, inputs=[args.init, args.teacher]):
+        out = train(options)
     print(f"wrote {out}")
     return 0
 
@@ -52,7 +55,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--task", required=True, choices=["wikitext2", "sst2"],
                         help="wikitext2: language modelling (SpikeGPT: next token; spiking-encoder: masked tokens, a "
                              "pre-training stage for --task sst2 --init); sst2: sentiment classification")
-    parser.add_argument("--out", required=True, help="model folder to write")
+    parser.add_argument("--out", required=True,
+                        help="model folder to write: new, empty, or an earlier train output")
+    add_overwrite_argument(parser)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
-from ..atomic import atomic_folder, commit_folder
 from ..data.tokenizer import load_tokenizer
 from ..errors import QslmError
+from ..outputs import OutputFolder
 from .spikegpt import SpikeGPT, SpikeGPTConfig
 from .spiking_encoder import SpikingEncoder, SpikingEncoderConfig
 
@@ -143,20 +142,18 @@ def write_config(folder: Path, config) -> None:
 
 def save_model(out: str | os.PathLike, model: nn.Module, tokenizer: Tokenizer, extra_files: dict[str, str] | None = None
                ) -> Path:
-    """Write a float model folder atomically."""
+    """Write a float model folder (a ``train`` output, see ``qslm.outputs``): the files go in one rename
+    each; files qslm did not write are never touched."""
     out = Path(out)
-    tmp = atomic_folder(out)
-    try:
-        write_config(tmp, model.config)
+    with OutputFolder.claim(out, "train") as folder:
+        staging = folder.staging()
+        write_config(staging, model.config)
         from ..quant.pack import unique_state  # late import: quant builds on models
 
         state = {k: v.detach().cpu().contiguous() for k, v in unique_state(model).items()}  # a tied tensor once
-        save_file(state, str(tmp / WEIGHTS_FILE))
-        tokenizer.save(str(tmp / TOKENIZER_FILE))
+        save_file(state, str(staging / WEIGHTS_FILE))
+        tokenizer.save(str(staging / TOKENIZER_FILE))
         for name, content in (extra_files or {}).items():
-            (tmp / name).write_text(content)
-        commit_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            (staging / name).write_text(content)
+        folder.commit({name: staging / name for name in [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, *(extra_files or {})]})
     return out

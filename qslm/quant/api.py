@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import QslmError
 from ..models.neurons import lif_modules
 from .memory import plan_bytes
-from .pack import PLAN_FILE, export_quantized
+from .pack import PLAN_FILE, write_quantized_files
 from .plan import QuantPlan
 from .quantizer import NeuronSpec, QuantSpec, parse_granularity
 from .units import quantizable_units
@@ -84,22 +84,26 @@ def build_plan(model: nn.Module, bits: int | None = None, granularity: str | Non
 def quantize(model_ref: str | os.PathLike, bits: int | None = None, granularity: str | None = None,
              group_size: int | None = None, symmetric: bool | None = None, observer: str | None = None,
              percentile: float | None = None, plan: QuantPlan | dict | str | os.PathLike | None = None,
-             neuron_bits: int | None = None, strict: bool = False, out: str | os.PathLike | None = None
-             ) -> QuantizeResult:
+             neuron_bits: int | None = None, strict: bool = False, out: str | os.PathLike | None = None,
+             overwrite: bool = False) -> QuantizeResult:
     """Quantize a float model folder and write the packed result to ``out``. Defaults when ``bits`` is
-    given: per-channel, symmetric, MSE clipping. ``granularity`` may be ``group:G``."""
+    given: per-channel, symmetric, MSE clipping. ``granularity`` may be ``group:G``.
+
+    ``out`` must be new, empty, or an earlier quantize output (see ``qslm.outputs``); ``overwrite``
+    writes into another folder too, replacing only the files quantize writes. The input model's folder,
+    or one above it, is always refused."""
     from ..models.zoo import load_model, resolve_model_path
+    from ..outputs import OutputFolder
 
     if out is None:
         raise QslmError("quantize needs an output folder (out=...)")
     source = resolve_model_path(model_ref)
     if (source / PLAN_FILE).is_file():
         raise QslmError(f"{source} is already quantized ({PLAN_FILE} present); quantize the float model")
-    if Path(out).resolve() == source:
-        raise QslmError(f"output folder {out} is the input model; choose another folder")
-    loaded = load_model(source)
-    final_plan = build_plan(loaded.model, bits, granularity, group_size, symmetric, observer, percentile, plan,
-                            neuron_bits, strict)
-    path = export_quantized(loaded.model, final_plan, loaded.tokenizer, out)
-    return QuantizeResult(path, final_plan, plan_bytes(loaded.model, final_plan),
+    with OutputFolder.claim(out, "quantize", overwrite=overwrite, protect=[source]) as folder:
+        loaded = load_model(source)
+        final_plan = build_plan(loaded.model, bits, granularity, group_size, symmetric, observer, percentile,
+                                plan, neuron_bits, strict)
+        folder.commit(write_quantized_files(loaded.model, final_plan, loaded.tokenizer, folder.staging()))
+    return QuantizeResult(Path(out), final_plan, plan_bytes(loaded.model, final_plan),
                           plan_bytes(loaded.model, QuantPlan()))

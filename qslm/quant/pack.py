@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -286,35 +285,37 @@ def packed_state_dict(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tens
     return state
 
 
-def write_quantized_files(model: nn.Module, plan: QuantPlan, folder: Path) -> None:
-    """``model.safetensors`` (packed) and ``quant_plan.json`` into an existing ``folder``."""
-    from ..models.zoo import WEIGHTS_FILE
+def write_quantized_files(model: nn.Module, plan: QuantPlan, folder: Path, tokenizer: Tokenizer | None = None
+                          ) -> dict[str, Path]:
+    """Write a quantized model's files into ``folder`` (e.g. an output folder's staging folder):
+    model.safetensors (packed) and quant_plan.json, plus config.json for a model built from a model
+    folder's config and tokenizer.json when given; returns name -> path."""
+    from ..models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, write_config
 
     state = packed_state_dict(model, plan)
+    names = [WEIGHTS_FILE, PLAN_FILE]
+    if hasattr(getattr(model, "config", None), "arch"):
+        write_config(folder, model.config)
+        names.insert(0, CONFIG_FILE)
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: safetensors orders several at random
     (folder / PLAN_FILE).write_text(plan.to_json())
+    if tokenizer is not None:
+        tokenizer.save(str(folder / TOKENIZER_FILE))
+        names.append(TOKENIZER_FILE)
+    return {name: folder / name for name in names}
 
 
-def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | None, out_dir: str | os.PathLike
-                     ) -> Path:
-    """Write a quantized model folder atomically: model.safetensors (packed), quant_plan.json, and for a
-    model of a model folder its config.json and tokenizer.json. The model is left as it was."""
-    from ..atomic import atomic_folder, commit_folder
-    from ..models.zoo import TOKENIZER_FILE, write_config
+def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | None, out_dir: str | os.PathLike,
+                     overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Write a quantized model into output folder ``out_dir`` (a ``quantize`` output, see
+    ``qslm.outputs``: new, empty, or an earlier quantize output unless ``overwrite``). The model is left
+    as it was."""
+    from ..outputs import OutputFolder
 
-    out = Path(out_dir)
-    tmp = atomic_folder(out)
-    try:
-        if hasattr(model, "config") and hasattr(model.config, "arch"):
-            write_config(tmp, model.config)
-        write_quantized_files(model, plan, tmp)
-        if tokenizer is not None:
-            tokenizer.save(str(tmp / TOKENIZER_FILE))
-        commit_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    plan.validate(model)  # a bad plan is refused before the folder is touched
+    with OutputFolder.claim(out_dir, "quantize", overwrite=overwrite, protect=protect) as folder:
+        folder.commit(write_quantized_files(model, plan, folder.staging(), tokenizer))
+    return Path(out_dir)
 
 
 def set_neuron_quantizers(model: nn.Module, plan: QuantPlan) -> None:

@@ -1,7 +1,9 @@
 """``qslm quantize`` end to end: the folder it writes loads in ``qslm eval`` and ``qslm info``."""
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 
 import pytest
 
@@ -99,3 +101,124 @@ def test_quantized_input_and_in_place_output_are_refused(tiny_lm, tmp_path):
         quantize(out, bits=4, out=tmp_path / "qq")
     with pytest.raises(QslmError, match="is the input model"):
         quantize(tiny_lm, bits=4, out=tiny_lm)
+
+
+# ---- --out never destroys the user's files
+
+def folder_state(path) -> dict:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_out_folder_of_user_files_is_refused_before_work_and_kept(tiny_lm, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    capsys.readouterr()
+    assert main(["quantize", str(tiny_lm), "--bits", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"output folder {out} already holds files qslm did not write (thesis.tex)" in err and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1
+    assert folder_state(out) == {"thesis.tex": b"years of work"}
+
+
+def test_overwrite_writes_the_model_beside_the_user_files(tiny_lm, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    assert main(["quantize", str(tiny_lm), "--bits", "4", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "thesis.tex").read_text() == "years of work"
+    assert QuantPlan.load(out / PLAN_FILE).units["head"].bits == 4
+    assert main(["quantize", str(tiny_lm), "--bits", "8", "--out", str(out)]) == 0  # now a quantize output
+    assert (out / "thesis.tex").read_text() == "years of work"
+    assert QuantPlan.load(out / PLAN_FILE).units["head"].bits == 8
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_parent_of_the_input_model_is_refused_even_with_overwrite(tiny_lm, tmp_path, capsys, overwrite):
+    projects = tmp_path / "projects"
+    shutil.copytree(tiny_lm, projects / "mymodel")
+    (projects / "thesis.tex").write_text("years of work")
+    before = folder_state(projects)
+    capsys.readouterr()
+    assert main(["quantize", str(projects / "mymodel"), "--bits", "4", "--out", str(projects), *overwrite]) == 2
+    assert "contains the input model" in capsys.readouterr().err
+    assert folder_state(projects) == before
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_out_naming_a_file_is_refused_and_the_file_kept(tiny_lm, tmp_path, capsys, overwrite):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    capsys.readouterr()
+    assert main(["quantize", str(tiny_lm), "--bits", "4", "--out", str(target), *overwrite]) == 2
+    assert f"output folder {target} is a file, not a folder" in capsys.readouterr().err
+    assert target.read_text() == "mine"
+
+
+def test_another_float_models_folder_is_refused(tiny_lm, tiny_classifier, tmp_path, capsys):
+    other = shutil.copytree(tiny_classifier, tmp_path / "other")  # a train output (save_model)
+    before = folder_state(other)
+    capsys.readouterr()
+    assert main(["quantize", str(tiny_lm), "--bits", "4", "--out", str(other)]) == 2
+    assert "holds the output of 'qslm train'" in capsys.readouterr().err
+    assert folder_state(other) == before
+
+
+def test_a_rerun_replaces_only_its_own_files(tiny_lm, tmp_path):
+    out = tmp_path / "q"
+    quantize(tiny_lm, bits=8, out=out)
+    (out / "README.txt").write_text("what this model is")  # the user's note, added later
+    quantize(tiny_lm, bits=2, out=out)
+    assert (out / "README.txt").read_text() == "what this model is"
+    assert QuantPlan.load(out / PLAN_FILE).units["head"].bits == 2
+
+
+@pytest.mark.parametrize("where", ["under a file", "read-only"])
+def test_unwritable_out_is_one_line_before_any_work(tiny_lm, tmp_path, capsys, monkeypatch, where):
+    import qslm.models.zoo
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(qslm.models.zoo, "load_model", no_loading)
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "q" if where == "under a file" else "/sys/qslm-q"  # /sys: read-only even to root
+    capsys.readouterr()
+    assert main(["quantize", str(tiny_lm), "--bits", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"qslm quantize: error: cannot create output folder {out}") and len(err.splitlines()) == 1
+
+
+def test_a_late_os_error_is_one_line_naming_the_path(tiny_lm, tmp_path, capsys, monkeypatch):
+    import qslm.quant.pack
+
+    def disk_full(state, filename, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(qslm.quant.pack, "save_file", disk_full)
+    out = tmp_path / "q"
+    capsys.readouterr()
+    assert main(["quantize", str(tiny_lm), "--bits", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"qslm quantize: error: cannot write {out}/") and "model.safetensors: No space left" in err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()  # the folder this run created goes with it
+
+
+@pytest.mark.parametrize("raised,code,message", [
+    (PermissionError(errno.EACCES, "Permission denied", "/data/x"), 2, "error: /data/x: Permission denied"),
+    (NotADirectoryError(errno.ENOTDIR, "Not a directory", "a/b"), 2, "error: a/b: Not a directory"),
+    (OSError("socket closed"), 2, "error: socket closed"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+])
+def test_cli_turns_os_errors_into_one_line(tiny_lm, tmp_path, capsys, monkeypatch, raised, code, message):
+    import qslm.commands.quantize
+
+    def fail(args):
+        raise raised
+
+    monkeypatch.setattr(qslm.commands.quantize, "run", fail)
+    capsys.readouterr()
+    assert main(["quantize", str(tiny_lm), "--bits", "4", "--out", str(tmp_path / "q")]) == code
+    err = capsys.readouterr().err
+    assert err == f"qslm quantize: {message}\n"

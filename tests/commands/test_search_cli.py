@@ -3,6 +3,7 @@ option errors (exit code 2) and help."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -114,6 +115,31 @@ def test_counts_and_limits_that_are_accepted():
     assert (args.seed, args.max_evals, args.max_relative_increase) == (0, 1, 0.02)  # the old name still works
     constraints = options_from_args(args)["constraints"]
     assert constraints.max_relative_increase == 0.02 and constraints.memory_limit_bytes(10 ** 9) == 3 * 2 ** 20
+
+
+def test_out_is_checked_before_any_work(tiny_classifier, tiny_lm, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the search ran before --out was checked")
+
+    monkeypatch.setattr(importlib.import_module("qslm.search.run"), "run_search", no_search)
+    other = shutil.copytree(tiny_lm, tmp_path / "other-model")  # another float model's folder
+    weights = (other / "model.safetensors").read_bytes()
+    (tmp_path / "file").write_text("mine")
+    for out, overwrite, message in [
+            (other, [], f"output folder {other} holds the output of 'qslm train'"),
+            (tiny_classifier.parent, ["--overwrite"], "contains the input model"),
+            (tmp_path / "file", ["--overwrite"], "is a file, not a folder")]:
+        capsys.readouterr()
+        assert main(["search", str(tiny_classifier), "--task", "sst2", "--out", str(out), *overwrite]) == 2
+        assert message in capsys.readouterr().err
+    assert (other / "model.safetensors").read_bytes() == weights and (tmp_path / "file").read_text() == "mine"
+    capsys.readouterr()
+    assert main(["search", str(tiny_classifier), "--task", "sst2", "--out", str(tmp_path / "out"),
+                 "--cache-dir", str(tmp_path / "file")]) == 2
+    assert f"cache folder {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # the folder claimed for this run goes with it
 
 
 @pytest.mark.parametrize("command", ["search", "demo"])

@@ -12,6 +12,7 @@ from qslm.models import zoo
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.models.spiking_encoder import SpikingEncoder, SpikingEncoderConfig
 from qslm.models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model, save_model
+from qslm.outputs import MANIFEST_FILE
 
 
 def build(kind: str, vocab_size: int):
@@ -29,7 +30,8 @@ def build(kind: str, vocab_size: int):
 def test_save_load_round_trip(kind, tiny_tokenizer, tmp_path):
     model = build(kind, tiny_tokenizer.get_vocab_size()).eval()
     out = save_model(tmp_path / "model", model, tiny_tokenizer, extra_files={"notes.txt": "hello\n"})
-    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, "notes.txt"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, "notes.txt",
+                                                            MANIFEST_FILE])
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folders left behind
     loaded = load_model(out)
     assert loaded.path == out.resolve()

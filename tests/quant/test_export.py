@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from qslm.errors import QslmError
 from qslm.models.zoo import load_model
 from qslm.quant.apply import applied_plan, apply_plan, fake_quantized, restore
+from qslm.outputs import MANIFEST_FILE
 from qslm.quant.pack import PLAN_FILE, export_quantized
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec
@@ -44,7 +45,8 @@ def test_loaded_model_equals_fake_quantized(fixture, request, tmp_path):
         expected = model(*inputs(loaded))
         out = export_quantized(model, plan, loaded.tokenizer, tmp_path / "q")  # from the float originals
     assert applied_plan(model) is None
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", PLAN_FILE, "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE, "config.json", "model.safetensors", PLAN_FILE,
+                                                     "tokenizer.json"]
     assert QuantPlan.load(out / PLAN_FILE) == plan
     packed = load_model(out)
     assert list(dict(packed.model.named_modules())) == list(dict(model.named_modules()))  # names unchanged
@@ -84,6 +86,19 @@ def test_export_replaces_an_existing_folder_atomically(tiny_lm, tmp_path):
         export_quantized(loaded.model, QuantPlan({"hed": QuantSpec(4)}), loaded.tokenizer, out)
     assert QuantPlan.load(out / PLAN_FILE).units["head"].bits == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+def test_export_into_a_folder_of_other_files_needs_overwrite_and_keeps_them(tiny_lm, tmp_path):
+    loaded = load_model(tiny_lm)
+    plan = QuantPlan.uniform(loaded.model, QuantSpec(4))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(QslmError, match="already holds files qslm did not write"):
+        export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and load_model(tmp_path).model is not None
+    with pytest.raises(QslmError, match="is the input model"):
+        export_quantized(loaded.model, plan, loaded.tokenizer, tiny_lm, overwrite=True, protect=(tiny_lm,))
 
 
 def test_export_does_not_disturb_a_fake_quantized_model(tiny_lm, tmp_path):
