@@ -185,7 +185,8 @@ def report_json(report: dict) -> str:
     return json.dumps(strict, indent=2, allow_nan=False) + "\n"
 
 
-def write_report(report: dict, folder: Path) -> None:
+def write_report(report: dict, folder: Path) -> dict[str, Path]:
+    """Write report.json, report.md and the plots that apply into ``folder``; returns name -> path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(report_json(report))
@@ -193,3 +194,5 @@ def write_report(report: dict, folder: Path) -> None:
     plot_pareto(report, folder / PLOTS["pareto"])
     plot_bitwidths(report, folder / PLOTS["bitwidths"])
     plot_sensitivity(report, folder / PLOTS["sensitivity"])
+    names = ["report.json", "report.md", *PLOTS.values()]
+    return {name: folder / name for name in names if (folder / name).is_file()}

@@ -26,7 +26,7 @@ def hutchinson_traces(model: nn.Module, weights: dict[str, torch.Tensor], refere
         for index, item in enumerate(batches):
             if reference.reset is not None:
                 reference.reset(model)
-            loss = reference.surrogate_loss(call_model(model, item), index) / max(reference.positions, 1)
+            loss = reference.surrogate_loss(call_model(model, item), index) / max(reference.positions_of(index), 1)
             # A unit the loss does not reach (e.g. an unused head) has no gradient: its trace stays 0.
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]

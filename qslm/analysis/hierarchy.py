@@ -128,8 +128,11 @@ class Hierarchy:
             groups.setdefault(owner.get(unit, unit), []).append(unit)
         return groups
 
-    def attach_firing_rates(self, records: Mapping[str, SpikeRecord | float]) -> None:
-        """Assign neuron records (or bare rates, weighted equally) to blocks; replaces earlier ones."""
+    def attach_firing_rates(self, records: Mapping[str, SpikeRecord | float],
+                            fed_by: Mapping[str, str] | None = None) -> None:
+        """Assign neuron records (or bare rates, weighted equally) to blocks; replaces earlier ones.
+        ``fed_by`` (neuron -> the module whose output it spiked on, ``SpikeRecorder.fed_by``) places a
+        neuron kept outside every block in the block that fed it."""
         for block in self.blocks:
             block.neurons = {}
         self.neurons_outside_blocks = {}
@@ -137,6 +140,8 @@ class Hierarchy:
             if not isinstance(record, SpikeRecord):
                 record = SpikeRecord(spikes=float(record), elements=1)
             block = self._block_for_neuron(name)
+            if block is None and fed_by and name in fed_by:
+                block = next((b for b in self.blocks if inside(fed_by[name], b.name)), None)
             (block.neurons if block is not None else self.neurons_outside_blocks)[name] = record
 
     def _block_for_neuron(self, name: str) -> Block | None:

@@ -21,6 +21,8 @@ are independent of each other (snnTorch and SpikingJelly neurons keep their memb
 """
 from __future__ import annotations
 
+import weakref
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -102,16 +104,33 @@ class SpikeRecorder:
     def __init__(self, model: nn.Module):
         self.model = model
         self.records: dict[str, SpikeRecord] = {}
+        # neuron -> the module whose output it was fed (data flow, for neurons kept apart from their layer,
+        # e.g. a list of Linear layers and a separate list of neurons)
+        self.fed_by: dict[str, str] = {}
+        self._producers: dict[int, tuple[weakref.ref, str]] = {}
         self._candidates = {name: m for name, m in model.named_modules() if name and not _is_unit(m)}
         self._behaviour: dict[str, _Behaviour] = {}
         self._handles: list = []
 
     def __enter__(self) -> "SpikeRecorder":
         self._behaviour = {name: _Behaviour() for name in self._candidates}
+        self.fed_by, self._producers = {}, {}
+        for name, module in self.model.named_modules():
+            if name:
+                self._handles.append(module.register_forward_hook(self._producer_hook(name)))
         for name, module in self._candidates.items():
             # with_kwargs: a neuron called as neuron(input_=x) still shows its input
             self._handles.append(module.register_forward_hook(self._hook(name), with_kwargs=True))
         return self
+
+    def _producer_hook(self, name: str) -> Callable:
+        def hook(module, args, output):
+            out = _first_tensor(output)
+            if out is not None:
+                known = self._producers.get(id(out))
+                if known is None or known[0]() is not out:  # the innermost module that made it keeps it
+                    self._producers[id(out)] = (weakref.ref(out), name)
+        return hook
 
     def _hook(self, name: str) -> Callable:
         seen = self._behaviour[name]
@@ -129,6 +148,9 @@ class SpikeRecorder:
             x = _first_tensor(list(args) + list(kwargs.values()))
             if x is not None and x.is_floating_point() and not is_binary(x.detach()):
                 seen.input_dense = True
+            producer = self._producers.get(id(x)) if x is not None else None
+            if producer is not None and producer[0]() is x and producer[1] != name:
+                self.fed_by.setdefault(name, producer[1])
         return hook
 
     def __exit__(self, *exc) -> None:
@@ -139,6 +161,8 @@ class SpikeRecorder:
                    if self._spiked(name, module)}
         self.records = {name: SpikeRecord(self._behaviour[name].spikes, self._behaviour[name].elements)
                         for name in _neurons_among(spiking)}
+        self.fed_by = {name: producer for name, producer in self.fed_by.items() if name in self.records}
+        self._producers = {}
 
     def _spiked(self, name: str, module: nn.Module) -> bool:
         seen = self._behaviour[name]

@@ -146,6 +146,10 @@ class OutputReference:
         value = total / self.positions if self.measure == "kl" else total / (self.energy or 1.0)
         return {"damage": value, "measure": self.measure}
 
+    def positions_of(self, index: int) -> int:
+        """Output positions (examples, or tokens) of calibration input ``index``."""
+        return sum(t[..., 0].numel() for t in self.reference[index])
+
     def surrogate_loss(self, outputs, index: int) -> torch.Tensor:
         """A differentiable loss of the model's outputs on input ``index`` whose curvature measures the
         damage: cross-entropy with the float model's own predictions (kl), or half the squared error to

@@ -104,6 +104,6 @@ def quantize(model_ref: str | os.PathLike, bits: int | None = None, granularity:
         loaded = load_model(source)
         final_plan = build_plan(loaded.model, bits, granularity, group_size, symmetric, observer, percentile,
                                 plan, neuron_bits, strict)
-        folder.commit(write_quantized_files(loaded.model, final_plan, loaded.tokenizer, folder.staging()))
+        folder.commit(write_quantized_files(loaded.model, final_plan, folder.staging(), loaded.tokenizer))
     return QuantizeResult(Path(out), final_plan, plan_bytes(loaded.model, final_plan),
                           plan_bytes(loaded.model, QuantPlan()))

@@ -17,7 +17,6 @@ come from the model built from ``config.json``; ``quant_plan.json`` says which u
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from functools import partial

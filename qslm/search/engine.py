@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,14 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from ..analysis.cost import OpCounter, energy_per_inference, load_hardware_profile, measure_latency, power_mw
+from ..analysis.cost import (OpCounter, energy_per_inference, latency_per_inference, load_hardware_profile,
+                             measure_latency, power_mw)
 from ..analysis.hessian import hutchinson_traces
 from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
 from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache, default_cache_dir, model_hash
 from ..errors import QslmError
+from ..outputs import OutputFolder, check_writable_folder
 from ..quant.apply import WeightCache, fake_quantized
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
 from ..quant.pack import PLAN_FILE, load_packed_into, write_quantized_files
@@ -46,7 +47,7 @@ from .problem import SearchProblem
 from .strategies import StrategyContext, run_strategy
 
 WEIGHTS_FILE = "model.safetensors"
-MODEL_FILES = (WEIGHTS_FILE, PLAN_FILE)
+JOURNAL_FILE = "journal.jsonl"
 
 
 @dataclass
@@ -60,12 +61,12 @@ class SearchResult:
 def _check(task: Task, constraints: Constraints) -> None:
     if not isinstance(task, Task):
         raise QslmError(f"task must be a qslm.Task (or a built-in task name), got {type(task).__name__}")
-    if task.higher_is_better and constraints.max_ppl_increase is not None:
+    if task.higher_is_better and constraints.max_relative_increase is not None:
         raise QslmError(f"the metric of task {task.name!r} is higher-is-better: limit its drop with max_drop "
-                        "(absolute, in the metric's units), not a relative increase")
+                        "(absolute, in the metric's units), not max_relative_increase")
     if not task.higher_is_better and constraints.max_drop is not None:
-        raise QslmError(f"the metric of task {task.name!r} is lower-is-better: limit it with a relative increase "
-                        "(e.g. 0.03 for +3%), not max_drop")
+        raise QslmError(f"the metric of task {task.name!r} is lower-is-better: limit it with "
+                        "max_relative_increase (e.g. 0.03 for +3%), not max_drop")
 
 
 def _metric(function: Callable[[nn.Module], float], model: nn.Module, what: str) -> float:
@@ -80,23 +81,34 @@ def _metric(function: Callable[[nn.Module], float], model: nn.Module, what: str)
 
 def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Constraints | None = None,
            config: SearchConfig | None = None, *, device: str | torch.device | None = None, progress: bool = True,
-           label: str | None = None, cache_dir: str | os.PathLike | None = None,
+           label: str | None = None, cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
+           protect: tuple[str | os.PathLike, ...] = (),
            companion_files: Mapping[str, Callable[[Path], None]] | None = None) -> SearchResult:
     """Search a mixed-precision plan for ``model`` on ``task`` and write the packed model and report to
-    ``out``. ``label`` names the model in the report; ``cache_dir`` keeps sensitivity measurements across
-    runs (default ``$QSLM_CACHE_DIR`` or ``~/.cache/qslm``); ``companion_files`` (name -> writer of that
-    file into a folder) go beside the model, e.g. a model folder's config and tokenizer."""
+    ``out`` (a search output folder, see ``qslm.outputs``; ``protect`` names folders it must not be in).
+    ``label`` names the model in the report; ``cache_dir`` keeps sensitivity measurements across runs
+    (default ``$QSLM_CACHE_DIR`` or ``~/.cache/qslm``); ``companion_files`` (name -> writer of that file
+    into a folder) go beside the model, e.g. a model folder's config and tokenizer."""
     from ..device import resolve_device
 
     started, seconds = time.perf_counter(), {}
     constraints, config = constraints or Constraints(), config or SearchConfig()
     _check(task, constraints)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = check_writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
+    folder = OutputFolder.claim(out, "search", overwrite=overwrite, protect=protect)
+    with folder:
+        folder.keep(JOURNAL_FILE)
+        result = _search(model, task, folder, constraints, config, resolve_device(device), progress,
+                         label or type(model).__name__, cache_dir, companion_files or {}, started, seconds)
+    return result
+
+
+def _search(model, task, folder, constraints, config, device, progress, label, cache_dir, companions, started,
+            seconds) -> SearchResult:
+    out = folder.path
     torch.manual_seed(config.seed)
     profile = load_hardware_profile(config.hardware)
-    model = model.to(resolve_device(device)).eval()
-    label = label or type(model).__name__
+    model = model.to(device).eval()
 
     # ---- profile: hierarchy, float metric, memory, op counts
     t0 = time.perf_counter()
@@ -105,10 +117,11 @@ def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Co
         raise QslmError(f"{label} is already quantized; search starts from a float model")
     groups, units = hierarchy.groups(), dict(hierarchy.units)
     op_counts = _profile(model, task, hierarchy)
-    baseline_metric, baseline_seconds = timed(lambda: _metric(task.evaluate, model, "evaluate"))
+    baseline_metric = _metric(task.evaluate, model, "evaluate")
     fixed = fixed_bytes(model) + sum(unit_bytes(u, None) for n, u in find_units(model).items() if n not in units)
     baseline = Baseline(baseline_metric, task.higher_is_better, fixed + sum(unit_bytes(u, None) for u in units.values()),
-                        energy_per_inference(op_counts, None, profile).total_pj, baseline_seconds)
+                        energy_per_inference(op_counts, None, profile).total_pj,
+                        latency_per_inference(op_counts, None, profile))
     seconds["profile"] = time.perf_counter() - t0
 
     # ---- sensitivity of every group and unit at every bit-width
@@ -117,8 +130,8 @@ def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Co
     weight_cache = WeightCache()
     specs = {b: dataclasses.replace(config.base_spec, bits=b) for b in config.bit_choices}
     reference = OutputReference(model, task.calibration, task.damage, task.output, reset=reset_neuron_states)
-    cache = SensitivityCache(cache_file(Path(cache_dir) if cache_dir is not None else default_cache_dir(), digest))
-    sensitivity = SensitivityTable(model, hierarchy, reference, config.sensitivity, cache, digest, specs, weight_cache)
+    sensitivity = SensitivityTable(model, hierarchy, reference, config.sensitivity,
+                                   SensitivityCache(cache_file(cache_dir, digest)), digest, specs, weight_cache)
     table = sensitivity.table(groups, list(units), list(config.bit_choices), progress)
     seconds["sensitivity"] = time.perf_counter() - t0
 
@@ -137,8 +150,9 @@ def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Co
         groups=groups, bit_choices=list(config.bit_choices), measure_metric=measure_assignment,
         unit_bytes=bytes_table, fixed_bytes=fixed,
         energy_pj=lambda a: energy_per_inference(op_counts, a, profile).total_pj,
+        latency_s=lambda a: latency_per_inference(op_counts, a, profile),
         sensitivity=lambda members, bits: sensitivity.measure(tuple(members), bits)["damage"], baseline=baseline,
-        constraints=constraints, weights=config.weights, journal=Journal(out / "journal.jsonl", header),
+        constraints=constraints, weights=config.weights, journal=Journal(out / JOURNAL_FILE, header),
         max_evaluations=config.max_evaluations, progress=progress)
 
     def hawq_omega():
@@ -151,65 +165,55 @@ def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Co
     best = problem.best()
     seconds["search"] = time.perf_counter() - t0
 
-    # ---- verify the chosen plan on the packed model, export, report
+    # ---- verify the chosen plan on the packed model, report; the run's files are committed together
     t0 = time.perf_counter()
     test = task.test or task.evaluate
     split = task.test_split if task.test is not None else "validation"
     reported_metric = _metric(test, model, "test")
     report = {
         "model": label, "model_hash": digest, "task": task.name, "metric_name": task.metric_name,
-        "higher_is_better": task.higher_is_better, "constraints": vars(constraints), "config": config.to_dict(),
+        "higher_is_better": task.higher_is_better,
+        "constraints": constraints.to_dict(baseline.memory_bytes, baseline.energy_pj), "config": config.to_dict(),
         "hardware": profile.name, "calibration_batches": len(task.calibration), "damage_measure": reference.measure,
         "hierarchy": hierarchy.to_dict(), "sensitivity": table,
         "candidates": [c.to_dict() for c in problem.candidates],
         "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
         "baseline": {"metric_validation": baseline.metric, f"metric_{split}": reported_metric,
                      "memory_bytes": baseline.memory_bytes, "energy_pj": baseline.energy_pj,
-                     "power_mw": power_mw(baseline.energy_pj, profile), "latency_s": _latency(model, task)},
+                     "power_mw": power_mw(baseline.energy_pj, profile), "latency_s": _latency(model, task),
+                     "modelled_latency_s": baseline.latency_s},
     }
-    plan, packed = None, None
+    plan, packed, model_files = None, None, {}
+    staging = folder.staging()
     if best is None:
         report.update(status="infeasible", closest=[c.to_dict() for c in problem.closest()], final=None, chosen=None)
-        for name in MODEL_FILES + tuple(companion_files or {}):  # an earlier run's model must not sit beside this report
-            (out / name).unlink(missing_ok=True)
     else:
         plan = QuantPlan.from_bits(best.assignment, config.base_spec)
-        packed = _export_and_reload(model, plan, out, companion_files or {})
+        model_files = write_quantized_files(model, plan, staging)
+        for name, write in companions.items():
+            write(staging / name)
+            model_files[name] = staging / name
+        packed = load_quantized(copy.deepcopy(model), staging)  # every final figure comes from what was written
         final_metric = _metric(test, packed, "test")
         final_ops = _profile(packed, task)
         stored = {u: bytes_table[u][b] for u, b in best.assignment.items()}
         final_energy = energy_per_inference(final_ops, best.assignment, profile, unit_bytes=stored).total_pj
         loss = (reported_metric - final_metric) if task.higher_is_better else final_metric / reported_metric - 1
-        limit = constraints.max_drop if task.higher_is_better else constraints.max_ppl_increase
+        limit = constraints.quality_limit(task.higher_is_better)
         report.update(status="feasible", chosen=best.to_dict(), final={
             "split": split, "metric": final_metric, "quality_loss": loss,
             "quality_within_limit": limit is None or loss <= limit,
-            "memory_bytes": safetensors_tensor_bytes(out / WEIGHTS_FILE), "memory_bytes_predicted": best.memory_bytes,
-            "energy_pj": final_energy, "power_mw": power_mw(final_energy, profile),
-            "latency_s": _latency(packed, task), "plan_file": PLAN_FILE})
+            "memory_bytes": safetensors_tensor_bytes(model_files[WEIGHTS_FILE]),
+            "memory_bytes_predicted": best.memory_bytes, "energy_pj": final_energy,
+            "power_mw": power_mw(final_energy, profile), "latency_s": _latency(packed, task),
+            "modelled_latency_s": latency_per_inference(final_ops, best.assignment, profile, unit_bytes=stored),
+            "plan_file": PLAN_FILE})
     seconds["verify"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     report["seconds"] = seconds
-    write_report(report, out)
+    report_files = write_report(report, staging)
+    folder.commit(model_files, last=report_files)
     return SearchResult(out, report, plan, packed)
-
-
-def _export_and_reload(model: nn.Module, plan: QuantPlan, out: Path, companions: Mapping[str, Callable[[Path], None]]
-                       ) -> nn.Module:
-    """Write the packed model into ``out`` (each file staged, then moved in by one rename) and load it back
-    into a copy of the model, so every figure of the final plan is measured on what was written."""
-    staging = out / ".model.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        write_quantized_files(model, plan, staging)
-        for name, write in companions.items():
-            write(staging / name)
-        for name in MODEL_FILES + tuple(companions):
-            os.replace(staging / name, out / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return load_quantized(copy.deepcopy(model), out)
 
 
 def load_quantized(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
@@ -230,7 +234,7 @@ def _profile(model: nn.Module, task: Task, hierarchy=None):
     with SpikeRecorder(model) as spikes, OpCounter(model) as counter:
         inferences = run_inputs(model, task.profiling, reset_neuron_states)
     if hierarchy is not None:
-        hierarchy.attach_firing_rates(spikes.records)
+        hierarchy.attach_firing_rates(spikes.records, spikes.fed_by)
     return counter.result(inferences)
 
 

@@ -8,42 +8,81 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qslm.analysis.sensitivity import (CalibrationSet, SensitivityCache, classification_calibration, damage,
-                                       default_cache_dir, lm_calibration, model_hash, output_log_probs)
+from torch import nn
+
+from qslm.analysis.sensitivity import (OutputReference, SensitivityCache, classification_calibration,
+                                       default_cache_dir, lm_calibration, model_hash)
+from qslm.errors import QslmError
 from qslm.data import sst2, wikitext
 from qslm.models.zoo import load_model
 
 
-def calibration_of(targets: list[torch.Tensor]) -> CalibrationSet:
-    return CalibrationSet(False, [(torch.zeros(len(t), 1, dtype=torch.long), None, t) for t in targets], "test")
+class Fixed(nn.Module):
+    """Returns the logits (or any outputs) it holds, whatever the input: damage tests set them by hand."""
+
+    def __init__(self, *outputs: torch.Tensor, as_dict: bool = False):
+        super().__init__()
+        self.outputs = [o.clone() for o in outputs]
+        self.as_dict = as_dict
+
+    def forward(self, index: torch.Tensor):
+        out = self.outputs[int(index[0])]
+        return {"a": out, "b": 2 * out} if self.as_dict else out
+
+
+def inputs(n: int) -> list[torch.Tensor]:
+    return [torch.tensor([i]) for i in range(n)]
 
 
 def test_damage_is_zero_for_identical_outputs():
     torch.manual_seed(0)
-    outputs = [F.log_softmax(torch.randn(4, 3), -1), F.log_softmax(torch.randn(2, 3), -1)]
-    calibration = calibration_of([torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1])])
-    assert damage(outputs, [o.clone() for o in outputs], calibration) == {"kl": 0.0, "loss_increase": 0.0}
+    model = Fixed(torch.randn(4, 3), torch.randn(2, 3))
+    reference = OutputReference(model, inputs(2))
+    assert reference.measure == "kl" and reference.damage() == {"damage": 0.0, "measure": "kl"}
 
 
-def test_damage_by_hand():
-    reference = [torch.log(torch.tensor([[0.8, 0.2], [0.5, 0.5]]))]
-    quantized = [torch.log(torch.tensor([[0.6, 0.4], [0.5, 0.5]]))]
-    calibration = calibration_of([torch.tensor([0, 1])])
-    result = damage(reference, quantized, calibration)
+def test_kl_by_hand():
+    model = Fixed(torch.log(torch.tensor([[0.8, 0.2], [0.5, 0.5]])))
+    reference = OutputReference(model, inputs(1))
+    model.outputs[0] = torch.log(torch.tensor([[0.6, 0.4], [0.5, 0.5]]))
     kl = 0.8 * math.log(0.8 / 0.6) + 0.2 * math.log(0.2 / 0.4)  # second example: identical
-    assert result["kl"] == pytest.approx(kl / 2) and result["kl"] > 0
-    assert result["loss_increase"] == pytest.approx((-math.log(0.6) + math.log(0.8)) / 2)
+    assert reference.damage()["damage"] == pytest.approx(kl / 2) and kl > 0
 
 
-def test_damage_per_token_for_language_models():
+def test_kl_per_position_for_language_models():
     torch.manual_seed(1)
-    reference = [F.log_softmax(torch.randn(2, 5, 7), -1)]
-    quantized = [F.log_softmax(reference[0] + 0.3 * torch.randn(2, 5, 7), -1)]
-    calibration = CalibrationSet(True, [(torch.zeros(2, 5, dtype=torch.long), None, torch.randint(0, 7, (2, 5)))],
-                                 "lm")
-    result = damage(reference, quantized, calibration)
-    expected = F.kl_div(quantized[0], reference[0], log_target=True, reduction="sum") / 10
-    assert result["kl"] == pytest.approx(float(expected), rel=1e-5) and result["kl"] > 0
+    logits = torch.randn(2, 5, 7)
+    model = Fixed(logits)
+    reference = OutputReference(model, inputs(1))
+    model.outputs[0] = logits + 0.3 * torch.randn(2, 5, 7)
+    expected = F.kl_div(F.log_softmax(model.outputs[0], -1), F.log_softmax(logits, -1), log_target=True,
+                        reduction="sum") / 10
+    assert reference.damage()["damage"] == pytest.approx(float(expected), rel=1e-5) and float(expected) > 0
+
+
+def test_dict_outputs_use_normalised_mse_and_output_picks_one():
+    torch.manual_seed(2)
+    values = torch.randn(3, 4)
+    model = Fixed(values, as_dict=True)
+    reference = OutputReference(model, inputs(1))
+    assert reference.measure == "mse"
+    model.outputs[0] = values + 0.1
+    energy = float(values.pow(2).sum() * 5)  # a and b = 2a
+    expected = float((0.1 ** 2) * 12 * 5) / energy
+    assert reference.damage()["damage"] == pytest.approx(expected, rel=1e-5)
+    picked = OutputReference(Fixed(values, as_dict=True), inputs(1), output=lambda out: out["a"])
+    assert picked.measure == "kl"
+    with pytest.raises(QslmError, match="damage measure"):
+        OutputReference(model, inputs(1), measure="l1")
+
+
+def test_outputs_without_floating_tensors_are_refused():
+    class Ids(nn.Module):
+        def forward(self, x):
+            return x.long()
+
+    with pytest.raises(QslmError, match="no floating tensor"):
+        OutputReference(Ids(), [torch.zeros(2)])
 
 
 def test_cache_persists_and_skips_corrupt_lines(tmp_path):
@@ -93,9 +132,6 @@ def test_classification_calibration_digest_is_stable(tiny_classifier, small_data
     assert first.digest == second.digest and first.size == 20 and len(first.batches) == 3
     assert classification_calibration(loaded.tokenizer, examples[:19], 48, batch_size=8).digest != first.digest
     assert not first.is_lm
-    outputs = output_log_probs(loaded.model, first)
-    assert [o.shape for o in outputs] == [(len(ids), 2) for ids, _, _ in first.batches]
-    assert torch.allclose(outputs[0].exp().sum(-1), torch.ones(len(first.batches[0][0])))
 
 
 def test_lm_calibration_windows_and_digest(tiny_lm, small_data_dir):

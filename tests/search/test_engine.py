@@ -1,0 +1,200 @@
+"""The search engine on models written outside qslm: a hand-written spiking classifier (bare-parameter
+projections, a tied embedding/head, a learnable-threshold neuron), an snnTorch model and a SpikingJelly
+model, each searched through the Python API with the user's own metric, saved, and loaded back into a
+fresh instance that reproduces the reported metric."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+
+import qslm
+from qslm.quant.units import find_units
+from tests.handwritten import HandwrittenSpikingClassifier, accuracy, make_data, train
+
+
+def unique_fp32_bytes(model: nn.Module) -> int:
+    tensors = {id(t): t for t in model.state_dict(keep_vars=True).values()}
+    return sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in tensors.values())
+
+
+def run_search(model, ids, labels, out, cache, **constraints):
+    train_ids, train_labels = ids[:96], labels[:96]
+    val_ids, val_labels = ids[96:144], labels[96:144]
+    test_ids, test_labels = ids[144:], labels[144:]
+    task = qslm.Task(evaluate=lambda m: accuracy(m, val_ids, val_labels),
+                     calibration=[train_ids[:32], train_ids[32:64]],
+                     test=lambda m: accuracy(m, test_ids, test_labels),
+                     profile_inputs=[train_ids[i:i + 1] for i in range(6)])
+    return task, qslm.search(model, task, out=out, constraints=qslm.Constraints(**constraints),
+                             progress=False, cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def handwritten():
+    torch.manual_seed(0)
+    ids, labels = make_data()
+    return train(HandwrittenSpikingClassifier(), ids[:96], labels[:96], steps=80), ids, labels
+
+
+def test_every_weight_matrix_is_a_unit_and_a_tied_tensor_is_one(handwritten):
+    model, _, _ = handwritten
+    units = find_units(model)
+    assert list(units) == ["embed", "stages.body.0.w_in", "stages.body.0.w_out", "stages.body.1.w_in",
+                           "stages.body.1.w_out", "classify"]
+    assert units["embed"].aliases == ("lm_head.weight",)
+    assert units["stages.body.0.w_in"].kind == "Parameter"
+    assert "stages.body.0.gain" not in units  # a [1, 1, d] vector stays float
+
+
+def test_handwritten_model_end_to_end(handwritten, tmp_path):
+    model, ids, labels = handwritten
+    task, result = run_search(model, ids, labels, tmp_path / "out", tmp_path / "cache", max_drop=10.0,
+                              max_memory=0.4)
+    report = result.report
+    assert report["status"] == "feasible"
+    # memory is exact: FP32 = the model's unique tensors; the final figure is the file's tensor bytes
+    assert report["baseline"]["memory_bytes"] == unique_fp32_bytes(model)
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+        stored = sum(handle.get_tensor(k).nbytes for k in keys)
+    assert report["final"]["memory_bytes"] == stored == report["final"]["memory_bytes_predicted"]
+    assert stored <= 0.4 * report["baseline"]["memory_bytes"]
+    assert "lm_head.weight" not in keys and "embed.weight_codes" in keys  # stored once
+    # the block hierarchy and the neurons of a model qslm has never seen
+    blocks = report["hierarchy"]["blocks"]
+    assert [b["name"] for b in blocks] == ["stages.body.0", "stages.body.1"]
+    assert all(0 < b["firing_rate"] < 1 for b in blocks)
+    assert set(blocks[0]["neurons"]) == {"stages.body.0.neuron"}
+    assert [a for u in report["hierarchy"]["top_level"] for a in u["aliases"]] == ["lm_head.weight"]
+    # a fresh instance of the user's class gets the packed weights and reproduces the reported metric
+    fresh = qslm.load_quantized(HandwrittenSpikingClassifier(), tmp_path / "out")
+    assert task.test(fresh) == report["final"]["metric"]
+    assert not any(p.shape == (32, 16) for p in fresh.parameters())  # packed codes, not float copies
+    assert fresh.lm_head.weight.data_ptr() != 0 and torch.equal(fresh.lm_head.weight, fresh.embed.weight)
+    plan = json.loads((tmp_path / "out" / "quant_plan.json").read_text())
+    assert set(plan["units"]) == set(find_units(model))
+
+
+def test_ignored_units_stay_float(handwritten, tmp_path):
+    model, ids, labels = handwritten
+    _, result = run_search(model, ids, labels, tmp_path / "out", tmp_path / "cache", max_drop=50.0)
+    assert result.report["status"] == "feasible"
+    config = qslm.SearchConfig(ignore=["*.w_out", "classify"], strategy="uniform")
+    task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:], labels[96:]), calibration=[ids[:32]])
+    ignored = qslm.search(model, task, out=tmp_path / "ignored", config=config, progress=False,
+                          cache_dir=tmp_path / "cache")
+    assert set(ignored.plan.units) == {"embed", "stages.body.0.w_in", "stages.body.1.w_in"}
+    assert ignored.report["baseline"]["memory_bytes"] == unique_fp32_bytes(model)
+    assert ignored.report["final"]["split"] == "validation"  # no test function: the validation metric
+
+
+def test_tuple_and_dict_outputs_are_measured_by_normalised_mse(handwritten, tmp_path):
+    model, ids, _ = handwritten
+
+    class TwoOutputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, ids):
+            logits = self.inner(ids)
+            return {"logits": logits, "probs": logits.softmax(-1)}
+
+    wrapped = TwoOutputs()
+    task = qslm.Task(evaluate=lambda m: float(m(ids[96:])["logits"].argmax(-1).float().mean()),
+                     calibration=[{"ids": ids[:32]}])
+    result = qslm.search(wrapped, task, out=tmp_path / "dict", progress=False, cache_dir=tmp_path / "cache",
+                         config=qslm.SearchConfig(strategy="uniform"))
+    assert result.report["damage_measure"] == "mse"
+    kl = qslm.search(wrapped, qslm.Task(evaluate=task.evaluate, calibration=task.calibration,
+                                        output=lambda out: out["logits"]),
+                     out=tmp_path / "kl", progress=False, cache_dir=tmp_path / "cache",
+                     config=qslm.SearchConfig(strategy="uniform"))
+    assert kl.report["damage_measure"] == "kl"
+    assert kl.report["sensitivity"]["inner.embed"]["2"]["damage"] > kl.report["sensitivity"]["inner.embed"]["8"]["damage"]
+
+
+class SnnTorchClassifier(nn.Module):
+    """An snnTorch model in the tutorial style: membrane initialised per forward, T steps."""
+
+    def __init__(self, vocab=50, d=16, classes=3, steps=3):
+        import snntorch as snn
+
+        super().__init__()
+        self.steps = steps
+        self.embed = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList([nn.Linear(d, d) for _ in range(2)])
+        self.neurons = nn.ModuleList([snn.Leaky(beta=0.8, threshold=0.5) for _ in range(2)])
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, ids):
+        x = self.embed(ids).mean(1)
+        mems = [n.init_leaky() for n in self.neurons]
+        counts = 0
+        for _ in range(self.steps):
+            h = x
+            for i, (layer, neuron) in enumerate(zip(self.layers, self.neurons)):
+                h, mems[i] = neuron(layer(h), mems[i])
+            counts = counts + h
+        return self.head(counts / self.steps)
+
+
+class SpikingJellyClassifier(nn.Module):
+    """A SpikingJelly multi-step model: state kept in the neurons, reset by the user's code."""
+
+    def __init__(self, vocab=50, d=16, classes=3, steps=3):
+        from spikingjelly.activation_based import layer, neuron
+
+        super().__init__()
+        self.steps = steps
+        self.embed = nn.Embedding(vocab, d)
+        self.blocks = nn.Sequential(*[nn.Sequential(layer.Linear(d, d, step_mode="m"),
+                                                    neuron.LIFNode(tau=2.0, v_threshold=0.5, step_mode="m"))
+                                      for _ in range(2)])
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, ids):
+        x = self.embed(ids).mean(1).unsqueeze(0).repeat(self.steps, 1, 1)  # [T, B, d]
+        return self.head(self.blocks(x).mean(0))
+
+
+def sj_accuracy(model, ids, labels):
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(model)
+    value = accuracy(model, ids, labels)
+    functional.reset_net(model)
+    return value
+
+
+@pytest.mark.parametrize("make, metric", [(SnnTorchClassifier, accuracy), (SpikingJellyClassifier, sj_accuracy)])
+def test_snn_library_models_end_to_end(make, metric, tmp_path):
+    torch.manual_seed(0)
+    ids, labels = make_data()
+    model = make()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        if make is SpikingJellyClassifier:
+            from spikingjelly.activation_based import functional
+            functional.reset_net(model)
+        F.cross_entropy(model(ids[:96]), labels[:96]).backward()
+        optimizer.step()
+    model.eval()
+    task = qslm.Task(evaluate=lambda m: metric(m, ids[96:144], labels[96:144]), calibration=[ids[:48]],
+                     test=lambda m: metric(m, ids[144:], labels[144:]), profile_inputs=[ids[:8]])
+    result = qslm.search(model, task, out=tmp_path / "out", constraints=qslm.Constraints(max_drop=10.0),
+                         progress=False, cache_dir=tmp_path / "cache")
+    report = result.report
+    assert report["status"] == "feasible"
+    assert report["baseline"]["memory_bytes"] == unique_fp32_bytes(model)
+    assert report["final"]["memory_bytes"] < report["baseline"]["memory_bytes"] / 2
+    rates = [b["firing_rate"] for b in report["hierarchy"]["blocks"]]
+    assert len(rates) == 2 and all(r is not None and 0 < r < 1 for r in rates)
+    fresh = qslm.load_quantized(make(), tmp_path / "out")
+    assert task.test(fresh) == report["final"]["metric"]
