@@ -50,12 +50,17 @@ def read_examples(path: str | Path, text_column: str | None = None, label_column
         labels = _label_names(labels)
     text = read_text_file(path)
     label_column = label_column or DEFAULT_LABEL_COLUMN
-    records = _json_records(path, text) if suffix == ".jsonl" else _table_records(path, text, TABLE_DELIMITERS[suffix])
+    if suffix == ".jsonl":
+        records = _json_records(path, text)
+    else:
+        header, records = _table_records(path, text, TABLE_DELIMITERS[suffix])
+        columns = dict.fromkeys(header)
+        _text_key(path, 1, columns, text_column)  # a table's columns are its header's: report them there
+        _check_label_column(path, 1, columns, label_column)
     examples = []
     for line, fields in records:
         text_key = _text_key(path, line, fields, text_column)
-        if label_column not in fields:
-            raise QslmError(f"{path}:{line}: no label column {label_column!r}; {_found(fields)}")
+        _check_label_column(path, line, fields, label_column)
         sentence = fields[text_key]
         if not isinstance(sentence, str):
             raise QslmError(f"{path}:{line}: {text_key!r} is {sentence!r}; expected a string")
@@ -91,6 +96,11 @@ def _text_key(path: Path, line: int, fields: dict, text_column: str | None) -> s
                     "name it with --text-column")
 
 
+def _check_label_column(path: Path, line: int, fields: dict, label_column: str) -> None:
+    if label_column not in fields:
+        raise QslmError(f"{path}:{line}: no label column {label_column!r}; {_found(fields)}")
+
+
 def _label(path: Path, line: int, value, labels: list[str] | None) -> int:
     if labels is not None:
         name = str(value).strip()
@@ -105,25 +115,32 @@ def _label(path: Path, line: int, value, labels: list[str] | None) -> int:
                     "names in class order with --labels (e.g. --labels neg,pos)")
 
 
-def _table_records(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, dict]]:
-    """(line, column -> value) of each non-blank row. TSV is read unquoted (a quote is part of the text, as
-    in GLUE files); CSV follows the usual quoting rules."""
+def _table_records(path: Path, text: str, delimiter: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    """(header, rows): the header's column names and (line, column -> value) of each non-blank row. TSV
+    is read unquoted (a quote is part of the text, as in GLUE files); CSV follows the usual quoting rules."""
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter, quoting=quoting, strict=True)
-    try:
-        header = next(reader)
-        if len(set(header)) != len(header):
-            raise QslmError(f"{path}:1: header {header} names a column twice")
-        for row in reader:
+    kind = "TSV" if delimiter == "\t" else "CSV"
+
+    def next_row() -> list[str] | None:
+        try:
+            return next(reader, None)
+        except csv.Error as err:
+            raise QslmError(f"{path}:{reader.line_num}: {err}; expected a {kind} row") from None
+
+    header = next_row() or []
+    if len(set(header)) != len(header):
+        raise QslmError(f"{path}:1: header {header} names a column twice; expected distinct column names")
+
+    def rows() -> Iterator[tuple[int, dict]]:
+        while (row := next_row()) is not None:
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
                 raise QslmError(f"{path}:{reader.line_num}: expected {len(header)} columns "
                                 f"({', '.join(header)}), got {len(row)}")
             yield reader.line_num, dict(zip(header, row))
-    except csv.Error as err:
-        raise QslmError(f"{path}:{reader.line_num}: {err}; expected a {'TSV' if delimiter == chr(9) else 'CSV'} "
-                        "row") from None
+    return header, rows()
 
 
 def _json_records(path: Path, text: str) -> Iterator[tuple[int, dict]]:
