@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..errors import QslmError
 from .common import add_device_argument, add_model_argument, print_json, print_table
-from ..tasks.presets import CLASSIFICATION, DEFAULT_SIZES, LANGUAGE_MODELING, PRESETS, default_task
+from ..tasks.presets import DEFAULT_SIZES, PRESETS, default_task
 from .task_options import add_task_arguments, parse_data_files, task_from_args
 
 def _check_limit(limit: int | None) -> None:
@@ -135,8 +135,8 @@ def add_parser(subparsers) -> None:
     add_task_arguments(parser, task_help="the task whose calibration data is profiled (default: the model's "
                                          "own preset, sst2 or wikitext2)")
     parser.add_argument("--limit", type=int, default=None,
-                        help=f"first N calibration examples (default {DEFAULT_SIZES[CLASSIFICATION]['profile']}) "
-                             f"or lines of text (default {DEFAULT_SIZES[LANGUAGE_MODELING]['profile']})")
+                        help=f"first N calibration examples (default {DEFAULT_SIZES['sst2']['profile']}) "
+                             f"or lines of text (default {DEFAULT_SIZES['wikitext2']['profile']})")
     parser.add_argument("--hardware", default="default_45nm",
                         help="energy model: a bundled profile (default_45nm, neuromorphic) or a JSON file")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -28,11 +28,12 @@ PRESETS = ("sst2", "wikitext2")
 TASK_NAMES = (*PRESETS, CLASSIFICATION, LANGUAGE_MODELING)
 KIND = {"sst2": CLASSIFICATION, "wikitext2": LANGUAGE_MODELING, CLASSIFICATION: CLASSIFICATION,
         LANGUAGE_MODELING: LANGUAGE_MODELING}
-# sizes: calibration examples / tokens, validation examples / words, profiled examples / lines
+# sizes: calibration examples / tokens, validation examples / words (None: all), profiled examples / lines
+_CLASSIFICATION_SIZES = {"calibration": 128, "validation": None, "profile": text_classification.PROFILE_EXAMPLES}
+_LANGUAGE_MODELING_SIZES = {"calibration": 2048, "validation": 8000, "profile": language_modeling.PROFILE_LINES}
 DEFAULT_SIZES = {
-    CLASSIFICATION: {"calibration": 128, "validation": sst2_data.HOLDOUT_SIZE,
-                     "profile": text_classification.PROFILE_EXAMPLES},
-    LANGUAGE_MODELING: {"calibration": 2048, "validation": 8000, "profile": language_modeling.PROFILE_LINES},
+    "sst2": {**_CLASSIFICATION_SIZES, "validation": sst2_data.HOLDOUT_SIZE}, "wikitext2": _LANGUAGE_MODELING_SIZES,
+    CLASSIFICATION: _CLASSIFICATION_SIZES, LANGUAGE_MODELING: _LANGUAGE_MODELING_SIZES,
 }
 PRESET_SPLITS = {"sst2": tuple(sst2_data.SPLIT_FILES), "wikitext2": wikitext.SPLITS}
 REPORTED_SPLIT = {"sst2": "dev", "wikitext2": "test"}
@@ -40,9 +41,9 @@ DATA_FILE_KEYS = ("validation", "test", "calibration")
 FILE_TEST_SPLIT = "test"
 
 
-def sst2(loaded: LoadedModel, data_dir=None, calibration_size: int = DEFAULT_SIZES[CLASSIFICATION]["calibration"],
-         validation_size: int = DEFAULT_SIZES[CLASSIFICATION]["validation"], test_limit: int | None = None,
-         profile_size: int = DEFAULT_SIZES[CLASSIFICATION]["profile"]) -> Task:
+def sst2(loaded: LoadedModel, data_dir=None, calibration_size: int = DEFAULT_SIZES["sst2"]["calibration"],
+         validation_size: int = DEFAULT_SIZES["sst2"]["validation"], test_limit: int | None = None,
+         profile_size: int = DEFAULT_SIZES["sst2"]["profile"]) -> Task:
     """SST-2: validation = the held-out sentences of train, test = dev (its first ``test_limit`` examples)."""
     return text_classification.task(
         loaded.model, loaded.tokenizer, sst2_data.calibration_examples(data_dir),
@@ -51,9 +52,9 @@ def sst2(loaded: LoadedModel, data_dir=None, calibration_size: int = DEFAULT_SIZ
 
 
 def wikitext2(loaded: LoadedModel, data_dir=None,
-              calibration_size: int = DEFAULT_SIZES[LANGUAGE_MODELING]["calibration"],
-              validation_size: int = DEFAULT_SIZES[LANGUAGE_MODELING]["validation"], test_limit: int | None = None,
-              profile_size: int = DEFAULT_SIZES[LANGUAGE_MODELING]["profile"]) -> Task:
+              calibration_size: int = DEFAULT_SIZES["wikitext2"]["calibration"],
+              validation_size: int = DEFAULT_SIZES["wikitext2"]["validation"], test_limit: int | None = None,
+              profile_size: int = DEFAULT_SIZES["wikitext2"]["profile"]) -> Task:
     """WikiText-2: validation and calibration = the held-out tail of valid, test = test (its first
     ``test_limit`` lines)."""
     held_out = wikitext.calibration_text(data_dir)
@@ -84,7 +85,8 @@ def default_task(loaded: LoadedModel) -> str:
 
 
 def check_data_files(name: str, data_files: Mapping[str, str | Path] | None, text_column: str | None = None,
-                     label_column: str | None = None, labels: Sequence[str] | None = None) -> dict[str, Path]:
+                     label_column: str | None = None, labels: Sequence[str] | None = None,
+                     data_dir=None) -> dict[str, Path]:
     """The data files of a file task kind, by role; options that a task does not read are refused, so none
     is ignored silently."""
     if name in PRESETS:
@@ -94,6 +96,9 @@ def check_data_files(name: str, data_files: Mapping[str, str | Path] | None, tex
             raise QslmError(f"{', '.join(given)}: task {name} reads its own files from the data folder "
                             f"(--data-dir); these options are for {CLASSIFICATION} and {LANGUAGE_MODELING}")
         return {}
+    if data_dir is not None:
+        raise QslmError(f"--data-dir: task {name} reads the files of --data-files; a data folder is for the "
+                        f"presets {' and '.join(PRESETS)}")
     if name == LANGUAGE_MODELING:
         given = [flag for flag, value in (("--text-column", text_column), ("--label-column", label_column),
                                           ("--labels", labels)) if value]
@@ -127,7 +132,7 @@ def split_data(loaded: LoadedModel, name: str, split: str, data_files: Mapping[s
                data_dir=None, text_column: str | None = None, label_column: str | None = None,
                labels: Sequence[str] | None = None) -> list[Example] | str:
     """One split of a task's data: a preset's split (e.g. sst2 dev) or the user's file of that role."""
-    files = check_data_files(name, data_files, text_column, label_column, labels)
+    files = check_data_files(name, data_files, text_column, label_column, labels, data_dir)
     if name == "sst2":
         return sst2_data.load_sst2(split, data_dir)
     if name == "wikitext2":
@@ -175,10 +180,10 @@ def build_task(name: str, loaded: LoadedModel, data_files: Mapping[str, str | Pa
     ``data_files`` (roles validation, test, calibration; validation is required). Sizes left None take
     the kind's defaults (``DEFAULT_SIZES``); ``action`` names what the model is for in a refusal."""
     check_model_kind(loaded, name, action)
-    files = check_data_files(name, data_files, text_column, label_column, labels)
+    files = check_data_files(name, data_files, text_column, label_column, labels, data_dir)
     check_positive(calibration_size=calibration_size, validation_size=validation_size, test_limit=test_limit,
                    profile_size=profile_size)
-    defaults = DEFAULT_SIZES[KIND[name]]
+    defaults = DEFAULT_SIZES[name]
     sizes = dict(calibration_size=calibration_size or defaults["calibration"],
                  validation_size=validation_size or defaults["validation"], test_limit=test_limit,
                  profile_size=profile_size or defaults["profile"])
@@ -194,7 +199,7 @@ def build_task(name: str, loaded: LoadedModel, data_files: Mapping[str, str | Pa
     if name == CLASSIFICATION:
         return text_classification.task(
             loaded.model, loaded.tokenizer, read["validation"], read.get("test"), sizes["calibration_size"],
-            validation_size, test_limit, calibration_examples=read.get("calibration"),
+            sizes["validation_size"], test_limit, calibration_examples=read.get("calibration"),
             profile_size=sizes["profile_size"], test_split=FILE_TEST_SPLIT)
     return language_modeling.task(
         loaded.model, loaded.tokenizer, read["validation"], read.get("test"),

@@ -43,7 +43,7 @@ def same(a, b) -> bool:
 
 def test_defaults_are_the_search_defaults():
     for name in presets.PRESETS:
-        sizes = presets.DEFAULT_SIZES[presets.KIND[name]]
+        sizes = presets.DEFAULT_SIZES[name]
         assert (sizes["calibration"], sizes["validation"]) == (DEFAULTS[name]["calibration"],
                                                               DEFAULTS[name]["validation"])
         assert sizes["profile"] == OP_COUNT_SEQUENCES[name]
@@ -118,6 +118,8 @@ def test_file_kinds(classifier, lm, tmp_path, small_data_dir):
     ("lm", "language-modeling", {"data_files": {"validation": "v.txt"}, "text_column": "x"},
      "--text-column: language-modeling reads plain text files"),
     ("classifier", "text-classification", {}, "task text-classification reads your files: give --data-files"),
+    ("classifier", "text-classification", {"data_files": {"validation": "v.csv"}, "data_dir": "data"},
+     "--data-dir: task text-classification reads the files of --data-files"),
     ("classifier", "text-classification", {"data_files": {"test": "t.csv"}}, "--data-files names no validation file"),
     ("classifier", "text-classification", {"data_files": {"valid": "t.csv"}}, "unknown role 'valid'"),
     ("classifier", "text-classification", {"data_files": {"validation": "v.csv"}, "labels": ["a", "b", "c"]},
