@@ -10,7 +10,7 @@ the calibration file, else the validation file; never a reported split).
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import QslmError
 from .common import add_device_argument, add_model_argument, print_json, print_table

@@ -35,7 +35,6 @@ DEFAULT_SIZES = {
     "sst2": {**_CLASSIFICATION_SIZES, "validation": sst2_data.HOLDOUT_SIZE}, "wikitext2": _LANGUAGE_MODELING_SIZES,
     CLASSIFICATION: _CLASSIFICATION_SIZES, LANGUAGE_MODELING: _LANGUAGE_MODELING_SIZES,
 }
-PRESET_SPLITS = {"sst2": tuple(sst2_data.SPLIT_FILES), "wikitext2": wikitext.SPLITS}
 REPORTED_SPLIT = {"sst2": "dev", "wikitext2": "test"}
 DATA_FILE_KEYS = ("validation", "test", "calibration")
 FILE_TEST_SPLIT = "test"
@@ -90,8 +89,8 @@ def check_data_files(name: str, data_files: Mapping[str, str | Path] | None, tex
     """The data files of a file task kind, by role; options that a task does not read are refused, so none
     is ignored silently."""
     if name in PRESETS:
-        given = [flag for flag, value in (("--data-files", data_files), ("--text-column", text_column),
-                                          ("--label-column", label_column), ("--labels", labels)) if value]
+        given = _flags_given(data_files=data_files, text_column=text_column, label_column=label_column,
+                             labels=labels)
         if given:
             raise QslmError(f"{', '.join(given)}: task {name} reads its own files from the data folder "
                             f"(--data-dir); these options are for {CLASSIFICATION} and {LANGUAGE_MODELING}")
@@ -100,8 +99,7 @@ def check_data_files(name: str, data_files: Mapping[str, str | Path] | None, tex
         raise QslmError(f"--data-dir: task {name} reads the files of --data-files; a data folder is for the "
                         f"presets {' and '.join(PRESETS)}")
     if name == LANGUAGE_MODELING:
-        given = [flag for flag, value in (("--text-column", text_column), ("--label-column", label_column),
-                                          ("--labels", labels)) if value]
+        given = _flags_given(text_column=text_column, label_column=label_column, labels=labels)
         if given:
             raise QslmError(f"{', '.join(given)}: {LANGUAGE_MODELING} reads plain text files; these options are "
                             f"for {CLASSIFICATION}")
@@ -112,6 +110,11 @@ def check_data_files(name: str, data_files: Mapping[str, str | Path] | None, tex
     if unknown:
         raise QslmError(f"--data-files: unknown role {unknown[0]!r}; expected {', '.join(DATA_FILE_KEYS)}")
     return {role: Path(path) for role, path in data_files.items()}
+
+
+def _flags_given(**options) -> list[str]:
+    """The command-line flags of the options given (not None or empty)."""
+    return ["--" + name.replace("_", "-") for name, value in options.items() if value]
 
 
 def _check_label_names(loaded: LoadedModel, labels: Sequence[str] | None) -> None:
@@ -133,10 +136,8 @@ def split_data(loaded: LoadedModel, name: str, split: str, data_files: Mapping[s
                labels: Sequence[str] | None = None) -> list[Example] | str:
     """One split of a task's data: a preset's split (e.g. sst2 dev) or the user's file of that role."""
     files = check_data_files(name, data_files, text_column, label_column, labels, data_dir)
-    if name == "sst2":
-        return sst2_data.load_sst2(split, data_dir)
-    if name == "wikitext2":
-        return wikitext.load_wikitext(split, data_dir)
+    if name in PRESETS:
+        return _preset_split(name, split, data_dir)
     if split not in DATA_FILE_KEYS:
         raise QslmError(f"split {split!r} unknown for task {name}; expected one of {', '.join(DATA_FILE_KEYS)}")
     if split not in files:
@@ -147,6 +148,10 @@ def split_data(loaded: LoadedModel, name: str, split: str, data_files: Mapping[s
     if KIND[name] == CLASSIFICATION:
         text_classification.check_labels(data, loaded.config.num_classes, str(files[split]))
     return data
+
+
+def _preset_split(name: str, split: str, data_dir) -> list[Example] | str:
+    return sst2_data.load_sst2(split, data_dir) if name == "sst2" else wikitext.load_wikitext(split, data_dir)
 
 
 def default_split(name: str) -> str:
@@ -167,8 +172,7 @@ def evaluate_split(model, tokenizer, task: str, split: str, data_dir=None, limit
     """``model`` on a preset's split, or on its first ``limit`` examples (sst2) / lines (wikitext2)."""
     if task not in PRESETS:
         raise QslmError(f"unknown preset {task!r}; expected one of {', '.join(PRESETS)}")
-    data = sst2_data.load_sst2(split, data_dir) if task == "sst2" else wikitext.load_wikitext(split, data_dir)
-    return evaluate_data(model, tokenizer, task, data, split, limit, progress)
+    return evaluate_data(model, tokenizer, task, _preset_split(task, split, data_dir), split, limit, progress)
 
 
 def build_task(name: str, loaded: LoadedModel, data_files: Mapping[str, str | Path] | None = None, data_dir=None,

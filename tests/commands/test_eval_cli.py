@@ -148,7 +148,7 @@ def test_plain_text_file(capsys, tmp_path, tiny_lm, small_data_dir):
                  f"test={tmp_path / 'corpus.txt'}", "--limit", "8"]) == 0
     out = capsys.readouterr().out
     first_lines = "".join(load_wikitext("test", small_data_dir).splitlines(keepends=True)[:8])
-    assert out.startswith(f"language-modeling test: word perplexity ")
+    assert out.startswith("language-modeling test: word perplexity ")
     assert f"on {word_count(first_lines)} words" in out
 
 
