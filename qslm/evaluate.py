@@ -1,7 +1,8 @@
-"""Task metrics: SST-2 accuracy and WikiText-2 word-level perplexity, with firing rates.
+"""Metrics of any data: accuracy of labelled examples and word-level perplexity of text, with firing rates.
 
 Word-level perplexity = exp(total NLL of the text / (whitespace tokens + one end-of-line per line)),
 whatever sub-word tokenizer the model uses, so figures compare with the literature.
+Which files hold the data is the business of ``qslm.tasks`` (users' files and the presets).
 """
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ from tqdm import tqdm
 
 from .data.batching import classification_batches, encode_examples, length_order, scored_windows
 from .data.masked_lm import masked_batch
-from .data import sst2, wikitext
 from .data.sst2 import Example
 from .data.tokenizer import pad_id
+from .data.wikitext import word_count
 from .models.neurons import record_firing_rates
 
-TASKS = ("sst2", "wikitext2")
+CLASSIFICATION, LANGUAGE_MODELING = "text-classification", "language-modeling"
 
 
 @dataclass
@@ -33,7 +34,7 @@ class EvalResult:
     seconds: float
     accuracy: float | None = None
     perplexity: float | None = None
-    loss: float | None = None  # mean cross-entropy per example (sst2) or per word (wikitext2)
+    loss: float | None = None  # mean cross-entropy per example (classification) or per word (language model)
     firing_rates: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -52,21 +53,45 @@ def max_input_len(model: nn.Module) -> int:
     return getattr(config, "max_len", None) or getattr(config, "ctx_len")
 
 
+def classification_inputs(tokenizer: Tokenizer, examples: list[Example], max_len: int, batch_size: int = 64
+                          ) -> tuple[list[int], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """(length order, batches): the examples encoded and batched shortest first, to skip padding, as
+    (ids, mask, labels); ``length order`` maps batch rows back to the examples."""
+    items = encode_examples(tokenizer, examples, max_len)
+    order = length_order(items)
+    return order, list(classification_batches([items[i] for i in order], batch_size, pad_id(tokenizer)))
+
+
 @torch.no_grad()
 def classification_logits(model: nn.Module, tokenizer: Tokenizer, examples: list[Example],
                           batch_size: int = 64, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels in the order of ``examples`` (computed in length order, to skip padding)."""
     device = next(model.parameters()).device
-    items = encode_examples(tokenizer, examples, max_input_len(model))
-    order = length_order(items)
+    order, batches = classification_inputs(tokenizer, examples, max_input_len(model), batch_size)
     outputs, labels = [], []
-    batches = classification_batches([items[i] for i in order], batch_size, pad_id(tokenizer))
-    total = math.ceil(len(items) / batch_size)
-    for ids, mask, label in tqdm(batches, total=total, disable=not progress, desc="eval", leave=False):
+    for ids, mask, label in tqdm(batches, disable=not progress, desc="eval", leave=False):
         outputs.append(model(ids.to(device), mask.to(device)).float().cpu())
         labels.append(label)
     restore = torch.argsort(torch.tensor(order))
     return torch.cat(outputs)[restore], torch.cat(labels)[restore]
+
+
+def lm_windows(tokenizer: Tokenizer, text: str, ctx_len: int, batch_size: int = 8
+               ) -> tuple[int, list[tuple[torch.Tensor, list[tuple[int, int, int]]]]]:
+    """(tokens, batches) for perplexity: ``text`` encoded after a newline (the first token's context) and
+    cut into overlapping windows (see ``scored_windows``); each batch is (token ids [B, W + 1], its windows),
+    zero-padded on the right; the model reads ``ids[:, :-1]`` and predicts ``ids[:, 1:]``."""
+    ids = torch.tensor(tokenizer.encode("\n" + text).ids, dtype=torch.long)
+    windows = scored_windows(len(ids), ctx_len, stride=max(1, ctx_len // 2))
+    batches = []
+    for first in range(0, len(windows), batch_size):
+        group = windows[first:first + batch_size]
+        width = max(end - start for start, end, _ in group)
+        batch = torch.zeros((len(group), width), dtype=torch.long)
+        for row, (start, end, _) in enumerate(group):
+            batch[row, : end - start] = ids[start:end]
+        batches.append((batch, group))
+    return len(ids), batches
 
 
 @torch.no_grad()
@@ -74,16 +99,9 @@ def lm_token_nll(model: nn.Module, tokenizer: Tokenizer, text: str, batch_size: 
                  progress: bool = False) -> torch.Tensor:
     """NLL of every token of ``text`` (a newline is prepended as context for the first one)."""
     device = next(model.parameters()).device
-    ids = torch.tensor(tokenizer.encode("\n" + text).ids, dtype=torch.long)
-    window = model.config.ctx_len
-    windows = scored_windows(len(ids), window, stride=max(1, window // 2))
-    nll = torch.empty(len(ids) - 1)
-    for first in tqdm(range(0, len(windows), batch_size), disable=not progress, desc="eval", leave=False):
-        group = windows[first:first + batch_size]
-        width = max(end - start for start, end, _ in group)
-        batch = torch.zeros((len(group), width), dtype=torch.long)
-        for row, (start, end, _) in enumerate(group):
-            batch[row, : end - start] = ids[start:end]
+    tokens, batches = lm_windows(tokenizer, text, model.config.ctx_len, batch_size)
+    nll = torch.empty(tokens - 1)
+    for batch, group in tqdm(batches, disable=not progress, desc="eval", leave=False):
         logits = model(batch[:, :-1].to(device)).float()
         token_nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:].to(device), reduction="none").cpu()
         for row, (start, end, scored) in enumerate(group):
@@ -93,24 +111,27 @@ def lm_token_nll(model: nn.Module, tokenizer: Tokenizer, text: str, batch_size: 
 
 
 def evaluate_classification(model, tokenizer, examples, split: str, batch_size: int = 64,
-                            progress: bool = False) -> EvalResult:
+                            progress: bool = False, task: str = CLASSIFICATION) -> EvalResult:
+    """Accuracy and mean cross-entropy of ``model`` on labelled ``examples``; ``task`` and ``split``
+    only label the result."""
     started = time.perf_counter()
     with record_firing_rates(model) as recorder:
         logits, labels = classification_logits(model, tokenizer, examples, batch_size, progress)
     accuracy = float((logits.argmax(-1) == labels).float().mean())
     loss = float(F.cross_entropy(logits, labels))
-    return EvalResult("sst2", split, len(examples), time.perf_counter() - started, accuracy=accuracy,
+    return EvalResult(task, split, len(examples), time.perf_counter() - started, accuracy=accuracy,
                       loss=loss, firing_rates=recorder.rates)
 
 
-def evaluate_lm(model, tokenizer, text: str, split: str, batch_size: int = 8, progress: bool = False
-                ) -> EvalResult:
+def evaluate_lm(model, tokenizer, text: str, split: str, batch_size: int = 8, progress: bool = False,
+                task: str = LANGUAGE_MODELING) -> EvalResult:
+    """Word-level perplexity of ``model`` on ``text``; ``task`` and ``split`` only label the result."""
     started = time.perf_counter()
     with record_firing_rates(model) as recorder:
         nll = lm_token_nll(model, tokenizer, text, batch_size, progress)
-    words = wikitext.word_count(text)
+    words = word_count(text)
     loss_per_word = float(nll.double().sum()) / words
-    return EvalResult("wikitext2", split, words, time.perf_counter() - started,
+    return EvalResult(task, split, words, time.perf_counter() - started,
                       perplexity=math.exp(loss_per_word), loss=loss_per_word, firing_rates=recorder.rates)
 
 
@@ -131,9 +152,7 @@ def masked_lm_loss(model: nn.Module, tokenizer: Tokenizer, chunks: list[list[int
 
 def evaluate_split(model, tokenizer, task: str, split: str, data_dir=None, limit: int | None = None,
                    progress: bool = False) -> EvalResult:
-    """``model`` on a task's split, or on its first ``limit`` examples (sst2) / lines (wikitext2)."""
-    if task == "sst2":
-        return evaluate_classification(model, tokenizer, sst2.load_sst2(split, data_dir)[:limit], split,
-                                       progress=progress)
-    text = wikitext.first_lines(wikitext.load_wikitext(split, data_dir), limit)
-    return evaluate_lm(model, tokenizer, text, split, progress=progress)
+    """``model`` on a preset task's split (see ``qslm.tasks.presets.evaluate_split``)."""
+    from .tasks.presets import evaluate_split as evaluate_preset_split  # late import: tasks build on this module
+
+    return evaluate_preset_split(model, tokenizer, task, split, data_dir, limit, progress)

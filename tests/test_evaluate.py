@@ -1,4 +1,4 @@
-"""Task metrics: SST-2 accuracy and WikiText-2 word-level perplexity against direct computations."""
+"""Metrics: accuracy of examples and word-level perplexity of text against direct computations."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from qslm.data.sst2 import load_sst2
 from qslm.data.wikitext import load_wikitext, word_count
-from qslm.evaluate import EvalResult, classification_logits, evaluate_classification, evaluate_lm, lm_token_nll
+from qslm.evaluate import (EvalResult, classification_inputs, classification_logits, evaluate_classification,
+                           evaluate_lm, evaluate_split, lm_token_nll, lm_windows)
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 
 
@@ -38,7 +39,7 @@ def test_perplexity_is_exp_of_nll_per_word(tiny_tokenizer, test_text):
     words = sum(len(line.split()) for line in test_text.splitlines()) + len(test_text.splitlines())
 
     result = evaluate_lm(model, tiny_tokenizer, test_text, "test")
-    assert result.task == "wikitext2" and result.split == "test"
+    assert result.task == "language-modeling" and result.split == "test"
     assert result.n == words == word_count(test_text)
     assert result.loss == pytest.approx(total_nll / words, rel=1e-5)
     assert result.perplexity == pytest.approx(math.exp(total_nll / words), rel=1e-5)
@@ -78,7 +79,7 @@ def test_accuracy_against_direct_predictions(tiny_tokenizer, small_data_dir):
     labels = torch.tensor([ex.label for ex in examples])
 
     result = evaluate_classification(model, tiny_tokenizer, examples, "dev", batch_size=7)
-    assert (result.task, result.split, result.n) == ("sst2", "dev", 30)
+    assert (result.task, result.split, result.n) == ("text-classification", "dev", 30)
     assert result.accuracy == pytest.approx(float((direct.argmax(-1) == labels).float().mean()))
     assert result.loss == pytest.approx(float(F.cross_entropy(direct, labels)), rel=1e-5)
     assert result.perplexity is None
@@ -93,3 +94,37 @@ def test_result_as_dict():
                                 "loss": 0.5, "firing_rates": {"a": 0.1}}
     lm = EvalResult("wikitext2", "test", 10, 0.0, perplexity=12.5, loss=2.5).to_dict()
     assert lm["perplexity"] == 12.5 and "accuracy" not in lm
+
+
+def test_results_carry_the_task_name_they_are_given(tiny_tokenizer, test_text):
+    model = spiking_lm(tiny_tokenizer.get_vocab_size(), ctx_len=16)
+    assert evaluate_lm(model, tiny_tokenizer, test_text, "valid", task="wikitext2").task == "wikitext2"
+
+
+def test_lm_windows_hold_every_token_once_scored(tiny_tokenizer, test_text):
+    ids = torch.tensor(tiny_tokenizer.encode("\n" + test_text).ids)
+    tokens, batches = lm_windows(tiny_tokenizer, test_text, ctx_len=16, batch_size=3)
+    assert tokens == len(ids)
+    windows = [w for _, group in batches for w in group]
+    assert sum(end - scored for _, end, scored in windows) == len(ids) - 1
+    for batch, group in batches:
+        assert batch.shape[0] == len(group) <= 3
+        for row, (start, end, _) in enumerate(group):
+            assert torch.equal(batch[row, :end - start], ids[start:end])
+
+
+def test_classification_inputs_are_shortest_first(tiny_tokenizer, small_data_dir):
+    examples = load_sst2("dev", small_data_dir)[:9]
+    order, batches = classification_inputs(tiny_tokenizer, examples, max_len=32, batch_size=4)
+    lengths = [int(mask.sum()) for _, masks, _ in batches for mask in masks]
+    assert lengths == sorted(lengths) and len(lengths) == 9
+    labels = torch.cat([label for _, _, label in batches])
+    assert labels.tolist() == [examples[i].label for i in order]
+
+
+def test_evaluate_split_reads_a_preset(tiny_tokenizer, small_data_dir):
+    model = spiking_lm(tiny_tokenizer.get_vocab_size(), ctx_len=16)
+    result = evaluate_split(model, tiny_tokenizer, "wikitext2", "test", small_data_dir, limit=5)
+    text = "".join(load_wikitext("test", small_data_dir).splitlines(keepends=True)[:5])
+    assert (result.task, result.split, result.n) == ("wikitext2", "test", word_count(text))
+    assert result.perplexity == pytest.approx(evaluate_lm(model, tiny_tokenizer, text, "test").perplexity)

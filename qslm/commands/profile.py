@@ -1,82 +1,54 @@
 """``qslm profile``: the model -> block -> module tree with parameters, FP32 bytes, measured firing
-rates, operation counts and FP32 energy per inference, measured on a small calibration slice
-(the SST-2 held-out slice of train, or the held-out tail of WikiText-2 valid; never a reported split).
+rates, operation counts and FP32 energy per inference, measured on the task's profile inputs at batch
+size 1 (presets: the SST-2 held-out slice of train, or the held-out tail of WikiText-2 valid; your files:
+the calibration file, else the validation file; never a reported split).
 
     qslm profile spikegpt-sst2 --limit 64
     qslm profile runs/spikegpt-lm --task wikitext2 --json
+    qslm profile MODEL --task text-classification --data-files validation=val.jsonl
 """
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import QslmError
-from .common import add_data_dir_argument, add_device_argument, add_model_argument, print_json, print_table
+from .common import add_device_argument, add_model_argument, print_json, print_table
+from ..tasks.presets import DEFAULT_SIZES, PRESETS, default_task
+from .task_options import add_task_arguments, parse_data_files, task_from_args
 
-DEFAULT_LIMIT = {"sst2": 64, "wikitext2": 40}  # examples / lines of the calibration slice
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit <= 0:
+        raise QslmError(f"--limit must be positive, got {limit}")
 
 
 def calibration_runner(loaded, task: str, data_dir=None, limit: int | None = None) -> Callable[[], int]:
-    """A function that runs ``loaded.model`` over the calibration slice at batch size 1 (the deployment
-    setting: no padding, one sequence per forward) and returns how many sequences it ran.
+    """A function that runs ``loaded.model`` over a preset's profile inputs (the calibration slice at batch
+    size 1: no padding, one sequence per forward) and returns how many sequences it ran.
     ``limit`` keeps the first N examples (sst2) or lines (wikitext2) of the slice."""
-    from ..data import sst2, wikitext
-    from ..evaluate import evaluate_classification, evaluate_lm
+    from ..tasks.base import run_inputs
+    from ..tasks.presets import build_task
 
-    if limit is not None and limit <= 0:
-        raise QslmError(f"--limit must be positive, got {limit}")
-    limit = limit or DEFAULT_LIMIT[task]
-    if task == "sst2":
-        examples = sst2.calibration_examples(data_dir)[:limit]
-
-        def run_model():
-            evaluate_classification(loaded.model, loaded.tokenizer, examples, "calibration", batch_size=1)
-    else:
-        lines = wikitext.calibration_text(data_dir).splitlines(keepends=True)
-        text = "".join(lines[:limit])
-        if not text.strip():
-            raise QslmError(f"the first {limit} lines of the WikiText-2 calibration slice are blank; raise --limit")
-
-        def run_model():
-            evaluate_lm(loaded.model, loaded.tokenizer, text, "calibration", batch_size=1)
-
-    def run() -> int:
-        sequences = 0
-
-        def count(_module, inputs):
-            nonlocal sequences
-            sequences += inputs[0].shape[0]
-
-        handle = loaded.model.register_forward_pre_hook(count)
-        try:
-            run_model()
-        finally:
-            handle.remove()
-        return sequences
-
-    return run
+    _check_limit(limit)
+    inputs = build_task(task, loaded, data_dir=data_dir, profile_size=limit, action="profiled").profiling
+    return lambda: run_inputs(loaded.model, inputs)
 
 
-def profile_model(model_ref: str, task: str | None = None, data_dir=None, limit: int | None = None,
-                  hardware: str = "default_45nm", device=None) -> dict:
-    """Hierarchy, firing rates, op counts and FP32 energy of a model, as one JSON-ready dict."""
-    from ..analysis.cost import OpCounter, energy_per_inference, load_hardware_profile, power_mw
+def profile_task(loaded, task, profile) -> dict:
+    """Hierarchy, firing rates, op counts and FP32 energy of ``loaded`` on ``task``'s profile inputs under
+    the hardware ``profile``, as one JSON-ready dict."""
+    from ..analysis.cost import OpCounter, energy_per_inference, power_mw
     from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
-    from ..device import resolve_device
-    from ..models.zoo import check_task, load_model
+    from ..tasks.base import run_inputs
 
-    profile = load_hardware_profile(hardware)
-    loaded = load_model(model_ref, resolve_device(device))
-    task = check_task(loaded, task, "profiled")
-    run = calibration_runner(loaded, task, data_dir, limit)
     hierarchy = build_hierarchy(loaded.model)
     with SpikeRecorder(loaded.model) as spikes, OpCounter(loaded.model) as counter:
-        sequences = run()
+        sequences = run_inputs(loaded.model, task.profiling)
     hierarchy.attach_firing_rates(spikes.records)
     ops = counter.result(sequences)
     energy = energy_per_inference(ops, None, profile)
-    return {"path": str(loaded.path), "arch": loaded.config.arch, "task": task,
-            "calibration": {"split": "calibration", "sequences": sequences, "limit": limit or DEFAULT_LIMIT[task]},
+    return {"path": str(loaded.path), "arch": loaded.config.arch, "task": task.name,
+            "calibration": {"split": "calibration", "sequences": sequences, "inputs": len(task.profiling)},
             "hardware": profile.name, "hierarchy": hierarchy.to_dict(), "groups": hierarchy.groups(),
             "op_counts": ops.to_dict(), "energy_fp32": energy.to_dict(),
             "energy_fp32_by_group": energy.by_group(hierarchy.groups()),
@@ -95,8 +67,8 @@ def print_profile(info: dict) -> None:
     tree, ops, energy = info["hierarchy"], info["op_counts"]["units"], info["energy_fp32"]["units"]
     print(f"{info['path']}  ({info['arch']}, {tree['model']}): {tree['parameters']:,} parameters, "
           f"{tree['bytes_fp32']:,} bytes fp32; {tree['quantizable_parameters']:,} in {len(ops)} quantizable units")
-    print(f"calibration: {info['task']} held-out slice, {info['calibration']['sequences']} sequences; "
-          f"energy model {info['hardware']}")
+    print(f"calibration: {info['task']} {info['calibration']['source']}, {info['calibration']['sequences']} "
+          f"sequences; energy model {info['hardware']}")
 
     def unit_row(unit: dict, indent: str) -> list:
         op = ops[unit["name"]]
@@ -130,12 +102,28 @@ def print_profile(info: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = profile_model(args.model, args.task, args.data_dir, args.limit, args.hardware, args.device)
+    from ..analysis.cost import load_hardware_profile
+    from ..device import resolve_device
+    from ..models.zoo import load_model
+
+    _check_limit(args.limit)
+    profile = load_hardware_profile(args.hardware)
+    loaded = load_model(args.model, resolve_device(args.device))
+    name = args.task or default_task(loaded)
+    task = task_from_args(args, loaded, name, action="profiled", profile_size=args.limit)
+    info = profile_task(loaded, task, profile)
+    info["calibration"]["source"] = "held-out slice" if name in PRESETS else _profiled_file(args)
     if args.json:
         print_json(info)
     else:
         print_profile(info)
     return 0
+
+
+def _profiled_file(args: argparse.Namespace) -> str:
+    files = parse_data_files(args.data_files)
+    role = "calibration" if "calibration" in files else "validation"
+    return f"{role} file {files[role]}"
 
 
 def add_parser(subparsers) -> None:
@@ -144,14 +132,13 @@ def add_parser(subparsers) -> None:
         description="Profile a model into blocks and quantizable modules, and measure firing rates, operation "
                     "counts and FP32 energy on a small calibration slice (never the reported split).")
     add_model_argument(parser)
-    parser.add_argument("--task", default=None, choices=["sst2", "wikitext2"],
-                        help="calibration data (default: the model's own task)")
+    add_task_arguments(parser, task_help="the task whose calibration data is profiled (default: the model's "
+                                         "own preset, sst2 or wikitext2)")
     parser.add_argument("--limit", type=int, default=None,
-                        help=f"first N calibration examples (sst2, default {DEFAULT_LIMIT['sst2']}) "
-                             f"or lines (wikitext2, default {DEFAULT_LIMIT['wikitext2']})")
+                        help=f"first N calibration examples (default {DEFAULT_SIZES['sst2']['profile']}) "
+                             f"or lines of text (default {DEFAULT_SIZES['wikitext2']['profile']})")
     parser.add_argument("--hardware", default="default_45nm",
                         help="energy model: a bundled profile (default_45nm, neuromorphic) or a JSON file")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    add_data_dir_argument(parser)
     add_device_argument(parser)
     parser.set_defaults(func=run)

@@ -79,6 +79,13 @@ class Task:
         return f"{self.name}:{function}:{inputs_digest(self.calibration)}"
 
 
+def check_positive(**sizes: int | None) -> None:
+    """Each size given (not None) is at least 1; the error names the size by its keyword."""
+    for name, value in sizes.items():
+        if value is not None and value <= 0:
+            raise QslmError(f"{name.replace('_', ' ')} must be positive, got {value}")
+
+
 def _reiterable(inputs, field: str) -> list[ModelInput]:
     """The inputs as a list: a generator would be used up by the first pass over it."""
     if isinstance(inputs, (torch.Tensor, Mapping)):

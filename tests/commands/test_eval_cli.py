@@ -95,3 +95,87 @@ def test_task_is_required(capsys, tiny_classifier):
         main(["eval", str(tiny_classifier)])
     assert info.value.code == 2
     assert "--task" in capsys.readouterr().err
+
+
+# ---- the user's files
+
+def write_user_files(folder, small_data_dir) -> dict:
+    """The first dev sentences as a CSV (own column names, named labels), a JSONL and a TSV file, and
+    WikiText-2 test lines as a plain-text file."""
+    from qslm.data.sst2 import load_sst2
+
+    examples = load_sst2("dev", small_data_dir)[:12]
+    names = ("neg", "pos")
+    csv_rows = "".join(f'"{ex.sentence.replace(chr(34), chr(34) * 2)}",{names[ex.label]}\n' for ex in examples)
+    (folder / "reviews.csv").write_text("review,sentiment\n" + csv_rows)
+    (folder / "reviews.jsonl").write_text("".join(json.dumps({"text": ex.sentence, "label": ex.label}) + "\n"
+                                                  for ex in examples))
+    (folder / "reviews.tsv").write_text("label\tsentence\n" + "".join(f"{ex.label}\t{ex.sentence}\n"
+                                                                      for ex in examples))
+    (folder / "corpus.txt").write_text(load_wikitext("test", small_data_dir))
+    return {"examples": examples}
+
+
+@pytest.mark.parametrize("file, options", [
+    ("reviews.csv", ["--text-column", "review", "--label-column", "sentiment", "--labels", "neg,pos"]),
+    ("reviews.jsonl", []),
+    ("reviews.tsv", []),
+])
+def test_classification_files(capsys, tmp_path, tiny_classifier, small_data_dir, file, options):
+    from qslm.evaluate import evaluate_classification
+    from qslm.models.zoo import load_model
+
+    examples = write_user_files(tmp_path, small_data_dir)["examples"]
+    result = run_json(capsys, "eval", str(tiny_classifier), "--task", "text-classification", "--data-files",
+                      f"test={tmp_path / file}", *options, "--json")
+    assert (result["task"], result["split"], result["n"]) == ("text-classification", "test", 12)
+    loaded = load_model(tiny_classifier)
+    expected = evaluate_classification(loaded.model, loaded.tokenizer, examples, "test")
+    assert result["accuracy"] == pytest.approx(expected.accuracy)
+    assert result["loss"] == pytest.approx(expected.loss, rel=1e-5)
+
+
+def test_validation_split_of_the_files(capsys, tmp_path, tiny_classifier, small_data_dir):
+    write_user_files(tmp_path, small_data_dir)
+    result = run_json(capsys, "eval", str(tiny_classifier), "--task", "text-classification", "--data-files",
+                      f"validation={tmp_path / 'reviews.jsonl'}", "--split", "validation", "--limit", "5", "--json")
+    assert (result["split"], result["n"]) == ("validation", 5)
+
+
+def test_plain_text_file(capsys, tmp_path, tiny_lm, small_data_dir):
+    write_user_files(tmp_path, small_data_dir)
+    assert main(["eval", str(tiny_lm), "--task", "language-modeling", "--data-files",
+                 f"test={tmp_path / 'corpus.txt'}", "--limit", "8"]) == 0
+    out = capsys.readouterr().out
+    first_lines = "".join(load_wikitext("test", small_data_dir).splitlines(keepends=True)[:8])
+    assert out.startswith("language-modeling test: word perplexity ")
+    assert f"on {word_count(first_lines)} words" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data-files", "validation={csv}"], "--data-files names no test file; give test=FILE or choose another "
+                                           "--split (validation)"),
+    (["--data-files", "test={csv}"], "{csv}:1: no text column (sentence or text); columns found: review, sentiment"),
+    (["--data-files", "test={csv}", "--text-column", "review", "--label-column", "sentiment"],
+     "{csv}:2: label 'neg' is not an integer"),
+    (["--data-files", "test={csv}", "--text-column", "review", "--label-column", "sentiment", "--labels", "pos"],
+     "--labels names 1 classes (pos), but model"),
+    (["--data-files", "test"], "--data-files item 'test': expected ROLE=FILE"),
+    (["--data-files", "test={csv},test={csv}"], "--data-files names the test file twice"),
+    (["--data-files", "test={csv}", "--split", "dev"], "split 'dev' unknown for task text-classification"),
+    (["--data-files", "test={missing}"], "missing data file {missing}"),
+])
+def test_bad_user_files(capsys, tmp_path, tiny_classifier, small_data_dir, argv, message):
+    write_user_files(tmp_path, small_data_dir)
+    paths = {"csv": tmp_path / "reviews.csv", "missing": tmp_path / "none.csv"}
+    argv = [arg.format(**paths) for arg in argv]
+    assert main(["eval", str(tiny_classifier), "--task", "text-classification", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qslm eval: error: ") and len(err.strip().splitlines()) == 1
+    assert message.format(**paths) in err
+
+
+def test_presets_refuse_data_files(capsys, tmp_path, tiny_classifier, small_data_dir):
+    assert main(["eval", str(tiny_classifier), "--task", "sst2", "--data-files", f"test={tmp_path}/a.csv",
+                 "--data-dir", str(small_data_dir)]) == 2
+    assert "--data-files: task sst2 reads its own files from the data folder" in capsys.readouterr().err

@@ -64,3 +64,33 @@ def test_a_masked_lm_stage_is_refused(tiny_masked_lm, small_data_dir, capsys):
     assert main(["profile", str(tiny_masked_lm), "--data-dir", str(small_data_dir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("qslm profile: error:") and "masked-language-model pre-training stage" in err
+
+
+def test_classification_file(tiny_classifier, small_data_dir, tmp_path, capsys):
+    from qslm.data.sst2 import load_sst2
+
+    examples = load_sst2("dev", small_data_dir)[:7]
+    path = tmp_path / "val.jsonl"
+    path.write_text("".join(json.dumps({"sentence": ex.sentence, "label": ex.label}) + "\n" for ex in examples))
+    info = profile_json(capsys, tiny_classifier, "--task", "text-classification", "--data-files", f"validation={path}")
+    assert (info["task"], info["calibration"]["sequences"]) == ("text-classification", 7)
+    assert info["calibration"]["source"] == f"validation file {path}"
+    assert main(["profile", str(tiny_classifier), "--task", "text-classification", "--data-files",
+                 f"validation={path}", "--limit", "3"]) == 0
+    assert f"text-classification validation file {path}, 3 sequences" in capsys.readouterr().out
+
+
+def test_text_file_with_a_calibration_file(tiny_lm, small_data_dir, tmp_path, capsys):
+    valid = (small_data_dir / "wikitext-2" / "valid.txt").read_text()
+    (tmp_path / "val.txt").write_text(valid)
+    (tmp_path / "cal.txt").write_text("".join(line for line in valid.splitlines(keepends=True)[100:] if line.strip()))
+    files = f"validation={tmp_path / 'val.txt'},calibration={tmp_path / 'cal.txt'}"
+    one_line = profile_json(capsys, tiny_lm, "--task", "language-modeling", "--data-files", files, "--limit", 1)
+    many = profile_json(capsys, tiny_lm, "--task", "language-modeling", "--data-files", files)
+    assert one_line["calibration"]["source"] == f"calibration file {tmp_path / 'cal.txt'}"
+    assert 0 < one_line["calibration"]["sequences"] < many["calibration"]["sequences"]
+
+
+def test_file_kinds_need_their_files(tiny_classifier, capsys):
+    assert main(["profile", str(tiny_classifier), "--task", "text-classification"]) == 2
+    assert "task text-classification reads your files: give --data-files" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+"""Language modeling as a ``Task``: word-level perplexity of text (lower is better).
+
+    task = language_modeling.task(model, tokenizer, validation_text, test_text)
+
+The search measures candidates on the first ``validation_words`` words of the validation text and
+sensitivity on non-overlapping windows from the start of the calibration text (default: the validation
+text); the test text is measured once, on the chosen plan.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from tokenizers import Tokenizer
+from torch import nn
+
+from ..analysis.sensitivity import lm_calibration
+from ..data.wikitext import first_lines
+from ..errors import QslmError
+from ..evaluate import LANGUAGE_MODELING, evaluate_lm, lm_windows
+from .base import Task, check_positive
+
+PROFILE_LINES = 40
+METRIC = "word perplexity"
+
+
+def leading_words(text: str, words: int) -> str:
+    """The first whole lines of ``text`` holding at least ``words`` words (an end-of-line counts as one,
+    as in word perplexity), or all of it."""
+    lines, count = [], 0
+    for line in text.splitlines(keepends=True):
+        lines.append(line)
+        count += len(line.split()) + 1
+        if count >= words:
+            break
+    return "".join(lines)
+
+
+def profile_inputs(tokenizer: Tokenizer, text: str, ctx_len: int) -> list:
+    """The token windows (one per input) that perplexity reads at batch size 1."""
+    _, batches = lm_windows(tokenizer, text, ctx_len, batch_size=1)
+    return [batch[:, :-1] for batch, _ in batches]
+
+
+def _check_text(text: str, source: str) -> None:
+    if not text.strip():
+        raise QslmError(f"{source} is empty; expected plain text")
+
+
+def task(model: nn.Module, tokenizer: Tokenizer, validation_text: str, test_text: str | None = None, *,
+         calibration_text: str | None = None, calibration_tokens: int = 2048, validation_words: int = 8000,
+         test_limit: int | None = None, profile_lines: int = PROFILE_LINES, name: str = LANGUAGE_MODELING,
+         test_split: str = "test") -> Task:
+    """The task of modelling ``validation_text``; profiling runs the first ``profile_lines`` lines of the
+    calibration text; ``test_limit`` keeps the first lines of the test text."""
+    check_positive(calibration_tokens=calibration_tokens, validation_words=validation_words,
+                   test_limit=test_limit, profile_lines=profile_lines)
+    _check_text(validation_text, "the validation text")
+    calibration_text = validation_text if calibration_text is None else calibration_text
+    _check_text(calibration_text, "the calibration text")
+    if test_text is not None:
+        _check_text(test_text, "the test text")
+    ctx_len = model.config.ctx_len
+    tokens = len(tokenizer.encode("\n" + calibration_text).ids)
+    if tokens <= ctx_len:
+        raise QslmError(f"the calibration text has {tokens} tokens; one calibration window needs "
+                        f"{ctx_len + 1} (the model's context plus one)")
+    profiled = first_lines(calibration_text, profile_lines)
+    if not profiled.strip():
+        raise QslmError(f"the first {profile_lines} lines of the calibration text are blank; profile more lines")
+    validation = leading_words(validation_text, validation_words)
+    calibration = lm_calibration(tokenizer, calibration_text, ctx_len, calibration_tokens)
+
+    def perplexity(m: nn.Module) -> float:
+        return evaluate_lm(m, tokenizer, validation, "validation", task=name).perplexity
+
+    def test_perplexity(m: nn.Module) -> float:
+        return evaluate_lm(m, tokenizer, first_lines(test_text, test_limit), test_split, task=name).perplexity
+
+    return Task(evaluate=perplexity, calibration=[ids for ids, _, _ in calibration.batches],
+                higher_is_better=False, test=test_perplexity if test_text is not None else None, damage="kl",
+                profile_inputs=profile_inputs(tokenizer, profiled, ctx_len), name=name, metric_name=METRIC,
+                test_split=test_split,
+                fingerprint=f"{name}:{METRIC}:{hashlib.sha256(validation.encode()).hexdigest()}")

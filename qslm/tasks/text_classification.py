@@ -1,0 +1,94 @@
+"""Text classification as a ``Task``: accuracy (in percent) of labelled examples.
+
+    task = text_classification.task(model, tokenizer, validation_examples, test_examples)
+
+The search measures candidates on the validation examples and sensitivity on the longest of them (or of
+``calibration_examples``), where quantization damage shows most; the test examples are measured once,
+on the chosen plan.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from ..analysis.sensitivity import classification_calibration, output_log_probs
+from ..data.sst2 import Example
+from ..errors import QslmError
+from ..evaluate import CLASSIFICATION, classification_inputs, evaluate_classification, max_input_len
+from .base import Task, check_positive
+
+CALIBRATION_BATCH, VALIDATION_BATCH = 64, 128
+PROFILE_EXAMPLES = 64
+METRIC = "accuracy (%)"
+
+
+def longest_first(examples: Sequence[Example]) -> list[Example]:
+    """Examples by word count, longest first (stable: ties keep file order)."""
+    return sorted(examples, key=lambda ex: -len(ex.sentence.split()))
+
+
+def check_labels(examples: Sequence[Example], num_classes: int, source: str) -> None:
+    """Every label a class of the model: ``0..num_classes-1``."""
+    if not examples:
+        raise QslmError(f"{source}: no examples")
+    for index, example in enumerate(examples):
+        if not 0 <= example.label < num_classes:
+            raise QslmError(f"{source}: example {index + 1} has label {example.label}, but the model has "
+                            f"{num_classes} classes (labels 0..{num_classes - 1})")
+
+
+def profile_inputs(tokenizer: Tokenizer, examples: Sequence[Example], max_len: int) -> list[tuple]:
+    """One (ids, mask) per example, shortest first: what the model reads at batch size 1 (no padding)."""
+    _, batches = classification_inputs(tokenizer, list(examples), max_len, batch_size=1)
+    return [(ids, mask) for ids, mask, _ in batches]
+
+
+def task(model: nn.Module, tokenizer: Tokenizer, validation_examples: Sequence[Example],
+         test_examples: Sequence[Example] | None = None, calibration_size: int = 128,
+         validation_size: int | None = None, test_limit: int | None = None, *,
+         calibration_examples: Sequence[Example] | None = None, profile_size: int = PROFILE_EXAMPLES,
+         name: str = CLASSIFICATION, test_split: str = "test") -> Task:
+    """The task of classifying ``model``'s examples. Validation keeps the ``validation_size`` longest
+    examples (all by default); calibration is the ``calibration_size`` longest of those, or of
+    ``calibration_examples``; profiling runs the first ``profile_size`` of them in file order."""
+    check_positive(calibration_size=calibration_size, validation_size=validation_size, test_limit=test_limit,
+                   profile_size=profile_size)
+    num_classes = model.config.num_classes
+    check_labels(validation_examples, num_classes, "validation examples")
+    if test_examples is not None:
+        check_labels(test_examples, num_classes, "test examples")
+    if calibration_examples is not None:
+        check_labels(calibration_examples, num_classes, "calibration examples")
+    max_len = max_input_len(model)
+    validation_set = longest_first(validation_examples)[:validation_size]
+    calibration_source = validation_set if calibration_examples is None else calibration_examples
+    calibration = classification_calibration(tokenizer, longest_first(calibration_source)[:calibration_size],
+                                             max_len, batch_size=CALIBRATION_BATCH)
+    validation = classification_calibration(tokenizer, validation_set, max_len, batch_size=VALIDATION_BATCH)
+    float_correct: list[torch.Tensor] = []
+
+    def paired_accuracy(m: nn.Module) -> float:
+        """Validation accuracy in percent, pessimistic by one standard error of the paired difference to
+        the float model (measured by the first call): a 1-point limit then means 1 point plus the noise of
+        a finite slice, which keeps the drop on the test split within the limit far more often."""
+        correct = torch.cat([lp.argmax(-1) == labels for lp, (_, _, labels)
+                             in zip(output_log_probs(m, validation), validation.batches)]).float()
+        if not float_correct:
+            float_correct.append(correct)
+            return 100 * float(correct.mean())
+        lost = float_correct[0] - correct  # +1 lost, -1 gained, per example
+        return 100 * float(correct.mean() - lost.std() / len(lost) ** 0.5)
+
+    def test_accuracy(m: nn.Module) -> float:
+        return 100 * evaluate_classification(m, tokenizer, list(test_examples)[:test_limit], test_split,
+                                             task=name).accuracy
+
+    profiled = calibration_source if calibration_examples is not None else validation_examples
+    return Task(evaluate=paired_accuracy, calibration=[(ids, mask) for ids, mask, _ in calibration.batches],
+                higher_is_better=True, test=test_accuracy if test_examples is not None else None, damage="kl",
+                profile_inputs=profile_inputs(tokenizer, list(profiled)[:profile_size], max_len), name=name,
+                metric_name=METRIC, test_split=test_split,
+                fingerprint=f"{name}:accuracy minus one paired standard error:{validation.digest}")

@@ -1,0 +1,76 @@
+"""language_modeling.task on the tiny language model: windows, word perplexity, test and profile inputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qslm.data.wikitext import load_wikitext
+from qslm.errors import QslmError
+from qslm.evaluate import evaluate_lm
+from qslm.models.zoo import load_model
+from qslm.tasks import language_modeling
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_lm):
+    return load_model(tiny_lm)
+
+
+@pytest.fixture(scope="module")
+def text(small_data_dir) -> str:
+    return load_wikitext("valid", small_data_dir)
+
+
+def test_leading_words_keeps_whole_lines():
+    text = "a b c\nd e\nf g h i\n"
+    assert language_modeling.leading_words(text, 4) == "a b c\n"  # 3 words + end of line
+    assert language_modeling.leading_words(text, 5) == "a b c\nd e\n"
+    assert language_modeling.leading_words(text, 100) == text
+
+
+def test_calibration_windows_from_the_start(loaded, text):
+    task = language_modeling.task(loaded.model, loaded.tokenizer, text, calibration_tokens=32 * 10)
+    assert not task.higher_is_better and task.damage == "kl" and task.metric_name == "word perplexity"
+    ids = torch.tensor(loaded.tokenizer.encode("\n" + text).ids)
+    windows = torch.cat(task.calibration)
+    assert windows.shape == (10, 32) and [w.shape[0] for w in task.calibration] == [8, 2]
+    assert torch.equal(windows, ids[:320].reshape(10, 32))
+
+
+def test_evaluate_and_test_are_word_perplexities(loaded, text, small_data_dir):
+    test_text = load_wikitext("test", small_data_dir)
+    task = language_modeling.task(loaded.model, loaded.tokenizer, text, test_text, validation_words=300,
+                                  test_limit=7)
+    head = language_modeling.leading_words(text, 300)
+    assert 300 <= sum(len(line.split()) + 1 for line in head.splitlines()) < 300 + 200
+    assert task.evaluate(loaded.model) == pytest.approx(
+        evaluate_lm(loaded.model, loaded.tokenizer, head, "validation").perplexity)
+    first = "".join(test_text.splitlines(keepends=True)[:7])
+    assert task.test(loaded.model) == pytest.approx(evaluate_lm(loaded.model, loaded.tokenizer, first, "t").perplexity)
+
+
+def test_profile_inputs_are_the_windows_of_the_first_lines(loaded, text):
+    calibration = "\n\n" + text
+    task = language_modeling.task(loaded.model, loaded.tokenizer, text, calibration_text=calibration,
+                                  profile_lines=6)
+    fed = []
+    handle = loaded.model.register_forward_pre_hook(lambda _m, inputs: fed.append(inputs[0]))
+    try:
+        evaluate_lm(loaded.model, loaded.tokenizer, "".join(calibration.splitlines(keepends=True)[:6]), "c",
+                    batch_size=1)
+    finally:
+        handle.remove()
+    assert len(fed) == len(task.profiling) > 1
+    assert all(torch.equal(a, b) for a, b in zip(fed, task.profiling))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"validation_text": " \n"}, "the validation text is empty"),
+    ({"calibration_text": "short"}, r"the calibration text has \d+ tokens; one calibration window needs 33"),
+    ({"calibration_text": "\n" * 50 + "x " * 40, "profile_lines": 5}, "the first 5 lines of the calibration text"),
+    ({"validation_words": -3}, "validation words must be positive, got -3"),
+])
+def test_bad_input(loaded, text, options, message):
+    arguments = {"validation_text": text, **options}
+    with pytest.raises(QslmError, match=message):
+        language_modeling.task(loaded.model, loaded.tokenizer, **arguments)
