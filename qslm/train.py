@@ -6,8 +6,8 @@ Task ``wikitext2`` trains a language model on the text stream: next-token for Sp
 (BERT-style) for the bidirectional spiking encoder, whose masked LM is a pre-training stage for
 ``--task sst2 --init``.
 
-Seeded; checkpoints every ``checkpoint_every`` steps (and on Ctrl-C) to ``OUT.partial/checkpoint.pt``;
-re-running the same command resumes from there. The finished model folder appears at OUT only at the end.
+Seeded; checkpoints every ``checkpoint_every`` steps (and on Ctrl-C) to ``OUT.partial/state.safetensors``
+(see ``train_state``: no pickle); re-running the same command resumes from there. The finished model folder appears at OUT only at the end.
 """
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import random
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,49 +36,18 @@ from .errors import QslmError
 from .evaluate import classification_logits, evaluate_classification, evaluate_lm, masked_lm_loss, max_input_len
 from .models.zoo import (ARCHITECTURES, LANGUAGE_MODEL_TASK, TOKENIZER_FILE, build_model, evaluation_task,
                          load_model, save_model)
+from .train_options import TrainOptions
+from .train_state import (STATE_FILE, TrainingState, read_state, read_tensors, refuse_legacy_files,
+                          temporary_sibling, write_state, write_tensors)
 
 TRAINING_FILE = "training.json"  # the training summary written beside the model
-TEACHER_LOGITS_FILE = "teacher_logits.pt"  # kept in the work folder so a resumed run need not recompute them
+TEACHER_LOGITS_FILE = "teacher_logits.safetensors"  # kept in the work folder so a resumed run need not recompute them
 LM_VALIDATION_CHARS = 20000  # of the held-out WikiText-2 text, validated on by language-model training
 
 
 def head_task(arch: str, task: str) -> str:
     """The config ``task`` (the model's head) that training ``arch`` on ``task`` needs."""
     return "classification" if task == "sst2" else LANGUAGE_MODEL_TASK[arch]
-
-
-@dataclass
-class TrainOptions:
-    arch: str
-    task: str  # "wikitext2" (language modelling) or "sst2" (classification)
-    out: Path
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup: int = 100
-    seed: int = 0
-    vocab_size: int = 2048
-    model_overrides: dict = field(default_factory=dict)  # config fields, e.g. n_embd, n_layer
-    init: str | None = None  # start from this model's weights and tokenizer
-    corpora: list[str] = field(default_factory=list)  # extra LM text files (default: brown/brown.txt)
-    wikitext_weight: int = 1  # times the WikiText-2 text appears in the LM stream (it is the test domain)
-    # SST-2: draw each training example with probability proportional to words ** length_weighting.
-    # Train is mostly short phrases while dev is whole sentences; 0 keeps plain shuffled epochs.
-    length_weighting: float = 0.0
-    # Keep an exponential moving average of the weights (decay per step) and write it as the model;
-    # 0 writes the last step's weights. Validation then measures the average too.
-    ema_decay: float = 0.0
-    # SST-2: learn also from a trained classifier's outputs (knowledge distillation, as SpikeBERT trains its
-    # spiking encoder): loss = (1 - w) * cross-entropy(labels) + w * T^2 * KL(teacher || student) at
-    # temperature T. The teacher may be any classifier folder or bundled name, of any architecture.
-    teacher: str | None = None
-    distill_weight: float = 0.5
-    distill_temperature: float = 2.0
-    checkpoint_every: int = 200
-    eval_every: int = 500
-    data_dir: str | None = None
-    device: str = "cpu"
 
 
 def lm_training_text(options: TrainOptions) -> str:
@@ -127,42 +94,19 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
                                        reduction="batchmean")
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class Trainer:
     def __init__(self, options: TrainOptions):
         self.options = options
-        if options.arch not in ARCHITECTURES:
-            raise QslmError(f"unknown arch {options.arch!r}; expected one of {sorted(ARCHITECTURES)}")
-        if options.task not in ("wikitext2", "sst2"):
-            raise QslmError(f"unknown task {options.task!r}; expected wikitext2 or sst2")
-        if options.wikitext_weight < 1:
-            raise QslmError(f"--wikitext-weight must be a whole number >= 1, got {options.wikitext_weight}")
-        if not options.length_weighting >= 0:
-            raise QslmError(f"--length-weighting must be >= 0, got {options.length_weighting}")
-        if options.length_weighting and options.task != "sst2":
-            raise QslmError(f"--length-weighting applies to sst2 training only, not {options.task!r}")
-        if options.wikitext_weight != 1 and options.task != "wikitext2":
-            raise QslmError(f"--wikitext-weight applies to wikitext2 training only, not {options.task!r}")
-        if not 0 <= options.ema_decay < 1:
-            raise QslmError(f"--ema-decay must be in [0, 1), got {options.ema_decay}")
-        if options.teacher is not None and options.task != "sst2":
-            raise QslmError(f"--teacher applies to sst2 training only, not {options.task!r}")
-        if not 0 <= options.distill_weight <= 1:
-            raise QslmError(f"--distill-weight must be in [0, 1], got {options.distill_weight}")
-        if not options.distill_temperature > 0:
-            raise QslmError(f"--distill-temperature must be > 0, got {options.distill_temperature}")
-        config_fields = {f.name for f in dataclasses.fields(ARCHITECTURES[options.arch][0])}
-        unknown = sorted(set(options.model_overrides) - config_fields)
-        if unknown:
-            raise QslmError(f"unknown config fields {unknown} for arch {options.arch!r}; "
-                            f"expected some of {sorted(config_fields)}")
+        options.validate()  # again: the options may have been changed since they were made
         self.work = Path(str(options.out) + ".partial")
+        for path, role in ((Path(options.out), "model folder to write"), (self.work, "work folder")):
+            if path.exists() and not path.is_dir():
+                raise QslmError(f"--out {options.out}: {path} is a file, not a folder; expected a {role} "
+                                f"(or nothing there yet)")
+        if self.work.is_dir():
+            refuse_legacy_files(self.work)
         self.work.mkdir(parents=True, exist_ok=True)
+        saved = self._saved_state()  # read and checked before the slow setup, applied after it
         self.device = torch.device(options.device)
         torch.manual_seed(options.seed)
         self.rng = random.Random(options.seed)
@@ -176,7 +120,8 @@ class Trainer:
         self.history: list[dict] = []
         self.seconds = 0.0
         self._prepare_data()
-        self._resume()
+        if saved is not None:
+            self._resume(saved)
 
     @functools.cached_property
     def sst2_split(self) -> tuple[list[sst2.Example], list[sst2.Example]]:
@@ -239,7 +184,12 @@ class Trainer:
         """The teacher's logits for every training example, in order (computed once, kept for resuming)."""
         path = self.work / TEACHER_LOGITS_FILE
         if path.is_file():
-            return torch.load(path, weights_only=True)
+            tensors, _ = read_tensors(path, self.work)
+            logits = tensors.get("logits")
+            if logits is None or logits.shape[0] != len(examples):
+                raise QslmError(f"{path} does not hold the teacher logits of the {len(examples):,} training "
+                                f"examples; delete {self.work} to start over")
+            return logits
         teacher = load_model(self.options.teacher, self.device)
         if evaluation_task(teacher.config, teacher.path) != "sst2":
             raise QslmError(f"--teacher {self.options.teacher} is a language model; a teacher must be a classifier")
@@ -248,24 +198,34 @@ class Trainer:
                             f"the model being trained {self.model.config.num_classes}")
         print(f"teacher {teacher.path}: scoring {len(examples):,} training examples")
         logits, _ = classification_logits(teacher.model, teacher.tokenizer, examples, batch_size=256, progress=True)
-        atomic_torch_save(logits, path)
+        write_tensors(path, {"logits": logits})
         return logits
 
-    def _resume(self) -> None:
-        path = self.work / "checkpoint.pt"
+    def _saved_state(self) -> TrainingState | None:
+        path = self.work / STATE_FILE
         if not path.is_file():
-            return
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state["options"] != self._options_fingerprint():
+            return None
+        state = read_state(path, self.work)
+        if state.options != self._options_fingerprint():
             raise QslmError(f"{path} was written by different training options; remove {self.work} to start over")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.step, self.history, self.seconds = state["step"], state["history"], state["seconds"]
-        self.rng.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        self.epoch_batches = state.get("epoch_batches", [])
+        return state
+
+    def _resume(self, state: TrainingState) -> None:
+        path = self.work / STATE_FILE
+        if (state.ema is None) != (self.ema is None):
+            raise QslmError(f"{path} does not match the moving-average setting; remove {self.work} to start over")
+        try:
+            self.model.load_state_dict(state.model)
+            self.optimizer.load_state_dict(state.optimizer)
+            if self.ema is not None:
+                self.ema.load_state_dict(state.ema)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise QslmError(f"{path} does not match the model being trained ({err}); "
+                            f"remove {self.work} to start over") from None
+        self.step, self.history, self.seconds = state.step, state.history, state.seconds
+        self.rng.setstate(state.python_rng)
+        torch.set_rng_state(state.torch_rng)
+        self.epoch_batches = state.epoch_batches
         print(f"resuming from {path} at step {self.step}")
 
     def _options_fingerprint(self) -> str:
@@ -280,12 +240,12 @@ class Trainer:
                 "epoch_batches": list(getattr(self, "epoch_batches", []))}
 
     def save_checkpoint(self, batch_order: dict | None = None) -> None:
-        atomic_torch_save({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
-            "history": self.history, "seconds": self.seconds, "options": self._options_fingerprint(),
-            **(batch_order or self._batch_order_state()),
-        }, self.work / "checkpoint.pt")
+        order = batch_order or self._batch_order_state()
+        write_state(self.work / STATE_FILE, TrainingState(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            ema=self.ema.state_dict() if self.ema is not None else None, step=self.step, history=self.history,
+            seconds=self.seconds, options=self._options_fingerprint(), python_rng=order["python_rng"],
+            torch_rng=order["torch_rng"], epoch_batches=order["epoch_batches"]))
 
     def _lm_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         ctx = self.model.config.ctx_len
@@ -418,9 +378,9 @@ class Trainer:
         model = self.result_model.eval()
         save_model(options.out, model.cpu(), self.tokenizer,
                    extra_files={TRAINING_FILE: json.dumps(summary, indent=2) + "\n"})
-        (self.work / "checkpoint.pt").unlink(missing_ok=True)
-        (self.work / TOKENIZER_FILE).unlink(missing_ok=True)
-        (self.work / TEACHER_LOGITS_FILE).unlink(missing_ok=True)
+        for name in (STATE_FILE, TOKENIZER_FILE, TEACHER_LOGITS_FILE):
+            (self.work / name).unlink(missing_ok=True)
+            temporary_sibling(self.work / name).unlink(missing_ok=True)  # left by a run killed mid-write
         self.work.rmdir()
         return Path(options.out)
 

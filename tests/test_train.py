@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import re
 
 import pytest
@@ -17,6 +18,7 @@ from qslm.evaluate import classification_logits
 from qslm.models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, build_model, load_model, save_model
 from qslm.train import (Trainer, TrainOptions, distillation_loss, lm_training_text, lr_at, sst2_split,
                         tokenizer_corpus, train)
+from qslm.train_state import STATE_FILE
 
 TASKS = {"wikitext2": {"n_embd": 16, "n_layer": 1, "ctx_len": 16},
          "sst2": {"n_embd": 16, "n_layer": 1, "ctx_len": 24}}
@@ -90,7 +92,7 @@ def test_interrupted_run_resumes_to_identical_weights(task, ema_decay, small_dat
         with pytest.raises(QslmError, match="interrupted at step 3; checkpoint saved"):
             train(run_options(out))
     assert not out.exists()
-    assert (tmp_path / "resumed.partial" / "checkpoint.pt").is_file()
+    assert (tmp_path / "resumed.partial" / STATE_FILE).is_file()
     # Volatile options (checkpoint and eval intervals) may change on resume.
     train(run_options(out, checkpoint_every=100))
     assert "resuming from" in capsys.readouterr().out
@@ -222,8 +224,8 @@ def test_distillation_learns_from_the_teacher_outputs(small_data_dir, tmp_path, 
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"distill_weight": 1.5}, "--distill-weight must be in [0, 1], got 1.5"),
-    ({"distill_temperature": 0.0}, "--distill-temperature must be > 0, got 0.0"),
+    ({"distill_weight": 1.5}, "--distill-weight must be a finite number in [0, 1], got 1.5"),
+    ({"distill_temperature": 0.0}, "--distill-temperature must be a finite number > 0, got 0.0"),
     ({"teacher": "LM"}, "is a language model; a teacher must be a classifier"),
     ({"task": "wikitext2", "teacher": "CLF"}, "--teacher applies to sst2 training only, not 'wikitext2'"),
 ])
@@ -253,7 +255,7 @@ def test_length_weighting_draws_longer_examples_more_often(small_data_dir, tmp_p
 
     plain, weighted = mean_words_drawn(0.0), mean_words_drawn(1.0)
     assert weighted > 1.15 * plain  # about 1.23 on the small data set; plain order gives about 1.0
-    with pytest.raises(QslmError, match="--length-weighting must be >= 0, got -1"):
+    with pytest.raises(QslmError, match="--length-weighting must be a finite number >= 0, got -1"):
         train(options("sst2", tmp_path / "bad", small_data_dir, length_weighting=-1.0))
     with pytest.raises(QslmError, match="--length-weighting applies to sst2 training only, not 'wikitext2'"):
         train(options("wikitext2", tmp_path / "bad", small_data_dir, length_weighting=1.0))
@@ -291,5 +293,63 @@ def test_ema_writes_the_moving_average_of_the_weights(small_data_dir, tmp_path, 
     for name, value in expected.items():
         torch.testing.assert_close(written[name], value)
     assert not torch.equal(written["classifier.weight"], snapshots[-1]["classifier.weight"])
-    with pytest.raises(QslmError, match=r"--ema-decay must be in \[0, 1\), got 1.0"):
+    with pytest.raises(QslmError, match=r"--ema-decay must be a finite number in \[0, 1\), got 1.0"):
         train(options("sst2", tmp_path / "bad", small_data_dir, ema_decay=1.0))
+
+
+class CreatesMarker:
+    """Unpickling this object creates ``marker``: the shape of a crafted checkpoint that runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_the_crafted_payload_runs_when_unpickled(tmp_path):
+    """The payload the tests below plant is live: unpickling it does create its marker."""
+    marker = tmp_path / "ran"
+    pickle.loads(pickle.dumps(CreatesMarker(marker))).close()
+    assert marker.is_file()
+
+
+@pytest.mark.parametrize("planted", ["checkpoint.pt", "teacher_logits.pt"])
+def test_an_old_pickle_checkpoint_is_refused_unloaded(planted, small_data_dir, tmp_path):
+    marker = tmp_path / "code-ran"
+    work = tmp_path / "model.partial"
+    work.mkdir()
+    torch.save(CreatesMarker(marker), work / planted)
+    with pytest.raises(QslmError, match=rf"{planted} is a checkpoint of an older qslm version.*"
+                                        rf"delete the folder .*model.partial to start over"):
+        train(options("sst2", tmp_path / "model", small_data_dir))
+    assert not marker.exists()
+    assert (work / planted).is_file()  # the user's folder is left for them to delete
+
+
+def test_a_pickle_in_place_of_the_state_file_is_refused_unloaded(small_data_dir, tmp_path):
+    marker = tmp_path / "code-ran"
+    work = tmp_path / "model.partial"
+    work.mkdir()
+    (work / STATE_FILE).write_bytes(pickle.dumps(CreatesMarker(marker)))
+    with pytest.raises(QslmError, match=rf"{STATE_FILE} is not a readable safetensors file.*"
+                                        rf"delete .*model.partial to start over"):
+        train(options("sst2", tmp_path / "model", small_data_dir))
+    assert not marker.exists()
+
+
+def test_corrupt_teacher_logits_are_refused(small_data_dir, tmp_path, tiny_classifier):
+    work = tmp_path / "model.partial"
+    work.mkdir()
+    (work / "teacher_logits.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(QslmError, match="teacher_logits.safetensors is not a readable safetensors file"):
+        train(options("sst2", tmp_path / "model", small_data_dir, teacher=str(tiny_classifier)))
+
+
+@pytest.mark.parametrize("existing", ["model", "model.partial"])
+def test_out_naming_a_file_is_refused_before_any_work(existing, small_data_dir, tmp_path):
+    (tmp_path / existing).write_text("a file the user keeps")
+    with pytest.raises(QslmError, match=rf"--out .*model: .*{existing} is a file, not a folder"):
+        train(options("sst2", tmp_path / "model", small_data_dir))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [existing]
+    assert (tmp_path / existing).read_text() == "a file the user keeps"

@@ -5,10 +5,10 @@ import argparse
 import sys
 
 from ..errors import QslmError
-from .common import (add_data_dir_argument, add_device_argument, add_model_argument, add_overwrite_argument,
-                     claim_output, print_table)
+from ..search.strategies import strategy_names
+from .common import add_device_argument, add_model_argument, add_overwrite_argument, claim_output, print_table
+from .task_options import add_task_arguments, data_options
 
-STRATEGIES = ("tiered", "uniform", "hawq", "greedy", "random", "nsga2")
 
 
 def parse_bits(text: str) -> list[int]:
@@ -60,7 +60,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="objective weights, default quality=1,memory=1,energy=0.5,latency=0 (latency: "
                              "modelled from the hardware profile)")
     parser.add_argument("--bits", default="2,3,4,5,6,8", help="candidate bit-widths (default 2,3,4,5,6,8)")
-    parser.add_argument("--strategy", default="tiered", choices=STRATEGIES)
+    parser.add_argument("--strategy", default="tiered", choices=strategy_names())
     parser.add_argument("--sensitivity", default="exact", choices=("exact", "local"),
                         help="exact: whole model per measurement; local: each block alone with a Fisher "
                              "estimate, time linear in depth (for deep models)")
@@ -76,8 +76,10 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="verify on the first N examples (sst2) / lines (wikitext2) of the reported split only "
                              "(default: all of it)")
     parser.add_argument("--seed", type=integer_at_least(0), default=0)
+    parser.add_argument("--ignore", action="append", default=[], metavar="GLOB",
+                        help="keep units matching this glob float (unit names or parameter paths, e.g. '*.pos'; "
+                             "repeatable)")
     parser.add_argument("--cache-dir", default=None, help="sensitivity cache (default: $QSLM_CACHE_DIR or ~/.cache/qslm)")
-    add_data_dir_argument(parser)
     add_device_argument(parser)
 
 
@@ -95,8 +97,8 @@ def options_from_args(args: argparse.Namespace) -> dict:
         weights=parse_weights(args.weights), bit_choices=parse_bits(args.bits), strategy=args.strategy,
         max_evaluations=args.max_evals, calibration_size=args.calibration_size,
         validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
-        reported_limit=args.reported_limit, sensitivity_method=args.sensitivity,
-        data_dir=args.data_dir, device=args.device)
+        reported_limit=args.reported_limit, sensitivity_method=args.sensitivity, ignore=tuple(args.ignore),
+        device=args.device, overwrite=args.overwrite, **data_options(args))
 
 
 def print_summary(result) -> None:
@@ -107,8 +109,7 @@ def print_summary(result) -> None:
         print(f"no plan meets the constraints ({report['status']}); closest plans are listed in "
               f"{result.out / 'report.md'}")
         return
-    split = final["split"] + (f", first {final['reported_limit']}" if final.get("reported_limit") else "")
-    metric = (lambda v: f"{100 * v:.2f}%") if hib else (lambda v: f"{v:.2f}")
+    split = final["split"] + (f", first {report['reported_limit']}" if report.get("reported_limit") else "")
     rows = [
         ["memory (MB)", f"{base['memory_bytes'] / 1e6:.3f}", f"{final['memory_bytes'] / 1e6:.3f}",
          f"{100 * final['memory_bytes'] / base['memory_bytes']:.1f}% of FP32"],
@@ -116,9 +117,8 @@ def print_summary(result) -> None:
          f"{100 * final['energy_pj'] / base['energy_pj']:.1f}% of FP32"],
         ["power (mW)", f"{base['power_mw']:.3f}", f"{final['power_mw']:.3f}",
          f"{100 * final['power_mw'] / base['power_mw']:.1f}% of FP32"],
-        [f"{'accuracy' if hib else 'word perplexity'} ({split})", metric(base[f"metric_{final['split']}"]),
-         metric(final["metric"]), f"{-final['quality_loss']:+.2f} points" if hib
-         else f"{100 * final['quality_loss']:+.2f}%"],
+        [f"{report['metric_name']} ({split})", f"{base['metric_' + final['split']]:.4g}", f"{final['metric']:.4g}",
+         f"{-final['quality_loss']:+.4g}" if hib else f"{100 * final['quality_loss']:+.2f}%"],
     ]
     print_table(rows, ["", "FP32", "QSLM", "change"])
     if not final["quality_within_limit"]:
@@ -149,7 +149,8 @@ def add_parser(subparsers) -> None:
                     "Re-running the same command resumes from OUT/journal.jsonl. Exit code 3: no plan met "
                     "the constraints (the report lists the closest).")
     add_model_argument(parser)
-    parser.add_argument("--task", required=True, choices=["sst2", "wikitext2"])
+    add_task_arguments(parser, required=True, task_help="sst2 / wikitext2 (presets, read from --data-dir), or "
+                       "text-classification / language-modeling over your --data-files")
     parser.add_argument("--out", required=True,
                         help="output folder: quantized model, reports, journal (new, empty, or an earlier search's)")
     add_overwrite_argument(parser)

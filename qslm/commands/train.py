@@ -9,20 +9,14 @@ from ..errors import QslmError
 from .common import add_data_dir_argument, add_device_argument, add_overwrite_argument, claim_output
 
 
-def parse_overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` items as {KEY: VALUE}; the training options read each value as its field's type."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise QslmError(f"--set {item!r}: expected KEY=VALUE, e.g. n_layer=6")
-        for cast in (int, float):
-            try:
-                overrides[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            overrides[key] = value
+        overrides[key] = value
     return overrides
 
 

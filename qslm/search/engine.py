@@ -83,12 +83,14 @@ def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Co
            config: SearchConfig | None = None, *, device: str | torch.device | None = None, progress: bool = True,
            label: str | None = None, cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
            protect: tuple[str | os.PathLike, ...] = (),
-           companion_files: Mapping[str, Callable[[Path], None]] | None = None) -> SearchResult:
+           companion_files: Mapping[str, Callable[[Path], None]] | None = None,
+           notes: Mapping[str, object] | None = None) -> SearchResult:
     """Search a mixed-precision plan for ``model`` on ``task`` and write the packed model and report to
     ``out`` (a search output folder, see ``qslm.outputs``; ``protect`` names folders it must not be in).
     ``label`` names the model in the report; ``cache_dir`` keeps sensitivity measurements across runs
     (default ``$QSLM_CACHE_DIR`` or ``~/.cache/qslm``); ``companion_files`` (name -> writer of that file
-    into a folder) go beside the model, e.g. a model folder's config and tokenizer."""
+    into a folder) go beside the model, e.g. a model folder's tokenizer; ``notes`` are recorded in the
+    report as given."""
     from ..device import resolve_device
 
     started, seconds = time.perf_counter(), {}
@@ -99,12 +101,13 @@ def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Co
     with folder:
         folder.keep(JOURNAL_FILE)
         result = _search(model, task, folder, constraints, config, resolve_device(device), progress,
-                         label or type(model).__name__, cache_dir, companion_files or {}, started, seconds)
+                         label or type(model).__name__, cache_dir, companion_files or {}, dict(notes or {}),
+                         started, seconds)
     return result
 
 
-def _search(model, task, folder, constraints, config, device, progress, label, cache_dir, companions, started,
-            seconds) -> SearchResult:
+def _search(model, task, folder, constraints, config, device, progress, label, cache_dir, companions, notes,
+            started, seconds) -> SearchResult:
     out = folder.path
     torch.manual_seed(config.seed)
     profile = load_hardware_profile(config.hardware)
@@ -171,7 +174,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     split = task.test_split if task.test is not None else "validation"
     reported_metric = _metric(test, model, "test")
     report = {
-        "model": label, "model_hash": digest, "task": task.name, "metric_name": task.metric_name,
+        **notes, "model": label, "model_hash": digest, "task": task.name, "metric_name": task.metric_name,
         "higher_is_better": task.higher_is_better,
         "constraints": constraints.to_dict(baseline.memory_bytes, baseline.energy_pj), "config": config.to_dict(),
         "hardware": profile.name, "calibration_batches": len(task.calibration), "damage_measure": reference.measure,

@@ -29,11 +29,13 @@ def test_top_level_help_lists_train_and_eval(capsys):
 
 
 def test_parse_overrides():
+    """Values stay text here: the training options read each as its config field's type."""
     assert parse_overrides(["n_layer=6", "tau=1.5", "task=lm", "v_threshold=1e-1"]) == {
-        "n_layer": 6, "tau": 1.5, "task": "lm", "v_threshold": 0.1}
-    assert isinstance(parse_overrides(["n_embd=64"])["n_embd"], int)
+        "n_layer": "6", "tau": "1.5", "task": "lm", "v_threshold": "1e-1"}
     with pytest.raises(QslmError, match="--set 'n_layer': expected KEY=VALUE"):
         parse_overrides(["n_layer"])
+    with pytest.raises(QslmError, match="--set '=4': expected KEY=VALUE"):
+        parse_overrides(["=4"])
 
 
 def test_tiny_run(capsys, small_data_dir, tmp_path):
@@ -88,3 +90,41 @@ def test_overwrite_trains_beside_the_user_files(capsys, small_data_dir, tmp_path
     assert main(argv) == 0
     assert (out / "thesis.tex").read_text() == "years of work"
     assert (out / "model.safetensors").is_file() and (out / "training.json").is_file()
+
+
+def base_argv(out) -> list[str]:
+    return ["train", "--arch", "spikegpt", "--task", "sst2", "--out", str(out), "--vocab-size", "300"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "0"], "--steps must be a whole number >= 1, got 0"),
+    (["--steps", "-5"], "--steps must be a whole number >= 1, got -5"),
+    (["--batch-size", "0"], "--batch-size must be a whole number >= 1, got 0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+    (["--warmup", "-1"], "--warmup must be a whole number >= 0, got -1"),
+    (["--vocab-size", "0"], "--vocab-size must be a whole number >= 258"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be a whole number >= 1, got 0"),
+    (["--eval-every", "0"], "--eval-every must be a whole number >= 1, got 0"),
+    (["--distill-weight", "2"], "--distill-weight must be a finite number in [0, 1], got 2.0"),
+    (["--distill-temperature", "nan"], "--distill-temperature must be a finite number > 0, got nan"),
+    (["--ema-decay", "1"], "--ema-decay must be a finite number in [0, 1), got 1.0"),
+    (["--length-weighting", "nan"], "--length-weighting must be a finite number >= 0, got nan"),
+    (["--set", "n_layer=abc"], "--set n_layer='abc': config field n_layer must be a whole number"),
+    (["--set", "n_layer=4.0"], "--set n_layer='4.0': config field n_layer must be a whole number"),
+    (["--set", "tau=abc"], "--set tau='abc': config field tau must be a finite number"),
+])
+def test_bad_options_exit_2_naming_the_flag(extra, message, capsys, small_data_dir, tmp_path):
+    assert main(base_argv(tmp_path / "m") + ["--data-dir", str(small_data_dir)] + extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qslm train: error: ") and message in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_out_naming_a_file_exits_2(capsys, small_data_dir, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("keep me")
+    assert main(base_argv(out) + ["--data-dir", str(small_data_dir)]) == 2
+    assert f"--out {out}: {out} is a file, not a folder" in capsys.readouterr().err
+    assert out.read_text() == "keep me" and sorted(tmp_path.iterdir()) == [out]
