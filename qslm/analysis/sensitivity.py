@@ -76,6 +76,16 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+@torch.no_grad()
+def output_log_probs(model: nn.Module, calibration: CalibrationSet) -> list[torch.Tensor]:
+    """Log-softmax of the model's logits on each batch of a token calibration set."""
+    outputs = []
+    for ids, mask, _ in calibration.batches:
+        logits = call_model(model, (ids,) if mask is None else (ids, mask))
+        outputs.append(F.log_softmax(logits.float(), dim=-1).cpu())
+    return outputs
+
+
 def floating_tensors(outputs) -> list[torch.Tensor]:
     """Every floating tensor of a model's outputs, in order (nested tuples, lists and dicts included)."""
     if isinstance(outputs, torch.Tensor):

@@ -126,5 +126,5 @@ def test_out_naming_a_file_exits_2(capsys, small_data_dir, tmp_path):
     out = tmp_path / "notes.txt"
     out.write_text("keep me")
     assert main(base_argv(out) + ["--data-dir", str(small_data_dir)]) == 2
-    assert f"--out {out}: {out} is a file, not a folder" in capsys.readouterr().err
+    assert f"output folder {out} is a file, not a folder" in capsys.readouterr().err
     assert out.read_text() == "keep me" and sorted(tmp_path.iterdir()) == [out]
