@@ -9,7 +9,7 @@ import pytest
 
 from qslm.cli import main
 from qslm.commands.search import options_from_args
-from qslm.search.run import DEFAULTS
+from qslm.tasks.presets import DEFAULT_SIZES as DEFAULTS
 
 
 def small_options(small_data_dir, cache_dir) -> list[str]:

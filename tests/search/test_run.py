@@ -13,7 +13,7 @@ import qslm
 from qslm.analysis.sensitivity import model_hash
 from qslm.cli import main
 from qslm.errors import QslmError
-from qslm.search import run as run_module
+from qslm.search import engine as engine_module
 from qslm.search.journal import assignment_key
 from qslm.search.objective import Constraints
 
@@ -113,7 +113,7 @@ def test_rerun_resumes_without_new_evaluations(base, tiny_classifier, small_data
 def interrupt_at(monkeypatch, call: int) -> list:
     """Make the ``call``-th candidate measurement raise KeyboardInterrupt, as Ctrl-C would."""
     calls = []
-    problem_class = run_module.SearchProblem
+    problem_class = engine_module.SearchProblem
 
     def build(**fields):
         measure = fields["measure_metric"]
@@ -124,7 +124,7 @@ def interrupt_at(monkeypatch, call: int) -> list:
                 raise KeyboardInterrupt
             return measure(assignment)
         return problem_class(**{**fields, "measure_metric": interrupted})
-    monkeypatch.setattr(run_module, "SearchProblem", build)
+    monkeypatch.setattr(engine_module, "SearchProblem", build)
     return calls
 
 
@@ -171,14 +171,18 @@ def test_wrong_task_for_the_model(tiny_classifier, tiny_lm, small_data_dir, tmp_
         search(tiny_lm, tmp_path / "b", small_data_dir, tmp_path, constraints=None)
 
 
-@pytest.mark.parametrize("task, constraints, message", [
-    ("sst2", Constraints(max_relative_increase=0.03), "--max-relative-increase .* applies to lower-is-better"),
-    ("wikitext2", Constraints(max_drop=1.0), "--max-drop applies to higher-is-better"),
-    ("mnli", None, "unknown task"),
+@pytest.mark.parametrize("model, task, constraints, message", [
+    ("tiny_classifier", "sst2", Constraints(max_relative_increase=0.03),
+     "higher-is-better: limit its drop with max_drop"),
+    ("tiny_lm", "wikitext2", Constraints(max_drop=1.0), "lower-is-better: limit it with max_relative_increase"),
+    ("tiny_classifier", "wikitext2", None, "is a classifier; it cannot be searched on task 'wikitext2'"),
+    ("tiny_classifier", "mnli", None, "unknown task"),
 ])
-def test_constraint_for_the_other_task(tiny_classifier, small_data_dir, tmp_path, task, constraints, message):
+def test_constraint_for_the_other_task(model, small_data_dir, tmp_path, task, constraints, message, request):
     with pytest.raises(QslmError, match=message):
-        search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, task=task, constraints=constraints)
+        search(request.getfixturevalue(model), tmp_path / "out", small_data_dir, tmp_path, task=task,
+               constraints=constraints)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_bad_options(tiny_classifier, small_data_dir, tmp_path):
@@ -186,7 +190,7 @@ def test_bad_options(tiny_classifier, small_data_dir, tmp_path):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, bit_choices=(1, 4))
     with pytest.raises(QslmError, match="unknown strategy"):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, strategy="anneal")
-    with pytest.raises(QslmError, match="evaluation budget must be at least 1, got 0"):
+    with pytest.raises(QslmError, match="evaluation budget must be a positive integer, got 0"):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, strategy="random", max_evaluations=0)
     with pytest.raises(QslmError, match="unknown sensitivity method 'fast'"):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, sensitivity_method="fast")
