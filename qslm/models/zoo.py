@@ -23,6 +23,7 @@ from ..errors import QslmError
 from ..jsonfile import read_json_file
 from .spikegpt import SpikeGPT, SpikeGPTConfig
 from .spiking_encoder import SpikingEncoder, SpikingEncoderConfig
+from .shapes import state_shapes
 from .weights import check_finite, header_problems, read_header, read_state_dict
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -114,21 +115,24 @@ def read_config(folder: Path):
 
 
 def expected_state(config, plan_file: Path | None) -> dict[str, torch.Tensor]:
-    """The state dict (meta tensors: names, shapes, dtypes, no storage) a folder with ``config`` and, for a
-    quantized folder, ``plan_file`` must hold. Cheap even for a config asking for a huge model."""
+    """The state dict (names, shapes, dtypes; large tensors without storage) a folder with ``config`` and,
+    for a quantized folder, ``plan_file`` must hold. Cheap even for a config asking for a huge model."""
     from ..quant.pack import packed_like, replace_module  # late import: quant builds on models
     from ..quant.plan import QuantPlan
 
-    with torch.device("meta"):
+    plan = None if plan_file is None else QuantPlan.load(plan_file)
+
+    def build() -> nn.Module:
         model = build_model(config)
-        if plan_file is not None:
-            plan = QuantPlan.load(plan_file)
+        if plan is not None:
             plan.validate(model)
             modules = dict(model.named_modules())
             for name, spec in plan.quantized.items():
                 if name:  # a whole-model unit is refused by the packed load that follows
                     replace_module(model, name, packed_like(modules[name], spec, name))
-    return model.state_dict()
+        return model
+
+    return state_shapes(build)
 
 
 def check_weights_header(weights: Path, expected: dict[str, torch.Tensor], config, plan_file: Path | None) -> None:

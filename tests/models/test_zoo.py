@@ -223,7 +223,7 @@ def test_broken_config_files(model_copy, rewrite, expected):
 
 
 def test_huge_config_is_refused_before_the_model_is_built(model_copy, monkeypatch):
-    """The weights header is compared with shapes from a model on the meta device: nothing is allocated."""
+    """The weights header is compared with shapes from a build whose large tensors are on the meta device."""
     built_on = []
     real_build = zoo.build_model
 
