@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -116,7 +116,7 @@ def fuzz(write: Callable[[random.Random], None], load: Callable[[], object], che
         except QslmError as err:
             assert str(err), f"case {case}: empty message"
             continue
-        except Exception as err:  # the point of the test: say which case broke, with what
+        except Exception as err:  # noqa: BLE001 - the point of the test: say which case broke, with what
             pytest.fail(f"seed {seed} case {case}: {type(err).__name__}: {err}")
         check(result)
 

@@ -9,7 +9,7 @@ initialisers run on those are skipped (their values are never read).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -68,7 +68,8 @@ def header_problems(header: dict[str, StoredTensor], expected: dict[str, torch.T
             problems.append(f"size mismatch for {name}: the file has {list(stored.shape)}, the config implies "
                             f"{list(want.shape)}")
         elif not dtype_fits(stored.dtype, want.dtype):
-            kind = "a float dtype" if want.dtype.is_floating_point else TORCH_DTYPE_NAMES.get(want.dtype, str(want.dtype))
+            kind = ("a float dtype" if want.dtype.is_floating_point
+                    else TORCH_DTYPE_NAMES.get(want.dtype, str(want.dtype)))
             problems.append(f"dtype of {name}: the file has {stored.dtype}, expected {kind}")
     return problems
 

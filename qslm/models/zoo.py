@@ -21,9 +21,9 @@ from ..atomic import atomic_folder, commit_folder
 from ..data.tokenizer import load_tokenizer
 from ..errors import QslmError
 from ..jsonfile import read_json_file
+from .shapes import state_shapes
 from .spikegpt import SpikeGPT, SpikeGPTConfig
 from .spiking_encoder import SpikingEncoder, SpikingEncoderConfig
-from .shapes import state_shapes
 from .weights import check_finite, header_problems, read_header, read_state_dict
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"

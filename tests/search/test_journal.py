@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -106,7 +107,7 @@ def test_a_nan_metric_is_read_back(tmp_path):
     path = tmp_path / "journal.jsonl"
     Journal(path, HEADER).add(entry({"a": 2}, float("nan")))
     metric = Journal(path, HEADER).get(assignment_key({"a": 2}))["metric"]
-    assert metric != metric
+    assert math.isnan(metric)
 
 
 def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
