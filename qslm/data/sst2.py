@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,23 +27,45 @@ class Example:
     label: int
 
 
+def decode_utf8(path: Path) -> str:
+    """The text of ``path``; bytes that are not UTF-8 are an error naming the line they are on."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = data.count(b"\n", 0, err.start) + 1
+        raise QslmError(f"{path}:{line_no}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); "
+                        f"expected {FORMAT}") from None
+
+
+def read_header(reader, path: Path) -> list[str]:
+    header = next(reader, None)
+    if header is None or "sentence" not in header or "label" not in header:
+        raise QslmError(f"{path}:1: header {header!r:.200} lacks 'sentence' and 'label'; expected {FORMAT}")
+    repeated = sorted({name for name in ("sentence", "label") if header.count(name) > 1})
+    if repeated:
+        raise QslmError(f"{path}:1: header names {repeated} more than once; expected {FORMAT}")
+    return header
+
+
 def read_tsv(path: Path) -> list[Example]:
     require_file(path, FORMAT)
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None or "sentence" not in header or "label" not in header:
-            raise QslmError(f"{path}: header {header!r} lacks 'sentence' and 'label'; expected {FORMAT}")
+    reader = csv.reader(io.StringIO(decode_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    examples = []
+    try:
+        header = read_header(reader, path)
         s_col, l_col = header.index("sentence"), header.index("label")
-        examples = []
-        for line_no, row in enumerate(reader, start=2):
+        for row in reader:
+            line_no = reader.line_num
             if not row:
                 continue
             if len(row) != len(header):
                 raise QslmError(f"{path}:{line_no}: expected {len(header)} tab-separated columns, got {len(row)}")
             if row[l_col] not in ("0", "1"):
-                raise QslmError(f"{path}:{line_no}: label {row[l_col]!r} is not 0 or 1")
+                raise QslmError(f"{path}:{line_no}: label {row[l_col]!r:.60} is not 0 or 1")
             examples.append(Example(row[s_col], int(row[l_col])))
+    except csv.Error as err:  # e.g. a field longer than csv reads (binary data without line breaks)
+        raise QslmError(f"{path}:{reader.line_num}: not a TSV row ({err}); expected {FORMAT}") from None
     if not examples:
         raise QslmError(f"{path}: no examples; expected {FORMAT}")
     return examples

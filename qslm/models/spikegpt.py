@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import config_checks as checks
 from .neurons import LIF
 
 
@@ -30,6 +31,13 @@ class SpikeGPTConfig:
     v_threshold: float = 1.0
     dropout: float = 0.0  # on the embeddings and the pooled features, during training only
     arch: str = "spikegpt"
+
+    def __post_init__(self) -> None:
+        checks.check_choice(self, "arch", ("spikegpt",))
+        checks.check_shared_fields(self)
+        checks.check_int(self, "ctx_len", 1, checks.MAX_LENGTH)
+        checks.check_int(self, "ffn_mult", 1, checks.MAX_MULT)
+        checks.check_choice(self, "task", ("lm", "classification"))
 
 
 def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import config_checks as checks
 from .neurons import LIF
 
 
@@ -36,6 +37,22 @@ class SpikingEncoderConfig:
     attention_keys: int | None = None
     task: str = "classification"  # or "mlm": masked language model, the pre-training stage
     arch: str = "spiking-encoder"
+
+    def __post_init__(self) -> None:
+        checks.check_choice(self, "arch", ("spiking-encoder",))
+        checks.check_shared_fields(self)
+        checks.check_int(self, "n_head", 1, checks.MAX_WIDTH)
+        if self.n_embd % self.n_head:
+            raise checks.ConfigError(f"config field n_embd ({self.n_embd}) must be divisible by n_head "
+                                     f"({self.n_head})")
+        checks.check_int(self, "max_len", 1, checks.MAX_LENGTH)
+        checks.check_int(self, "time_steps", 1, checks.MAX_TIME_STEPS)
+        checks.check_int(self, "mlp_mult", 1, checks.MAX_MULT)
+        if self.attention_keys is not None and not (checks.is_int(self.attention_keys)
+                                                    and 1 <= self.attention_keys <= checks.MAX_LENGTH):
+            raise checks.ConfigError(f"config field attention_keys must be a positive integer (at most "
+                                     f"{checks.MAX_LENGTH}) or null, got {self.attention_keys!r}")
+        checks.check_choice(self, "task", ("classification", "mlm"))
 
 
 class SeqBatchNorm(nn.BatchNorm1d):

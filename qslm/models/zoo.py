@@ -12,16 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from torch import nn
 
 from ..data.tokenizer import load_tokenizer
 from ..errors import QslmError
 from ..outputs import OutputFolder
+from ..jsonfile import read_json_file
+from .shapes import state_shapes
 from .spikegpt import SpikeGPT, SpikeGPTConfig
 from .spiking_encoder import SpikingEncoder, SpikingEncoderConfig
+from .weights import check_finite, header_problems, read_header, read_state_dict
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 ARCHITECTURES = {
@@ -58,16 +60,24 @@ def resolve_model_path(ref: str | os.PathLike) -> Path:
                     f"(bundled: {', '.join(bundled_names()) or 'none'})")
 
 
-def config_from_dict(raw: dict, source: Path):
+def config_from_dict(raw: object, source: Path):
+    """The config dataclass ``raw`` (config.json's content) describes; every field is checked by the
+    dataclass itself, and errors name ``source``."""
+    if not isinstance(raw, dict):
+        raise QslmError(f"{source}: expected a JSON object of config fields (with 'arch'), got "
+                        f"{type(raw).__name__} {raw!r:.60}")
     arch = raw.get("arch")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise QslmError(f"{source}: unknown arch {arch!r}; expected one of {sorted(ARCHITECTURES)}")
     config_cls, _ = ARCHITECTURES[arch]
     fields = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(raw) - fields)
     if unknown:
         raise QslmError(f"{source}: unknown config keys {unknown} for arch {arch!r}")
-    return config_cls(**raw)
+    try:
+        return config_cls(**raw)
+    except QslmError as err:
+        raise QslmError(f"{source}: {err}") from None
 
 
 def evaluation_task(config, path: Path) -> str:
@@ -100,38 +110,60 @@ def read_config(folder: Path):
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise QslmError(f"missing {path}: a model folder needs {CONFIG_FILE}, {WEIGHTS_FILE}, {TOKENIZER_FILE}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise QslmError(f"{path} is not valid JSON: {err}") from None
-    return config_from_dict(raw, path)
+    return config_from_dict(read_json_file(path), path)
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise QslmError(f"missing weights {path}: expected a safetensors file")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise QslmError(f"{path} is not a readable safetensors file: {err}") from None
+def expected_state(config, plan_file: Path | None) -> dict[str, torch.Tensor]:
+    """The state dict (names, shapes, dtypes; large tensors without storage) a folder with ``config`` and,
+    for a quantized folder, ``plan_file`` must hold. Cheap even for a config asking for a huge model."""
+    from ..quant.pack import pack_units  # late import: quant builds on models
+    from ..quant.plan import QuantPlan
+
+    plan = None if plan_file is None else QuantPlan.load(plan_file)
+
+    def build() -> nn.Module:
+        model = build_model(config)
+        if plan is not None:
+            plan.validate(model)
+            pack_units(model, plan)
+        return model
+
+    return state_shapes(build)
+
+
+def check_weights_header(weights: Path, expected: dict[str, torch.Tensor], config, plan_file: Path | None) -> None:
+    problems = header_problems(read_header(weights), expected)
+    if not problems:
+        return
+    if plan_file is None:
+        what = f"{weights} does not match arch {config.arch!r} as {weights.parent / CONFIG_FILE} describes it"
+    else:
+        what = f"{weights}: packed weights do not match {plan_file} and {weights.parent / CONFIG_FILE}"
+    raise QslmError(what + ":\n  " + "\n  ".join(problems))
 
 
 def load_model(ref: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a float or quantized model folder (or bundled name) ready for evaluation."""
+    """Load a float or quantized model folder (or bundled name) ready for evaluation. The weights file's
+    names, shapes and dtypes are checked against the config (and plan) before anything is allocated, and
+    its float tensors must be finite."""
+    from ..quant.pack import PLAN_FILE, fill_tied_keys, load_packed_into  # late import: quant builds on models
+
     folder = resolve_model_path(ref)
     config = read_config(folder)
     tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
+    weights, plan_path = folder / WEIGHTS_FILE, folder / PLAN_FILE
+    plan_file = plan_path if plan_path.is_file() else None
+    check_weights_header(weights, expected_state(config, plan_file), config, plan_file)
+    state = read_state_dict(weights)
+    check_finite(state, weights)
     model = build_model(config)
-    from ..quant.pack import PLAN_FILE, fill_tied_keys, load_packed_into  # late import: quant builds on models
-
-    state = read_state_dict(folder / WEIGHTS_FILE)
-    if (folder / PLAN_FILE).is_file():
-        load_packed_into(model, state, folder / PLAN_FILE)
+    if plan_file is not None:
+        load_packed_into(model, state, plan_file)
     else:
         try:
             model.load_state_dict(fill_tied_keys(model, state), strict=True)
         except RuntimeError as err:
-            raise QslmError(f"{folder / WEIGHTS_FILE} does not match arch {config.arch!r}: {err}") from None
+            raise QslmError(f"{weights} does not match arch {config.arch!r}: {err}") from None
     model.to(device).eval()
     return LoadedModel(model, config, tokenizer, folder)
 

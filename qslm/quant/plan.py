@@ -23,6 +23,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import QslmError
+from ..jsonfile import parse_json, read_json_file
 from ..models.neurons import lif_modules
 from .quantizer import NeuronSpec, QuantSpec, check_group_size
 from .units import alias_owner, quantizable_units
@@ -93,8 +94,9 @@ class QuantPlan:
         unknown = sorted(set(raw) - {"version", "units", "neurons"})
         if unknown:
             raise QslmError(f"{source}: unknown keys {unknown}; expected 'version', 'units', 'neurons'")
-        if raw.get("version") != PLAN_VERSION:
-            raise QslmError(f"{source}: unsupported plan version {raw.get('version')!r}; this qslm reads "
+        version = raw.get("version")
+        if type(version) is not int or version != PLAN_VERSION:  # 1.0 and true equal 1 but are no version
+            raise QslmError(f"{source}: unsupported plan version {version!r}; this qslm reads "
                             f"version {PLAN_VERSION}")
         units_raw, neurons_raw = raw.get("units", {}), raw.get("neurons", {})
         for key, value in (("units", units_raw), ("neurons", neurons_raw)):
@@ -108,18 +110,15 @@ class QuantPlan:
 
     @classmethod
     def from_json(cls, text: str, source: str = "quant plan") -> "QuantPlan":
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise QslmError(f"{source} is not valid JSON: {err}") from None
-        return cls.from_dict(raw, source)
+        """A unit or neuron named twice is an error: with plain JSON the last entry would silently win."""
+        return cls.from_dict(parse_json(text, source), source)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "QuantPlan":
         path = Path(path)
         if not path.is_file():
             raise QslmError(f"plan file {path} not found")
-        return cls.from_json(path.read_text(), str(path))
+        return cls.from_dict(read_json_file(path), str(path))
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(self.to_json())

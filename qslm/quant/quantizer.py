@@ -67,8 +67,9 @@ class QuantSpec:
     percentile: float | None = None  # only with observer "percentile"; None means DEFAULT_PERCENTILE
 
     def __post_init__(self):
-        if isinstance(self.bits, bool) or self.bits not in BITS:
-            raise QslmError(f"unsupported bit-width {self.bits!r}; expected one of {list(BITS)}")
+        # 4.0 == 4 and True == 1: the type is checked too, or a plan saying 4.0 would pass as int4.
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits not in BITS:
+            raise QslmError(f"unsupported bit-width {self.bits!r}; expected an integer, one of {list(BITS)}")
         if self.granularity not in GRANULARITIES:
             raise QslmError(f"unknown granularity {self.granularity!r}; expected one of {list(GRANULARITIES)}")
         if self.granularity == "group":
@@ -85,8 +86,9 @@ class QuantSpec:
             if self.observer != "percentile":
                 raise QslmError(f"percentile={self.percentile} is only used with observer 'percentile', "
                                 f"not {self.observer!r}")
-            if not 50.0 < float(self.percentile) <= 100.0:
-                raise QslmError(f"percentile must be in (50, 100], got {self.percentile}")
+            if (isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float))
+                    or not 50.0 < self.percentile <= 100.0):
+                raise QslmError(f"percentile must be in (50, 100] (a number), got {self.percentile!r}")
 
     @property
     def clip_percentile(self) -> float:
@@ -262,11 +264,12 @@ class NeuronSpec:
     range_multiple: float = 2.0
 
     def __post_init__(self):
-        if isinstance(self.bits, bool) or self.bits not in NEURON_BITS:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits not in NEURON_BITS:
             raise QslmError(f"neuron state bits must be an integer in [{NEURON_BITS.start}, "
                             f"{NEURON_BITS.stop - 1}], got {self.bits!r}")
-        if not float(self.range_multiple) > 0:
-            raise QslmError(f"neuron range_multiple must be positive, got {self.range_multiple!r}")
+        if (isinstance(self.range_multiple, bool) or not isinstance(self.range_multiple, (int, float))
+                or not 0 < self.range_multiple < math.inf):
+            raise QslmError(f"neuron range_multiple must be a positive finite number, got {self.range_multiple!r}")
 
     def describe(self) -> str:
         return f"fixed{self.bits} range +-{self.range_multiple:g}*v_th"

@@ -13,6 +13,43 @@ def assignment_key(assignment: dict[str, int]) -> str:
     return json.dumps(sorted(assignment.items()), separators=(",", ":"))
 
 
+REQUIRED_NUMBERS = ("metric", "latency_s")  # what a resumed evaluation reads back from its entry
+TORN = object()  # stands for a line that is not JSON (JSON's null is None)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_line(raw: bytes, path: Path, line_no: int) -> object:
+    """The JSON value on one line, or ``TORN`` when it is not JSON (a line torn by a crash)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise QslmError(f"journal {path}:{line_no} is not UTF-8 text; the journal is corrupt, remove it to "
+                        f"start over") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # ValueError also covers integers longer than Python converts
+        return TORN
+
+
+def check_entry(entry: object, path: Path, line_no: int) -> dict:
+    """An evaluation entry as ``add`` writes it: an object with a string ``key`` and numeric results."""
+    where = f"journal {path}:{line_no}"
+    if not isinstance(entry, dict):
+        raise QslmError(f"{where}: expected an evaluation object with 'key', 'metric' and 'latency_s', got "
+                        f"{type(entry).__name__}; the journal is corrupt, remove it to start over")
+    if not isinstance(entry.get("key"), str):
+        raise QslmError(f"{where}: 'key' must be a string, got {entry.get('key')!r:.60}; the journal is corrupt, "
+                        f"remove it to start over")
+    for name in REQUIRED_NUMBERS:
+        if not _is_number(entry.get(name)):
+            raise QslmError(f"{where}: {name!r} must be a number, got {entry.get(name)!r:.60}; the journal is "
+                            f"corrupt, remove it to start over")
+    return entry
+
+
 class Journal:
     def __init__(self, path: Path, header: dict):
         """``header`` identifies the search (model hash, task, data, constraints...); a journal written
@@ -25,21 +62,21 @@ class Journal:
                 # A line cut short by a crash: drop it, or the next entry would be appended to it and lost.
                 data = data[:data.rfind(b"\n") + 1]
                 os.truncate(self.path, len(data))
-            lines = data.decode().splitlines()
+            lines = data.splitlines()
             if not lines:
                 raise QslmError(f"journal {self.path} is empty; remove it to start over")
-            try:
-                first = json.loads(lines[0])
-            except json.JSONDecodeError:
-                raise QslmError(f"journal {self.path} is corrupt; remove it to start over") from None
-            if first.get("header") != header:
+            first = _parse_line(lines[0], self.path, 1)
+            if not isinstance(first, dict) or set(first) != {"header"} or not isinstance(first["header"], dict):
+                raise QslmError(f"journal {self.path} is corrupt: line 1 is not a header object "
+                                f'{{"header": {{...}}}}; remove it to start over')
+            if first["header"] != header:
                 raise QslmError(f"journal {self.path} belongs to a different search (other model, data or "
                                 f"settings); use another --out or remove it")
-            for line in lines[1:]:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
+            for line_no, line in enumerate(lines[1:], start=2):
+                entry = _parse_line(line, self.path, line_no)
+                if entry is TORN:
                     break  # a line cut short by a crash: everything before it is intact
+                entry = check_entry(entry, self.path, line_no)
                 self.entries[entry["key"]] = entry
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """SST-2 loader: real files, header by name, bad files, and the held-out calibration slice."""
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
@@ -70,6 +71,28 @@ def test_bad_files_name_the_path(tmp_path, content, message):
 def test_line_number_in_error(tmp_path):
     path = write(tmp_path / "bad.tsv", "sentence\tlabel\ngood\t1\nbad\tx\n")
     with pytest.raises(QslmError, match=r"bad\.tsv:3: label 'x'"):
+        read_tsv(path)
+
+
+def test_binary_garbage_names_the_file_and_line(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_bytes(b"sentence\tlabel\ngood\t1\n\xff" + random.Random(0).randbytes(4096))  # 0xff is never UTF-8
+    with pytest.raises(QslmError, match=r"bad\.tsv:3: not UTF-8 text \(byte 0x.. at offset \d+\)"):
+        read_tsv(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"sentence\tlabel\ngood\t1\nbad \xe9t\xe9\t0\n", r"bad\.tsv:3: not UTF-8 text"),
+    (b"\xff\xfesentence\tlabel\n", r"bad\.tsv:1: not UTF-8 text"),
+    (b"sentense\tlabel\ngood\t1\n", r"bad\.tsv:1: header \['sentense', 'label'\] lacks 'sentence' and 'label'"),
+    (b"sentence\tlabel\tlabel\ngood\t1\t0\n", r"bad\.tsv:1: header names \['label'\] more than once"),
+    (b"sentence\tlabel\ngood\t1\n\nbad\t-1\n", r"bad\.tsv:4: label '-1' is not 0 or 1"),
+    (b"sentence\tlabel\ngood\t1\n" + b"x" * 200_000 + b"\t1\n", r"bad\.tsv:\d: not a TSV row \(field larger"),
+], ids=["latin-1", "utf16-bom", "garbled-header", "repeated-column", "negative-label", "huge-field"])
+def test_broken_files_name_the_line(tmp_path, content, message):
+    path = tmp_path / "bad.tsv"
+    path.write_bytes(content)
+    with pytest.raises(QslmError, match=message):
         read_tsv(path)
 
 

@@ -1,11 +1,13 @@
 """Model folders: save/load round trip and clear errors for every broken or unknown model."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from qslm.errors import QslmError
 from qslm.models import zoo
@@ -13,6 +15,9 @@ from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.models.spiking_encoder import SpikingEncoder, SpikingEncoderConfig
 from qslm.models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model, save_model
 from qslm.outputs import MANIFEST_FILE
+from qslm.quant.pack import PLAN_FILE, export_quantized
+from qslm.quant.plan import QuantPlan
+from qslm.quant.quantizer import QuantSpec
 
 
 def build(kind: str, vocab_size: int):
@@ -130,7 +135,7 @@ def test_weights_of_another_shape(model_copy):
 
 def test_weights_of_another_task(model_copy):
     edit_config(model_copy, task="lm")  # the file has a classifier, the config asks for an LM head
-    with pytest.raises(QslmError, match="(?s)does not match arch 'spikegpt'.*Missing.*head.weight"):
+    with pytest.raises(QslmError, match="(?s)does not match arch 'spikegpt'.*missing tensors head.weight"):
         load_model(model_copy)
 
 
@@ -172,3 +177,110 @@ def test_a_masked_lm_has_no_evaluation_task(tmp_path):
     with pytest.raises(QslmError, match=f"model {tmp_path} is a masked-language-model pre-training stage.*"
                                         f"--task sst2 --init {tmp_path}"):
         zoo.evaluation_task(SpikingEncoderConfig(task="mlm"), tmp_path)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("n_layer", "4", r"n_layer must be an integer in \[1, 256\], got '4'"),
+    ("n_layer", 4.0, "n_layer must be an integer in .*, got 4.0"),
+    ("n_layer", True, "n_layer must be an integer in .*, got True"),
+    ("n_embd", -192, "n_embd must be an integer in .*, got -192"),
+    ("ctx_len", 0, "ctx_len must be an integer in .*, got 0"),
+    ("vocab_size", 1e9, "vocab_size must be an integer in .*, got 1000000000.0"),
+    ("task", "regression", "task must be 'lm' or 'classification', got 'regression'"),
+    ("tau", 1.0, r"tau must be a finite number in \(1, .*got 1.0"),
+    ("tau", None, "tau must be a finite number in .*got None"),
+    ("v_threshold", 0, "v_threshold must be a finite number in .*got 0"),
+    ("dropout", 1.0, r"dropout must be a finite number in \[0, 1\), got 1.0"),
+    ("num_classes", 1, "num_classes must be an integer in .*got 1"),
+])
+def test_config_fields_are_type_and_range_checked(model_copy, field, value, expected):
+    edit_config(model_copy, **{field: value})
+    with pytest.raises(QslmError, match=f"{model_copy.resolve() / CONFIG_FILE}: config field {expected}"):
+        load_model(model_copy)
+
+
+def test_encoder_heads_must_divide_the_width(tiny_encoder, tmp_path):
+    folder = shutil.copytree(tiny_encoder, tmp_path / "copy")
+    edit_config(folder, n_head=3)
+    with pytest.raises(QslmError, match=r"config.json: config field n_embd \(32\) must be divisible by n_head \(3\)"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("rewrite, expected", [
+    (lambda text: text.replace(b'"tau": 2.0', b'"tau": NaN'), "config field tau must be a finite number .*got nan"),
+    (lambda text: text.replace(b'"n_layer": 2,', b'"n_layer": 2, "n_layer": 3,'),
+     "config.json: key 'n_layer' appears more than once"),
+    (lambda text: text.replace(b'"spikegpt"', b'"\xff\xfe"'), "config.json is not UTF-8 text"),
+    (lambda text: text.replace(b'"spikegpt"', b'["spikegpt"]'), r"unknown arch \['spikegpt'\]"),
+    (lambda text: text.replace(b'"n_layer": 2', b'"n_layer": ' + b'9' * 5000),
+     "config.json is not valid JSON: Exceeds the limit"),
+    (lambda text: b"[1, 2]", "config.json: expected a JSON object of config fields .*got list"),
+    (lambda text: b'"spikegpt"', "config.json: expected a JSON object of config fields .*got str"),
+    (lambda text: b"null", "config.json: expected a JSON object of config fields .*got NoneType"),
+], ids=["nan", "key-twice", "not-utf8", "arch-list", "huge-int", "array", "string", "null"])
+def test_broken_config_files(model_copy, rewrite, expected):
+    path = model_copy / CONFIG_FILE
+    path.write_bytes(rewrite(path.read_bytes()))
+    with pytest.raises(QslmError, match=expected):
+        load_model(model_copy)
+
+
+def test_huge_config_is_refused_before_the_model_is_built(model_copy, monkeypatch):
+    """The weights header is compared with shapes from a build whose large tensors are on the meta device."""
+    built_on = []
+    real_build = zoo.build_model
+
+    def spy(config):
+        model = real_build(config)
+        built_on.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(zoo, "build_model", spy)
+    edit_config(model_copy, vocab_size=100_000, n_embd=128)  # small enough that the old order would not fail
+    with pytest.raises(QslmError, match=r"size mismatch for emb.weight: the file has \[\d+, 32\], the config "
+                                        r"implies \[100000, 128\]"):
+        load_model(model_copy)
+    assert built_on == ["meta"]
+
+
+def rewrite_weights(folder, change):
+    path = folder / WEIGHTS_FILE
+    state = load_file(str(path))
+    change(state)
+    save_file(state, str(path))
+
+
+def test_float_weight_stored_as_integers(model_copy):
+    def to_int32(state):
+        state["blocks.0.ln1.weight"] = state["blocks.0.ln1.weight"].to(torch.int32)
+    rewrite_weights(model_copy, to_int32)
+    with pytest.raises(QslmError, match="dtype of blocks.0.ln1.weight: the file has I32, expected a float dtype"):
+        load_model(model_copy)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(model_copy, bad):
+    def poison(state):
+        state["blocks.1.att.key.weight"][3, 5] = bad
+        state["emb.weight"].fill_(float("nan"))
+    rewrite_weights(model_copy, poison)
+    with pytest.raises(QslmError, match="tensors blocks.1.att.key.weight, emb.weight hold NaN or infinite values"):
+        load_model(model_copy)
+
+
+def test_packed_folder_header_is_checked_against_config_and_plan(tiny_lm, tmp_path):
+    loaded = load_model(tiny_lm)
+    out = export_quantized(loaded.model, QuantPlan({"head": QuantSpec(4)}), loaded.tokenizer, tmp_path / "q")
+    def truncate_codes(state):
+        state["head.weight_codes"] = state["head.weight_codes"][:-1].clone()
+    rewrite_weights(out, truncate_codes)
+    with pytest.raises(QslmError, match=f"(?s){out / WEIGHTS_FILE}: packed weights do not match {out / PLAN_FILE}"
+                                        f".*size mismatch for head.weight_codes"):
+        load_model(out)
+
+
+@pytest.mark.parametrize("name", zoo.bundled_names())
+def test_bundled_configs_load_unchanged(name):
+    path = zoo.BUNDLED_DIR / name / CONFIG_FILE
+    raw = json.loads(path.read_text())
+    assert dataclasses.asdict(zoo.config_from_dict(raw, path)) == raw

@@ -63,6 +63,24 @@ def test_missing_fields_take_defaults():
     ({"version": 1, "units": {"head": 4}}, "unit 'head': expected an object"),
     ({"version": 1, "units": [], "neurons": {}}, "'units' must be an object"),
     ({"version": 1, "neurons": {"blocks.0.lif1": {"bits": 99}}}, "neuron 'blocks.0.lif1': neuron state bits"),
+    ({"version": 1.0, "units": {}}, "unsupported plan version 1.0"),
+    ({"version": True, "units": {}}, "unsupported plan version True"),
+    ({"version": 1, "units": {"head": {"bits": 4.0}}}, "unit 'head': unsupported bit-width 4.0; expected an integer"),
+    ({"version": 1, "units": {"head": {"bits": True}}}, "unit 'head': unsupported bit-width True"),
+    ({"version": 1, "units": {"head": {"bits": "4"}}}, "unit 'head': unsupported bit-width '4'"),
+    ({"version": 1, "units": {"head": {"bits": 4, "observer": "percentile", "percentile": "99"}}},
+     "unit 'head': percentile must be in \\(50, 100\\] \\(a number\\), got '99'"),
+    ({"version": 1, "units": {"head": {"bits": 4, "observer": "percentile", "percentile": float("nan")}}},
+     "unit 'head': percentile must be in .*got nan"),
+    ({"version": 1, "units": {"head": {"bits": 4, "granularity": "group", "group_size": 8.0}}},
+     "unit 'head': granularity 'group' needs a positive integer group_size, got 8.0"),
+    ({"version": 1, "neurons": {"blocks.0.lif1": {"bits": 8.0}}},
+     "neuron 'blocks.0.lif1': neuron state bits .*got 8.0"),
+    ({"version": 1, "neurons": {"blocks.0.lif1": {"bits": False}}}, "neuron state bits .*got False"),
+    ({"version": 1, "neurons": {"blocks.0.lif1": {"range_multiple": "2"}}},
+     "neuron 'blocks.0.lif1': neuron range_multiple must be a positive finite number, got '2'"),
+    ({"version": 1, "neurons": {"blocks.0.lif1": {"range_multiple": float("inf")}}}, "range_multiple .*got inf"),
+    ({"version": 1, "neurons": {"blocks.0.lif1": None}}, "neuron 'blocks.0.lif1': expected an object"),
 ])
 def test_bad_plan_json_is_rejected(raw, message):
     with pytest.raises(QslmError, match=message):
@@ -76,6 +94,21 @@ def test_invalid_json_names_the_file(tmp_path):
         QuantPlan.load(path)
     with pytest.raises(QslmError, match="not found"):
         QuantPlan.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("section, entry", [("units", '{"bits": 4}'), ("neurons", '{"bits": 8}')])
+def test_a_name_given_twice_is_refused(tmp_path, section, entry):
+    path = tmp_path / "quant_plan.json"
+    path.write_text(f'{{"version": 1, "{section}": {{"blocks.0.lif1": {entry}, "blocks.0.lif1": {entry}}}}}')
+    with pytest.raises(QslmError, match=f"{path}: key 'blocks.0.lif1' appears more than once"):
+        QuantPlan.load(path)
+
+
+def test_plan_file_not_utf8(tmp_path):
+    path = tmp_path / "quant_plan.json"
+    path.write_bytes(b'{"version": 1, "units": {"\xff": null}}')
+    with pytest.raises(QslmError, match="quant_plan.json is not UTF-8 text"):
+        QuantPlan.load(path)
 
 
 def test_unknown_unit_lists_close_matches(lm):

@@ -23,7 +23,7 @@ def unique_fp32_bytes(model: nn.Module) -> int:
 
 
 def run_search(model, ids, labels, out, cache, **constraints):
-    train_ids, train_labels = ids[:96], labels[:96]
+    train_ids = ids[:96]
     val_ids, val_labels = ids[96:144], labels[96:144]
     test_ids, test_labels = ids[144:], labels[144:]
     task = qslm.Task(evaluate=lambda m: accuracy(m, val_ids, val_labels),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -70,3 +71,49 @@ def test_entries_added_after_a_torn_line_survive(tmp_path):
     for item in later:
         resumed.add(item)
     assert Journal(path, HEADER).entries == {e["key"]: e for e in [first, *later]}
+
+
+@pytest.mark.parametrize("first_line", ['[1, 2]', '"header"', '5', 'null', '{"header": 5}', '{"header": [1]}',
+                                        '{"model": "abc"}', '{"header": {}, "extra": 1}'])
+def test_header_that_is_not_a_header_object(tmp_path, first_line):
+    path = tmp_path / "journal.jsonl"
+    path.write_text(first_line + "\n")
+    with pytest.raises(QslmError, match=f"journal {path} is corrupt: line 1 is not a header object"):
+        Journal(path, HEADER)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('[1, 2]', "expected an evaluation object .* got list"),
+    ('"key"', "expected an evaluation object .* got str"),
+    ('null', "expected an evaluation object .* got NoneType"),
+    ('{"metric": 0.5, "latency_s": 0.1}', "'key' must be a string, got None"),
+    ('{"key": 3, "metric": 0.5, "latency_s": 0.1}', "'key' must be a string, got 3"),
+    ('{"key": "[]", "latency_s": 0.1}', "'metric' must be a number, got None"),
+    ('{"key": "[]", "metric": "0.5", "latency_s": 0.1}', "'metric' must be a number, got '0.5'"),
+    ('{"key": "[]", "metric": true, "latency_s": 0.1}', "'metric' must be a number, got True"),
+    ('{"key": "[]", "metric": 0.5}', "'latency_s' must be a number, got None"),
+])
+def test_entries_of_the_wrong_shape_name_the_line(tmp_path, line, message):
+    path = tmp_path / "journal.jsonl"
+    Journal(path, HEADER).add(entry({"a": 2}, 0.5))
+    with open(path, "a") as handle:
+        handle.write(line + "\n")
+    with pytest.raises(QslmError, match=f"journal {path}:3: {message}"):
+        Journal(path, HEADER)
+
+
+def test_a_nan_metric_is_read_back(tmp_path):
+    """``json.dumps`` writes a NaN metric (a diverged candidate) as NaN; reading it back is no error."""
+    path = tmp_path / "journal.jsonl"
+    Journal(path, HEADER).add(entry({"a": 2}, float("nan")))
+    metric = Journal(path, HEADER).get(assignment_key({"a": 2}))["metric"]
+    assert math.isnan(metric)
+
+
+def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    Journal(path, HEADER).add(entry({"a": 2}, 0.5))
+    with open(path, "ab") as handle:
+        handle.write(b'{"key": "\xff"}\n')
+    with pytest.raises(QslmError, match=f"journal {path}:3 is not UTF-8 text"):
+        Journal(path, HEADER)
