@@ -1,6 +1,6 @@
-"""The README's Python API example runs as written: the code block under '## Python API' is executed on
-the tiny classifier, with the model, output folder and data named by the environment variables the
-example reads, and smaller search sizes than the defaults."""
+"""The README's "Your own model" example runs as written, on a spiking classifier written outside qslm
+(tests/handwritten.py), with the names the example assumes (model, MyModel, accuracy and the batches)
+given to it, in a scratch working folder."""
 from __future__ import annotations
 
 import re
@@ -8,35 +8,41 @@ from pathlib import Path
 
 import torch
 
-from qslm.search import run as run_module
+from tests.handwritten import HandwrittenSpikingClassifier, make_data, train
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def python_api_example() -> str:
+def example(section: str) -> str:
     text = README.read_text()
-    section = text.split("\n## Python API\n", 1)
-    assert len(section) == 2, "README.md has no '## Python API' section"
-    body = section[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", body, flags=re.S)
-    assert len(blocks) == 1, "the '## Python API' section should hold one python code block"
+    parts = text.split(f"\n## {section}\n", 1)
+    assert len(parts) == 2, f"README.md has no '## {section}' section"
+    blocks = re.findall(r"```python\n(.*?)```", parts[1].split("\n## ", 1)[0], flags=re.S)
+    assert len(blocks) == 1, f"the '## {section}' section should hold one python code block"
     return blocks[0]
 
 
-def test_python_api_example_runs(tiny_classifier, small_data_dir, tmp_path, tmp_path_factory, monkeypatch, capsys):
-    code = python_api_example()
-    assert "qslm.search(" in code and "qslm.load(" in code
-    out = tmp_path / "example-out"
-    monkeypatch.setenv("QSLM_EXAMPLE_MODEL", str(tiny_classifier))
-    monkeypatch.setenv("QSLM_EXAMPLE_OUT", str(out))
-    monkeypatch.setenv("QSLM_DATA_DIR", str(small_data_dir))
-    monkeypatch.setenv("QSLM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sensitivity-cache"))
-    monkeypatch.setitem(run_module.DEFAULTS, "sst2", {"calibration": 32, "validation": 64})
-    namespace: dict = {}
+def accuracy(model, batches) -> float:
+    with torch.no_grad():
+        correct = sum(int((model(ids).argmax(-1) == labels).sum()) for ids, labels in batches)
+    return 100.0 * correct / sum(len(labels) for _, labels in batches)
+
+
+def test_your_own_model_example_runs(tmp_path, monkeypatch, capsys):
+    code = example("Your own model")
+    assert "qslm.Task(" in code and "qslm.search(" in code and "qslm.load_quantized(" in code
+    torch.manual_seed(0)
+    ids, labels = make_data(n=288)
+    model = train(HandwrittenSpikingClassifier(), ids[:160], labels[:160], steps=120)
+    batches = [(ids[i:i + 32], labels[i:i + 32]) for i in range(0, 288, 32)]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QSLM_CACHE_DIR", str(tmp_path / "cache"))
+    namespace = {"model": model, "MyModel": HandwrittenSpikingClassifier, "accuracy": accuracy,
+                 "train_batches": batches[:5], "val_batches": batches[5:7], "test_batches": batches[7:]}
     exec(compile(code, str(README), "exec"), namespace)
-    result, model = namespace["result"], namespace["model"]
-    assert result.out == out and result.report["status"] == "feasible"
-    assert str(result.report["final"]["memory_bytes"]) in capsys.readouterr().out
-    assert result.report["final"]["memory_bytes"] <= 0.125 * result.report["baseline"]["memory_bytes"]
-    assert result.report["calibration_size"] == 32 and result.report["validation_size"] == 64
-    assert isinstance(model, torch.nn.Module)
+    result, packed = namespace["result"], namespace["packed"]
+    assert result.report["status"] == "feasible"
+    assert result.out == Path("out/mine") and (tmp_path / "out" / "mine" / "model.safetensors").is_file()
+    assert str(result.report["baseline"]["memory_bytes"]) in capsys.readouterr().out
+    assert result.report["final"]["memory_bytes"] <= 0.25 * result.report["baseline"]["memory_bytes"]
+    assert accuracy(packed, batches[7:]) == result.report["final"]["metric"]

@@ -5,7 +5,6 @@ needs a class or function from the pickle is refused before it is called.
 """
 from __future__ import annotations
 
-import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -52,13 +51,11 @@ def _load_weights_only(path: Path):
             # refuses what it cannot load safely, which is all that matters here.
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # torch reports truncated or foreign files with many exception types
         if "Weights only load failed" in str(err):
             raise QslmError(f"{path} needs full unpickling (it stores Python objects, not only tensors), "
                             f"which could run arbitrary code; refused. Re-save it as a plain dict of "
                             f"tensors") from None
-        raise QslmError(f"{path} is not a PyTorch checkpoint: {err}") from None
-    except Exception as err:  # torch reports truncated or foreign files with many exception types
         raise QslmError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from conftest import BITS, FIXED, FP32_BYTES, GROUPS, Synthetic, unit_bytes
+from tests.search.conftest import BITS, FIXED, FP32_BYTES, GROUPS, Synthetic, unit_bytes
 from qslm.search import baselines
 from qslm.search.journal import assignment_key
 from qslm.search.objective import Constraints

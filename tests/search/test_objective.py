@@ -6,7 +6,7 @@ import pytest
 from qslm.errors import QslmError
 from qslm.search.objective import DEFAULT_WEIGHTS, Baseline, Constraints, parse_weights, quality_loss, score
 
-ACCURACY = Baseline(metric=0.9, higher_is_better=True, memory_bytes=1000, energy_pj=2000.0, latency_s=0.5)
+ACCURACY = Baseline(metric=90.0, higher_is_better=True, memory_bytes=1000, energy_pj=2000.0, latency_s=0.5)
 PERPLEXITY = Baseline(metric=20.0, higher_is_better=False, memory_bytes=1000, energy_pj=2000.0, latency_s=0.5)
 
 
@@ -90,14 +90,14 @@ def test_non_finite_weight_in_a_dict_is_an_error():
 
 
 def test_quality_loss():
-    assert quality_loss(0.88, ACCURACY) == pytest.approx(2.0)  # points
-    assert quality_loss(0.91, ACCURACY) == pytest.approx(-1.0)
+    assert quality_loss(88.0, ACCURACY) == pytest.approx(2.0)  # points
+    assert quality_loss(91.0, ACCURACY) == pytest.approx(-1.0)
     assert quality_loss(21.0, PERPLEXITY) == pytest.approx(0.05)  # relative
 
 
 def test_accuracy_score_by_hand():
     weights = parse_weights(None)
-    result = score(0.895, 250, 500.0, 0.25, ACCURACY, Constraints(max_drop=1.0, max_memory=0.5), weights)
+    result = score(89.5, 250, 500.0, 0.25, ACCURACY, Constraints(max_drop=1.0, max_memory=0.5), weights)
     assert result.feasible and result.violations == []
     assert result.quality_loss == pytest.approx(0.5)
     assert (result.memory_fraction, result.energy_fraction, result.latency_fraction) == (0.25, 0.25, 0.5)
@@ -106,7 +106,7 @@ def test_accuracy_score_by_hand():
 
 
 def test_accuracy_violations():
-    result = score(0.88, 600, 1500.0, 0.5, ACCURACY,
+    result = score(88.0, 600, 1500.0, 0.5, ACCURACY,
                    Constraints(max_drop=1.0, max_memory=0.5, max_energy="1000pJ"), parse_weights(None))
     assert not result.feasible
     assert len(result.violations) == 3
@@ -117,7 +117,7 @@ def test_accuracy_violations():
 
 
 def test_quality_exactly_at_the_limit_is_feasible():
-    result = score(0.89, 100, 100.0, 0.1, ACCURACY, Constraints(max_drop=1.0), parse_weights(None))
+    result = score(89.0, 100, 100.0, 0.1, ACCURACY, Constraints(max_drop=1.0), parse_weights(None))
     assert result.feasible and result.quality_loss == pytest.approx(1.0)
 
 
@@ -135,10 +135,10 @@ def test_perplexity_score_by_hand():
 def test_quality_term_without_constraint_and_for_improvements():
     weights = {"quality": 1.0, "memory": 0.0, "energy": 0.0, "latency": 0.0}
     # no limit: accuracy loss per point, perplexity loss per 1%
-    assert score(0.87, 1, 1.0, 0.1, ACCURACY, Constraints(), weights).objective == pytest.approx(3.0)
+    assert score(87.0, 1, 1.0, 0.1, ACCURACY, Constraints(), weights).objective == pytest.approx(3.0)
     assert score(20.2, 1, 1.0, 0.1, PERPLEXITY, Constraints(), weights).objective == pytest.approx(1.0)
     # doing better than the float model earns nothing
-    assert score(0.95, 1, 1.0, 0.1, ACCURACY, Constraints(max_drop=1.0), weights).objective == 0.0
+    assert score(95.0, 1, 1.0, 0.1, ACCURACY, Constraints(max_drop=1.0), weights).objective == 0.0
 
 
 def test_zero_baseline_latency_gives_neutral_fraction():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import FP32_LATENCY, Synthetic, latency
+from tests.search.conftest import FP32_LATENCY, Synthetic, latency
 from qslm.search.objective import Constraints
 from qslm.search.tiered import tiered_search
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import BITS, FP32_BYTES, GROUPS, INSENSITIVE, LOSS, Synthetic, unit_bytes
+from tests.search.conftest import BITS, FP32_BYTES, GROUPS, INSENSITIVE, LOSS, Synthetic, unit_bytes
 from qslm.search.journal import assignment_key
 from qslm.search.objective import Constraints
 from qslm.search.tiered import descend, global_tier, lower_bits, raise_within, tiered_search
