@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     constraints = options["constraints"]
     print(f"qslm demo: searching {args.model} on {DEMO_TASK} with max accuracy drop {constraints.max_drop} points "
-          f"and max memory {args.max_memory}; writing {args.out}/")
+          f"and max memory {constraints.max_memory}; writing {args.out}/")
     result = run_search(args.model, DEMO_TASK, args.out, **options)
     print_summary(result)
     return 0 if result.report.get("final") else 3

@@ -38,7 +38,7 @@ from ..quant.pack import PLAN_FILE, load_packed_into, write_quantized_files
 from ..quant.plan import QuantPlan
 from ..quant.units import find_units, unit_tensor
 from ..report import write_report
-from ..tasks.base import Task, run_inputs
+from ..tasks.base import Task, inferences_in, run_inputs
 from .config import SearchConfig
 from .journal import Journal
 from .measure import SensitivityTable, cache_file, timed
@@ -58,15 +58,20 @@ class SearchResult:
     model: nn.Module | None = None  # the packed model, loaded back from the written files
 
 
+def check_quality_limit(task_name: str, higher_is_better: bool, constraints: Constraints) -> None:
+    """The quality limit that fits the metric's direction: max_drop or max_relative_increase."""
+    if higher_is_better and constraints.max_relative_increase is not None:
+        raise QslmError(f"the metric of task {task_name!r} is higher-is-better: limit its drop with max_drop "
+                        "(absolute, in the metric's units), not max_relative_increase")
+    if not higher_is_better and constraints.max_drop is not None:
+        raise QslmError(f"the metric of task {task_name!r} is lower-is-better: limit it with "
+                        "max_relative_increase (e.g. 0.03 for +3%), not max_drop")
+
+
 def _check(task: Task, constraints: Constraints) -> None:
     if not isinstance(task, Task):
         raise QslmError(f"task must be a qslm.Task (or a built-in task name), got {type(task).__name__}")
-    if task.higher_is_better and constraints.max_relative_increase is not None:
-        raise QslmError(f"the metric of task {task.name!r} is higher-is-better: limit its drop with max_drop "
-                        "(absolute, in the metric's units), not max_relative_increase")
-    if not task.higher_is_better and constraints.max_drop is not None:
-        raise QslmError(f"the metric of task {task.name!r} is lower-is-better: limit it with "
-                        "max_relative_increase (e.g. 0.03 for +3%), not max_drop")
+    check_quality_limit(task.name, task.higher_is_better, constraints)
 
 
 def _metric(function: Callable[[nn.Module], float], model: nn.Module, what: str) -> float:
@@ -177,7 +182,8 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         **notes, "model": label, "model_hash": digest, "task": task.name, "metric_name": task.metric_name,
         "higher_is_better": task.higher_is_better,
         "constraints": constraints.to_dict(baseline.memory_bytes, baseline.energy_pj), "config": config.to_dict(),
-        "hardware": profile.name, "calibration_batches": len(task.calibration), "damage_measure": reference.measure,
+        "hardware": profile.name, "calibration_batches": len(task.calibration),
+        "calibration_size": sum(inferences_in(item) for item in task.calibration), "damage_measure": reference.measure,
         "hierarchy": hierarchy.to_dict(), "sensitivity": table,
         "candidates": [c.to_dict() for c in problem.candidates],
         "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},

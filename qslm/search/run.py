@@ -17,9 +17,10 @@ from ..errors import QslmError
 from ..models.zoo import load_model, resolve_model_path
 from ..quant.pack import PLAN_FILE
 from ..quant.quantizer import QuantSpec
-from ..tasks.presets import build_task
+from ..evaluate import CLASSIFICATION
+from ..tasks.presets import DEFAULT_SIZES, KIND, build_task, check_task_name
 from .config import BASE_SPEC, DEFAULT_BIT_CHOICES, SearchConfig
-from .engine import SearchResult, search
+from .engine import SearchResult, check_quality_limit, search
 from .objective import Constraints
 
 
@@ -44,6 +45,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         config = SearchConfig(bit_choices=tuple(bit_choices), strategy=strategy, max_evaluations=max_evaluations,
                               sensitivity=sensitivity_method, seed=seed, hardware=hardware, base_spec=base_spec,
                               weights=weights, ignore=tuple(ignore))
+    check_quality_limit(task, KIND[check_task_name(task)] == CLASSIFICATION, constraints or Constraints())
     source = resolve_model_path(model_ref)
     if (source / PLAN_FILE).is_file():
         raise QslmError(f"{source} is already quantized; search starts from a float model")
@@ -56,4 +58,5 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     return search(loaded.model, task_object, out, constraints, config, device=device, progress=progress,
                   label=str(model_ref), cache_dir=cache_dir, overwrite=overwrite, protect=(source,),
                   companion_files={"tokenizer.json": lambda path: loaded.tokenizer.save(str(path))},
-                  notes={"reported_limit": reported_limit, "model_name": loaded.path.name})
+                  notes={"reported_limit": reported_limit, "model_name": loaded.path.name,
+                         "validation_size": validation_size or DEFAULT_SIZES[task]["validation"]})

@@ -32,13 +32,13 @@ def test_search_prints_fp32_vs_qslm_table(tiny_classifier, small_data_dir, cache
     header = next(line for line in printed if "FP32" in line)
     assert header.split() == ["FP32", "QSLM", "change"]
     rows = {line.split("  ")[0]: line for line in printed}
-    for row in ("memory (MB)", "energy / inference (uJ)", "power (mW)", "accuracy (dev)"):
+    for row in ("memory (MB)", "energy / inference (uJ)", "power (mW)", "accuracy (%) (dev)"):
         assert row in rows, row
     report = json.loads((out / "report.json").read_text())
     fraction = report["final"]["memory_bytes"] / report["baseline"]["memory_bytes"]
     assert f"{100 * fraction:.1f}% of FP32" in rows["memory (MB)"]
     assert f"model and report written to {out}" in printed[-1]
-    assert report["strategy"] == "tiered"
+    assert report["config"]["strategy"] == "tiered"
     # what was asked, and the limit it means for this model
     assert report["constraints"]["max_memory"] == "50%"
     assert report["constraints"]["memory_limit_bytes"] == 0.5 * report["baseline"]["memory_bytes"]
@@ -57,9 +57,9 @@ def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, c
     assert main(["search", str(tiny_classifier), "--task", "sst2", "--max-drop", "1", "--strategy", "greedy",
                  "--weights", "quality=2,memory=1", "--out", str(out), *small_options(small_data_dir, cache_dir)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["strategy"] == "greedy" and report["status"] == "feasible"
+    assert report["config"]["strategy"] == "greedy" and report["status"] == "feasible"
     assert {c["tier"] for c in report["candidates"]} == {"greedy"}
-    assert report["weights"] == {"quality": 2.0, "memory": 1.0, "energy": 0.5, "latency": 0.0}
+    assert report["config"]["weights"] == {"quality": 2.0, "memory": 1.0, "energy": 0.5, "latency": 0.0}
     assert (out / "model.safetensors").is_file()
 
 
@@ -67,8 +67,8 @@ def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, c
     (["--bits", "2,x"], "--bits '2,x': expected comma-separated integers"),
     (["--bits", ","], "--bits is empty"),
     (["--bits", "1,4"], "unsupported bit-widths [1]"),
-    (["--max-relative-increase", "0.03"], "--max-relative-increase (max_relative_increase) applies to lower-is-better"),
-    (["--max-ppl-increase", "0.03"], "--max-relative-increase (max_relative_increase) applies to lower-is-better"),
+    (["--max-relative-increase", "0.03"], "higher-is-better: limit its drop with max_drop"),
+    (["--max-ppl-increase", "0.03"], "higher-is-better: limit its drop with max_drop"),
     (["--max-memory", "-1"], "--max-memory must be > 0"),
     (["--weights", "speed=1"], "unknown objective weight 'speed'"),
     (["--max-energy", "0"], "--max-energy must be > 0"),

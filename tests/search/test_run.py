@@ -197,10 +197,10 @@ def test_bad_options(tiny_classifier, small_data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("option, message", [
-    ({"calibration_size": 0}, "sizes must be positive, got 0 and 64"),  # 0 used to mean the default
-    ({"validation_size": 0}, "sizes must be positive, got 32 and 0"),
-    ({"reported_limit": 0}, "reported_limit must be a positive integer, got 0"),
-    ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ({"calibration_size": 0}, "calibration size must be positive, got 0"),  # 0 used to mean the default
+    ({"validation_size": 0}, "validation size must be positive, got 0"),
+    ({"reported_limit": 0}, "test limit must be positive, got 0"),
+    ({"seed": -1}, "seed must be a non-negative integer, got -1"),
 ])
 def test_zero_is_not_the_default(tiny_classifier, small_data_dir, tmp_path, option, message):
     with pytest.raises(QslmError, match=message):
@@ -215,7 +215,7 @@ def test_local_sensitivity_search(base, tiny_classifier, small_data_dir, tmp_pat
     result = search(tiny_classifier, root / "out", small_data_dir, shared_cache(tmp_path_factory),
                     sensitivity_method="local")
     report = result.report
-    assert report["sensitivity_method"] == "local" and base.report["sensitivity_method"] == "exact"
+    assert report["config"]["sensitivity"] == "local" and base.report["config"]["sensitivity"] == "exact"
     methods = {unit: {row["method"] for row in by_bits.values()} for unit, by_bits in report["sensitivity"].items()}
     assert methods["blocks.0"] == {"local"} and methods["blocks.1.att.key"] == {"local"}
     assert methods["emb"] == {"exact"} and methods["classifier"] == {"exact"}
@@ -246,7 +246,7 @@ def test_output_folder_must_not_be_the_model(tiny_classifier, small_data_dir, tm
     model = tmp_path / "model"
     shutil.copytree(tiny_classifier, model)
     weights = (model / "model.safetensors").read_bytes()
-    with pytest.raises(QslmError, match="would overwrite the model"):
+    with pytest.raises(QslmError, match="is the input model"):
         search(model, model, small_data_dir, tmp_path / "cache")
     assert (model / "model.safetensors").read_bytes() == weights
     assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in tiny_classifier.iterdir())
