@@ -2,9 +2,11 @@
 tensor, as the spec's granularity says) fitted by weighted k-means, SqueezeLLM-style.
 
 Each weight is stored as a ``bits``-bit index into its group's levels; the levels are float16
-(``2**bits`` per group), sorted ascending. Fitting is deterministic: levels start at the weighted
-quantiles ``(k + 1/2) / 2**bits`` of the group's values, then ``LLOYD_ITERATIONS`` Lloyd steps
-alternate nearest-level assignment and weighted means (an empty level keeps its value). The weight
+(``2**bits`` per group), sorted ascending. Fitting is deterministic: Lloyd's algorithm (nearest-level
+assignment, then weighted means; an empty level keeps its value; at most ``LLOYD_ITERATIONS`` steps)
+runs from two starts, the weighted quantiles ``(k + 1/2) / 2**bits`` of the group's values and
+``2**bits`` evenly spaced levels over its range, and each group keeps the result with the lower
+weighted squared error (quantiles alone can settle on a poor optimum for heavy-tailed groups). The weight
 of an element is the Hessian diagonal of its input column when one is given (how much an error there
 costs in the output), else 1. Indices are finally chosen against the float16 levels, so they are
 nearest to the values actually stored.
@@ -55,6 +57,24 @@ def _weighted_quantiles(x: torch.Tensor, weights: torch.Tensor, k: int) -> torch
     return torch.gather(values, 1, index.clamp_(max=x.shape[1] - 1))
 
 
+def _lloyd(x: torch.Tensor, weights: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    for _ in range(LLOYD_ITERATIONS):
+        index = _nearest(x, levels)
+        mass = torch.zeros_like(levels).scatter_add_(1, index, weights)
+        total = torch.zeros_like(levels).scatter_add_(1, index, weights * x)
+        updated = torch.where(mass > 0, total / mass.clamp_min(1e-30), levels)
+        updated, _ = torch.sort(updated, dim=1)
+        if torch.equal(updated, levels):
+            break
+        levels = updated
+    return levels
+
+
+def _weighted_error(x: torch.Tensor, weights: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Weighted squared error [n] of x [n, len] at its nearest levels."""
+    return (weights * (x - torch.gather(levels, 1, _nearest(x, levels))).square()).sum(dim=1)
+
+
 def element_weights(shape: torch.Size | tuple[int, ...], hessian_diagonal: torch.Tensor | None) -> torch.Tensor:
     """Per-element k-means weights [rows, cols]: the input column's Hessian diagonal, floored so that
     no group has zero total weight; all ones without a Hessian."""
@@ -86,16 +106,11 @@ def codebook_quantize(w: torch.Tensor, spec: QuantSpec, hessian_diagonal: torch.
                         f"(at most {FLOAT16_MAX:g}); use method rtn for it")
     weights = grouped(element_weights(w.shape, hessian_diagonal).contiguous(), spec)
     k = 2 ** spec.bits
-    levels = _weighted_quantiles(x, weights, k)
-    for _ in range(LLOYD_ITERATIONS):
-        index = _nearest(x, levels)
-        mass = torch.zeros_like(levels).scatter_add_(1, index, weights)
-        total = torch.zeros_like(levels).scatter_add_(1, index, weights * x)
-        updated = torch.where(mass > 0, total / mass.clamp_min(1e-30), levels)
-        updated, _ = torch.sort(updated, dim=1)
-        if torch.equal(updated, levels):
-            break
-        levels = updated
+    lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
+    even = lo + (hi - lo) * torch.linspace(0.0, 1.0, k)[None, :]
+    candidates = [_lloyd(x, weights, start) for start in (_weighted_quantiles(x, weights, k), even)]
+    errors = [_weighted_error(x, weights, levels) for levels in candidates]
+    levels = torch.where((errors[1] < errors[0])[:, None], candidates[1], candidates[0])
     codebook = levels.to(torch.float16)
     codes = _nearest(x, codebook.to(torch.float32))
     return CodebookTensor(codes.to(torch.int32), codebook, spec, w.shape)

@@ -136,7 +136,7 @@ def gptq_quantize(w: torch.Tensor, spec: QuantSpec, hessian: torch.Tensor, optio
             codes[:, column] = code.squeeze(1)
             quantized = dequantize_groups(code, scale, zero_point, spec).squeeze(1)
             error = (block[:, i] - quantized) / u[start + i, start + i]
-            block[:, i:] -= error[:, None] * u[start + i, start + i:][None, :]
+            block[:, i:] -= error[:, None] * u[start + i, start + i:end][None, :]
             errors[:, i] = error
         weight[:, start:end] = block
         weight[:, end:] -= errors @ u[start:end, end:]
