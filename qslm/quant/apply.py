@@ -68,13 +68,24 @@ def quantize_unit(name: str, weight: torch.Tensor, spec: QuantSpec, context: Qua
         diagonal = None if hessian is None else torch.diagonal(hessian.xtx)
         return codebook_quantize(weight, spec, diagonal, name)
     if hessian is None:
-        why = ("no QuantContext was given" if context is None
-               else "no calibration inputs were recorded for it (an embedding, a convolution, or a unit never "
-                    "applied to float inputs through F.linear or a matmul)")
-        raise QslmError(f"unit {name!r} ({spec.describe()}) needs its calibration Hessian for gptq, but {why}; "
-                        "record Hessians with qslm.quant.unit_inputs.record_hessians, or use rtn or codebook "
-                        "for this unit")
+        raise _no_hessian(name, spec, context)
     return gptq_quantize(weight, spec, hessian.hessian, context.gptq, name)
+
+
+def _no_hessian(name: str, spec: QuantSpec, context: QuantContext | None) -> QslmError:
+    why = ("no QuantContext was given" if context is None
+           else "no calibration inputs were recorded for it (an embedding, a convolution, or a unit never "
+                "applied to float inputs through F.linear or a matmul)")
+    return QslmError(f"unit {name!r} ({spec.describe()}) needs its calibration Hessian for gptq, but {why}; "
+                     "record Hessians with qslm.quant.unit_inputs.record_hessians, or use rtn or codebook "
+                     "for this unit")
+
+
+def check_context(plan: QuantPlan, context: QuantContext | None) -> None:
+    """Refuse, before anything is changed or written, a plan whose gptq units lack a Hessian."""
+    for name, spec in plan.quantized.items():
+        if spec.method == "gptq" and (context is None or context.hessian(name) is None):
+            raise _no_hessian(name, spec, context)
 
 
 class WeightCache:
@@ -174,6 +185,7 @@ def apply_plan(model: nn.Module, plan: QuantPlan, cache: WeightCache | None = No
     carries the calibration Hessians gptq units need."""
     if validate:
         plan.validate(model)
+    check_context(plan, context)
     state = _APPLIED.setdefault(model, _Applied())
     wanted = plan.quantized
     units = quantizable_units(model) if (wanted or state.specs) else {}

@@ -349,8 +349,10 @@ def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | N
     ``qslm.outputs``: new, empty, or an earlier quantize output unless ``overwrite``). The model is left
     as it was. ``context`` carries the calibration Hessians gptq units need (see ``qslm.quant.apply``)."""
     from ..outputs import OutputFolder
+    from .apply import check_context
 
     plan.validate(model)  # a bad plan is refused before the folder is touched
+    check_context(plan, context)
     with OutputFolder.claim(out_dir, "quantize", overwrite=overwrite, protect=protect) as folder:
         folder.commit(write_quantized_files(model, plan, folder.staging(), tokenizer, context))
     return Path(out_dir)

@@ -189,4 +189,21 @@ def test_gptq_and_codebook_units_use_the_context(lm, ids):
 def test_gptq_without_a_context_is_an_error_naming_the_unit(lm):
     with pytest.raises(QslmError, match="unit 'head' \\(int4 per-channel sym mse gptq\\) needs its calibration"):
         apply_plan(lm, QuantPlan({"head": QuantSpec(4, method="gptq")}))
-    assert applied_plan(lm) is None or "head" not in applied_plan(lm).units
+    apply_plan(lm, QuantPlan({"emb": QuantSpec(4)}))
+    with pytest.raises(QslmError, match="unit 'head'"):  # refused before any unit changes
+        apply_plan(lm, QuantPlan({"emb": QuantSpec(2), "head": QuantSpec(4, method="gptq")}))
+    assert applied_plan(lm) == QuantPlan({"emb": QuantSpec(4)})
+    restore(lm)
+
+
+def test_convolutions_have_no_hessian_so_gptq_refuses_them():
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2))
+    hessians = record_hessians(model, [torch.randn(4, 2, 6)])
+    assert list(hessians) == ["2"]
+    plan = QuantPlan({"0": QuantSpec(4, method="gptq"), "2": QuantSpec(4, method="gptq")})
+    with pytest.raises(QslmError, match="unit '0' .*a convolution"):
+        apply_plan(model, plan, context=QuantContext(hessians))
+    apply_plan(model, QuantPlan({"0": QuantSpec(4, method="codebook"), "2": QuantSpec(4, method="gptq")}),
+               context=QuantContext(hessians))
+    assert applied_plan(model) is not None
+    restore(model)
