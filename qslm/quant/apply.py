@@ -11,12 +11,25 @@ spec seen before a dictionary look-up.
     with fake_quantized(model, plan, cache):
         logits = model(ids)
     # float weights are back here
+
+gptq units need their calibration Hessians, and codebook units use them (as k-means weights) when
+present: pass a ``QuantContext`` built from ``qslm.quant.unit_inputs.record_hessians``::
+
+    context = QuantContext(record_hessians(model, batches))
+    apply_plan(model, plan, cache, context=context)
+
+rtn units never look at it, so rtn callers need not pass one. A gptq unit without a Hessian (an
+embedding, a convolution, a unit never called on float inputs) is an error naming it, never a silent
+fall-back to rtn. ``apply_plan`` re-quantizes a unit only when its spec changes: after recording new
+Hessians, start from a restored model (and a fresh or cleared cache is not needed: cache entries
+remember which Hessian they came from).
 """
 from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -25,9 +38,54 @@ from torch import nn
 
 from ..errors import QslmError
 from ..models.neurons import lif_modules
+from .codebook import CodebookTensor, codebook_quantize
+from .gptq import GptqOptions, gptq_quantize
 from .plan import QuantPlan
-from .quantizer import NeuronSpec, QuantSpec, quantize_tensor
+from .quantizer import NeuronSpec, QuantSpec, QuantizedTensor, quantize_tensor
+from .unit_inputs import UnitHessian
 from .units import quantizable_units, unit_tensor
+
+
+@dataclass(frozen=True)
+class QuantContext:
+    """What the data-driven methods need beyond a unit's weight: its calibration Hessian (by unit
+    name) and the GPTQ options."""
+    hessians: Mapping[str, UnitHessian] = field(default_factory=dict)
+    gptq: GptqOptions = GptqOptions()
+
+    def hessian(self, name: str) -> UnitHessian | None:
+        return self.hessians.get(name)
+
+
+def quantize_unit(name: str, weight: torch.Tensor, spec: QuantSpec, context: QuantContext | None = None
+                  ) -> QuantizedTensor | CodebookTensor:
+    """Quantize unit ``name``'s float ``weight`` by its spec's method (the one entry point that fake
+    quantization and export share, so both store the same values)."""
+    if spec.method == "rtn":
+        return quantize_tensor(weight, spec)
+    hessian = context.hessian(name) if context is not None else None
+    if spec.method == "codebook":
+        diagonal = None if hessian is None else torch.diagonal(hessian.xtx)
+        return codebook_quantize(weight, spec, diagonal, name)
+    if hessian is None:
+        raise _no_hessian(name, spec, context)
+    return gptq_quantize(weight, spec, hessian.hessian, context.gptq, name)
+
+
+def _no_hessian(name: str, spec: QuantSpec, context: QuantContext | None) -> QslmError:
+    why = ("no QuantContext was given" if context is None
+           else "no calibration inputs were recorded for it (an embedding, a convolution, or a unit never "
+                "applied to float inputs through F.linear or a matmul)")
+    return QslmError(f"unit {name!r} ({spec.describe()}) needs its calibration Hessian for gptq, but {why}; "
+                     "record Hessians with qslm.quant.unit_inputs.record_hessians, or use rtn or codebook "
+                     "for this unit")
+
+
+def check_context(plan: QuantPlan, context: QuantContext | None) -> None:
+    """Refuse, before anything is changed or written, a plan whose gptq units lack a Hessian."""
+    for name, spec in plan.quantized.items():
+        if spec.method == "gptq" and (context is None or context.hessian(name) is None):
+            raise _no_hessian(name, spec, context)
 
 
 class WeightCache:
@@ -52,15 +110,17 @@ class WeightCache:
     def nbytes(self) -> int:
         return self._bytes
 
-    def dequantized(self, name: str, weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    def dequantized(self, name: str, weight: torch.Tensor, spec: QuantSpec, context: QuantContext | None = None
+                    ) -> torch.Tensor:
         key = (name, spec)
-        source = (weight.data_ptr(), tuple(weight.shape), weight.dtype, weight.device)
+        source = (weight.data_ptr(), tuple(weight.shape), weight.dtype, weight.device, _hessian_identity(name, spec,
+                                                                                                   context))
         entry = self._entries.get(key)
         if entry is not None and entry[0] == source:
             self._entries.move_to_end(key)
             self.hits += 1
             return entry[1]
-        values = quantize_tensor(weight, spec).dequantize().to(weight.dtype)
+        values = quantize_unit(name, weight, spec, context).dequantize().to(weight.dtype)
         self.quantize_calls += 1
         if entry is not None:
             self._bytes -= entry[1].nbytes
@@ -75,6 +135,14 @@ class WeightCache:
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
+
+
+def _hessian_identity(name: str, spec: QuantSpec, context: QuantContext | None) -> tuple:
+    """What a cached gptq/codebook entry depends on besides the weight: the Hessian object and options."""
+    if spec.method == "rtn" or context is None:
+        return ()
+    hessian = context.hessian(name)
+    return (None if hessian is None else id(hessian.xtx), context.gptq)
 
 
 @dataclass
@@ -110,11 +178,14 @@ def float_weight(model: nn.Module, name: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def apply_plan(model: nn.Module, plan: QuantPlan, cache: WeightCache | None = None, validate: bool = True) -> None:
+def apply_plan(model: nn.Module, plan: QuantPlan, cache: WeightCache | None = None, validate: bool = True,
+               context: QuantContext | None = None) -> None:
     """Fake-quantize ``model`` in place so it computes as ``plan`` says (see the module docstring).
-    Units and neurons not in ``plan`` compute in float, whatever an earlier call did."""
+    Units and neurons not in ``plan`` compute in float, whatever an earlier call did. ``context``
+    carries the calibration Hessians gptq units need."""
     if validate:
         plan.validate(model)
+    check_context(plan, context)
     state = _APPLIED.setdefault(model, _Applied())
     wanted = plan.quantized
     units = quantizable_units(model) if (wanted or state.specs) else {}
@@ -129,9 +200,9 @@ def apply_plan(model: nn.Module, plan: QuantPlan, cache: WeightCache | None = No
             del state.float_weights[name], state.specs[name]
             continue
         if cache is not None:
-            weight.data = cache.dequantized(name, original, spec)
+            weight.data = cache.dequantized(name, original, spec, context)
         else:
-            weight.data = quantize_tensor(original, spec).dequantize().to(original.dtype)
+            weight.data = quantize_unit(name, original, spec, context).dequantize().to(original.dtype)
         state.float_weights[name] = original
         state.specs[name] = spec
     if plan.neurons or state.neuron_specs:
@@ -163,12 +234,13 @@ def restore(model: nn.Module) -> None:
 
 
 @contextmanager
-def fake_quantized(model: nn.Module, plan: QuantPlan, cache: WeightCache | None = None) -> Iterator[nn.Module]:
+def fake_quantized(model: nn.Module, plan: QuantPlan, cache: WeightCache | None = None,
+                   context: QuantContext | None = None) -> Iterator[nn.Module]:
     """``model`` fake-quantized by ``plan`` inside the block; on exit it computes as it did on entry."""
     previous = applied_plan(model)
-    apply_plan(model, plan, cache)
+    apply_plan(model, plan, cache, context=context)
     try:
         yield model
     finally:
-        apply_plan(model, previous or QuantPlan(), cache, validate=False)
+        apply_plan(model, previous or QuantPlan(), cache, validate=False, context=context)
 

@@ -12,6 +12,10 @@ A quantized unit ``NAME`` (weight shape S, spec s, G = group_count(S, s) groups)
 * ``NAME.weight_zero_point`` uint8 [ceil(G * bits / 8)], zero-points packed like codes (asymmetric only);
 * ``NAME.bias``              float32, as in the float model.
 
+A ``codebook`` unit stores its level indices as ``NAME.weight_codes`` (packed the same way) and, instead
+of scales, ``NAME.weight_codebook`` float16 [G * 2**bits]: group g's sorted levels at [g*2**bits, (g+1)*2**bits).
+A ``gptq`` unit is stored exactly as an rtn one (only its codes differ).
+
 Everything else in the state dict is stored as float32 (non-float buffers keep their dtype). Shapes
 come from the model built from ``config.json``; ``quant_plan.json`` says which units are packed how.
 """
@@ -21,7 +25,7 @@ import math
 import os
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +36,16 @@ from torch import nn
 from ..errors import QslmError
 from ..models.neurons import lif_modules
 from .plan import QuantPlan
-from .quantizer import QuantSpec, QuantizedTensor, dequantize_groups, group_count, quantize_tensor
+from .codebook import CodebookTensor, dequantize_codebook
+from .quantizer import QuantSpec, QuantizedTensor, dequantize_groups, group_count
 from .units import PACKED_ATTRIBUTE, Unit, find_units, unit_tensor
+
+if TYPE_CHECKING:
+    from .apply import QuantContext
 
 PLAN_FILE = "quant_plan.json"
 SCALE_BYTES = 4  # float32 scales; see quantizer.py for why not fp16
+CODEBOOK_LEVEL_BYTES = 2  # float16 codebook levels: a level is a weight value, never a tiny step
 
 
 # --- bit packing -------------------------------------------------------------------------------
@@ -118,8 +127,11 @@ def unpack_codes(data: torch.Tensor, bits: int, n_codes: int) -> torch.Tensor:
 
 
 def stored_weight_bytes(shape: torch.Size | tuple[int, ...], spec: QuantSpec) -> int:
-    """Exact bytes of a quantized weight on disk and in RAM: codes + scales + zero-points."""
+    """Exact bytes of a quantized weight on disk and in RAM: codes + scales + zero-points, or for a
+    codebook: indices + float16 levels."""
     n_groups = group_count(shape, spec)
+    if spec.method == "codebook":
+        return packed_size(math.prod(shape), spec.bits) + CODEBOOK_LEVEL_BYTES * n_groups * 2 ** spec.bits
     zero_points = 0 if spec.symmetric else packed_size(n_groups, spec.bits)
     return packed_size(math.prod(shape), spec.bits) + SCALE_BYTES * n_groups + zero_points
 
@@ -132,6 +144,16 @@ def stored_weight_bytes(shape: torch.Size | tuple[int, ...], spec: QuantSpec) ->
 # Embedding, a custom module using a bare parameter through F.linear or @. A tied tensor is packed once,
 # in its first place; its other places read the same buffers.
 
+def buffer_names(attribute: str, spec: QuantSpec) -> dict[str, str]:
+    """Role -> buffer name of a packed weight ``attribute``: codes, then scale (+ zero_point) or codebook."""
+    if spec.method == "codebook":
+        return {"codes": f"{attribute}_codes", "codebook": f"{attribute}_codebook"}
+    names = {"codes": f"{attribute}_codes", "scale": f"{attribute}_scale"}
+    if not spec.symmetric:
+        names["zero_point"] = f"{attribute}_zero_point"
+    return names
+
+
 class PackedTensor:
     """The packed form of one unit, in the buffers of its ``holder`` module."""
 
@@ -141,34 +163,37 @@ class PackedTensor:
         self.shape, self.dtype = torch.Size(shape), dtype
 
     def buffer_names(self) -> dict[str, str]:
-        names = {"codes": f"{self.attribute}_codes", "scale": f"{self.attribute}_scale"}
-        if not self.spec.symmetric:
-            names["zero_point"] = f"{self.attribute}_zero_point"
-        return names
+        return buffer_names(self.attribute, self.spec)
 
     def allocate(self) -> None:
         n_groups = group_count(self.shape, self.spec)
         sizes = {"codes": (packed_size(self.shape.numel(), self.spec.bits), torch.uint8),
-                 "scale": (n_groups, torch.float32), "zero_point": (packed_size(n_groups, self.spec.bits), torch.uint8)}
+                 "scale": (n_groups, torch.float32), "zero_point": (packed_size(n_groups, self.spec.bits), torch.uint8),
+                 "codebook": (n_groups * 2 ** self.spec.bits, torch.float16)}
         for role, name in self.buffer_names().items():
             size, dtype = sizes[role]
             self.holder.register_buffer(name, torch.zeros(size, dtype=dtype))
 
-    def store(self, quantized: QuantizedTensor) -> None:
-        names = self.buffer_names()
-        getattr(self.holder, names["codes"]).copy_(pack_codes(quantized.codes, self.spec.bits))
-        getattr(self.holder, names["scale"]).copy_(quantized.scale)
-        if quantized.zero_point is not None:
-            getattr(self.holder, names["zero_point"]).copy_(pack_codes(quantized.zero_point, self.spec.bits))
+    def store(self, quantized: QuantizedTensor | CodebookTensor) -> None:
+        for name, tensor in stored_tensors(quantized, self.attribute).items():
+            getattr(self.holder, name).copy_(tensor)
 
     def dequantize(self) -> torch.Tensor:
         names = self.buffer_names()
+        if self.spec.method == "codebook":
+            codebook = getattr(self.holder, names["codebook"]).view(-1, 2 ** self.spec.bits)
+            codes = unpack_codes(getattr(self.holder, names["codes"]), self.spec.bits, self.shape.numel())
+            values = dequantize_codebook(codes.view(codebook.shape[0], -1), codebook)
+            return self._as_weight(values)
         scale = getattr(self.holder, names["scale"])
         n_groups = scale.numel()
         codes = unpack_codes(getattr(self.holder, names["codes"]), self.spec.bits, self.shape.numel()).view(n_groups, -1)
         zero_point = (None if self.spec.symmetric
                       else unpack_codes(getattr(self.holder, names["zero_point"]), self.spec.bits, n_groups))
-        weight = dequantize_groups(codes, scale, zero_point, self.spec).view(self.shape).to(self.dtype)
+        return self._as_weight(dequantize_groups(codes, scale, zero_point, self.spec))
+
+    def _as_weight(self, values: torch.Tensor) -> torch.Tensor:
+        weight = values.view(self.shape).to(self.dtype)
         weight.qslm_unit = self.unit  # lets the op counter (qslm.analysis.cost) know the weight it sees
         return weight
 
@@ -260,11 +285,12 @@ def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {keys[0]: state[keys[0]] for keys in tied_key_groups(model)}
 
 
-def packed_state_dict(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tensor]:
+def packed_state_dict(model: nn.Module, plan: QuantPlan, context: "QuantContext | None" = None
+                      ) -> dict[str, torch.Tensor]:
     """What ``model.safetensors`` holds for ``model`` quantized by ``plan``: every tensor once, quantized
-    units as codes + scales (+ zero-points) (float weights of a model fake-quantized now are taken from
-    the saved originals)."""
-    from .apply import float_weight  # apply builds on plan and pack's sibling modules; import on use
+    units as codes + scales (+ zero-points) or codebooks (float weights of a model fake-quantized now are
+    taken from the saved originals). ``context`` carries the calibration Hessians gptq units need."""
+    from .apply import float_weight, quantize_unit  # apply builds on plan and pack's siblings; import on use
 
     plan.validate(model)
     units = find_units(model)
@@ -273,25 +299,37 @@ def packed_state_dict(model: nn.Module, plan: QuantPlan) -> dict[str, torch.Tens
         unit = units[name]
         for place in unit.places:
             state.pop(place, None)
-        holder = model.get_submodule(unit.module)
-        packed = PackedTensor(holder, unit.attribute, spec, torch.Size(unit.shape), torch.float32, name)
-        quantized = quantize_tensor(float_weight(model, name), spec)
+        quantized = quantize_unit(name, float_weight(model, name), spec, context)
         prefix = f"{unit.module}." if unit.module else ""
-        state[prefix + packed.buffer_names()["codes"]] = pack_codes(quantized.codes, spec.bits)
-        state[prefix + packed.buffer_names()["scale"]] = _fp32(quantized.scale)
-        if quantized.zero_point is not None:
-            state[prefix + packed.buffer_names()["zero_point"]] = pack_codes(quantized.zero_point, spec.bits)
+        for key, tensor in stored_tensors(quantized, unit.attribute).items():
+            state[prefix + key] = tensor.detach().cpu().contiguous()
     return state
 
 
-def write_quantized_files(model: nn.Module, plan: QuantPlan, folder: Path, tokenizer: Tokenizer | None = None
+def stored_tensors(quantized: QuantizedTensor | CodebookTensor, attribute: str) -> dict[str, torch.Tensor]:
+    """The buffers (by name) that hold a quantized weight: packed codes, float32 scales and packed
+    zero-points, or packed indices and the flat float16 codebook."""
+    bits = quantized.spec.bits
+    names = buffer_names(attribute, quantized.spec)
+    stored = {names["codes"]: pack_codes(quantized.codes, bits)}
+    if isinstance(quantized, CodebookTensor):
+        stored[names["codebook"]] = quantized.codebook.to(torch.float16).reshape(-1)
+        return stored
+    stored[names["scale"]] = quantized.scale.to(torch.float32)
+    if quantized.zero_point is not None:
+        stored[names["zero_point"]] = pack_codes(quantized.zero_point, bits)
+    return stored
+
+
+def write_quantized_files(model: nn.Module, plan: QuantPlan, folder: Path, tokenizer: Tokenizer | None = None,
+                          context: "QuantContext | None" = None
                           ) -> dict[str, Path]:
     """Write a quantized model's files into ``folder`` (e.g. an output folder's staging folder):
     model.safetensors (packed) and quant_plan.json, plus config.json for a model built from a model
     folder's config and tokenizer.json when given; returns name -> path."""
     from ..models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, write_config
 
-    state = packed_state_dict(model, plan)
+    state = packed_state_dict(model, plan, context)
     names = [WEIGHTS_FILE, PLAN_FILE]
     if hasattr(getattr(model, "config", None), "arch"):
         write_config(folder, model.config)
@@ -305,15 +343,18 @@ def write_quantized_files(model: nn.Module, plan: QuantPlan, folder: Path, token
 
 
 def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | None, out_dir: str | os.PathLike,
-                     overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+                     overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = (),
+                     context: "QuantContext | None" = None) -> Path:
     """Write a quantized model into output folder ``out_dir`` (a ``quantize`` output, see
     ``qslm.outputs``: new, empty, or an earlier quantize output unless ``overwrite``). The model is left
-    as it was."""
+    as it was. ``context`` carries the calibration Hessians gptq units need (see ``qslm.quant.apply``)."""
     from ..outputs import OutputFolder
+    from .apply import check_context
 
     plan.validate(model)  # a bad plan is refused before the folder is touched
+    check_context(plan, context)
     with OutputFolder.claim(out_dir, "quantize", overwrite=overwrite, protect=protect) as folder:
-        folder.commit(write_quantized_files(model, plan, folder.staging(), tokenizer))
+        folder.commit(write_quantized_files(model, plan, folder.staging(), tokenizer, context))
     return Path(out_dir)
 
 

@@ -6,8 +6,12 @@ Names are ``model.named_modules()`` paths (``emb``, ``blocks.3.att.key``, ``head
     {"version": 1,
      "units": {"blocks.0.att.key": {"bits": 4, "granularity": "per-channel", "group_size": null,
                                     "symmetric": true, "observer": "mse", "percentile": null},
+               "blocks.0.att.value": {"bits": 3, "method": "gptq"},
                "head": null},
      "neurons": {"blocks.0.lif1": {"bits": 8, "range_multiple": 2.0}}}
+
+A spec's ``method`` (``rtn``, ``gptq``, ``codebook``) is written only when it is not ``rtn``, so
+plans from before methods existed read, and are written, unchanged.
 
 A setting is never silently ignored: unknown keys, unknown names and names that are not
 quantizable units (or not LIF neurons) are errors that list the closest valid names.
@@ -68,7 +72,7 @@ class QuantPlan:
             else:
                 try:
                     specs[name] = QuantSpec(bits, base.granularity, base.group_size, base.symmetric, base.observer,
-                                            base.percentile)
+                                            base.percentile, base.method)
                 except QslmError as err:
                     raise QslmError(f"unit {name!r}: {err}") from None
         return cls(specs, dict(neurons or {}))

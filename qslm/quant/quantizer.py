@@ -21,6 +21,16 @@ Rounding is to nearest (half to even). The clipping range comes from an observer
 (per group, the shrink factor of the min/max range on ``MSE_SHRINK_GRID`` that minimises the squared
 error; the search is vectorised over groups).
 
+Methods (``QuantSpec.method``) decide how the stored values are chosen, never how many bytes they take:
+
+* ``rtn``      round to nearest, as above (the default);
+* ``gptq``     the same codes + scales (+ zero-points) as rtn, chosen with Hessian-based error
+  compensation from calibration inputs (``qslm.quant.gptq``);
+* ``codebook`` non-uniform: ``2**bits`` float16 levels per group fitted by weighted k-means, stored as
+  packed ``bits``-bit indices + the levels (``qslm.quant.codebook``). Its levels are free, so there is
+  no zero-point and no clipping observer: a codebook spec must keep ``symmetric`` true and the
+  default ``mse`` observer (k-means minimises the (weighted) squared error), and ``bits`` 2..8.
+
 Scales are float32: fp16 would underflow for small weights at high bit-widths (an embedding
 initialised in +-1e-4 has a 16-bit scale of ~3e-9) and bf16 would cost ~0.2% error on every weight.
 """
@@ -40,6 +50,8 @@ DEFAULT_PERCENTILE = 99.9
 # Candidate clip = shrink * (min/max range); 1.0 first so ties keep the unclipped range.
 MSE_SHRINK_GRID = tuple(round(1.0 - 0.02 * i, 2) for i in range(41))  # 1.00, 0.98, ..., 0.20
 NEURON_BITS = range(2, 25)
+METHODS = ("rtn", "gptq", "codebook")
+CODEBOOK_BITS = (2, 3, 4, 5, 6, 8)
 
 
 def _from_dict(cls, raw: dict, where: str):
@@ -65,6 +77,7 @@ class QuantSpec:
     symmetric: bool = True
     observer: str = "mse"
     percentile: float | None = None  # only with observer "percentile"; None means DEFAULT_PERCENTILE
+    method: str = "rtn"  # last, so positional construction of the fields above keeps working
 
     def __post_init__(self):
         # 4.0 == 4 and True == 1: the type is checked too, or a plan saying 4.0 would pass as int4.
@@ -89,19 +102,42 @@ class QuantSpec:
             if (isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float))
                     or not 50.0 < self.percentile <= 100.0):
                 raise QslmError(f"percentile must be in (50, 100] (a number), got {self.percentile!r}")
+        if self.method not in METHODS:
+            raise QslmError(f"unknown method {self.method!r}; expected one of {list(METHODS)}")
+        if self.method == "codebook":
+            self._check_codebook()
+
+    def _check_codebook(self) -> None:
+        if self.bits not in CODEBOOK_BITS:
+            raise QslmError(f"bits={self.bits} is not supported by method 'codebook' (2**bits float16 levels per "
+                            f"group); expected one of {list(CODEBOOK_BITS)}")
+        if not self.symmetric:
+            raise QslmError("symmetric=false makes no sense with method 'codebook': its levels are free, so there "
+                            "is no zero-point; leave symmetric true")
+        if self.observer != "mse":
+            raise QslmError(f"observer={self.observer!r} makes no sense with method 'codebook': k-means fits the "
+                            "levels (minimising squared error) with no clipping range; leave observer 'mse'")
 
     @property
     def clip_percentile(self) -> float:
         return DEFAULT_PERCENTILE if self.percentile is None else float(self.percentile)
 
     def describe(self) -> str:
-        """Short human form, e.g. ``int4 per-channel sym mse`` or ``int3 group64 asym percentile99.9``."""
+        """Short human form, e.g. ``int4 per-channel sym mse``, ``int3 group64 asym percentile99.9``,
+        ``int3 per-channel sym mse gptq`` or ``int3 group64 codebook``."""
         layout = f"group{self.group_size}" if self.granularity == "group" else self.granularity
+        if self.method == "codebook":
+            return f"int{self.bits} {layout} codebook"
         observer = f"percentile{self.clip_percentile:g}" if self.observer == "percentile" else self.observer
-        return f"int{self.bits} {layout} {'sym' if self.symmetric else 'asym'} {observer}"
+        text = f"int{self.bits} {layout} {'sym' if self.symmetric else 'asym'} {observer}"
+        return text if self.method == "rtn" else f"{text} {self.method}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON form; ``method`` is left out for rtn, so rtn plans read exactly as before methods existed."""
+        raw = asdict(self)
+        if raw["method"] == "rtn":
+            del raw["method"]
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "quant spec") -> "QuantSpec":
@@ -192,7 +228,9 @@ def _scale_and_zero_point(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec
     return scale, zero_point
 
 
-def _codes(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, spec: QuantSpec) -> torch.Tensor:
+def grid_codes(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, spec: QuantSpec
+               ) -> torch.Tensor:
+    """Codes of x [n, len] on the grid of scale / zero_point ([n, 1]): float values in the code range."""
     centre = zero_point if zero_point is not None else 2 ** (spec.bits - 1)
     low, high = code_range(spec)
     return torch.clamp(torch.round(x / scale) + centre, low, high)
@@ -218,32 +256,40 @@ def _observed_range(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, tor
     return lo.clamp(max=0.0), hi.clamp(min=0.0)
 
 
-def _quantize_groups(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Groups x [n, len] with clipping range [lo, hi] ([n, 1]) -> float codes, scale [n], zero_point [n]."""
-    scale, zero_point = _scale_and_zero_point(lo, hi, spec)
-    codes = _codes(x, scale, zero_point, spec)
-    return codes, scale.squeeze(1), None if zero_point is None else zero_point.squeeze(1)
-
-
-def quantize_tensor(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
-    """Round-to-nearest uniform quantization of ``w`` with the clipping range the spec's observer picks."""
-    check_group_size(w.shape, spec)
-    x = grouped(w.detach().to(torch.float32), spec)
+def fit_groups(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Groups x [n, len] -> scale [n, 1] and zero_point [n, 1] (None when symmetric), with the
+    clipping range the spec's observer picks (rtn's choice, which gptq shares)."""
     lo, hi = _observed_range(x, spec)
     if spec.observer == "mse":
         best_error = torch.full_like(lo, float("inf"))
         best_shrink = torch.ones_like(lo)
         for shrink in MSE_SHRINK_GRID:
-            codes, scale, zero_point = _quantize_groups(x, lo * shrink, hi * shrink, spec)
-            error = (dequantize_groups(codes, scale, zero_point, spec) - x).square_().sum(dim=1, keepdim=True)
+            scale, zero_point = _scale_and_zero_point(lo * shrink, hi * shrink, spec)
+            codes = grid_codes(x, scale, zero_point, spec)
+            error = (dequantize_groups(codes, scale.squeeze(1), _squeezed(zero_point), spec) - x
+                     ).square_().sum(dim=1, keepdim=True)
             better = error < best_error
             best_error = torch.where(better, error, best_error)
             best_shrink.masked_fill_(better, shrink)
         lo, hi = lo * best_shrink, hi * best_shrink
-    codes, scale, zero_point = _quantize_groups(x, lo, hi, spec)
-    return QuantizedTensor(codes.to(torch.int32), scale, None if zero_point is None else zero_point.to(torch.int32),
-                           spec, w.shape)
+    return _scale_and_zero_point(lo, hi, spec)
+
+
+def _squeezed(zero_point: torch.Tensor | None) -> torch.Tensor | None:
+    return None if zero_point is None else zero_point.squeeze(1)
+
+
+def quantize_tensor(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+    """Round-to-nearest uniform quantization of ``w`` with the clipping range the spec's observer picks."""
+    if spec.method != "rtn":
+        raise QslmError(f"quantize_tensor rounds to nearest; a {spec.method!r} spec ({spec.describe()}) is "
+                        "quantized by qslm.quant.apply.quantize_unit")
+    check_group_size(w.shape, spec)
+    x = grouped(w.detach().to(torch.float32), spec)
+    scale, zero_point = fit_groups(x, spec)
+    codes = grid_codes(x, scale, zero_point, spec)
+    return QuantizedTensor(codes.to(torch.int32), scale.squeeze(1),
+                           None if zero_point is None else zero_point.squeeze(1).to(torch.int32), spec, w.shape)
 
 
 def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Fake quantization in place: weights, restore, the (unit, spec) cache, neuron state, generic models."""
+"""Fake quantization in place: weights, restore, the (unit, spec) cache, neuron state, generic models,
+the Hessians gptq and codebook units take from a QuantContext."""
 from __future__ import annotations
 
 import pytest
@@ -8,9 +9,12 @@ from torch import nn
 import qslm.quant.apply as apply_module
 from qslm.errors import QslmError
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
-from qslm.quant.apply import WeightCache, applied_plan, apply_plan, fake_quantized, float_weight, restore
+from qslm.quant.apply import QuantContext, WeightCache, applied_plan, apply_plan, fake_quantized, float_weight, restore
+from qslm.quant.codebook import codebook_quantize
+from qslm.quant.gptq import gptq_quantize
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec, fake_quantize
+from qslm.quant.unit_inputs import record_hessians
 from qslm.quant.units import quantizable_units, unit_tensor
 
 
@@ -153,3 +157,53 @@ def test_works_on_any_pytorch_model():
         out = model(x)
     assert not torch.equal(out, reference) and torch.allclose(out, reference, atol=0.05)
     assert torch.equal(model(x), reference)
+
+
+def test_gptq_and_codebook_units_use_the_context(lm, ids):
+    hessians = record_hessians(lm, [ids])
+    context = QuantContext(hessians)
+    gptq, codebook = QuantSpec(3, method="gptq"), QuantSpec(3, method="codebook")
+    plan = QuantPlan({"blocks.0.att.key": gptq, "blocks.0.att.value": codebook, "emb": codebook,
+                      "head": QuantSpec(3)})
+    key_float = float_weight(lm, "blocks.0.att.key").clone()
+    cache = WeightCache()
+    with fake_quantized(lm, plan, cache, context=context):
+        assert torch.equal(lm.blocks[0].att.key.weight,
+                           gptq_quantize(key_float, gptq, hessians["blocks.0.att.key"].hessian).dequantize())
+        value_diagonal = torch.diagonal(hessians["blocks.0.att.value"].xtx)  # k-means weights
+        assert torch.equal(lm.blocks[0].att.value.weight, codebook_quantize(
+            float_weight(lm, "blocks.0.att.value"), codebook, value_diagonal).dequantize())
+        assert torch.equal(lm.emb.weight, codebook_quantize(float_weight(lm, "emb"), codebook).dequantize())  # uniform
+        assert not torch.equal(lm.blocks[0].att.key.weight, fake_quantize(key_float, QuantSpec(3)))
+    assert torch.equal(lm.blocks[0].att.key.weight, key_float)
+    calls = cache.quantize_calls
+    apply_plan(lm, plan, cache, context=context)  # same Hessians: look-ups
+    restore(lm)
+    assert cache.quantize_calls == calls
+    other = QuantContext(record_hessians(lm, [ids[:, :4]]))  # new Hessians: the units using them recomputed
+    apply_plan(lm, plan, cache, context=other)
+    restore(lm)
+    assert cache.quantize_calls == calls + 2
+
+
+def test_gptq_without_a_context_is_an_error_naming_the_unit(lm):
+    with pytest.raises(QslmError, match="unit 'head' \\(int4 per-channel sym mse gptq\\) needs its calibration"):
+        apply_plan(lm, QuantPlan({"head": QuantSpec(4, method="gptq")}))
+    apply_plan(lm, QuantPlan({"emb": QuantSpec(4)}))
+    with pytest.raises(QslmError, match="unit 'head'"):  # refused before any unit changes
+        apply_plan(lm, QuantPlan({"emb": QuantSpec(2), "head": QuantSpec(4, method="gptq")}))
+    assert applied_plan(lm) == QuantPlan({"emb": QuantSpec(4)})
+    restore(lm)
+
+
+def test_convolutions_have_no_hessian_so_gptq_refuses_them():
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2))
+    hessians = record_hessians(model, [torch.randn(4, 2, 6)])
+    assert list(hessians) == ["2"]
+    plan = QuantPlan({"0": QuantSpec(4, method="gptq"), "2": QuantSpec(4, method="gptq")})
+    with pytest.raises(QslmError, match="unit '0' .*a convolution"):
+        apply_plan(model, plan, context=QuantContext(hessians))
+    apply_plan(model, QuantPlan({"0": QuantSpec(4, method="codebook"), "2": QuantSpec(4, method="gptq")}),
+               context=QuantContext(hessians))
+    assert applied_plan(model) is not None
+    restore(model)

@@ -15,13 +15,10 @@ from qslm.quant.pack import PLAN_FILE, export_quantized
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec
 from qslm.quant.units import quantizable_units
+from tests.quant.calibration import calibration_context, methods_plan, model_inputs
 
 
-def inputs(loaded, n: int = 12):
-    ids = torch.randint(1, loaded.config.vocab_size, (3, n), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(ids)
-    mask[0, 8:] = 0
-    return (ids,) if loaded.config.task == "lm" else (ids, mask)
+inputs = model_inputs
 
 
 def mixed_plan(model) -> QuantPlan:
@@ -136,3 +133,36 @@ def test_stored_tensors(tiny_lm, tmp_path):
     assert state["head.weight_zero_point"].shape == ((vocab * 4 * 3 + 7) // 8,)
     assert state["emb.weight_codes"].shape == (vocab * 32 * 2,) and "emb.weight_zero_point" not in state
     assert "head.weight" not in state and state["blocks.0.att.key.weight"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("fixture", ["tiny_lm", "tiny_encoder"])
+def test_methods_export_equals_fake_quantization(fixture, request, tmp_path):
+    """gptq and codebook units: the loaded packed model computes what fake quantization computed."""
+    loaded = load_model(request.getfixturevalue(fixture))
+    model = loaded.model
+    plan = methods_plan(model)
+    context = calibration_context(loaded)
+    with fake_quantized(model, plan, context=context):
+        expected = model(*inputs(loaded))
+        out = export_quantized(model, plan, loaded.tokenizer, tmp_path / "q", context=context)
+    assert QuantPlan.load(out / PLAN_FILE) == plan
+    packed = load_model(out)
+    assert torch.allclose(packed.model(*inputs(packed)), expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(model(*inputs(loaded)), expected)
+    state = load_file(str(out / "model.safetensors"))
+    codebook_units = [name for name, spec in plan.quantized.items() if spec.method == "codebook"]
+    assert codebook_units and all(state[f"{name}.weight_codebook"].dtype == torch.float16 for name in codebook_units)
+    assert not any(f"{name}.weight_scale" in state for name in codebook_units)
+    for name, unit in quantizable_units(packed.model).items():
+        assert unit.packed == plan.units[name]
+
+
+def test_gptq_without_hessians_names_the_unit(tiny_lm, tmp_path):
+    loaded = load_model(tiny_lm)
+    with pytest.raises(QslmError, match="unit 'head' .*needs its calibration Hessian for gptq, but no QuantContext"):
+        export_quantized(loaded.model, QuantPlan({"head": QuantSpec(4, method="gptq")}), loaded.tokenizer,
+                         tmp_path / "q")
+    assert not (tmp_path / "q" / PLAN_FILE).exists()
+    with pytest.raises(QslmError, match="unit 'emb' .*no calibration inputs were recorded for it"):
+        export_quantized(loaded.model, QuantPlan({"emb": QuantSpec(4, method="gptq")}), loaded.tokenizer,
+                         tmp_path / "q", context=calibration_context(loaded))

@@ -13,6 +13,7 @@ from qslm.quant.pack import export_quantized
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec
 from qslm.quant.units import quantizable_units
+from tests.quant.calibration import calibration_context, methods_plan
 
 PLANS = {
     "int8 per-channel": lambda m: QuantPlan.uniform(m, QuantSpec(8)),
@@ -20,6 +21,10 @@ PLANS = {
     "int3 group16 asym": lambda m: QuantPlan.uniform(m, QuantSpec(3, "group", 16, False), neuron_bits=8),
     "int2/5/6/16 mixed": lambda m: QuantPlan.from_bits(
         {name: (2, 5, 6, 16, 32)[i % 5] for i, name in enumerate(quantizable_units(m))}, QuantSpec(4, "group", 8)),
+    "gptq and codebook": methods_plan,
+    "codebook 2/3/4/8 mixed": lambda m: QuantPlan.from_bits(
+        {name: (2, 3, 4, 8, 32)[i % 5] for i, name in enumerate(quantizable_units(m))},
+        QuantSpec(4, "group", 16, method="codebook")),
 }
 
 
@@ -28,7 +33,7 @@ PLANS = {
 def test_plan_bytes_equal_exported_tensor_bytes(fixture, plan_name, request, tmp_path):
     loaded = load_model(request.getfixturevalue(fixture))
     plan = PLANS[plan_name](loaded.model)
-    out = export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path / "q")
+    out = export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path / "q", context=calibration_context(loaded))
     stored = safetensors_tensor_bytes(out / "model.safetensors")
     assert plan_bytes(loaded.model, plan) == stored
     assert memory_report(load_model(out).model, out)["bytes"] == stored
@@ -44,6 +49,12 @@ def test_unit_bytes_by_hand():
     assert unit_bytes(linear, QuantSpec(16, "per-tensor")) == 960 + 4
     embedding = torch.nn.Embedding(100, 8)
     assert unit_bytes(embedding, QuantSpec(4)) == 400 + 100 * 4
+    # gptq stores what rtn stores; a codebook stores indices and 2**bits float16 levels per group
+    assert unit_bytes(linear, QuantSpec(3, "group", 16, False, method="gptq")) == unit_bytes(
+        linear, QuantSpec(3, "group", 16, False))
+    assert unit_bytes(linear, QuantSpec(3, method="codebook")) == 180 + 10 * 8 * 2
+    assert unit_bytes(linear, QuantSpec(2, "group", 16, method="codebook")) == 120 + 30 * 4 * 2
+    assert unit_bytes(embedding, QuantSpec(8, "per-tensor", method="codebook")) == 800 + 256 * 2
 
 
 def test_totals_add_up(tiny_lm):

@@ -160,3 +160,17 @@ def test_uniform_and_from_bits(lm):
     assert list(mixed.quantized) == ["emb", "blocks.0.att.key"]
     with pytest.raises(QslmError, match="unit 'emb': unsupported bit-width 7"):
         QuantPlan.from_bits({"emb": 7}, QuantSpec(4))
+
+
+def test_methods_in_plans(lm):
+    plan = QuantPlan({"emb": QuantSpec(3, method="codebook"), "blocks.0.att.key": QuantSpec(4, method="gptq"),
+                      "head": QuantSpec(4)})
+    raw = json.loads(plan.to_json())
+    assert raw["units"]["emb"]["method"] == "codebook" and "method" not in raw["units"]["head"]
+    assert QuantPlan.from_json(plan.to_json()) == plan
+    mixed = QuantPlan.from_bits({"emb": 2, "head": 8}, QuantSpec(4, method="gptq"))
+    assert {spec.method for spec in mixed.units.values()} == {"gptq"}
+    with pytest.raises(QslmError, match="unit 'emb': bits=16 is not supported by method 'codebook'"):
+        QuantPlan.from_bits({"emb": 16}, QuantSpec(4, method="codebook"))
+    with pytest.raises(QslmError, match="unit 'head'.*symmetric=false makes no sense"):
+        QuantPlan.from_dict({"version": 1, "units": {"head": {"bits": 4, "method": "codebook", "symmetric": False}}})

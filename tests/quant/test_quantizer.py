@@ -147,6 +147,10 @@ def test_group_size_must_divide_the_input_dim():
     ({"percentile": 99.0}, "only used with observer 'percentile'"),
     ({"observer": "percentile", "percentile": 30.0}, r"must be in \(50, 100\]"),
     ({"symmetric": "yes"}, "symmetric must be true or false"),
+    ({"method": "awq"}, "unknown method 'awq'"),
+    ({"method": "codebook", "bits": 16}, "bits=16 is not supported by method 'codebook'"),
+    ({"method": "codebook", "symmetric": False}, "symmetric=false makes no sense with method 'codebook'"),
+    ({"method": "codebook", "observer": "minmax"}, "observer='minmax' makes no sense with method 'codebook'"),
 ])
 def test_bad_specs_are_rejected(kwargs, message):
     with pytest.raises(QslmError, match=message):
@@ -160,6 +164,24 @@ def test_spec_describe_and_dict_round_trip():
     assert QuantSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(QslmError, match=r"unknown keys \['bit'\]"):
         QuantSpec.from_dict({"bit": 4})
+
+
+def test_method_in_describe_and_json():
+    gptq = QuantSpec(3, "group", 64, False, method="gptq")
+    codebook = QuantSpec(2, method="codebook")
+    assert gptq.describe() == "int3 group64 asym mse gptq"
+    assert codebook.describe() == "int2 per-channel codebook"
+    assert QuantSpec.from_dict(gptq.to_dict()) == gptq and gptq.to_dict()["method"] == "gptq"
+    assert QuantSpec.from_dict(codebook.to_dict()) == codebook
+    assert "method" not in QuantSpec(4).to_dict()  # rtn is written as before methods existed
+    assert QuantSpec.from_dict({"bits": 4}).method == "rtn"
+    with pytest.raises(QslmError, match="unit 'x'.*unknown method 'GPTQ'"):
+        QuantSpec.from_dict({"bits": 4, "method": "GPTQ"}, "unit 'x'")
+
+
+def test_quantize_tensor_is_rtn_only():
+    with pytest.raises(QslmError, match="quantize_unit"):
+        quantize_tensor(weight(), QuantSpec(4, method="gptq"))
 
 
 def test_parse_granularity():
