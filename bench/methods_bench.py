@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qslm.checkpoint import load_model  # noqa: E402
 from qslm.data.batching import collate, encode_examples  # noqa: E402
 from qslm.data.sst2 import load_sst2  # noqa: E402
 from qslm.data.tokenizer import pad_id  # noqa: E402
-from qslm.models.zoo import load_model  # noqa: E402
 from qslm.quant.apply import QuantContext, fake_quantized, quantize_unit  # noqa: E402
 from qslm.quant.gptq import GptqOptions, gptq_quantize  # noqa: E402
 from qslm.quant.plan import QuantPlan  # noqa: E402

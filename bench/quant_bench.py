@@ -30,9 +30,9 @@ def measure(model: str, task: str, limit: int | None, data_dir: str | None, devi
     """Runs inside the subprocess: load time, metric, evaluation seconds, peak RSS."""
     import torch
 
+    from qslm.checkpoint import load_model
     from qslm.commands.eval import evaluate_model
     from qslm.device import resolve_device
-    from qslm.models.zoo import load_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -62,7 +62,8 @@ def measure_in_subprocess(model: Path, task: str, args: argparse.Namespace) -> d
 
 
 def bench_model(ref: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
-    from qslm.models.zoo import WEIGHTS_FILE, read_config, resolve_model_path
+    from qslm.checkpoint import WEIGHTS_FILE, read_config
+    from qslm.models.zoo import resolve_model_path
     from qslm.quant.api import quantize
 
     source = resolve_model_path(ref)

@@ -9,12 +9,13 @@
     qslm.search("spikegpt-sst2", "sst2", out="out/sst2", constraints=qslm.Constraints(max_drop=1.0))
     model = qslm.load("out/sst2").model
 """
+from .checkpoint import load_model as load
+from .checkpoint import load_quantized
 from .errors import QslmError
-from .models.zoo import load_model as load
 from .quant.api import quantize
 from .search.api import search
 from .search.config import SearchConfig
-from .search.engine import SearchResult, load_quantized
+from .search.engine import SearchResult
 from .search.objective import Constraints
 from .tasks.base import Task
 

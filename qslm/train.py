@@ -33,12 +33,33 @@ from .data.paths import resolve_data_dir
 from .data.text import load_text
 from .data.tokenizer import load_tokenizer, pad_id, train_tokenizer
 from .errors import QslmError
-from .evaluate import classification_logits, evaluate_classification, evaluate_lm, masked_lm_loss, max_input_len
-from .models.zoo import (ARCHITECTURES, LANGUAGE_MODEL_TASK, TOKENIZER_FILE, build_model, evaluation_task,
-                         load_model, save_model)
+from .evaluate import (
+    classification_logits,
+    evaluate_classification,
+    evaluate_lm,
+    masked_lm_loss,
+    max_input_len,
+)
+from .models.zoo import (
+    ARCHITECTURES,
+    LANGUAGE_MODEL_TASK,
+    TOKENIZER_FILE,
+    build_model,
+    evaluation_task,
+    load_model,
+    save_model,
+)
 from .train_options import TrainOptions
-from .train_state import (STATE_FILE, TrainingState, read_state, read_tensors, refuse_legacy_files,
-                          temporary_sibling, write_state, write_tensors)
+from .train_state import (
+    STATE_FILE,
+    TrainingState,
+    read_state,
+    read_tensors,
+    refuse_legacy_files,
+    temporary_sibling,
+    write_state,
+    write_tensors,
+)
 
 TRAINING_FILE = "training.json"  # the training summary written beside the model
 TEACHER_LOGITS_FILE = "teacher_logits.safetensors"  # kept in the work folder so a resumed run need not recompute them

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from qslm.checkpoint import save_model
 from qslm.data.tokenizer import train_tokenizer
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.models.spiking_encoder import SpikingEncoder, SpikingEncoderConfig
-from qslm.models.zoo import save_model
 
 REPO = Path(__file__).resolve().parent.parent
 

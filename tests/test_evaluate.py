@@ -9,8 +9,16 @@ import torch.nn.functional as F
 
 from qslm.data.sst2 import load_sst2
 from qslm.data.wikitext import load_wikitext, word_count
-from qslm.evaluate import (EvalResult, classification_inputs, classification_logits, evaluate_classification,
-                           evaluate_lm, evaluate_split, lm_token_nll, lm_windows)
+from qslm.evaluate import (
+    EvalResult,
+    classification_inputs,
+    classification_logits,
+    evaluate_classification,
+    evaluate_lm,
+    evaluate_split,
+    lm_token_nll,
+    lm_windows,
+)
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from qslm.checkpoint import WEIGHTS_FILE, export_quantized, load_model, save_model
 from qslm.data.sst2 import load_sst2
 from qslm.data.tokenizer import train_tokenizer
 from qslm.data.wikitext import load_wikitext
 from qslm.errors import QslmError
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
-from qslm.models.zoo import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
-from qslm.quant.pack import PLAN_FILE, export_quantized
+from qslm.models.zoo import CONFIG_FILE
+from qslm.quant.pack import PLAN_FILE
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec
 from qslm.search.journal import Journal, assignment_key

@@ -12,12 +12,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from qslm.checkpoint import TOKENIZER_FILE, WEIGHTS_FILE, load_model, save_model
 from qslm.data import sst2
 from qslm.errors import QslmError
 from qslm.evaluate import classification_logits
-from qslm.models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, build_model, load_model, save_model
-from qslm.train import (Trainer, TrainOptions, distillation_loss, lm_training_text, lr_at, sst2_split,
-                        tokenizer_corpus, train)
+from qslm.models.zoo import CONFIG_FILE, build_model
+from qslm.train import (
+    Trainer,
+    TrainOptions,
+    distillation_loss,
+    lm_training_text,
+    lr_at,
+    sst2_split,
+    tokenizer_corpus,
+    train,
+)
 from qslm.train_state import STATE_FILE
 
 TASKS = {"wikitext2": {"n_embd": 16, "n_layer": 1, "ctx_len": 16},

@@ -22,7 +22,6 @@ are independent of each other (snnTorch and SpikingJelly neurons keep their memb
 from __future__ import annotations
 
 import weakref
-
 from dataclasses import dataclass
 from typing import Callable
 

@@ -7,7 +7,7 @@ from .common import add_model_argument, print_json, print_table
 
 
 def model_info(model_ref: str) -> dict:
-    from ..models.zoo import load_model
+    from ..checkpoint import load_model
     from ..quant.memory import memory_report
 
     loaded = load_model(model_ref)

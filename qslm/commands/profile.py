@@ -10,28 +10,16 @@ the calibration file, else the validation file; never a reported split).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 from ..errors import QslmError
-from .common import add_device_argument, add_model_argument, print_json, print_table
 from ..tasks.presets import DEFAULT_SIZES, PRESETS, default_task
+from .common import add_device_argument, add_model_argument, print_json, print_table
 from .task_options import add_task_arguments, parse_data_files, task_from_args
+
 
 def _check_limit(limit: int | None) -> None:
     if limit is not None and limit <= 0:
         raise QslmError(f"--limit must be positive, got {limit}")
-
-
-def calibration_runner(loaded, task: str, data_dir=None, limit: int | None = None) -> Callable[[], int]:
-    """A function that runs ``loaded.model`` over a preset's profile inputs (the calibration slice at batch
-    size 1: no padding, one sequence per forward) and returns how many sequences it ran.
-    ``limit`` keeps the first N examples (sst2) or lines (wikitext2) of the slice."""
-    from ..tasks.base import run_inputs
-    from ..tasks.presets import build_task
-
-    _check_limit(limit)
-    inputs = build_task(task, loaded, data_dir=data_dir, profile_size=limit, action="profiled").profiling
-    return lambda: run_inputs(loaded.model, inputs)
 
 
 def profile_task(loaded, task, profile) -> dict:
@@ -103,8 +91,8 @@ def print_profile(info: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.cost import load_hardware_profile
+    from ..checkpoint import load_model
     from ..device import resolve_device
-    from ..models.zoo import load_model
 
     _check_limit(args.limit)
     profile = load_hardware_profile(args.hardware)

@@ -46,10 +46,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from ..checkpoint import save_model
 from ..data.tokenizer import load_tokenizer
 from ..errors import QslmError
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
-from ..models.zoo import save_model
 from .torch_checkpoint import load_state_dict, name_listing
 
 BINARY_EMBEDDING_CHOICES = ("auto", "on", "off")

@@ -51,10 +51,8 @@ class _LargeTensorsOnMeta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def state_shapes(build: Callable[[], nn.Module]) -> dict[str, torch.Tensor]:
-    """The state dict of the model ``build`` returns, each shared tensor once (as a model folder stores
-    it), its large tensors on the meta device (shape and dtype only)."""
-    from ..quant.pack import unique_state  # late import: quant builds on models
-
+def state_shapes(build: Callable[[], nn.Module]) -> nn.Module:
+    """The model ``build`` returns, its large tensors on the meta device (shape and dtype only): read its
+    state dict for the shapes."""
     with _LargeTensorsOnMeta():
-        return unique_state(build())
+        return build()

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import QslmError
 from ..models.neurons import lif_modules
 from .memory import plan_bytes
-from .pack import PLAN_FILE, write_quantized_files
+from .pack import PLAN_FILE
 from .plan import QuantPlan
 from .quantizer import NeuronSpec, QuantSpec, parse_granularity
 from .units import quantizable_units
@@ -92,7 +92,8 @@ def quantize(model_ref: str | os.PathLike, bits: int | None = None, granularity:
     ``out`` must be new, empty, or an earlier quantize output (see ``qslm.outputs``); ``overwrite``
     writes into another folder too, replacing only the files quantize writes. The input model's folder,
     or one above it, is always refused."""
-    from ..models.zoo import load_model, resolve_model_path
+    from ..checkpoint import load_model, write_quantized_files  # model folders build on quant
+    from ..models.zoo import resolve_model_path
     from ..outputs import OutputFolder
 
     if out is None:

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from contextlib import contextmanager
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -41,7 +41,7 @@ from ..models.neurons import lif_modules
 from .codebook import CodebookTensor, codebook_quantize
 from .gptq import GptqOptions, gptq_quantize
 from .plan import QuantPlan
-from .quantizer import NeuronSpec, QuantSpec, QuantizedTensor, quantize_tensor
+from .quantizer import NeuronSpec, QuantizedTensor, QuantSpec, quantize_tensor
 from .unit_inputs import UnitHessian
 from .units import quantizable_units, unit_tensor
 

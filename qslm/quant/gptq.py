@@ -21,8 +21,16 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import QslmError
-from .quantizer import (QuantSpec, QuantizedTensor, check_group_size, dequantize_groups, fit_groups, grid_codes,
-                        grouped, matrix_shape)
+from .quantizer import (
+    QuantizedTensor,
+    QuantSpec,
+    check_group_size,
+    dequantize_groups,
+    fit_groups,
+    grid_codes,
+    grouped,
+    matrix_shape,
+)
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def memory_report(model: nn.Module, folder: str | os.PathLike | None = None) -> 
     report = {"parameters": sum(r["parameters"] for r in rows), "bytes_fp32": sum(r["bytes_fp32"] for r in rows),
               "bytes": sum(r["bytes"] for r in rows), "units": rows}
     if folder is not None:
-        from ..models.zoo import WEIGHTS_FILE
+        from .pack import WEIGHTS_FILE
 
         folder = Path(folder)
         if (folder / WEIGHTS_FILE).is_file():

@@ -30,20 +30,20 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from tokenizers import Tokenizer
 from torch import nn
 
 from ..errors import QslmError
 from ..models.neurons import lif_modules
-from .plan import QuantPlan
 from .codebook import CodebookTensor, dequantize_codebook
-from .quantizer import QuantSpec, QuantizedTensor, dequantize_groups, group_count
+from .plan import QuantPlan
+from .quantizer import QuantizedTensor, QuantSpec, dequantize_groups, group_count
 from .units import PACKED_ATTRIBUTE, Unit, find_units, unit_tensor
 
 if TYPE_CHECKING:
     from .apply import QuantContext
 
 PLAN_FILE = "quant_plan.json"
+WEIGHTS_FILE = "model.safetensors"
 SCALE_BYTES = 4  # float32 scales; see quantizer.py for why not fp16
 CODEBOOK_LEVEL_BYTES = 2  # float16 codebook levels: a level is a weight value, never a tiny step
 
@@ -290,7 +290,10 @@ def packed_state_dict(model: nn.Module, plan: QuantPlan, context: "QuantContext 
     """What ``model.safetensors`` holds for ``model`` quantized by ``plan``: every tensor once, quantized
     units as codes + scales (+ zero-points) or codebooks (float weights of a model fake-quantized now are
     taken from the saved originals). ``context`` carries the calibration Hessians gptq units need."""
-    from .apply import float_weight, quantize_unit  # apply builds on plan and pack's siblings; import on use
+    from .apply import (  # apply builds on plan and pack's siblings; import on use
+        float_weight,
+        quantize_unit,
+    )
 
     plan.validate(model)
     units = find_units(model)
@@ -321,48 +324,21 @@ def stored_tensors(quantized: QuantizedTensor | CodebookTensor, attribute: str) 
     return stored
 
 
-def write_quantized_files(model: nn.Module, plan: QuantPlan, folder: Path, tokenizer: Tokenizer | None = None,
-                          context: "QuantContext | None" = None
-                          ) -> dict[str, Path]:
-    """Write a quantized model's files into ``folder`` (e.g. an output folder's staging folder):
-    model.safetensors (packed) and quant_plan.json, plus config.json for a model built from a model
-    folder's config and tokenizer.json when given; returns name -> path."""
-    from ..models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, write_config
-
-    state = packed_state_dict(model, plan, context)
-    names = [WEIGHTS_FILE, PLAN_FILE]
-    if hasattr(getattr(model, "config", None), "arch"):
-        write_config(folder, model.config)
-        names.insert(0, CONFIG_FILE)
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: safetensors orders several at random
-    (folder / PLAN_FILE).write_text(plan.to_json())
-    if tokenizer is not None:
-        tokenizer.save(str(folder / TOKENIZER_FILE))
-        names.append(TOKENIZER_FILE)
-    return {name: folder / name for name in names}
-
-
-def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | None, out_dir: str | os.PathLike,
-                     overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = (),
-                     context: "QuantContext | None" = None) -> Path:
-    """Write a quantized model into output folder ``out_dir`` (a ``quantize`` output, see
-    ``qslm.outputs``: new, empty, or an earlier quantize output unless ``overwrite``). The model is left
-    as it was. ``context`` carries the calibration Hessians gptq units need (see ``qslm.quant.apply``)."""
-    from ..outputs import OutputFolder
-    from .apply import check_context
-
-    plan.validate(model)  # a bad plan is refused before the folder is touched
-    check_context(plan, context)
-    with OutputFolder.claim(out_dir, "quantize", overwrite=overwrite, protect=protect) as folder:
-        folder.commit(write_quantized_files(model, plan, folder.staging(), tokenizer, context))
-    return Path(out_dir)
-
-
 def set_neuron_quantizers(model: nn.Module, plan: QuantPlan) -> None:
     """Fixed-point state for every LIF the plan names (range from each neuron's own threshold)."""
     neurons = lif_modules(model)
     for name, spec in plan.neurons.items():
         neurons[name].state_quantizer = spec.quantizer(neurons[name].v_threshold)
+
+
+def write_packed(model: nn.Module, plan: QuantPlan, folder: Path, context: "QuantContext | None" = None
+                 ) -> dict[str, Path]:
+    """``model.safetensors`` (packed) and ``quant_plan.json`` of ``model`` under ``plan`` into ``folder``;
+    returns name -> path."""
+    state = packed_state_dict(model, plan, context)
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: safetensors orders several at random
+    (folder / PLAN_FILE).write_text(plan.to_json())
+    return {WEIGHTS_FILE: folder / WEIGHTS_FILE, PLAN_FILE: folder / PLAN_FILE}
 
 
 def fill_tied_keys(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,7 +6,8 @@ import os
 
 from torch import nn
 
-from .engine import SearchResult, search as search_model
+from .engine import SearchResult
+from .engine import search as search_model
 
 
 def search(model, task, out: str | os.PathLike, constraints=None, config=None, **options) -> SearchResult:

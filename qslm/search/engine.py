@@ -24,17 +24,29 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from ..analysis.cost import (OpCounter, energy_per_inference, latency_per_inference, load_hardware_profile,
-                             measure_latency, power_mw)
+from ..analysis.cost import (
+    OpCounter,
+    energy_per_inference,
+    latency_per_inference,
+    load_hardware_profile,
+    measure_latency,
+    power_mw,
+)
 from ..analysis.hessian import hutchinson_traces
 from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
 from ..analysis.neurons import reset_neuron_states
-from ..analysis.sensitivity import OutputReference, SensitivityCache, default_cache_dir, model_hash
+from ..analysis.sensitivity import (
+    OutputReference,
+    SensitivityCache,
+    default_cache_dir,
+    model_hash,
+)
+from ..checkpoint import load_quantized, write_quantized_files
 from ..errors import QslmError
 from ..outputs import OutputFolder, check_writable_folder
 from ..quant.apply import WeightCache, fake_quantized
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
-from ..quant.pack import PLAN_FILE, load_packed_into, write_quantized_files
+from ..quant.pack import PLAN_FILE, WEIGHTS_FILE
 from ..quant.plan import QuantPlan
 from ..quant.units import find_units, unit_tensor
 from ..report import write_report
@@ -46,7 +58,6 @@ from .objective import Baseline, Constraints
 from .problem import SearchProblem
 from .strategies import StrategyContext, run_strategy
 
-WEIGHTS_FILE = "model.safetensors"
 JOURNAL_FILE = "journal.jsonl"
 
 
@@ -223,19 +234,6 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     report_files = write_report(report, staging)
     folder.commit(model_files, last=report_files)
     return SearchResult(out, report, plan, packed)
-
-
-def load_quantized(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
-    """Load the packed weights of a quantized folder (``model.safetensors`` + ``quant_plan.json``) into
-    ``model``, a fresh float instance of the class that was searched; its units then hold bit-packed
-    codes, not float copies. Returns ``model``."""
-    from ..models.zoo import read_state_dict  # model-folder I/O
-
-    folder = Path(folder)
-    if not (folder / PLAN_FILE).is_file():
-        raise QslmError(f"{folder} holds no {PLAN_FILE}: not a quantized model folder")
-    load_packed_into(model, read_state_dict(folder / WEIGHTS_FILE), folder / PLAN_FILE)
-    return model.eval()
 
 
 def _profile(model: nn.Module, task: Task, hierarchy=None):

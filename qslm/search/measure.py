@@ -11,10 +11,10 @@ from tqdm import tqdm
 from ..analysis.hierarchy import Hierarchy
 from ..analysis.local_sensitivity import BlockLocalSensitivity
 from ..analysis.sensitivity import OutputReference, SensitivityCache
-from ..tasks.base import inputs_digest
 from ..quant.apply import WeightCache, fake_quantized
 from ..quant.plan import QuantPlan
 from ..quant.quantizer import QuantSpec
+from ..tasks.base import inputs_digest
 
 
 class SensitivityTable:

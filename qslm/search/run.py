@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from ..checkpoint import load_model
 from ..errors import QslmError
-from ..models.zoo import load_model, resolve_model_path
+from ..evaluate import CLASSIFICATION
+from ..models.zoo import resolve_model_path
 from ..quant.pack import PLAN_FILE
 from ..quant.quantizer import QuantSpec
-from ..evaluate import CLASSIFICATION
 from ..tasks.presets import DEFAULT_SIZES, KIND, build_task, check_task_name
 from .config import BASE_SPEC, DEFAULT_BIT_CHOICES, SearchConfig
 from .engine import SearchResult, check_quality_limit, search

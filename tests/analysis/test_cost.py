@@ -7,12 +7,21 @@ import pytest
 import torch
 from torch import nn
 
-from qslm.analysis.cost import (HARDWARE_DIR, OpCounts, energy_per_inference, hardware_profile_from_dict,
-                                latency_per_inference, list_hardware_profiles, load_hardware_profile,
-                                measure_latency, measure_op_counts, power_mw)
+from qslm.analysis.cost import (
+    HARDWARE_DIR,
+    OpCounts,
+    energy_per_inference,
+    hardware_profile_from_dict,
+    latency_per_inference,
+    list_hardware_profiles,
+    load_hardware_profile,
+    measure_latency,
+    measure_op_counts,
+    power_mw,
+)
 from qslm.analysis.hierarchy import build_hierarchy
+from qslm.checkpoint import load_model
 from qslm.errors import QslmError
-from qslm.models.zoo import load_model
 
 SPIKES = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])  # 2 time steps, 3 spikes
 TOKENS = torch.tensor([1, 4, 7])

@@ -11,10 +11,10 @@ from torch import nn
 
 from qslm.analysis.hierarchy import build_hierarchy
 from qslm.analysis.neurons import SpikeRecord, SpikeRecorder, measure_firing_rates
+from qslm.checkpoint import load_model
 from qslm.errors import QslmError
-from qslm.quant.quantizer import QuantSpec
 from qslm.models.neurons import LIF, record_firing_rates
-from qslm.models.zoo import load_model
+from qslm.quant.quantizer import QuantSpec
 
 SPIKEGPT_MODULES = ["att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.receptance", "ffn.value"]
 ENCODER_MODULES = ["attn.query", "attn.key", "attn.value", "attn.proj", "mlp.fc1", "mlp.fc2"]

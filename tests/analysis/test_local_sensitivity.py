@@ -10,9 +10,9 @@ from torch import nn
 from qslm.analysis.hierarchy import build_hierarchy
 from qslm.analysis.local_sensitivity import BlockLocalSensitivity, rank_correlation
 from qslm.analysis.sensitivity import OutputReference, classification_calibration
+from qslm.checkpoint import load_model
 from qslm.data import sst2
 from qslm.errors import QslmError
-from qslm.models.zoo import load_model
 from qslm.quant.apply import WeightCache, fake_quantized
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import QuantSpec

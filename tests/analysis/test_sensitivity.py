@@ -7,14 +7,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from torch import nn
 
-from qslm.analysis.sensitivity import (OutputReference, SensitivityCache, classification_calibration,
-                                       default_cache_dir, lm_calibration, model_hash)
-from qslm.errors import QslmError
+from qslm.analysis.sensitivity import (
+    OutputReference,
+    SensitivityCache,
+    classification_calibration,
+    default_cache_dir,
+    lm_calibration,
+    model_hash,
+)
+from qslm.checkpoint import load_model
 from qslm.data import sst2, wikitext
-from qslm.models.zoo import load_model
+from qslm.errors import QslmError
 
 
 class Fixed(nn.Module):

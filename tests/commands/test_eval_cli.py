@@ -122,8 +122,8 @@ def write_user_files(folder, small_data_dir) -> dict:
     ("reviews.tsv", []),
 ])
 def test_classification_files(capsys, tmp_path, tiny_classifier, small_data_dir, file, options):
+    from qslm.checkpoint import load_model
     from qslm.evaluate import evaluate_classification
-    from qslm.models.zoo import load_model
 
     examples = write_user_files(tmp_path, small_data_dir)["examples"]
     result = run_json(capsys, "eval", str(tiny_classifier), "--task", "text-classification", "--data-files",

@@ -5,9 +5,13 @@ import argparse
 
 import pytest
 
-from qslm.commands.task_options import add_task_arguments, parse_data_files, task_from_args
+from qslm.checkpoint import load_model
+from qslm.commands.task_options import (
+    add_task_arguments,
+    parse_data_files,
+    task_from_args,
+)
 from qslm.errors import QslmError
-from qslm.models.zoo import load_model
 
 
 def parse(*argv: str) -> argparse.Namespace:

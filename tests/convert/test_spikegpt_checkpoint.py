@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from qslm.checkpoint import load_model
 from qslm.convert import convert_spikegpt
 from qslm.errors import QslmError
-from qslm.models.zoo import load_model
 
 VOCAB, WIDTH, LAYERS = 40, 16, 2
 TOKENS = [3, 17, 0, 39, 8, 8, 25, 11]

@@ -9,13 +9,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from qslm.checkpoint import (
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    export_quantized,
+    load_model,
+    save_model,
+)
 from qslm.errors import QslmError
 from qslm.models import zoo
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.models.spiking_encoder import SpikingEncoder, SpikingEncoderConfig
-from qslm.models.zoo import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_model, save_model
+from qslm.models.zoo import CONFIG_FILE
 from qslm.outputs import MANIFEST_FILE
-from qslm.quant.pack import PLAN_FILE, export_quantized
+from qslm.quant.pack import PLAN_FILE
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import QuantSpec
 

@@ -7,16 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from qslm.checkpoint import export_quantized, load_model
 from qslm.errors import QslmError
-from qslm.models.zoo import load_model
-from qslm.quant.apply import applied_plan, apply_plan, fake_quantized, restore
 from qslm.outputs import MANIFEST_FILE
-from qslm.quant.pack import PLAN_FILE, export_quantized
+from qslm.quant.apply import applied_plan, apply_plan, fake_quantized, restore
+from qslm.quant.pack import PLAN_FILE
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec
 from qslm.quant.units import quantizable_units
 from tests.quant.calibration import calibration_context, methods_plan, model_inputs
-
 
 inputs = model_inputs
 

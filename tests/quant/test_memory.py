@@ -6,10 +6,15 @@ import math
 import pytest
 import torch
 
-from qslm.models.zoo import load_model
-from qslm.quant.memory import (fixed_bytes, memory_report, plan_bytes, plan_bytes_by_unit, safetensors_tensor_bytes,
-                               unit_bytes)
-from qslm.quant.pack import export_quantized
+from qslm.checkpoint import export_quantized, load_model
+from qslm.quant.memory import (
+    fixed_bytes,
+    memory_report,
+    plan_bytes,
+    plan_bytes_by_unit,
+    safetensors_tensor_bytes,
+    unit_bytes,
+)
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec
 from qslm.quant.units import quantizable_units

@@ -8,8 +8,18 @@ import torch
 
 from qslm.errors import QslmError
 from qslm.models.neurons import LIF
-from qslm.quant.quantizer import (BITS, FixedPoint, NeuronSpec, QuantSpec, code_range, fake_quantize, group_count,
-                                  grouped, parse_granularity, quantize_tensor)
+from qslm.quant.quantizer import (
+    BITS,
+    FixedPoint,
+    NeuronSpec,
+    QuantSpec,
+    code_range,
+    fake_quantize,
+    group_count,
+    grouped,
+    parse_granularity,
+    quantize_tensor,
+)
 
 LAYOUTS = [("per-tensor", None), ("per-channel", None), ("group", 16)]
 CASES = list(itertools.product(BITS, LAYOUTS, [True, False]))

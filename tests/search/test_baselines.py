@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from tests.search.conftest import BITS, FIXED, FP32_BYTES, GROUPS, Synthetic, unit_bytes
 from qslm.search import baselines
 from qslm.search.journal import assignment_key
 from qslm.search.objective import Constraints
+from tests.search.conftest import BITS, FIXED, FP32_BYTES, GROUPS, Synthetic, unit_bytes
 
 UNITS = [u for units in GROUPS.values() for u in units]
 MIN_MEMORY_PLAN = {**{u: 2 for u in UNITS}, "b1.a": 4, "head": 4}  # smallest plan losing <= 1 point

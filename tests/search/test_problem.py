@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.search.conftest import FP32_LATENCY, Synthetic, latency
 from qslm.search.objective import Constraints
 from qslm.search.tiered import tiered_search
+from tests.search.conftest import FP32_LATENCY, Synthetic, latency
 
 
 def latency_weighted_search(tmp_path, noise_seed: int):

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qslm.checkpoint import load_model
 from qslm.data.wikitext import load_wikitext
 from qslm.errors import QslmError
 from qslm.evaluate import evaluate_lm
-from qslm.models.zoo import load_model
 from qslm.tasks import language_modeling
 
 

@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 
+from qslm.checkpoint import load_model
 from qslm.data.sst2 import Example, load_sst2
 from qslm.errors import QslmError
 from qslm.evaluate import evaluate_classification
-from qslm.models.zoo import load_model
 from qslm.tasks import text_classification
 from qslm.tasks.base import Task
 

@@ -1,0 +1,60 @@
+"""How the package is layered: core code never imports the command-line layer, model folders build on
+quantization (not the other way round), and importing qslm leaves the user's matplotlib backend alone."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "qslm"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute names of the qslm modules a file imports anywhere in it (relative imports resolved)."""
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_core_never_imports_the_cli_layer():
+    offenders = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] == "commands" or relative.name in ("cli.py", "__main__.py"):
+            continue
+        bad = sorted(n for n in imported_modules(path) if n.startswith(("qslm.commands", "qslm.cli")))
+        if bad:
+            offenders[str(relative)] = bad
+    assert offenders == {}
+
+
+def run_python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_quantization_and_model_folders_import_one_way():
+    """Packing never reaches for model folders, and the architectures never reach for quantization:
+    ``qslm.checkpoint`` (model folders) builds on both."""
+    for name in ("pack.py", "memory.py", "apply.py", "units.py", "quantizer.py", "plan.py"):
+        imports = imported_modules(PACKAGE / "quant" / name)
+        assert not {n for n in imports if n.startswith(("qslm.checkpoint", "qslm.models.zoo"))}, name
+    for name in ("zoo.py", "shapes.py", "weights.py", "spikegpt.py", "spiking_encoder.py"):
+        imports = imported_modules(PACKAGE / "models" / name)
+        assert not {n for n in imports if n.startswith(("qslm.quant", "qslm.checkpoint"))}, name
+
+
+def test_import_and_reports_leave_the_matplotlib_backend_alone(tmp_path):
+    code = ("import matplotlib; matplotlib.use('svg'); import qslm; from qslm.report import plot_bitwidths; "
+            "plot_bitwidths({'chosen': {'assignment': {'a': 4, 'b': 8}}}, __import__('pathlib').Path(%r)); "
+            "print(matplotlib.get_backend())" % str(tmp_path / "bits.png"))
+    assert run_python(code) == "svg"
+    assert (tmp_path / "bits.png").stat().st_size > 0
