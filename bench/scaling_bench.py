@@ -34,11 +34,7 @@ def measure(config: dict, tokens: int, bits: list[int], threads: int, device: st
     import torch
     import torch.nn.functional as F
 
-    from qslm.analysis.cost import (
-        energy_per_inference,
-        latency_per_inference,
-        measure_op_counts,
-    )
+    from qslm.analysis.cost import energy_per_inference, latency_per_inference, measure_op_counts
     from qslm.analysis.hierarchy import build_hierarchy
     from qslm.analysis.local_sensitivity import BlockLocalSensitivity
     from qslm.analysis.sensitivity import CalibrationSet, damage, output_log_probs

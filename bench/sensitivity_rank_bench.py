@@ -16,11 +16,7 @@ import torch
 
 from qslm.analysis.hierarchy import build_hierarchy
 from qslm.analysis.local_sensitivity import BlockLocalSensitivity, rank_correlation
-from qslm.analysis.sensitivity import (
-    classification_calibration,
-    damage,
-    output_log_probs,
-)
+from qslm.analysis.sensitivity import classification_calibration, damage, output_log_probs
 from qslm.checkpoint import load_model
 from qslm.data import sst2
 from qslm.evaluate import max_input_len

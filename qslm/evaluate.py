@@ -16,12 +16,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
-from .data.batching import (
-    classification_batches,
-    encode_examples,
-    length_order,
-    scored_windows,
-)
+from .data.batching import classification_batches, encode_examples, length_order, scored_windows
 from .data.masked_lm import masked_batch
 from .data.sst2 import Example
 from .data.tokenizer import pad_id
@@ -158,8 +153,6 @@ def masked_lm_loss(model: nn.Module, tokenizer: Tokenizer, chunks: list[list[int
 def evaluate_split(model, tokenizer, task: str, split: str, data_dir=None, limit: int | None = None,
                    progress: bool = False) -> EvalResult:
     """``model`` on a preset task's split (see ``qslm.tasks.presets.evaluate_split``)."""
-    from .tasks.presets import (
-        evaluate_split as evaluate_preset_split,  # late import: tasks build on this module
-    )
+    from .tasks.presets import evaluate_split as evaluate_preset_split  # late import: tasks build on this module
 
     return evaluate_preset_split(model, tokenizer, task, split, data_dir, limit, progress)

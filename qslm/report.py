@@ -9,9 +9,7 @@ from pathlib import Path
 
 def _figure(**kwargs):
     """A matplotlib figure drawn straight to files (no pyplot, so the user's backend is left alone)."""
-    from matplotlib.figure import (
-        Figure,  # imported on use: plotting is the only part that needs it
-    )
+    from matplotlib.figure import Figure  # imported on use: plotting is the only part that needs it
 
     figure = Figure(**kwargs)
     return figure, figure.subplots()

@@ -26,6 +26,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from .checkpoint import TOKENIZER_FILE, load_model, save_model
 from .data import sst2, wikitext
 from .data.batching import classification_batches, encode_examples
 from .data.masked_lm import line_chunks, masked_batch
@@ -33,22 +34,8 @@ from .data.paths import resolve_data_dir
 from .data.text import load_text
 from .data.tokenizer import load_tokenizer, pad_id, train_tokenizer
 from .errors import QslmError
-from .evaluate import (
-    classification_logits,
-    evaluate_classification,
-    evaluate_lm,
-    masked_lm_loss,
-    max_input_len,
-)
-from .models.zoo import (
-    ARCHITECTURES,
-    LANGUAGE_MODEL_TASK,
-    TOKENIZER_FILE,
-    build_model,
-    evaluation_task,
-    load_model,
-    save_model,
-)
+from .evaluate import classification_logits, evaluate_classification, evaluate_lm, masked_lm_loss, max_input_len
+from .models.zoo import ARCHITECTURES, LANGUAGE_MODEL_TASK, build_model, evaluation_task
 from .train_options import TrainOptions
 from .train_state import (
     STATE_FILE,

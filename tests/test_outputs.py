@@ -10,13 +10,7 @@ import pytest
 
 from qslm import outputs
 from qslm.errors import QslmError
-from qslm.outputs import (
-    MANIFEST_FILE,
-    STAGING_PREFIX,
-    OutputFolder,
-    check_writable_folder,
-    read_manifest,
-)
+from qslm.outputs import MANIFEST_FILE, STAGING_PREFIX, OutputFolder, check_writable_folder, read_manifest
 
 
 def stage(folder: OutputFolder, **contents: str) -> dict:

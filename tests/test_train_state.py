@@ -13,13 +13,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from qslm import train_state
 from qslm.errors import QslmError
-from qslm.train_state import (
-    METADATA_KEY,
-    TrainingState,
-    read_state,
-    refuse_legacy_files,
-    write_state,
-)
+from qslm.train_state import METADATA_KEY, TrainingState, read_state, refuse_legacy_files, write_state
 
 
 def trained_state(steps: int = 3, rng_seed: int = 1) -> tuple[TrainingState, nn.Module, torch.optim.Optimizer]:

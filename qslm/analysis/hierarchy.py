@@ -37,14 +37,7 @@ from ..errors import QslmError
 from ..quant.units import Unit, find_units, inside, join
 
 # Neuron detection lives in .neurons; re-exported so this module's API stays.
-from .neurons import (  # noqa: F401
-    THRESHOLD_ATTRIBUTES,
-    SpikeRecord,
-    SpikeRecorder,
-    _first_tensor,
-    is_binary,
-    measure_firing_rates,
-)
+from .neurons import THRESHOLD_ATTRIBUTES, SpikeRecord, SpikeRecorder, _first_tensor, is_binary, measure_firing_rates  # noqa: F401
 
 REPEATED_CONTAINER_TYPES = (nn.ModuleList, nn.Sequential)
 FP32_BYTES = 4

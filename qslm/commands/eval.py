@@ -19,12 +19,7 @@ def evaluate_model(model_ref: str, task: str, split: str | None = None, limit: i
     """Load a model and evaluate it on a task's split (default: the reported one: sst2 dev, wikitext2 test,
     the test file of a task over ``data_files``); ``limit`` keeps the first N examples or lines."""
     from ..checkpoint import load_model
-    from ..tasks.presets import (
-        check_model_kind,
-        default_split,
-        evaluate_data,
-        split_data,
-    )
+    from ..tasks.presets import check_model_kind, default_split, evaluate_data, split_data
 
     if limit is not None and limit <= 0:
         raise QslmError(f"--limit must be positive, got {limit}")

@@ -6,13 +6,7 @@ import sys
 
 from ..errors import QslmError
 from ..search.strategies import strategy_names
-from .common import (
-    add_device_argument,
-    add_model_argument,
-    add_overwrite_argument,
-    claim_output,
-    print_table,
-)
+from .common import add_device_argument, add_model_argument, add_overwrite_argument, claim_output, print_table
 from .task_options import add_task_arguments, data_options
 
 
@@ -89,11 +83,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
-    from ..search.limits import (
-        parse_energy_limit,
-        parse_memory_limit,
-        parse_quality_limit,
-    )
+    from ..search.limits import parse_energy_limit, parse_memory_limit, parse_quality_limit
     from ..search.objective import Constraints, parse_weights
 
     # Parsed here with the flags' names, so a bad value is reported as the option the user typed.

@@ -6,12 +6,7 @@ from pathlib import Path
 
 from ..device import resolve_device
 from ..errors import QslmError
-from .common import (
-    add_data_dir_argument,
-    add_device_argument,
-    add_overwrite_argument,
-    claim_output,
-)
+from .common import add_data_dir_argument, add_device_argument, add_overwrite_argument, claim_output
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

@@ -290,10 +290,7 @@ def packed_state_dict(model: nn.Module, plan: QuantPlan, context: "QuantContext 
     """What ``model.safetensors`` holds for ``model`` quantized by ``plan``: every tensor once, quantized
     units as codes + scales (+ zero-points) or codebooks (float weights of a model fake-quantized now are
     taken from the saved originals). ``context`` carries the calibration Hessians gptq units need."""
-    from .apply import (  # apply builds on plan and pack's siblings; import on use
-        float_weight,
-        quantize_unit,
-    )
+    from .apply import float_weight, quantize_unit  # apply builds on plan and pack's siblings; import on use
 
     plan.validate(model)
     units = find_units(model)

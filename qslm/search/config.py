@@ -34,9 +34,7 @@ class SearchConfig:
     ignore: tuple[str, ...] = ()  # glob patterns of units kept float (matched on names and parameter paths)
 
     def __post_init__(self):
-        from .strategies import (
-            strategy_names,  # strategies register themselves on import
-        )
+        from .strategies import strategy_names  # strategies register themselves on import
 
         bits = self.bit_choices
         if isinstance(bits, (str, bytes)) or not hasattr(bits, "__iter__"):

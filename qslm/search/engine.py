@@ -35,12 +35,7 @@ from ..analysis.cost import (
 from ..analysis.hessian import hutchinson_traces
 from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
 from ..analysis.neurons import reset_neuron_states
-from ..analysis.sensitivity import (
-    OutputReference,
-    SensitivityCache,
-    default_cache_dir,
-    model_hash,
-)
+from ..analysis.sensitivity import OutputReference, SensitivityCache, default_cache_dir, model_hash
 from ..checkpoint import load_quantized, write_quantized_files
 from ..errors import QslmError
 from ..outputs import OutputFolder, check_writable_folder

@@ -19,13 +19,7 @@ from ..data import sst2 as sst2_data
 from ..data import wikitext
 from ..data.sst2 import Example
 from ..errors import QslmError
-from ..evaluate import (
-    CLASSIFICATION,
-    LANGUAGE_MODELING,
-    EvalResult,
-    evaluate_classification,
-    evaluate_lm,
-)
+from ..evaluate import CLASSIFICATION, LANGUAGE_MODELING, EvalResult, evaluate_classification, evaluate_lm
 from ..models.zoo import evaluation_task
 from . import language_modeling, text_classification
 from .base import Task, check_positive

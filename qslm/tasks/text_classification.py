@@ -17,12 +17,7 @@ from torch import nn
 from ..analysis.sensitivity import classification_calibration, output_log_probs
 from ..data.sst2 import Example
 from ..errors import QslmError
-from ..evaluate import (
-    CLASSIFICATION,
-    classification_inputs,
-    evaluate_classification,
-    max_input_len,
-)
+from ..evaluate import CLASSIFICATION, classification_inputs, evaluate_classification, max_input_len
 from .base import Task, check_positive
 
 CALIBRATION_BATCH, VALIDATION_BATCH = 64, 128

@@ -11,11 +11,7 @@ from spikingjelly.activation_based import neuron as sj
 from torch import nn
 
 from qslm.analysis.hierarchy import build_hierarchy
-from qslm.analysis.neurons import (
-    SpikeRecorder,
-    measure_firing_rates,
-    reset_neuron_states,
-)
+from qslm.analysis.neurons import SpikeRecorder, measure_firing_rates, reset_neuron_states
 from qslm.models.neurons import LIF
 
 WIDTH, VOCAB, DEPTH, STEPS = 8, 13, 3, 3

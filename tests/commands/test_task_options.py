@@ -6,11 +6,7 @@ import argparse
 import pytest
 
 from qslm.checkpoint import load_model
-from qslm.commands.task_options import (
-    add_task_arguments,
-    parse_data_files,
-    task_from_args,
-)
+from qslm.commands.task_options import add_task_arguments, parse_data_files, task_from_args
 from qslm.errors import QslmError
 
 

@@ -5,12 +5,7 @@ import random
 
 import pytest
 
-from qslm.data.batching import (
-    classification_batches,
-    collate,
-    encode_examples,
-    scored_windows,
-)
+from qslm.data.batching import classification_batches, collate, encode_examples, scored_windows
 from qslm.data.sst2 import Example
 
 

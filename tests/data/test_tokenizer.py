@@ -3,14 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from qslm.data.tokenizer import (
-    MASK_TOKEN,
-    PAD_TOKEN,
-    load_tokenizer,
-    mask_id,
-    pad_id,
-    train_tokenizer,
-)
+from qslm.data.tokenizer import MASK_TOKEN, PAD_TOKEN, load_tokenizer, mask_id, pad_id, train_tokenizer
 from qslm.errors import QslmError
 
 TEXTS = ["the film is a delight .", "a dull , lifeless movie .", "the cast is fine but the plot is thin ."] * 20

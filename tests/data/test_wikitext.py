@@ -4,13 +4,7 @@ from __future__ import annotations
 import pytest
 
 from qslm.data import wikitext
-from qslm.data.wikitext import (
-    calibration_text,
-    load_wikitext,
-    split_lines,
-    split_path,
-    word_count,
-)
+from qslm.data.wikitext import calibration_text, load_wikitext, split_lines, split_path, word_count
 from qslm.errors import QslmError
 from qslm.train import TrainOptions, lm_training_text
 

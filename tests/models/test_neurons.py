@@ -7,13 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from qslm.models.neurons import (
-    LIF,
-    ATanSpike,
-    atan_surrogate_grad,
-    lif_modules,
-    record_firing_rates,
-)
+from qslm.models.neurons import LIF, ATanSpike, atan_surrogate_grad, lif_modules, record_firing_rates
 
 
 def run_recording_membrane(neuron: LIF, x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:

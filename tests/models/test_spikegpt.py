@@ -6,14 +6,7 @@ import pytest
 import torch
 
 from qslm.models.neurons import lif_modules, record_firing_rates
-from qslm.models.spikegpt import (
-    SpikeGPT,
-    SpikeGPTConfig,
-    time_shift,
-    wkv,
-    wkv_chunked,
-    wkv_recurrent,
-)
+from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig, time_shift, wkv, wkv_chunked, wkv_recurrent
 
 
 def tiny(task: str = "lm", **fields) -> SpikeGPT:

@@ -9,13 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from qslm.checkpoint import (
-    TOKENIZER_FILE,
-    WEIGHTS_FILE,
-    export_quantized,
-    load_model,
-    save_model,
-)
+from qslm.checkpoint import TOKENIZER_FILE, WEIGHTS_FILE, export_quantized, load_model, save_model
 from qslm.errors import QslmError
 from qslm.models import zoo
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig

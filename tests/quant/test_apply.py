@@ -9,15 +9,7 @@ from torch import nn
 import qslm.quant.apply as apply_module
 from qslm.errors import QslmError
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
-from qslm.quant.apply import (
-    QuantContext,
-    WeightCache,
-    applied_plan,
-    apply_plan,
-    fake_quantized,
-    float_weight,
-    restore,
-)
+from qslm.quant.apply import QuantContext, WeightCache, applied_plan, apply_plan, fake_quantized, float_weight, restore
 from qslm.quant.codebook import codebook_quantize
 from qslm.quant.gptq import gptq_quantize
 from qslm.quant.plan import QuantPlan

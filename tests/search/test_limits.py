@@ -5,12 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qslm.errors import QslmError
-from qslm.search.limits import (
-    Limit,
-    parse_energy_limit,
-    parse_memory_limit,
-    parse_quality_limit,
-)
+from qslm.search.limits import Limit, parse_energy_limit, parse_memory_limit, parse_quality_limit
 
 
 @pytest.mark.parametrize("asked, fraction, amount", [

@@ -4,14 +4,7 @@ from __future__ import annotations
 import pytest
 
 from qslm.errors import QslmError
-from qslm.search.objective import (
-    DEFAULT_WEIGHTS,
-    Baseline,
-    Constraints,
-    parse_weights,
-    quality_loss,
-    score,
-)
+from qslm.search.objective import DEFAULT_WEIGHTS, Baseline, Constraints, parse_weights, quality_loss, score
 
 ACCURACY = Baseline(metric=90.0, higher_is_better=True, memory_bytes=1000, energy_pj=2000.0, latency_s=0.5)
 PERPLEXITY = Baseline(metric=20.0, higher_is_better=False, memory_bytes=1000, energy_pj=2000.0, latency_s=0.5)

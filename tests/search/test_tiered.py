@@ -6,22 +6,8 @@ import pytest
 
 from qslm.search.journal import assignment_key
 from qslm.search.objective import Constraints
-from qslm.search.tiered import (
-    descend,
-    global_tier,
-    lower_bits,
-    raise_within,
-    tiered_search,
-)
-from tests.search.conftest import (
-    BITS,
-    FP32_BYTES,
-    GROUPS,
-    INSENSITIVE,
-    LOSS,
-    Synthetic,
-    unit_bytes,
-)
+from qslm.search.tiered import descend, global_tier, lower_bits, raise_within, tiered_search
+from tests.search.conftest import BITS, FP32_BYTES, GROUPS, INSENSITIVE, LOSS, Synthetic, unit_bytes
 
 ALL_LOW_BUT_SENSITIVE = {**{u: 2 for units in GROUPS.values() for u in units}, "b1.a": 4, "head": 4}
 

@@ -7,11 +7,7 @@ import copy
 import pytest
 import torch
 
-from qslm.analysis.sensitivity import (
-    classification_calibration,
-    lm_calibration,
-    output_log_probs,
-)
+from qslm.analysis.sensitivity import classification_calibration, lm_calibration, output_log_probs
 from qslm.checkpoint import load_model
 from qslm.data import sst2, wikitext
 from qslm.errors import QslmError
