@@ -75,6 +75,10 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="verify on the first N examples (sst2) / lines (wikitext2) of the reported split only "
                              "(default: all of it)")
     parser.add_argument("--seed", type=integer_at_least(0), default=0)
+    parser.add_argument("--methods", default="rtn", metavar="M,...",
+                        help="quantizers a unit may use: rtn (round to nearest), gptq (error compensation from "
+                             "calibration inputs), codebook (non-uniform levels per row); with several, each unit "
+                             "takes per bit-width the one that damages its outputs least (default rtn)")
     parser.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                         help="keep units matching this glob float (unit names or parameter paths, e.g. '*.pos'; "
                              "repeatable)")
@@ -97,6 +101,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
         max_evaluations=args.max_evals, calibration_size=args.calibration_size,
         validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
         reported_limit=args.reported_limit, sensitivity_method=args.sensitivity, ignore=tuple(args.ignore),
+        methods=tuple(part.strip() for part in args.methods.split(",") if part.strip()),
         device=args.device, overwrite=args.overwrite, **data_options(args))
 
 

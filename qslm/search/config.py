@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import QslmError
-from ..quant.quantizer import BITS, QuantSpec
+from ..quant.quantizer import BITS, METHODS, QuantSpec
 from .objective import DEFAULT_WEIGHTS, parse_weights
 
 SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
@@ -32,6 +32,9 @@ class SearchConfig:
     base_spec: QuantSpec = BASE_SPEC  # granularity, symmetry and observer of every quantized unit
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     ignore: tuple[str, ...] = ()  # glob patterns of units kept float (matched on names and parameter paths)
+    # quantizers each unit may use; with several, each unit takes per bit-width the one that damages its
+    # outputs least (qslm.search.methods)
+    methods: tuple[str, ...] = ("rtn",)
 
     def __post_init__(self):
         from .strategies import strategy_names  # strategies register themselves on import
@@ -65,6 +68,14 @@ class SearchConfig:
         if isinstance(self.ignore, str):
             raise QslmError(f"ignore must be a list of glob patterns, got the string {self.ignore!r}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
+        methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods or len(set(methods)) != len(methods):
+            raise QslmError(f"methods must be distinct names among {list(METHODS)}, got {list(methods)}")
+        if "codebook" in methods and (not self.base_spec.symmetric or self.base_spec.observer != "mse"):
+            raise QslmError("method codebook needs a symmetric base spec with the mse observer (its levels are "
+                            f"fitted freely), got {self.base_spec.describe()}")
+        object.__setattr__(self, "methods", methods)
 
     @property
     def budget(self) -> int:
@@ -75,6 +86,7 @@ class SearchConfig:
         raw = dataclasses.asdict(self)
         raw["bit_choices"] = list(self.bit_choices)
         raw["ignore"] = list(self.ignore)
+        raw["methods"] = list(self.methods)
         raw["base_spec"] = self.base_spec.to_dict()
         return raw
 
@@ -89,7 +101,7 @@ class SearchConfig:
         values = dict(raw)
         if "base_spec" in values:
             values["base_spec"] = QuantSpec.from_dict(values["base_spec"], f"{source}: base_spec")
-        for key in ("bit_choices", "ignore"):
+        for key in ("bit_choices", "ignore", "methods"):
             if key in values and isinstance(values[key], list):
                 values[key] = tuple(values[key])
         return cls(**values)

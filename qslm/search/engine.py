@@ -13,7 +13,6 @@ from the packed model -> report. Nothing here knows which data set or architectu
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import time
@@ -42,13 +41,14 @@ from ..outputs import OutputFolder, check_writable_folder
 from ..quant.apply import WeightCache, fake_quantized
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
 from ..quant.pack import PLAN_FILE, WEIGHTS_FILE
-from ..quant.plan import QuantPlan
+from ..quant.plan import FLOAT_BITS, QuantPlan
 from ..quant.units import find_units, unit_tensor
 from ..report import write_report
 from ..tasks.base import Task, inferences_in, run_inputs
 from .config import SearchConfig
 from .journal import Journal
 from .measure import SensitivityTable, cache_file, timed
+from .methods import choose_methods, record_context, spec_function
 from .objective import Baseline, Constraints
 from .problem import SearchProblem
 from .strategies import StrategyContext, run_strategy
@@ -142,10 +142,14 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     t0 = time.perf_counter()
     digest = model_hash(model)
     weight_cache = WeightCache()
-    specs = {b: dataclasses.replace(config.base_spec, bits=b) for b in config.bit_choices}
     reference = OutputReference(model, task.calibration, task.damage, task.output, reset=reset_neuron_states)
+    context = record_context(model, task.calibration, config.methods, reset_neuron_states)
     sensitivity = SensitivityTable(model, hierarchy, reference, config.sensitivity,
-                                   SensitivityCache(cache_file(cache_dir, digest)), digest, specs, weight_cache)
+                                   SensitivityCache(cache_file(cache_dir, digest)), digest,
+                                   spec_function(config.base_spec, {}), weight_cache, context)
+    chosen_methods = choose_methods(list(units), list(config.bit_choices), config.methods, config.base_spec, context,
+                                    lambda u, spec: sensitivity.measure_specs({u: spec})["damage"])
+    spec_of = sensitivity.spec_of = spec_function(config.base_spec, chosen_methods)
     table = sensitivity.table(groups, list(units), list(config.bit_choices), progress)
     seconds["sensitivity"] = time.perf_counter() - t0
 
@@ -154,10 +158,15 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     t0 = time.perf_counter()
     header = {"model": digest, "task": task.identity(), "metric": task.metric_name,
               "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}
-    bytes_table = {u: {b: unit_bytes(unit, specs[b]) for b in config.bit_choices} for u, unit in units.items()}
+    if list(config.methods) != ["rtn"]:
+        header["methods"] = {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in chosen_methods.items()}
+    bytes_table = {u: {b: unit_bytes(unit, spec_of(u, b)) for b in config.bit_choices} for u, unit in units.items()}
+
+    def plan_of(assignment: dict[str, int]) -> QuantPlan:
+        return QuantPlan({u: None if b == FLOAT_BITS else spec_of(u, b) for u, b in assignment.items()})
 
     def measure_assignment(assignment: dict[str, int]) -> tuple[float, float]:
-        with fake_quantized(model, QuantPlan.from_bits(assignment, config.base_spec), weight_cache):
+        with fake_quantized(model, plan_of(assignment), weight_cache, context):
             return timed(lambda: _metric(task.evaluate, model, "evaluate"))
 
     problem = SearchProblem(
@@ -173,7 +182,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         weights = {u: unit_tensor(model, unit) for u, unit in units.items()}
         traces = hutchinson_traces(model, weights, reference, seed=config.seed)
         return lambda u, b: traces[u] / weights[u].numel() * float(
-            (weight_cache.dequantized(u, weights[u], specs[b]) - weights[u]).detach().pow(2).sum())
+            (weight_cache.dequantized(u, weights[u], spec_of(u, b), context) - weights[u]).detach().pow(2).sum())
 
     run_strategy(config.strategy, problem, StrategyContext(config.seed, config.budget, hawq_omega))
     best = problem.best()
@@ -191,6 +200,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         "hardware": profile.name, "calibration_batches": len(task.calibration),
         "calibration_size": sum(inferences_in(item) for item in task.calibration), "damage_measure": reference.measure,
         "hierarchy": hierarchy.to_dict(), "sensitivity": table,
+        "methods": {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in chosen_methods.items()},
         "candidates": [c.to_dict() for c in problem.candidates],
         "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
         "baseline": {"metric_validation": baseline.metric, f"metric_{split}": reported_metric,
@@ -203,8 +213,8 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     if best is None:
         report.update(status="infeasible", closest=[c.to_dict() for c in problem.closest()], final=None, chosen=None)
     else:
-        plan = QuantPlan.from_bits(best.assignment, config.base_spec)
-        model_files = write_quantized_files(model, plan, staging)
+        plan = plan_of(best.assignment)
+        model_files = write_quantized_files(model, plan, staging, context=context)
         for name, write in companions.items():
             write(staging / name)
             model_files[name] = staging / name

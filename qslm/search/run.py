@@ -29,6 +29,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
                weights=None, bit_choices: Sequence[int] = DEFAULT_BIT_CHOICES, strategy: str = "tiered",
                max_evaluations: int | None = None, sensitivity_method: str = "exact", seed: int = 0,
                hardware: str = "default_45nm", base_spec: QuantSpec = BASE_SPEC, ignore: Sequence[str] = (),
+               methods: Sequence[str] = ("rtn",),
                calibration_size: int | None = None, validation_size: int | None = None,
                reported_limit: int | None = None, data_dir=None, data_files: Mapping[str, str] | None = None,
                text_column: str | None = None, label_column: str | None = None, labels: Sequence[str] | None = None,
@@ -45,7 +46,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     if config is None:
         config = SearchConfig(bit_choices=tuple(bit_choices), strategy=strategy, max_evaluations=max_evaluations,
                               sensitivity=sensitivity_method, seed=seed, hardware=hardware, base_spec=base_spec,
-                              weights=weights, ignore=tuple(ignore))
+                              weights=weights, ignore=tuple(ignore), methods=tuple(methods))
     check_quality_limit(task, KIND[check_task_name(task)] == CLASSIFICATION, constraints or Constraints())
     source = resolve_model_path(model_ref)
     if (source / PLAN_FILE).is_file():

@@ -198,3 +198,24 @@ def test_snn_library_models_end_to_end(make, metric, tmp_path):
     assert len(rates) == 2 and all(r is not None and 0 < r < 1 for r in rates)
     fresh = qslm.load_quantized(make(), tmp_path / "out")
     assert task.test(fresh) == report["final"]["metric"]
+
+
+def test_methods_are_chosen_per_unit_and_bit_width(handwritten, tmp_path):
+    model, ids, labels = handwritten
+    task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:], labels[96:]), calibration=[ids[:32], ids[32:64]])
+    config = qslm.SearchConfig(methods=("rtn", "gptq", "codebook"), strategy="uniform", bit_choices=(2, 4))
+    result = qslm.search(model, task, out=tmp_path / "out", config=config, progress=False,
+                         cache_dir=tmp_path / "cache")
+    methods = result.report["methods"]
+    assert set(methods) == set(find_units(model))
+    assert methods["embed"]["2"] in ("rtn", "codebook")  # an embedding has no input Hessian: no gptq
+    assert {m for by_bits in methods.values() for m in by_bits.values()} - {"rtn"}  # some unit gains
+    # the plan names each unit's method, the file holds exactly its bytes, the reload reproduces the metric
+    plan = json.loads((tmp_path / "out" / "quant_plan.json").read_text())["units"]
+    for unit, bits in result.report["chosen"]["assignment"].items():
+        assert plan[unit]["bits"] == bits and plan[unit].get("method", "rtn") == methods[unit][str(bits)]
+    assert result.report["final"]["memory_bytes"] == result.report["final"]["memory_bytes_predicted"]
+    fresh = qslm.load_quantized(HandwrittenSpikingClassifier(), tmp_path / "out")
+    assert accuracy(fresh, ids[96:], labels[96:]) == result.report["final"]["metric"]
+    with pytest.raises(qslm.QslmError, match="methods must be distinct names"):
+        qslm.SearchConfig(methods=("rtn", "awq"))
