@@ -175,12 +175,12 @@ def test_a_rerun_replaces_only_its_own_files(tiny_lm, tmp_path):
 
 @pytest.mark.parametrize("where", ["under a file", "read-only"])
 def test_unwritable_out_is_one_line_before_any_work(tiny_lm, tmp_path, capsys, monkeypatch, where):
-    import qslm.models.zoo
+    import qslm.checkpoint
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before --out was checked")
 
-    monkeypatch.setattr(qslm.models.zoo, "load_model", no_loading)
+    monkeypatch.setattr(qslm.checkpoint, "load_model", no_loading)
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "q" if where == "under a file" else "/sys/qslm-q"  # /sys: read-only even to root
     capsys.readouterr()

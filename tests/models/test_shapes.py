@@ -15,7 +15,7 @@ def summary(state: dict[str, torch.Tensor]) -> dict[str, tuple]:
 def test_same_names_shapes_and_dtypes_as_a_real_build():
     for build in (lambda: SpikeGPT(SpikeGPTConfig(vocab_size=300, n_embd=256, n_layer=2, task="classification")),
                   lambda: SpikingEncoder(SpikingEncoderConfig(vocab_size=700, n_embd=128, n_layer=1, n_head=2))):
-        shapes = state_shapes(build)
+        shapes = state_shapes(build).state_dict()
         assert summary(shapes) == summary(build().state_dict())
         large = [name for name, t in shapes.items() if t.numel() > META_ABOVE]
         assert large and all(shapes[name].is_meta for name in large)
@@ -24,7 +24,8 @@ def test_same_names_shapes_and_dtypes_as_a_real_build():
 
 def test_a_huge_config_costs_no_memory():
     """SpikeGPT-216M's 860 MB of float weights are never allocated: what is real stays small."""
-    shapes = state_shapes(lambda: SpikeGPT(SpikeGPTConfig(vocab_size=50277, n_embd=768, n_layer=18, ctx_len=1024)))
+    shapes = state_shapes(lambda: SpikeGPT(SpikeGPTConfig(vocab_size=50277, n_embd=768, n_layer=18, ctx_len=1024))
+                          ).state_dict()
     assert tuple(shapes["emb.weight"].shape) == (50277, 768) and shapes["emb.weight"].is_meta
     real_bytes = sum(t.numel() * t.element_size() for t in shapes.values() if not t.is_meta)
     assert real_bytes < 2 ** 20

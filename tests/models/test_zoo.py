@@ -228,15 +228,17 @@ def test_broken_config_files(model_copy, rewrite, expected):
 
 def test_huge_config_is_refused_before_the_model_is_built(model_copy, monkeypatch):
     """The weights header is compared with shapes from a build whose large tensors are on the meta device."""
+    from qslm import checkpoint
+
     built_on = []
-    real_build = zoo.build_model
+    real_build = checkpoint.build_model
 
     def spy(config):
         model = real_build(config)
         built_on.append(next(model.parameters()).device.type)
         return model
 
-    monkeypatch.setattr(zoo, "build_model", spy)
+    monkeypatch.setattr(checkpoint, "build_model", spy)
     edit_config(model_copy, vocab_size=100_000, n_embd=128)  # small enough that the old order would not fail
     with pytest.raises(QslmError, match=r"size mismatch for emb.weight: the file has \[\d+, 32\], the config "
                                         r"implies \[100000, 128\]"):
