@@ -44,25 +44,55 @@ def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: 
 
 def wkv_recurrent(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                   ) -> torch.Tensor:
-    """WKV token by token with RWKV-4's stable state (numerator, denominator, shared exponent)."""
+    """WKV token by token with RWKV-4's stable state (numerator, denominator, shared exponent):
+
+        out_t = (e1 num_t + e2 v_t) / (e1 den_t + e2),  (e1, e2) = exp((exponent_t, u + k_t) - their max)
+        exponent_{t+1} = max(exponent_t - w, k_t)
+        num_{t+1}, den_{t+1} = f1 num_t + f2 v_t, f1 den_t + f2,  (f1, f2) = exp((exponent_t - w, k_t) - exponent_{t+1})
+
+    The cost of a loop step is a Python dispatch per op, so only what is truly sequential is looped: the
+    exponents depend on nothing else (two ops a token), and given them every weight is one op over all
+    tokens at once; the state is then two ops a token and the outputs one pass. Every value is computed by
+    the same float operations as the plain token-by-token loop (no fused multiply-add), so results are equal.
+    """
     B, T, C = k.shape
-    decay = -torch.exp(time_decay.float())
+    # Contiguous [T, B, C] copies, and no broadcasting inside the loops: both make each op slower. The loops
+    # append fresh tensors and stack them once, as making a view of a buffer costs about as much as an op.
+    decay = (-torch.exp(time_decay.float())).expand(B, C).contiguous()
     first = time_first.float()
-    k, v = k.float(), v.float()
-    num = k.new_zeros((B, C))
-    den = k.new_zeros((B, C))
-    exponent = k.new_full((B, C), -1e38)
-    out = torch.empty_like(k)
-    for t in range(T):
-        kt, vt = k[:, t], v[:, t]
-        ww = first + kt
-        p = torch.maximum(exponent, ww)
-        e1, e2 = torch.exp(exponent - p), torch.exp(ww - p)
-        out[:, t] = (e1 * num + e2 * vt) / (e1 * den + e2)
-        ww = exponent + decay
-        p = torch.maximum(ww, kt)
-        e1, e2 = torch.exp(ww - p), torch.exp(kt - p)
-        num, den, exponent = e1 * num + e2 * vt, e1 * den + e2, p
+    keys = k.float().transpose(0, 1).contiguous()
+    values = v.float().transpose(0, 1).contiguous()
+    exponent = k.new_full((B, C), -1e38, dtype=torch.float32)
+    exponent_list, decayed_list = [exponent], []
+    for key in keys[:-1]:
+        decayed = exponent + decay
+        exponent = torch.maximum(decayed, key)
+        decayed_list.append(decayed)
+        exponent_list.append(exponent)
+    exponents = torch.stack(exponent_list)  # before token t: [T, B, C]
+    # Below, whole-sequence tensors are updated in place where they are not needed again: a fresh
+    # megabyte-sized tensor costs about as much as the pass that fills it.
+    new_weight = first + keys
+    peak = torch.maximum(exponents, new_weight)
+    own_weight = torch.sub(exponents, peak).exp_()
+    new_weight.sub_(peak).exp_()
+    state = k.new_zeros((2, B, C), dtype=torch.float32)  # (num_t, den_t) before token t
+    state_list = [state]
+    if T > 1:  # folding token t into the state, t < T - 1: the state after the last token is not needed
+        next_exponents = exponents[1:]
+        keep_weight = torch.stack(decayed_list).sub_(next_exponents).exp_()
+        keep_weight = keep_weight.unsqueeze(1).expand(T - 1, 2, B, C).contiguous()
+        added = k.new_empty((T - 1, 2, B, C), dtype=torch.float32)  # (f2 v_t, f2 * 1)
+        torch.sub(keys[:-1], next_exponents, out=added[:, 1]).exp_()
+        torch.mul(added[:, 1], values[:-1], out=added[:, 0])
+        for keep, add in zip(keep_weight, added):
+            state = state * keep + add
+            state_list.append(state)
+    numerators, denominators = torch.stack(state_list, dim=1)  # [2, T, B, C]
+    denominators.mul_(own_weight).add_(new_weight)
+    numerators.mul_(own_weight).add_(new_weight.mul_(values))
+    out = k.new_empty((B, T, C), dtype=torch.float32)
+    torch.div(numerators, denominators, out=out.transpose(0, 1))
     return out.to(time_first.dtype)
 
 
