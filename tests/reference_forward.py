@@ -53,12 +53,39 @@ def reference_wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.T
     return out.to(time_first.dtype)
 
 
+def reference_time_mix(mix: spikegpt.RWKVTimeMix, x: torch.Tensor) -> torch.Tensor:
+    xx = spikegpt.time_shift(x)
+    xk = x * mix.time_mix_k + xx * (1 - mix.time_mix_k)
+    xv = x * mix.time_mix_v + xx * (1 - mix.time_mix_v)
+    xr = x * mix.time_mix_r + xx * (1 - mix.time_mix_r)
+    k = mix.key(xk)
+    v = mix.value(xv)
+    r = torch.sigmoid(mix.receptance(xr))
+    return mix.output(r * spikegpt.wkv(mix.time_decay, mix.time_first, k, v))
+
+
+def reference_channel_mix(mix: spikegpt.RWKVChannelMix, x: torch.Tensor) -> torch.Tensor:
+    xx = spikegpt.time_shift(x)
+    xk = x * mix.time_mix_k + xx * (1 - mix.time_mix_k)
+    xr = x * mix.time_mix_r + xx * (1 - mix.time_mix_r)
+    k = torch.square(torch.relu(mix.key(xk)))
+    return torch.sigmoid(mix.receptance(xr)) * mix.value(k)
+
+
+REFERENCES = [(neurons.LIF, "forward", reference_lif), (spikegpt, "wkv_recurrent", reference_wkv),
+              (spikegpt.RWKVTimeMix, "forward", reference_time_mix),
+              (spikegpt.RWKVChannelMix, "forward", reference_channel_mix)]
+
+
 @contextlib.contextmanager
 def reference_forward() -> Iterator[None]:
-    """Every LIF and the inference WKV run the reference loops inside the block."""
-    lif_forward, wkv_recurrent = neurons.LIF.forward, spikegpt.wkv_recurrent
-    neurons.LIF.forward, spikegpt.wkv_recurrent = reference_lif, reference_wkv
+    """Inside the block, the LIF, the inference WKV and SpikeGPT's time and channel mixing run the code
+    as first written."""
+    current = [getattr(owner, name) for owner, name, _ in REFERENCES]
+    for owner, name, reference in REFERENCES:
+        setattr(owner, name, reference)
     try:
         yield
     finally:
-        neurons.LIF.forward, spikegpt.wkv_recurrent = lif_forward, wkv_recurrent
+        for (owner, name, _), function in zip(REFERENCES, current):
+            setattr(owner, name, function)

@@ -103,38 +103,39 @@ def lif_scan(x: torch.Tensor, tau: float, threshold: float) -> torch.Tensor:
 
     The per-step cost is a Python dispatch per op, not arithmetic, so a step is three ops into preallocated
     buffers. The membrane is kept negated (``w = -v``, exact in floating point) because then the hard reset
-    "v <- 0 where v >= threshold" is one ``torch.threshold`` (keep ``w`` where ``w > -threshold``, else 0).
-    The potentials before reset are stored and compared with the threshold once, after the loop.
+    "v <- 0 where v >= threshold" is one ``torch.threshold`` (keep ``w`` where ``w > -threshold``, else 0),
+    and ``x - v`` is ``x + w``. The potentials before reset are compared with the threshold once, after the
+    loop, in place: a fresh tensor of the input's size costs as much as a pass over it.
     """
-    negated_input = torch.neg(x)
-    # -v after charging, before reset: [T, ...], contiguous as the training path's stacked spikes
-    charged = torch.empty_like(x, memory_format=torch.contiguous_format)
+    # -v after charging, before reset, laid out in memory as x: SpikeGPT passes [B, T, C] storage as a [T, B, C]
+    # view and gets the spikes back as [B, T, C], so the layout spares a transposing pass.
+    charged = torch.empty_like(x)
     w = torch.zeros_like(charged[0])
-    step = torch.empty_like(w)
+    difference = torch.empty_like(w)
     # d / tau equals d * (1 / tau) exactly only when tau is a power of two (the usual tau = 2).
     reciprocal = 1.0 / tau if math.frexp(tau)[0] == 0.5 else None
-    for y_t, charged_t in zip(negated_input.unbind(0), charged.unbind(0)):
-        torch.sub(y_t, w, out=step)  # -(x_t - v)
+    for x_t, charged_t in zip(x.unbind(0), charged.unbind(0)):
+        torch.add(x_t, w, out=difference)  # x_t - v
         if reciprocal is None:
-            step.div_(tau)
-            torch.add(w, step, out=charged_t)
+            difference.div_(tau)
+            torch.sub(w, difference, out=charged_t)
         else:
-            torch.add(w, step, alpha=reciprocal, out=charged_t)
+            torch.sub(w, difference, alpha=reciprocal, out=charged_t)  # -(v + (x_t - v) / tau)
         torch.threshold(charged_t, -threshold, 0.0, out=w)
-    return (charged <= -threshold).to(x.dtype)
+    return charged.le_(-threshold)
 
 
 def lif_scan_quantized(x: torch.Tensor, tau: float, threshold: float,
                        quantize_state: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``lif_scan`` with ``quantize_state`` applied to the membrane after every charge, as the training path
     does (the quantizer is not symmetric in sign, so this path keeps ``v`` itself)."""
-    charged = torch.empty_like(x, memory_format=torch.contiguous_format)
+    charged = torch.empty_like(x)  # laid out as x, as in lif_scan
     v = torch.zeros_like(x[0])
     for x_t, charged_t in zip(x.unbind(0), charged.unbind(0)):
         v = quantize_state(v + (x_t - v) / tau)
         charged_t.copy_(v)
         v = v.masked_fill(v >= threshold, 0.0)
-    return (charged >= threshold).to(x.dtype)
+    return charged.ge_(threshold)
 
 
 def lif_modules(model: nn.Module) -> dict[str, LIF]:
