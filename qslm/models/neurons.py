@@ -105,7 +105,7 @@ def lif_scan(x: torch.Tensor, tau: float, threshold: float) -> torch.Tensor:
     buffers. The membrane is kept negated (``w = -v``, exact in floating point) because then the hard reset
     "v <- 0 where v >= threshold" is one ``torch.threshold`` (keep ``w`` where ``w > -threshold``, else 0),
     and ``x - v`` is ``x + w``. The potentials before reset are compared with the threshold once, after the
-    loop, in place: a fresh tensor of the input's size costs as much as a pass over it.
+    loop, in place: a fresh tensor of the input's size would more than double the cost of that pass.
     """
     # -v after charging, before reset, laid out in memory as x: SpikeGPT passes [B, T, C] storage as a [T, B, C]
     # view and gets the spikes back as [B, T, C], so the layout spares a transposing pass.

@@ -69,7 +69,7 @@ def wkv_recurrent(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.T
         exponent_list.append(exponent)
     exponents = torch.stack(exponent_list, dim=1)  # before token t: [B, T, C]
     # Below, whole-sequence tensors are updated in place where they are not needed again: a fresh
-    # megabyte-sized tensor costs about as much as the pass that fills it.
+    # megabyte-sized tensor more than doubles the cost of the pass that fills it (69 against 28 µs here).
     new_weight = first + keys
     peak = torch.maximum(exponents, new_weight)
     new_weight.sub_(peak).exp_()
