@@ -52,25 +52,51 @@ def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: 
 
 def wkv_recurrent(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                   ) -> torch.Tensor:
-    """WKV token by token with RWKV-4's stable state (numerator, denominator, shared exponent)."""
+    """WKV token by token with RWKV-4's stable state (numerator, denominator, shared exponent):
+
+        out_t = (e1 num_t + e2 v_t) / (e1 den_t + e2),  (e1, e2) = exp((exponent_t, u + k_t) - their max)
+        exponent_{t+1} = max(exponent_t - w, k_t)
+        num_{t+1}, den_{t+1} = f1 num_t + f2 v_t, f1 den_t + f2,  (f1, f2) = exp((exponent_t - w, k_t) - exponent_{t+1})
+
+    The cost of a loop step is a Python dispatch per op, so only what is truly sequential is looped: the
+    exponents depend on nothing else (two ops a token), and given them every weight is one op over all
+    tokens at once; the state is then two ops a token and the outputs one pass. Every value is computed by
+    the same float operations as the plain token-by-token loop (no fused multiply-add), so results are equal.
+    """
     B, T, C = k.shape
-    decay = -torch.exp(time_decay.float())
+    # The loops append fresh tensors and stack them once: a view into a buffer costs about as much as an op.
+    decay = (-torch.exp(time_decay.float())).expand(B, C).contiguous()  # no broadcasting inside the loop
     first = time_first.float()
-    k, v = k.float(), v.float()
-    num = k.new_zeros((B, C))
-    den = k.new_zeros((B, C))
-    exponent = k.new_full((B, C), -1e38)
-    out = torch.empty_like(k)
-    for t in range(T):
-        kt, vt = k[:, t], v[:, t]
-        ww = first + kt
-        p = torch.maximum(exponent, ww)
-        e1, e2 = torch.exp(exponent - p), torch.exp(ww - p)
-        out[:, t] = (e1 * num + e2 * vt) / (e1 * den + e2)
-        ww = exponent + decay
-        p = torch.maximum(ww, kt)
-        e1, e2 = torch.exp(ww - p), torch.exp(kt - p)
-        num, den, exponent = e1 * num + e2 * vt, e1 * den + e2, p
+    keys, values = k.float(), v.float()
+    exponent = k.new_full((B, C), -1e38, dtype=torch.float32)
+    exponent_list, decayed_list = [exponent], []
+    for key in keys[:, :-1].unbind(1):
+        decayed = exponent + decay
+        exponent = torch.maximum(decayed, key)
+        decayed_list.append(decayed)
+        exponent_list.append(exponent)
+    exponents = torch.stack(exponent_list, dim=1)  # before token t: [B, T, C]
+    # Below, whole-sequence tensors are updated in place where they are not needed again: a fresh
+    # megabyte-sized tensor more than doubles the cost of the pass that fills it (69 against 28 µs here).
+    new_weight = first + keys
+    peak = torch.maximum(exponents, new_weight)
+    new_weight.sub_(peak).exp_()
+    own_weight = peak.neg_().add_(exponents).exp_()  # exponents + (-peak) is exponents - peak exactly
+    state = k.new_zeros((2, B, C), dtype=torch.float32)  # (num_t, den_t) before token t
+    state_list = [state]
+    if T > 1:  # folding token t into the state, t < T - 1: the state after the last token is not needed
+        next_exponents = exponents[:, 1:]
+        keep_weight = torch.stack(decayed_list, dim=1).sub_(next_exponents).exp_()
+        added = k.new_empty((2, B, T - 1, C), dtype=torch.float32)  # (f2 v_t, f2 * 1)
+        torch.sub(keys[:, :-1], next_exponents, out=added[1]).exp_()
+        torch.mul(added[1], values[:, :-1], out=added[0])
+        for keep, add in zip(keep_weight.unbind(1), added.unbind(2)):
+            state = state * keep + add
+            state_list.append(state)
+    numerators, denominators = torch.stack(state_list, dim=2)  # [2, B, T, C]
+    denominators.mul_(own_weight).add_(new_weight)
+    numerators.mul_(own_weight).add_(new_weight.mul_(values))
+    out = numerators.div_(denominators)
     return out.to(time_first.dtype)
 
 
@@ -120,6 +146,20 @@ def time_shift(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, 0, 1, -1))
 
 
+def time_mix(x: torch.Tensor, previous: torch.Tensor, ratio: torch.Tensor, scratch: torch.Tensor | None
+             ) -> torch.Tensor:
+    """``x * ratio + previous * (1 - ratio)``. Without autograd the second product goes into ``scratch`` (a
+    tensor shaped as ``x`` that the mixes of one layer share) and is added in place: the same float ops,
+    one fresh sequence-sized tensor instead of three."""
+    if scratch is None:
+        return x * ratio + previous * (1 - ratio)
+    return torch.mul(x, ratio).add_(torch.mul(previous, 1 - ratio, out=scratch))
+
+
+def mixing_scratch(x: torch.Tensor) -> torch.Tensor | None:
+    return None if torch.is_grad_enabled() else torch.empty_like(x)
+
+
 class RWKVTimeMix(nn.Module):
     def __init__(self, cfg: SpikeGPTConfig, layer_id: int):
         super().__init__()
@@ -141,14 +181,17 @@ class RWKVTimeMix(nn.Module):
         self.output = nn.Linear(d, d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xx = time_shift(x)
-        xk = x * self.time_mix_k + xx * (1 - self.time_mix_k)
-        xv = x * self.time_mix_v + xx * (1 - self.time_mix_v)
-        xr = x * self.time_mix_r + xx * (1 - self.time_mix_r)
+        xx, scratch = time_shift(x), mixing_scratch(x)
+        xk = time_mix(x, xx, self.time_mix_k, scratch)
+        xv = time_mix(x, xx, self.time_mix_v, scratch)
+        xr = time_mix(x, xx, self.time_mix_r, scratch)
         k = self.key(xk)
         v = self.value(xv)
-        r = torch.sigmoid(self.receptance(xr))
-        return self.output(r * wkv(self.time_decay, self.time_first, k, v))
+        mixed = wkv(self.time_decay, self.time_first, k, v)
+        if torch.is_grad_enabled():
+            return self.output(torch.sigmoid(self.receptance(xr)) * mixed)
+        # Without autograd, in place: fresh sequence-sized tensors cost as much as the ops themselves.
+        return self.output(self.receptance(xr).sigmoid_().mul_(mixed))
 
 
 class RWKVChannelMix(nn.Module):
@@ -165,11 +208,15 @@ class RWKVChannelMix(nn.Module):
         self.value = nn.Linear(hidden, d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xx = time_shift(x)
-        xk = x * self.time_mix_k + xx * (1 - self.time_mix_k)
-        xr = x * self.time_mix_r + xx * (1 - self.time_mix_r)
-        k = torch.square(torch.relu(self.key(xk)))
-        return torch.sigmoid(self.receptance(xr)) * self.value(k)
+        xx, scratch = time_shift(x), mixing_scratch(x)
+        xk = time_mix(x, xx, self.time_mix_k, scratch)
+        xr = time_mix(x, xx, self.time_mix_r, scratch)
+        if torch.is_grad_enabled():
+            k = torch.square(torch.relu(self.key(xk)))
+            return torch.sigmoid(self.receptance(xr)) * self.value(k)
+        # Without autograd, in place (as in the time mix); square is x * x either way.
+        k = self.key(xk).relu_().square_()
+        return self.receptance(xr).sigmoid_().mul_(self.value(k))
 
 
 class Block(nn.Module):

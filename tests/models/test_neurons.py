@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from qslm.models.neurons import LIF, ATanSpike, atan_surrogate_grad, lif_modules, record_firing_rates
+from qslm.quant.quantizer import FixedPoint
+from tests.reference_forward import reference_lif
 
 
 def run_recording_membrane(neuron: LIF, x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
@@ -140,3 +142,58 @@ def test_firing_rate_of_an_idle_neuron_is_zero():
     with record_firing_rates(neuron) as recorder:
         pass
     assert recorder.rates == {"": 0.0}
+
+
+def lif_inputs(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=gen) * 1.5 + 0.7).to(dtype)
+
+
+@pytest.mark.parametrize("tau, v_threshold", [(2.0, 1.0), (1.7, 0.3), (4.0, 0.7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("quantized", [False, True])
+def test_inference_path_matches_the_reference_loop(tau, v_threshold, dtype, quantized):
+    """Without autograd the LIF runs a cheaper scan; its spikes equal the training loop's exactly, also
+    for fixed-point state and for a time axis that is not the outer one in memory (as SpikeGPT passes it)."""
+    neuron = LIF(tau=tau, v_threshold=v_threshold)
+    if quantized:
+        neuron.state_quantizer = FixedPoint(bits=6, step=3 * v_threshold / 32)
+    for x in (lif_inputs((40, 3, 37), dtype), lif_inputs((3, 40, 2, 5), dtype).transpose(0, 1)):
+        expected = reference_lif(neuron, x)
+        with torch.no_grad():
+            got = neuron(x)
+        assert got.dtype == dtype and got.stride() == torch.empty_like(x).stride()
+        assert 0.05 < float(got.mean()) < 0.6  # both spiking and silent steps are compared
+        assert torch.equal(got, expected)
+        assert torch.equal(neuron(x), expected)  # grad mode on, but the input needs no gradient
+
+
+def test_inference_path_fires_at_exactly_the_threshold():
+    # tau = 2: x = 2 charges v from 0 to exactly 1.0 = v_th, which fires; 1.9999 gives 0.99995, which does not
+    # (then 0.49998 and 0.74999).
+    x = torch.tensor([[2.0, 1.9999], [0.0, 0.0], [2.0, 1.0]])
+    with torch.no_grad():
+        assert LIF()(x).tolist() == [[1, 0], [0, 0], [1, 0]]
+
+
+def test_inference_path_counts_firing_rates_as_the_reference():
+    neuron = LIF()
+    x = lif_inputs((20, 4, 6), torch.float32)
+    with torch.no_grad(), record_firing_rates(neuron) as fast:
+        neuron(x)
+        neuron(x[:7])
+    with record_firing_rates(neuron) as reference:
+        reference_lif(neuron, x)
+        reference_lif(neuron, x[:7])
+    assert fast.rates == reference.rates and 0 < fast.rates[""] < 1
+    assert neuron.element_count == 27 * 24
+
+
+def test_training_path_gradients_are_the_reference_loops():
+    neuron = LIF(tau=2.0, v_threshold=0.8)
+    x = lif_inputs((15, 3, 4), torch.float64).requires_grad_()
+    weights = torch.rand(15, 3, 4, dtype=torch.float64)
+    (neuron(x) * weights).sum().backward()
+    got, x.grad = x.grad, None
+    (reference_lif(neuron, x) * weights).sum().backward()
+    assert torch.equal(got, x.grad) and got.abs().sum() > 0

@@ -7,6 +7,8 @@ import torch
 
 from qslm.models.neurons import lif_modules, record_firing_rates
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig, time_shift, wkv, wkv_chunked, wkv_recurrent
+from qslm.models.zoo import load_model
+from tests.reference_forward import reference_forward, reference_wkv
 
 
 def tiny(task: str = "lm", **fields) -> SpikeGPT:
@@ -229,3 +231,44 @@ def test_dropout_acts_in_training_only():
     model.eval()
     assert torch.equal(model(idx), model(idx))
     assert torch.equal(tiny("classification").eval()(idx), model(idx))  # same weights, dropout off in eval
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 6), (3, 20, 37), (1, 1, 5), (1, 16, 8)])
+@pytest.mark.parametrize("k_scale", [1.0, 30.0])
+def test_wkv_recurrence_equals_the_reference_loop(shape, k_scale):
+    """The inference WKV loops only over what is sequential; every value must still be the plain
+    token-by-token loop's, bit for bit, and the inputs are left as they were."""
+    B, T, C = shape
+    gen = torch.Generator().manual_seed(3)
+    time_decay, time_first = torch.linspace(-5, 2, C), torch.randn(C, generator=gen)
+    k, v = torch.randn(B, T, C, generator=gen) * k_scale, torch.randn(B, T, C, generator=gen)
+    k[0, T // 2, :] = 85.0  # one dominant token
+    inputs = [t.clone() for t in (time_decay, time_first, k, v)]
+    got = wkv_recurrent(time_decay, time_first, k, v)
+    assert got.shape == (B, T, C) and got.is_contiguous()
+    assert torch.equal(got, reference_wkv(time_decay, time_first, k, v))
+    assert all(torch.equal(a, b) for a, b in zip(inputs, (time_decay, time_first, k, v)))
+
+
+@pytest.mark.parametrize("task", ["lm", "classification"])
+def test_inference_forward_equals_the_reference_loops(task):
+    model = tiny(task).eval()
+    idx = torch.randint(0, 50, (3, 19))
+    assert_neurons_fire(model, idx)
+    with torch.no_grad():
+        got = model(idx)
+        with reference_forward():
+            expected = model(idx)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["spikegpt-wt2", "spikegpt-sst2"])
+def test_bundled_model_forward_equals_the_reference_loops(name):
+    model = load_model(name).model
+    idx = torch.randint(1, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), record_firing_rates(model) as fast:
+        got = model(idx)
+    with torch.no_grad(), reference_forward(), record_firing_rates(model) as reference:
+        expected = model(idx)
+    assert torch.equal(got, expected)
+    assert fast.rates == reference.rates and max(fast.rates.values()) > 0

@@ -7,6 +7,8 @@ from torch import nn
 
 from qslm.models.neurons import record_firing_rates
 from qslm.models.spiking_encoder import SpikingEncoder, SpikingEncoderConfig
+from qslm.models.zoo import load_model
+from tests.reference_forward import reference_forward
 
 
 def tiny(**fields) -> SpikingEncoder:
@@ -200,3 +202,26 @@ def test_bad_task_and_predict_at_on_overlong_inputs():
     ids = torch.randint(1, 50, (1, 25))
     with pytest.raises(ValueError, match="predict_at needs inputs of at most max_len=20 tokens, got 25"):
         tiny(task="mlm")(ids, None, torch.ones_like(ids, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("task", ["classification", "mlm"])
+def test_inference_forward_equals_the_reference_loops(task):
+    model = tiny(task=task)
+    ids, mask = padded([torch.randint(1, 50, (n,)) for n in (12, 5, 9)], 12)
+    with torch.no_grad():
+        got = model(ids, mask)
+        with reference_forward():
+            expected = model(ids, mask)
+    assert torch.equal(got, expected)
+
+
+def test_bundled_model_forward_equals_the_reference_loops():
+    model = load_model("spiking-encoder-sst2").model
+    gen = torch.Generator().manual_seed(0)
+    ids, mask = padded([torch.randint(1, model.config.vocab_size, (n,), generator=gen) for n in (30, 11, 19)], 30)
+    with torch.no_grad(), record_firing_rates(model) as fast:
+        got = model(ids, mask)
+    with torch.no_grad(), reference_forward(), record_firing_rates(model) as reference:
+        expected = model(ids, mask)
+    assert torch.equal(got, expected)
+    assert fast.rates == reference.rates and max(fast.rates.values()) > 0
