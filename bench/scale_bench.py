@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from qslm.commands.eval import evaluate_model  # noqa: E402
 from qslm.data import sst2, wikitext  # noqa: E402
 from qslm.evaluate import classification_inputs, lm_windows, max_input_len  # noqa: E402
-from qslm.models.zoo import LoadedModel, load_model  # noqa: E402
+from qslm.checkpoint import LoadedModel, load_model  # noqa: E402
 from tests.reference_forward import reference_forward  # noqa: E402
 
 MODELS = ("spikegpt-wt2", "spikegpt-sst2", "spiking-encoder-sst2")

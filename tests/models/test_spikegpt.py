@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qslm.checkpoint import load_model
 from qslm.models.neurons import lif_modules, record_firing_rates
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig, time_shift, wkv, wkv_chunked, wkv_recurrent
-from qslm.models.zoo import load_model
 from tests.reference_forward import reference_forward, reference_wkv
 
 

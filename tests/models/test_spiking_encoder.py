@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from qslm.checkpoint import load_model
 from qslm.models.neurons import record_firing_rates
 from qslm.models.spiking_encoder import SpikingEncoder, SpikingEncoderConfig
-from qslm.models.zoo import load_model
 from tests.reference_forward import reference_forward
 
 
