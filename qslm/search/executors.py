@@ -185,6 +185,15 @@ def import_ray(why: str):
     return ray
 
 
+def start_local_ray(ray, cpus: int) -> None:
+    """A Ray on this machine only (loopback), with ``cpus`` CPUs, whose workers import this very qslm (a
+    checkout may shadow an installed one)."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": path}})
+
+
 def check_workers(workers: object) -> int:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise QslmError(f"workers must be a positive integer, got {workers!r}")
@@ -220,13 +229,7 @@ class ExecutorChoice:
             if self.ray_address is not None:
                 ray.init(address=self.ray_address, include_dashboard=False, logging_level=logging.WARNING)
             else:
-                # Workers import this very qslm (a checkout may shadow an installed one), and the local
-                # Ray listens on loopback only.
-                package_root = str(Path(__file__).resolve().parents[2])
-                path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-                ray.init(address="local", num_cpus=self.workers, include_dashboard=False,
-                         _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
-                         runtime_env={"env_vars": {"PYTHONPATH": path}})
+                start_local_ray(ray, self.workers)
         workers = self.workers
         if workers == 1:
             cuda = _model_device(measurements.model).type == "cuda"
