@@ -85,7 +85,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="keep units matching this glob float (unit names or parameter paths, e.g. '*.pos'; "
                              "repeatable)")
     parser.add_argument("--cache-dir", default=None, help="sensitivity cache (default: $QSLM_CACHE_DIR or ~/.cache/qslm)")
-    parser.add_argument("--workers", type=positive_int, default=1,
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
                         help="measure on N Ray workers on this machine, each with a model replica (default 1: in "
                              "this process; needs pip install 'qslm[ray]'); the plan is the same")
     parser.add_argument("--ray-address", default=None, metavar="ADDR",

@@ -139,6 +139,8 @@ class RayExecutor:
         except Exception as error:  # noqa: BLE001 -- cloudpickle refuses some user objects (open files, locks, ...)
             raise QslmError(f"the model or the task cannot be sent to Ray workers ({type(error).__name__}: "
                             f"{error}); run with workers=1") from None
+        # held while the actors live: a restarted actor is built again from these same objects
+        self.shared = (model_ref, task_ref)
         device = "cuda" if cuda else "cpu"
         self.actors = [actor.remote(model_ref, task_ref, measurements.hierarchy, measurements.config, device,
                                     torch.get_num_threads()) for _ in range(workers)]
@@ -169,7 +171,7 @@ class RayExecutor:
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor, no_restart=True)
-        self.actors = []
+        self.actors, self.shared = [], ()
 
 
 def _model_device(model) -> torch.device:
@@ -236,10 +238,6 @@ class ExecutorChoice:
             workers = max(1, int(ray.cluster_resources().get("GPU" if cuda else "CPU", 1)))
         self._executor = RayExecutor(ray, measurements, workers)
         return self._executor
-
-    @property
-    def executor_workers(self) -> int:
-        return self._executor.workers if self._executor is not None else self.workers
 
     def __enter__(self) -> ExecutorChoice:
         return self
