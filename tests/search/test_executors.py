@@ -200,3 +200,74 @@ def test_cli_workers_without_ray_is_one_line_and_exit_2(no_ray, tiny_classifier,
     err = capsys.readouterr().err.strip()
     assert code == 2 and "qslm[ray]" in err and "Traceback" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out" / "journal.jsonl").exists()
+
+
+class FakeRay:
+    """Just enough of Ray's API to see what ``ExecutorChoice`` starts, joins and stops (no processes)."""
+
+    def __init__(self, initialized=False, cpus=3):
+        self.initialized, self.cpus, self.calls = initialized, cpus, []
+
+    def is_initialized(self):
+        return self.initialized
+
+    def init(self, **options):
+        self.calls.append(("init", options))
+        self.initialized = True
+
+    def shutdown(self):
+        self.calls.append(("shutdown", {}))
+        self.initialized = False
+
+    def cluster_resources(self):
+        return {"CPU": float(self.cpus)}
+
+    def put(self, value):
+        return value
+
+    def remote(self, **options):
+        self.calls.append(("actor options", options))
+
+        class Actor:
+            @staticmethod
+            def remote(*args):
+                return object()
+        return lambda cls: Actor
+
+    def kill(self, actor, no_restart):
+        self.calls.append(("kill", {"no_restart": no_restart}))
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    fake = FakeRay()
+    monkeypatch.setattr(executors, "import_ray", lambda why: fake)
+    return fake
+
+
+def test_a_local_ray_is_started_on_loopback_and_stopped_after(fake_ray, classifier):
+    model, task = classifier
+    measurements = Measurements(model, task, build_hierarchy(model, "m"), SearchConfig(bit_choices=(2, 4, 8)))
+    with pytest.raises(RuntimeError), ExecutorChoice(workers=3) as choice:
+        assert choice.start(measurements).workers == 3
+        raise RuntimeError("the search failed")
+    (_, init), (_, actor) = fake_ray.calls[:2]
+    assert init["address"] == "local" and init["num_cpus"] == 3 and init["_node_ip_address"] == "127.0.0.1"
+    assert init["include_dashboard"] is False
+    assert actor["num_gpus"] == 0 and actor["max_restarts"] >= 1 and actor["max_task_retries"] >= 1
+    assert [name for name, _ in fake_ray.calls[2:]] == ["kill"] * 3 + ["shutdown"]
+
+
+def test_a_cluster_gets_one_actor_per_cpu_and_a_callers_ray_keeps_running(fake_ray, classifier):
+    model, task = classifier
+    measurements = Measurements(model, task, build_hierarchy(model, "m"), SearchConfig(bit_choices=(2, 4, 8)))
+    with ExecutorChoice(ray_address="10.0.0.5:6379") as choice:
+        assert choice.start(measurements).workers == 3  # the cluster's CPUs
+    assert fake_ray.calls[0] == ("init", {"address": "10.0.0.5:6379", "include_dashboard": False,
+                                          "logging_level": 30})
+    assert fake_ray.calls[-1][0] == "shutdown"  # it started that one
+    fake_ray.calls.clear()
+    fake_ray.initialized = True  # the caller's own Ray
+    with ExecutorChoice(workers=2) as choice:
+        choice.start(measurements)
+    assert [name for name, _ in fake_ray.calls] == ["actor options", "kill", "kill"] and fake_ray.initialized
