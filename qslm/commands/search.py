@@ -83,6 +83,12 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="keep units matching this glob float (unit names or parameter paths, e.g. '*.pos'; "
                              "repeatable)")
     parser.add_argument("--cache-dir", default=None, help="sensitivity cache (default: $QSLM_CACHE_DIR or ~/.cache/qslm)")
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                        help="measure on N Ray workers on this machine, each with a model replica (default 1: in "
+                             "this process; needs pip install 'qslm[ray]'); the plan is the same")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="measure on the Ray cluster at ADDR ('auto', HOST:6379), --workers actors (default: "
+                             "one per CPU, or per GPU for a CUDA model)")
     add_device_argument(parser)
 
 
@@ -102,7 +108,8 @@ def options_from_args(args: argparse.Namespace) -> dict:
         validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
         reported_limit=args.reported_limit, sensitivity_method=args.sensitivity, ignore=tuple(args.ignore),
         methods=tuple(part.strip() for part in args.methods.split(",") if part.strip()),
-        device=args.device, overwrite=args.overwrite, **data_options(args))
+        device=args.device, overwrite=args.overwrite, workers=args.workers, ray_address=args.ray_address,
+        **data_options(args))
 
 
 def print_summary(result) -> None:
@@ -134,12 +141,14 @@ def print_summary(result) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..outputs import check_writable_folder
+    from ..search.executors import ExecutorChoice
     from ..search.run import run_search
 
     # Checked before any work: the search writes its model, reports and journal into --out.
     with claim_output(args.out, "search", args.overwrite, inputs=[args.model]):
         if args.cache_dir is not None:
             check_writable_folder(args.cache_dir, "cache folder")
+        ExecutorChoice(args.workers, args.ray_address)  # e.g. --workers 2 without Ray installed
         result = run_search(args.model, args.task, args.out, **options_from_args(args))
     print_summary(result)
     return 0 if result.report.get("final") else 3

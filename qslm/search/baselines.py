@@ -13,20 +13,21 @@
   the constraints as Optuna constraints.
 Budgets (``max_evaluations`` of the problem) are enforced by the problem itself; random and nsga2 spend
 their ``evaluations`` on distinct plans (a plan sampled again is not evaluated again, nor counted).
+With parallel workers, uniform, greedy's one-unit raises, random and each NSGA-II generation are measured
+as batches, and greedy's raising sequence ahead of need; HAWQ's traces stay in this process. Candidates
+are still made in the one-process order, so every strategy's result is the same.
 """
 from __future__ import annotations
 
 import random
 from typing import Callable
 
+from .journal import assignment_key
 from .problem import Candidate, SearchProblem
 
 
 def uniform_search(problem: SearchProblem) -> Candidate | None:
-    for bits in sorted(problem.bit_choices, reverse=True):
-        if not problem.budget_left:
-            break
-        problem.evaluate(problem.uniform(bits), "uniform")
+    problem.evaluate_many([problem.uniform(bits) for bits in sorted(problem.bit_choices, reverse=True)], "uniform")
     return problem.best()
 
 
@@ -102,36 +103,50 @@ def greedy_search(problem: SearchProblem) -> Candidate | None:
     current = problem.evaluate(problem.uniform(lowest), "greedy")
     if problem.quality_ok(current):
         return problem.best()
-    gains = {}
-    for unit in problem.units:
+    raised = problem.evaluate_many([{**current.assignment, unit: highest} for unit in problem.units], "greedy")
+    gains = {unit: -trial.score.quality_loss for unit, trial in zip(problem.units, raised)}
+    order = sorted(gains, key=lambda u: (-gains[u], problem.units.index(u)))
+    # each plan raises one more unit than the one before: the sequence is known before any is measured
+    plans = [{**current.assignment, **{u: highest for u in order[:count]}} for count in range(1, len(order) + 1)]
+    for index, assignment in enumerate(plans):
         if not problem.budget_left:
             break
-        trial = problem.evaluate({**current.assignment, unit: highest}, "greedy")
-        gains[unit] = -trial.score.quality_loss
-    assignment = dict(current.assignment)
-    for unit in sorted(gains, key=lambda u: (-gains[u], problem.units.index(u))):
-        if not problem.budget_left:
-            break
-        assignment[unit] = highest
+        problem.prefetch(plans[index:])
         if problem.quality_ok(problem.evaluate(assignment, "greedy")):
             break
     return problem.best()
 
 
-def _distinct_evaluations(problem: SearchProblem, evaluations: int, draw: Callable[[], None]) -> None:
-    """Call ``draw`` (one sampled plan, evaluated) until ``evaluations`` distinct plans were evaluated: a
-    plan drawn again costs nothing and does not count. Bounded, for spaces smaller than the budget."""
-    target = len(problem.candidates) + evaluations
-    for _ in range(100 * evaluations):
-        if len(problem.candidates) >= target or not problem.budget_left:
-            break
-        draw()
+class DistinctDraws:
+    """Counts sampled plans so that ``evaluations`` distinct ones are evaluated: a plan drawn again costs
+    nothing and does not count. Bounded (100 draws per evaluation), for spaces smaller than the budget.
+    Whether a draw is new is known before it is measured, so a batch of draws is the sequence a
+    one-at-a-time loop would evaluate."""
+
+    def __init__(self, problem: SearchProblem, evaluations: int):
+        self.problem, self.draws_left = problem, 100 * evaluations
+        left = problem.evaluations_left
+        self.new_left = evaluations if left is None else min(evaluations, left)
+        self.drawn: set[str] = set()
+
+    def more(self) -> bool:
+        return self.draws_left > 0 and self.new_left > 0
+
+    def add(self, assignment: dict[str, int]) -> None:
+        self.draws_left -= 1
+        key = assignment_key(assignment)
+        if key not in self.drawn and not self.problem.evaluated(assignment):
+            self.new_left -= 1
+        self.drawn.add(key)
 
 
 def random_search(problem: SearchProblem, evaluations: int, seed: int) -> Candidate | None:
     rng = random.Random(seed)
-    _distinct_evaluations(problem, evaluations, lambda: problem.evaluate(
-        {u: rng.choice(problem.bit_choices) for u in problem.units}, "random"))
+    draws, plans = DistinctDraws(problem, evaluations), []
+    while draws.more():
+        plans.append({u: rng.choice(problem.bit_choices) for u in problem.units})
+        draws.add(plans[-1])
+    problem.evaluate_many(plans, "random")
     return problem.best()
 
 
@@ -145,9 +160,7 @@ def nsga2_search(problem: SearchProblem, evaluations: int, seed: int) -> Candida
     sampler = optuna.samplers.NSGAIISampler(seed=seed)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
 
-    def objective(trial):
-        assignment = {u: trial.suggest_categorical(u, choices) for u in problem.units}
-        candidate = problem.evaluate(assignment, "nsga2")
+    def constrain(trial, candidate: Candidate) -> tuple[float, float]:
         # Optuna treats values <= 0 as satisfied.
         quality_limit = problem.constraints.quality_limit(problem.baseline.higher_is_better)
         trial.set_constraint("quality", candidate.score.quality_loss - quality_limit
@@ -156,5 +169,18 @@ def nsga2_search(problem: SearchProblem, evaluations: int, seed: int) -> Candida
                              if memory_limit else 0.0)
         return candidate.score.quality_loss, candidate.score.memory_fraction
 
-    _distinct_evaluations(problem, evaluations, lambda: study.optimize(objective, n_trials=1))
+    # One generation at a time, asked for together and told in order: NSGA-II samples a generation from
+    # the generations before it only, so this is the sequence one trial at a time would give, and the
+    # whole generation is measured at once.
+    draws, told = DistinctDraws(problem, evaluations), 0
+    while draws.more():
+        generation_left = sampler.population_size - told % sampler.population_size  # every trial completes
+        trials, plans = [], []
+        while draws.more() and len(trials) < generation_left:
+            trials.append(study.ask())
+            plans.append({u: trials[-1].suggest_categorical(u, choices) for u in problem.units})
+            draws.add(plans[-1])
+        for trial, candidate in zip(trials, problem.evaluate_many(plans, "nsga2")):
+            study.tell(trial, constrain(trial, candidate))
+        told += len(trials)
     return problem.best()

@@ -13,7 +13,6 @@ from the packed model -> report. Nothing here knows which data set or architectu
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -38,17 +37,19 @@ from ..analysis.sensitivity import OutputReference, SensitivityCache, default_ca
 from ..checkpoint import load_quantized, write_quantized_files
 from ..errors import QslmError
 from ..outputs import OutputFolder, check_writable_folder
-from ..quant.apply import WeightCache, fake_quantized
+from ..quant.apply import WeightCache
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
 from ..quant.pack import PLAN_FILE, WEIGHTS_FILE
-from ..quant.plan import FLOAT_BITS, QuantPlan
+from ..quant.plan import QuantPlan
 from ..quant.units import find_units, unit_tensor
 from ..report import write_report
 from ..tasks.base import Task, inferences_in, run_inputs
 from .config import SearchConfig
+from .executors import ExecutorChoice
 from .journal import Journal
-from .measure import SensitivityTable, cache_file, timed
-from .methods import choose_methods, record_context, spec_function
+from .measure import Measurements, SensitivityTable, cache_file
+from .measure import task_metric as _metric
+from .methods import choose_methods, record_context
 from .objective import Baseline, Constraints
 from .problem import SearchProblem
 from .strategies import StrategyContext, run_strategy
@@ -80,45 +81,38 @@ def _check(task: Task, constraints: Constraints) -> None:
     check_quality_limit(task.name, task.higher_is_better, constraints)
 
 
-def _metric(function: Callable[[nn.Module], float], model: nn.Module, what: str) -> float:
-    with torch.no_grad():
-        value = function(model)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise QslmError(f"the task's {what} function must return a finite number, got {value!r}")
-    return float(value)
-
-
 def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Constraints | None = None,
            config: SearchConfig | None = None, *, device: str | torch.device | None = None, progress: bool = True,
            label: str | None = None, cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
            protect: tuple[str | os.PathLike, ...] = (),
            companion_files: Mapping[str, Callable[[Path], None]] | None = None,
-           notes: Mapping[str, object] | None = None) -> SearchResult:
+           notes: Mapping[str, object] | None = None, workers: int = 1,
+           ray_address: str | None = None) -> SearchResult:
     """Search a mixed-precision plan for ``model`` on ``task`` and write the packed model and report to
     ``out`` (a search output folder, see ``qslm.outputs``; ``protect`` names folders it must not be in).
     ``label`` names the model in the report; ``cache_dir`` keeps sensitivity measurements across runs
     (default ``$QSLM_CACHE_DIR`` or ``~/.cache/qslm``); ``companion_files`` (name -> writer of that file
     into a folder) go beside the model, e.g. a model folder's tokenizer; ``notes`` are recorded in the
-    report as given."""
+    report as given. ``workers`` > 1 measures on that many Ray workers on this machine, ``ray_address``
+    on a Ray cluster (``pip install 'qslm[ray]'``); the results are those of one process."""
     from ..device import resolve_device
 
     started, seconds = time.perf_counter(), {}
     constraints, config = constraints or Constraints(), config or SearchConfig()
     _check(task, constraints)
+    executors = ExecutorChoice(workers, ray_address)
     cache_dir = check_writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
     folder = OutputFolder.claim(out, "search", overwrite=overwrite, protect=protect)
-    with folder:
+    with folder, executors:
         folder.keep(JOURNAL_FILE)
         result = _search(model, task, folder, constraints, config, resolve_device(device), progress,
                          label or type(model).__name__, cache_dir, companion_files or {}, dict(notes or {}),
-                         started, seconds)
+                         started, seconds, executors)
     return result
 
 
 def _search(model, task, folder, constraints, config, device, progress, label, cache_dir, companions, notes,
-            started, seconds) -> SearchResult:
+            started, seconds, executors) -> SearchResult:
     out = folder.path
     torch.manual_seed(config.seed)
     profile = load_hardware_profile(config.hardware)
@@ -144,12 +138,16 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     weight_cache = WeightCache()
     reference = OutputReference(model, task.calibration, task.damage, task.output, reset=reset_neuron_states)
     context = record_context(model, task.calibration, config.methods, reset_neuron_states)
-    sensitivity = SensitivityTable(model, hierarchy, reference, config.sensitivity,
-                                   SensitivityCache(cache_file(cache_dir, digest)), digest,
-                                   spec_function(config.base_spec, {}), weight_cache, context)
+    measurements = Measurements(model, task, hierarchy, config, reference=reference, weights=weight_cache,
+                                context=context)
+    cache = SensitivityCache(cache_file(cache_dir, digest))
+    chooser = SensitivityTable(measurements, cache, digest, executor=None)  # in this process: few measurements
     chosen_methods = choose_methods(list(units), list(config.bit_choices), config.methods, config.base_spec, context,
-                                    lambda u, spec: sensitivity.measure_specs({u: spec})["damage"])
-    spec_of = sensitivity.spec_of = spec_function(config.base_spec, chosen_methods)
+                                    lambda u, spec: chooser.measure_specs({u: spec})["damage"])
+    measurements.use_methods(chosen_methods)
+    spec_of = measurements.spec_of
+    executor = executors.start(measurements)
+    sensitivity = SensitivityTable(measurements, cache, digest, executor)
     table = sensitivity.table(groups, list(units), list(config.bit_choices), progress)
     seconds["sensitivity"] = time.perf_counter() - t0
 
@@ -162,15 +160,9 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         header["methods"] = {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in chosen_methods.items()}
     bytes_table = {u: {b: unit_bytes(unit, spec_of(u, b)) for b in config.bit_choices} for u, unit in units.items()}
 
-    def plan_of(assignment: dict[str, int]) -> QuantPlan:
-        return QuantPlan({u: None if b == FLOAT_BITS else spec_of(u, b) for u, b in assignment.items()})
-
-    def measure_assignment(assignment: dict[str, int]) -> tuple[float, float]:
-        with fake_quantized(model, plan_of(assignment), weight_cache, context):
-            return timed(lambda: _metric(task.evaluate, model, "evaluate"))
-
     problem = SearchProblem(
-        groups=groups, bit_choices=list(config.bit_choices), measure_metric=measure_assignment,
+        groups=groups, bit_choices=list(config.bit_choices), measure_metric=measurements.metric,
+        submit_metric=executor.metric, speculation=executor.workers,
         unit_bytes=bytes_table, fixed_bytes=fixed,
         energy_pj=lambda a: energy_per_inference(op_counts, a, profile).total_pj,
         latency_s=lambda a: latency_per_inference(op_counts, a, profile),
@@ -203,6 +195,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         "methods": {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in chosen_methods.items()},
         "candidates": [c.to_dict() for c in problem.candidates],
         "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
+        "workers": executor.workers,
         "baseline": {"metric_validation": baseline.metric, f"metric_{split}": reported_metric,
                      "memory_bytes": baseline.memory_bytes, "energy_pj": baseline.energy_pj,
                      "power_mw": power_mw(baseline.energy_pj, profile), "latency_s": _latency(model, task),
@@ -213,7 +206,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     if best is None:
         report.update(status="infeasible", closest=[c.to_dict() for c in problem.closest()], final=None, chosen=None)
     else:
-        plan = plan_of(best.assignment)
+        plan = measurements.plan(best.assignment)
         model_files = write_quantized_files(model, plan, staging, context=context)
         for name, write in companions.items():
             write(staging / name)

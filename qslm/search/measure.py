@@ -1,69 +1,177 @@
 """What a search measures on the model: sensitivity of units and groups to each bit-width (cached on disk),
-and candidate plans' metric, each under fake quantization so nothing is copied."""
+and candidate plans' metric, each under fake quantization so nothing is copied.
+
+``Measurements`` computes one measurement on one model replica, uncached; an executor
+(``qslm.search.executors``) runs it in this process or on workers; ``SensitivityTable`` decides what is
+measured, reads and writes the cache, and assembles the table in a fixed order, so the result never
+depends on where or in which order the measurements ran.
+"""
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 from tqdm import tqdm
 
 from ..analysis.hierarchy import Hierarchy
 from ..analysis.local_sensitivity import BlockLocalSensitivity
+from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache
+from ..errors import QslmError
 from ..quant.apply import QuantContext, WeightCache, fake_quantized
-from ..quant.plan import QuantPlan
+from ..quant.plan import FLOAT_BITS, QuantPlan
 from ..quant.quantizer import QuantSpec
-from ..tasks.base import inputs_digest
+from ..tasks.base import Task, inputs_digest
+from .config import SearchConfig
+from .methods import spec_function
+
+if TYPE_CHECKING:
+    from .executors import Executor
+
+
+def task_metric(function: Callable[[nn.Module], float], model: nn.Module, what: str) -> float:
+    """``function(model)`` without gradients, checked to be one finite number."""
+    with torch.no_grad():
+        value = function(model)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise QslmError(f"the task's {what} function must return a finite number, got {value!r}")
+    return float(value)
+
+
+def block_routes(hierarchy: Hierarchy, method: str) -> dict[str, str]:
+    """unit -> the block it is measured in when ``method`` is local (empty for exact)."""
+    if method != "local":
+        return {}
+    return {unit: block.name for block in hierarchy.blocks for unit in block.modules}
+
+
+class Measurements:
+    """The measurements of a search on one model replica, uncached: ``damage(members, bits)`` (the
+    sensitivity of quantizing only ``members``) and ``metric(assignment)`` (the task's metric of a plan).
+
+    Each starts from the same random state (``config.seed``) and from reset neuron states, so its value
+    depends only on its arguments, never on which measurements ran before it on this replica: a
+    replica on a worker gives the numbers this process would."""
+
+    def __init__(self, model: nn.Module, task: Task, hierarchy: Hierarchy, config: SearchConfig, *,
+                 reference: OutputReference | None = None, weights: WeightCache | None = None,
+                 methods: dict[str, dict[int, str]] | None = None, context: QuantContext | None = None):
+        self.model, self.task, self.hierarchy, self.seed = model, task, hierarchy, config.seed
+        self.config, self.base_spec = config, config.base_spec
+        self.context = context  # calibration Hessians, when a method needs them
+        self.use_methods(methods or {})
+        self.reference = reference or OutputReference(model, task.calibration, task.damage, task.output,
+                                                      reset=reset_neuron_states)
+        self.weights = weights if weights is not None else WeightCache()
+        self.routes = block_routes(hierarchy, config.sensitivity)
+        self._local: BlockLocalSensitivity | None = None
+
+    def use_methods(self, methods: dict[str, dict[int, str]]) -> None:
+        """Each unit's quantizer per bit-width (``qslm.search.methods``; units not named: the base spec's)."""
+        self.methods = methods
+        self.spec_of = spec_function(self.base_spec, methods)
+
+    def plan(self, assignment: dict[str, int]) -> QuantPlan:
+        return QuantPlan({u: None if b == FLOAT_BITS else self.spec_of(u, b) for u, b in assignment.items()})
+
+    def block_holding(self, members: tuple[str, ...]) -> str | None:
+        """The block whose local measurement covers ``members``, or None: measured on the whole model."""
+        owners = {self.routes.get(u) for u in members}
+        return owners.pop() if len(owners) == 1 and None not in owners else None
+
+    def _fresh_state(self) -> None:
+        torch.manual_seed(self.seed)
+        reset_neuron_states(self.model)
+
+    def damage(self, members: tuple[str, ...], bits: int) -> dict:
+        return self.damage_of({u: self.spec_of(u, bits) for u in members})
+
+    def damage_of(self, specs: dict[str, QuantSpec]) -> dict:
+        """The damage of quantizing exactly these units with these specs, everything else float."""
+        block = self.block_holding(tuple(specs))
+        if block is not None and self._local is None:  # built on first use: one float pass with gradients
+            self._local = BlockLocalSensitivity.for_hierarchy(self.model, self.hierarchy, self.reference)
+        self._fresh_state()
+        with fake_quantized(self.model, QuantPlan(dict(specs)), self.weights, self.context):
+            return self._local.damage(block) if block is not None else self.reference.damage()
+
+    def metric(self, assignment: dict[str, int]) -> tuple[float, float]:
+        """(the metric of ``assignment``, seconds it took)."""
+        self._fresh_state()
+        with fake_quantized(self.model, self.plan(assignment), self.weights, self.context):
+            return timed(lambda: task_metric(self.task.evaluate, self.model, "evaluate"))
 
 
 class SensitivityTable:
     """Damage of quantizing ``members`` (one unit, or a whole group) to ``bits``, everything else float,
-    measured exactly (whole model) or block-locally, and cached in ``cache`` across runs."""
+    measured exactly (whole model) or block-locally by ``executor``, and cached in ``cache`` across runs.
+    Only this object writes the cache, and only with finished measurements."""
 
-    def __init__(self, model: nn.Module, hierarchy: Hierarchy, reference: OutputReference, method: str,
-                 cache: SensitivityCache, model_digest: str, spec_of: Callable[[str, int], QuantSpec],
-                 weights: WeightCache, context: QuantContext | None = None):
-        self.model, self.reference, self.cache, self.digest = model, reference, cache, model_digest
-        self.spec_of, self.weights, self.context = spec_of, weights, context
-        self.calibration_digest = inputs_digest(reference.inputs) + f":{reference.measure}"
-        self.local = (BlockLocalSensitivity.for_hierarchy(model, hierarchy, reference)
-                      if method == "local" and hierarchy.blocks else None)
+    def __init__(self, measurements: Measurements, cache: SensitivityCache, model_digest: str,
+                 executor: Executor):
+        self.measurements, self.cache, self.digest, self.executor = measurements, cache, model_digest, executor
+        self.calibration_digest = inputs_digest(measurements.reference.inputs) + f":{measurements.reference.measure}"
 
-    def measure(self, members: tuple[str, ...], bits: int) -> dict:
-        return self.measure_specs({u: self.spec_of(u, bits) for u in members})
+    def _key(self, members: tuple[str, ...], bits: int) -> tuple[str, str]:
+        return self._key_of({u: self.measurements.spec_of(u, bits) for u in members})
 
-    def measure_specs(self, specs: dict[str, QuantSpec]) -> dict:
-        """Damage of quantizing exactly these units with these specs, everything else float."""
+    def _key_of(self, specs: dict[str, QuantSpec]) -> tuple[str, str]:
         members = tuple(specs)
-        block = self.local.block_holding(members) if self.local is not None else None
-        method = "local" if block is not None else "exact"  # units outside blocks: measured exactly
+        block = self.measurements.block_holding(members)
         described = {spec.describe() for spec in specs.values()}
         spec_key = described.pop() if len(described) == 1 else "|".join(
             sorted(f"{u}={s.describe()}" for u, s in specs.items()))
         key = SensitivityCache.key(self.digest, self.calibration_digest + (":local" if block else ""), members,
                                    spec_key)
+        return key, "local" if block is not None else "exact"  # units outside blocks: measured exactly
+
+    def measure_specs(self, specs: dict[str, QuantSpec]) -> dict:
+        """The cached damage of these units with these specs, measured in this process (choosing methods)."""
+        key, method = self._key_of(specs)
         value = self.cache.get(key)
         if value is None:
-            with fake_quantized(self.model, QuantPlan(dict(specs)), self.weights, self.context):
-                value = self.local.damage(block) if block is not None else self.reference.damage()
+            value = self.measurements.damage_of(specs)
             self.cache.put(key, value)
         return {**value, "method": method}
+
+    def measure(self, members: tuple[str, ...], bits: int) -> dict:
+        return self.measure_all([(members, bits)])[0]
+
+    def measure_all(self, jobs: list[tuple[tuple[str, ...], int]], bar: tqdm | None = None) -> list[dict]:
+        """Each (members, bits) of ``jobs``, in order; those not cached are submitted together and cached
+        as they finish (``bar`` advances as each finishes)."""
+        keyed = [self._key(members, bits) for members, bits in jobs]
+        values = [self.cache.get(key) for key, _ in keyed]
+        missing = [i for i, value in enumerate(values) if value is None]
+        if bar is not None:
+            bar.update(len(jobs) - len(missing))
+        pending = [self.executor.damage(*jobs[i]) for i in missing]
+        for position in self.executor.completed(pending):
+            index = missing[position]
+            values[index] = pending[position].result()
+            self.cache.put(keyed[index][0], values[index])
+            if bar is not None:
+                bar.update(1)
+        return [{**value, "method": method} for value, (_, method) in zip(values, keyed)]
 
     def table(self, groups: dict[str, list[str]], units: list[str], bit_choices: list[int], progress: bool
               ) -> dict[str, dict[str, dict]]:
         """Every group and every unit alone at every bit-width: {name: {str(bits): measurement}}."""
         scopes = list(dict.fromkeys([tuple(m) for m in groups.values()] + [(u,) for u in units]))
+        jobs = [(members, bits) for members in scopes for bits in bit_choices]
+        with tqdm(total=len(jobs), desc="sensitivity", disable=not progress, leave=False) as bar:
+            values = iter(self.measure_all(jobs, bar))
         table: dict[str, dict[str, dict]] = {}
-        with tqdm(total=len(scopes) * len(bit_choices), desc="sensitivity", disable=not progress,
-                  leave=False) as bar:
-            for members in scopes:
-                name = next((g for g, m in groups.items() if tuple(m) == members), members[0])
-                table[name] = {}
-                for bits in bit_choices:
-                    table[name][str(bits)] = self.measure(members, bits)
-                    bar.update(1)
+        for members in scopes:
+            name = next((g for g, m in groups.items() if tuple(m) == members), members[0])
+            table[name] = {str(bits): next(values) for bits in bit_choices}
         return table
 
 

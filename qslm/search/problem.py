@@ -2,15 +2,19 @@
 the validation slice, journaled), exact memory, modelled energy and latency, and the objective.
 
 Strategies only choose assignments (unit name -> bit-width) and call ``evaluate``; everything that
-costs time is cached here, so strategies stay short and comparable.
+costs time is cached here, so strategies stay short and comparable. A strategy that knows which plans it
+may ask for next hands them to ``prefetch`` (up to ``speculation`` of them), so parallel workers measure
+them while it waits; only ``evaluate`` makes a measured plan a candidate (counted, journaled), in the
+strategy's own order, so what it chooses never depends on how many workers measured.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from tqdm import tqdm
 
+from .executors import Deferred, Pending
 from .journal import Journal, assignment_key
 from .objective import Baseline, Constraints, Score, score
 
@@ -47,7 +51,9 @@ class SearchProblem:
     ``unit_bytes[unit][bits]`` and ``fixed_bytes`` give exact memory; ``energy_pj(assignment)`` the energy and
     ``latency_s(assignment)`` the modelled latency per inference (deterministic: the measured seconds
     are only recorded, so noisy timings never change which plan wins).
-    ``sensitivity(units, bits)`` is the proxy damage (KL to the float model) of quantizing only ``units``."""
+    ``sensitivity(units, bits)`` is the proxy damage (KL to the float model) of quantizing only ``units``.
+    ``submit_metric(assignment)``, when given, starts ``measure_metric``'s work and returns at once (a
+    ``Pending``); ``speculation`` is how many plans a strategy may have measured ahead of need."""
     groups: dict[str, list[str]]
     bit_choices: list[int]
     measure_metric: Callable[[Assignment], tuple[float, float]]
@@ -62,8 +68,12 @@ class SearchProblem:
     journal: Journal
     max_evaluations: int | None = None
     progress: bool = True
+    submit_metric: Callable[[Assignment], Pending[tuple[float, float]]] | None = None
+    speculation: int = 1
     candidates: list[Candidate] = field(default_factory=list)
     _seen: dict[str, Candidate] = field(default_factory=dict)
+    # measurements submitted ahead of need: not candidates (nor journaled) until ``evaluate`` asks for them
+    _pending: dict[str, Pending[tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def units(self) -> list[str]:
@@ -79,6 +89,47 @@ class SearchProblem:
     def budget_left(self) -> bool:
         return self.max_evaluations is None or len(self.candidates) < self.max_evaluations
 
+    @property
+    def evaluations_left(self) -> int | None:
+        return None if self.max_evaluations is None else max(0, self.max_evaluations - len(self.candidates))
+
+    def evaluated(self, assignment: Assignment) -> bool:
+        """A candidate already: evaluating it again returns it, uncounted."""
+        return assignment_key(assignment) in self._seen
+
+    def prefetch(self, assignments: Iterable[Assignment]) -> None:
+        """Have the next ``speculation`` of ``assignments`` that are not known yet being measured (at most
+        as many as the budget has evaluations left): the plans a strategy may ask for next, in the order
+        it would. Nothing becomes a candidate here."""
+        room = self.speculation if self.evaluations_left is None else min(self.speculation, self.evaluations_left)
+        for assignment in assignments:
+            if room <= 0:
+                break
+            key = assignment_key(assignment)
+            if key in self._seen or self.journal.get(key) is not None:
+                continue
+            if key not in self._pending:
+                self._pending[key] = self._submit(assignment)
+            room -= 1
+
+    def evaluate_many(self, assignments: Iterable[Assignment], tier: str) -> list[Candidate]:
+        """``evaluate`` of each, in order, with up to ``speculation`` of them measured at once, until the
+        budget is spent (checked before each, as a strategy's own loop would)."""
+        assignments = list(assignments)
+        candidates = []
+        for index, assignment in enumerate(assignments):
+            if not self.budget_left:
+                break
+            self.prefetch(assignments[index:])
+            candidates.append(self.evaluate(assignment, tier))
+        return candidates
+
+    def _submit(self, assignment: Assignment) -> Pending[tuple[float, float]]:
+        if self.submit_metric is not None:
+            return self.submit_metric(assignment)
+        assignment = dict(assignment)
+        return Deferred(lambda: self.measure_metric(assignment))
+
     def evaluate(self, assignment: Assignment, tier: str) -> Candidate:
         """The candidate's real task metric and costs; each distinct assignment is evaluated once."""
         key = assignment_key(assignment)
@@ -87,7 +138,8 @@ class SearchProblem:
         entry = self.journal.get(key)
         resumed = entry is not None
         if entry is None:
-            metric, seconds = self.measure_metric(assignment)
+            pending = self._pending.pop(key, None) or self._submit(assignment)
+            metric, seconds = pending.result()
             entry = {"key": key, "metric": metric, "latency_s": seconds}  # journal key: measured seconds
             self.journal.add(entry)
         memory = self.memory_bytes(assignment)

@@ -33,11 +33,13 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
                calibration_size: int | None = None, validation_size: int | None = None,
                reported_limit: int | None = None, data_dir=None, data_files: Mapping[str, str] | None = None,
                text_column: str | None = None, label_column: str | None = None, labels: Sequence[str] | None = None,
-               cache_dir=None, device=None, progress: bool = True, overwrite: bool = False) -> SearchResult:
+               cache_dir=None, device=None, progress: bool = True, overwrite: bool = False, workers: int = 1,
+               ray_address: str | None = None) -> SearchResult:
     """Search ``model_ref`` on built-in task ``task`` (sst2, wikitext2, text-classification,
     language-modeling) and write the packed model folder (config, weights, plan, tokenizer) and report
     to ``out``. ``reported_limit`` reports on only the first N examples / lines of the test data
-    (benchmarks of many strategies). The search settings are ``config`` or the keyword arguments."""
+    (benchmarks of many strategies). The search settings are ``config`` or the keyword arguments;
+    ``workers`` and ``ray_address`` say where measurements run (see ``qslm.search.engine.search``)."""
     from ..device import resolve_device
 
     if not isinstance(task, str):
@@ -59,6 +61,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     # was without recording where this machine keeps it.
     return search(loaded.model, task_object, out, constraints, config, device=device, progress=progress,
                   label=str(model_ref), cache_dir=cache_dir, overwrite=overwrite, protect=(source,),
+                  workers=workers, ray_address=ray_address,
                   companion_files={"tokenizer.json": lambda path: loaded.tokenizer.save(str(path))},
                   notes={"reported_limit": reported_limit, "model_name": loaded.path.name,
                          "validation_size": validation_size or DEFAULT_SIZES[task]["validation"]})

@@ -19,6 +19,11 @@ Trade tier (only when no evaluated plan is feasible yet and the plan is over the
   descents only lower bits, so they never find such a plan. Each such trade costs one evaluation; the
   first feasible one is descended again module by module.
 The result is the feasible candidate with the lowest objective among all evaluated.
+
+With parallel workers the global tier has every uniform plan measured at once, and the descents the
+next few moves (as if each were refused, the common case); plans are still accepted one at a time in
+the order above, so the plan is the one a single process finds. A move measured ahead that the order
+above never reaches (an earlier move was kept) is neither a candidate nor journaled.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ def bytes_saved(problem: SearchProblem, units: tuple[str, ...], assignment: Assi
 
 
 def global_tier(problem: SearchProblem) -> Candidate | None:
+    problem.prefetch(problem.uniform(bits) for bits in sorted(problem.bit_choices))
     with problem.progress_bar(len(problem.bit_choices), "global tier") as bar:
         for bits in sorted(problem.bit_choices):
             if not problem.budget_left:
@@ -66,15 +72,21 @@ def descend(problem: SearchProblem, current: Candidate, items: dict[str, tuple[s
         damage = max(problem.sensitivity(units, target) - problem.sensitivity(units, bits), 0.0)
         return (damage / saved, order[name], name, target)
 
+    def trial(name: str, target: int, assignment: Assignment) -> Assignment:
+        stepped = dict(assignment)
+        for unit in items[name]:
+            stepped[unit] = min(stepped[unit], target)
+        return stepped
+
     queue = [m for m in (move(name, current.assignment) for name in items) if m is not None]
     heapq.heapify(queue)
     with problem.progress_bar(len(queue), f"{tier} tier") as bar:
         while queue and problem.budget_left:
+            # the moves popped next if this one is refused: the heap's smallest, in pop order
+            upcoming = heapq.nsmallest(problem.speculation, queue)
+            problem.prefetch(trial(name, target, current.assignment) for _, _, name, target in upcoming)
             _, _, name, target = heapq.heappop(queue)
-            trial = dict(current.assignment)
-            for unit in items[name]:
-                trial[unit] = min(trial[unit], target)
-            candidate = problem.evaluate(trial, tier)
+            candidate = problem.evaluate(trial(name, target, current.assignment), tier)
             bar.update(1)
             if problem.quality_ok(candidate) and problem.better(candidate, current):
                 current = candidate
@@ -124,14 +136,18 @@ def trade(problem: SearchProblem, current: Candidate) -> Candidate | None:
         target = lower_bits(problem.bit_choices, current.assignment[unit])
         if target is not None:
             moves.append((-bytes_saved(problem, (unit,), current.assignment, target), position, unit, target))
+    trades = []
     for _, _, unit, target in sorted(moves):
         trial = {**current.assignment, unit: target}
         headroom = int(limit) - problem.memory_bytes(trial)
         if headroom < 0:
             break  # moves are sorted by bytes saved: none of the rest fits either
+        trades.append(raise_within(problem, trial, headroom, keep=unit))
+    for index, traded in enumerate(trades):
         if not problem.budget_left:
             return None
-        candidate = problem.evaluate(raise_within(problem, trial, headroom, keep=unit), "trade")
+        problem.prefetch(trades[index:])
+        candidate = problem.evaluate(traded, "trade")
         if candidate.score.feasible:
             return candidate
     return None

@@ -12,6 +12,7 @@ import random
 
 import pytest
 
+from qslm.search.executors import Deferred
 from qslm.search.journal import Journal
 from qslm.search.objective import Baseline, Constraints, parse_weights
 from qslm.search.problem import SearchProblem
@@ -70,8 +71,15 @@ class Synthetic:
     def sensitivity(self, units, bits: int) -> float:
         return sum(self.loss[unit][bits] for unit in units)
 
+    def submit(self, assignment: dict[str, int]) -> Deferred:
+        """Measured at once, as a worker would: a plan measured ahead counts in ``measured`` even if no
+        candidate is ever made of it."""
+        result = self.measure(assignment)
+        return Deferred(lambda: result)
+
     def problem(self, constraints: Constraints, max_evaluations: int | None = None, weights=None,
-                bits=BITS) -> SearchProblem:
+                bits=BITS, speculation: int = 1) -> SearchProblem:
+        """``speculation`` > 1: plans are measured ahead of need, that many at a time (``submit``)."""
         self.problems += 1
         return SearchProblem(
             groups={name: list(units) for name, units in GROUPS.items()}, bit_choices=list(bits),
@@ -81,7 +89,8 @@ class Synthetic:
             baseline=Baseline(BASE_ACCURACY, True, FP32_BYTES, FP32_ENERGY, FP32_LATENCY),
             constraints=constraints, weights=parse_weights(weights),
             journal=Journal(self.tmp_path / f"journal-{self.problems}.jsonl", {"problem": self.problems}),
-            max_evaluations=max_evaluations, progress=False)
+            max_evaluations=max_evaluations, progress=False, speculation=speculation,
+            submit_metric=self.submit if speculation > 1 else None)
 
 
 @pytest.fixture

@@ -174,3 +174,41 @@ def test_sampling_stops_when_the_space_is_exhausted(tmp_path):
     problem = synthetic.problem(Constraints(max_drop=1.0), bits=[8])
     baselines.random_search(problem, 5, seed=0)
     assert len(synthetic.measured) == 1
+
+
+def candidates_of(problem) -> list[tuple]:
+    return [(c.index, c.tier, assignment_key(c.assignment), c.metric) for c in problem.candidates]
+
+
+@pytest.mark.parametrize("run", [
+    baselines.uniform_search, baselines.greedy_search,
+    lambda problem: baselines.random_search(problem, 30, seed=1),
+    pytest.param(lambda problem: baselines.nsga2_search(problem, 60, seed=1), marks=nsga2_warnings),
+])
+def test_batched_strategies_make_the_one_at_a_time_candidates(tmp_path, run):
+    constraints = Constraints(max_drop=1.0, max_memory=0.11)
+    one = Synthetic(tmp_path / "one").problem(constraints)
+    run(one)
+    ahead = Synthetic(tmp_path / "ahead").problem(constraints, speculation=8)
+    run(ahead)
+    assert candidates_of(ahead) == candidates_of(one)
+
+
+@nsga2_warnings
+def test_nsga2_generations_are_the_trials_one_at_a_time_would_sample(tmp_path):
+    """Asking for a whole generation before telling any of it samples what asking and telling one trial
+    at a time does (two generations of 50, and part of a third)."""
+    import optuna
+
+    problem = Synthetic(tmp_path / "batched").problem(Constraints(max_drop=1.0, max_memory=0.11))
+    baselines.nsga2_search(problem, 120, seed=2)
+    sampler = optuna.samplers.NSGAIISampler(seed=2)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    reference = Synthetic(tmp_path / "reference").problem(Constraints(max_drop=1.0, max_memory=0.11))
+    while len(reference.candidates) < 120:
+        trial = study.ask()
+        candidate = reference.evaluate({u: trial.suggest_categorical(u, BITS) for u in reference.units}, "nsga2")
+        trial.set_constraint("quality", candidate.score.quality_loss - 1.0)
+        trial.set_constraint("memory", candidate.memory_bytes / (0.11 * FP32_BYTES) - 1)
+        study.tell(trial, (candidate.score.quality_loss, candidate.score.memory_fraction))
+    assert candidates_of(problem) == candidates_of(reference)

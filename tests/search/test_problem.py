@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from qslm.search.journal import assignment_key
 from qslm.search.objective import Constraints
 from qslm.search.tiered import tiered_search
 from tests.search.conftest import FP32_LATENCY, Synthetic, latency
@@ -38,3 +39,27 @@ def test_candidates_record_modelled_and_measured_latency(tmp_path):
     assert recorded["modelled_latency_s"] == candidate.modelled_latency_s
     assert recorded["measured_latency_s"] == candidate.measured_latency_s
     assert recorded["latency_fraction"] == pytest.approx(candidate.modelled_latency_s / FP32_LATENCY)
+
+
+def test_prefetched_plans_become_candidates_only_when_evaluated(tmp_path):
+    synthetic = Synthetic(tmp_path)
+    problem = synthetic.problem(Constraints(max_drop=1.0), max_evaluations=3, speculation=2)
+    plans = [problem.uniform(bits) for bits in (2, 4, 8)]
+    problem.prefetch(plans)
+    assert synthetic.measured == plans[:2]  # ``speculation`` of them
+    assert problem.candidates == [] and problem.journal.entries == {}
+    problem.prefetch(plans)  # already in flight: nothing more
+    assert len(synthetic.measured) == 2
+    candidate = problem.evaluate(plans[1], "global")
+    assert candidate.index == 0 and len(synthetic.measured) == 2  # the measured result, not a new run
+    assert list(problem.journal.entries) == [assignment_key(plans[1])]
+    problem.prefetch([plans[1], plans[2], plans[0]])  # known ones are skipped; the budget has 2 left
+    assert synthetic.measured == plans[:2] + [plans[2]]
+
+
+def test_evaluate_many_stops_at_the_budget(tmp_path):
+    synthetic = Synthetic(tmp_path)
+    problem = synthetic.problem(Constraints(max_drop=1.0), max_evaluations=2, speculation=4)
+    made = problem.evaluate_many([problem.uniform(bits) for bits in (2, 4, 8)], "uniform")
+    assert [c.assignment for c in made] == [problem.uniform(2), problem.uniform(4)]
+    assert len(synthetic.measured) == 2  # nothing measured beyond the budget either

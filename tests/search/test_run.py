@@ -13,8 +13,8 @@ import qslm
 from qslm.analysis.sensitivity import model_hash
 from qslm.cli import main
 from qslm.errors import QslmError
-from qslm.search import engine as engine_module
 from qslm.search.journal import assignment_key
+from qslm.search.measure import Measurements
 from qslm.search.objective import Constraints
 
 SMALL = {"calibration_size": 32, "validation_size": 64, "reported_limit": 64, "progress": False, "device": "cpu"}
@@ -113,18 +113,14 @@ def test_rerun_resumes_without_new_evaluations(base, tiny_classifier, small_data
 def interrupt_at(monkeypatch, call: int) -> list:
     """Make the ``call``-th candidate measurement raise KeyboardInterrupt, as Ctrl-C would."""
     calls = []
-    problem_class = engine_module.SearchProblem
+    measure = Measurements.metric
 
-    def build(**fields):
-        measure = fields["measure_metric"]
-
-        def interrupted(assignment):
-            calls.append(assignment)
-            if len(calls) == call:
-                raise KeyboardInterrupt
-            return measure(assignment)
-        return problem_class(**{**fields, "measure_metric": interrupted})
-    monkeypatch.setattr(engine_module, "SearchProblem", build)
+    def interrupted(self, assignment):
+        calls.append(assignment)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return measure(self, assignment)
+    monkeypatch.setattr(Measurements, "metric", interrupted)
     return calls
 
 

@@ -177,3 +177,26 @@ def test_resumed_evaluations_come_from_the_journal(tmp_path):
     tiered_search(replay)
     assert second.measured == [] and all(c.resumed for c in replay.candidates)
     assert replay.best().assignment == problem.best().assignment
+
+
+def made(problem) -> list[tuple]:
+    return [(c.index, c.tier, assignment_key(c.assignment), c.metric) for c in problem.candidates]
+
+
+@pytest.mark.parametrize("loss, constraints, budget", [
+    (LOSS, Constraints(max_drop=1.0, max_memory=0.11), None),
+    (LOSS, Constraints(max_drop=1.0, max_memory=0.11), 6),
+    (TRADE_LOSS, Constraints(max_drop=1.0, max_memory=TRADE_LIMIT), None),  # through the trade tier
+])
+def test_measuring_ahead_makes_the_same_candidates(tmp_path, loss, constraints, budget):
+    one = Synthetic(tmp_path / "one", loss=loss).problem(constraints, budget)
+    tiered_search(one)
+    synthetic = Synthetic(tmp_path / "ahead", loss=loss)
+    ahead = synthetic.problem(constraints, budget, speculation=4)
+    tiered_search(ahead)
+    assert made(ahead) == made(one)
+    # it did measure moves the order never reached, and made neither candidates nor journal entries of them
+    assert len(synthetic.measured) > len(ahead.candidates)
+    assert len(ahead.journal.entries) == len(ahead.candidates)
+    if budget is not None:
+        assert len(ahead.candidates) == budget

@@ -1,0 +1,255 @@
+"""Where a search's measurements run: in this process (``InProcess``, the default), or on Ray actors
+that each hold one replica of the model and the task (``RayExecutor``, ``workers > 1`` or a
+``ray_address``).
+
+An executor takes measurements -- ``damage(members, bits)`` and ``metric(assignment)`` -- and returns
+``Pending`` results at once; ``result()`` waits for one. ``InProcess`` computes a result only when it is
+asked for, so a strategy that submits candidates ahead of need costs nothing extra in one process.
+Workers compute exactly what this process would (``Measurements`` starts each measurement from the
+same state, and a worker uses this process's thread count, so floating-point reductions split the
+same way); the driver alone writes the journal and the sensitivity cache.
+
+    with ExecutorChoice(workers=2) as choice:
+        executor = choice.start(measurements)
+        pending = [executor.metric(a) for a in assignments]
+        metrics = [p.result() for p in pending]
+
+Ray is imported only when asked for; a dead worker's measurements are retried on its restarted
+actor (Ray's ``max_restarts`` / ``max_task_retries``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+import torch
+
+from ..errors import QslmError
+from .measure import Measurements
+
+T = TypeVar("T")
+RAY_EXTRA = "pip install 'qslm[ray]'"
+RETRIES = 3  # restarts of a dead worker, and retries of each measurement it held
+
+
+class Pending(Protocol[T]):
+    def result(self) -> T: ...
+
+
+class Deferred(Generic[T]):
+    """A result computed the first time it is asked for."""
+
+    def __init__(self, compute: Callable[[], T]):
+        self._compute: Callable[[], T] | None = compute
+        self._value: T | None = None
+
+    def result(self) -> T:
+        if self._compute is not None:
+            self._value, self._compute = self._compute(), None
+        return self._value  # type: ignore[return-value]
+
+
+class Executor(Protocol):
+    workers: int  # measurements that run at once: how far ahead strategies submit candidates
+
+    def damage(self, members: tuple[str, ...], bits: int) -> Pending[dict]: ...
+
+    def metric(self, assignment: dict[str, int]) -> Pending[tuple[float, float]]: ...
+
+    def completed(self, pending: Sequence[Pending]) -> Iterator[int]:
+        """Positions in ``pending`` as each result is ready (each exactly once)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """Measurements on the search's own model, one at a time, in the order they are asked for."""
+    workers = 1
+
+    def __init__(self, measurements: Measurements):
+        self.measurements = measurements
+
+    def damage(self, members: tuple[str, ...], bits: int) -> Deferred[dict]:
+        return Deferred(lambda: self.measurements.damage(members, bits))
+
+    def metric(self, assignment: dict[str, int]) -> Deferred[tuple[float, float]]:
+        assignment = dict(assignment)
+        return Deferred(lambda: self.measurements.metric(assignment))
+
+    def completed(self, pending: Sequence[Pending]) -> Iterator[int]:
+        for position, item in enumerate(pending):
+            item.result()
+            yield position
+
+    def close(self) -> None:
+        pass
+
+
+class Replica:
+    """A Ray actor's state: one model replica and the task, with the search's measurements on them."""
+
+    def __init__(self, model, task, hierarchy, config, device: str, threads: int, methods=None, context=None):
+        torch.set_num_threads(threads)  # the driver's: the same reduction order, the same numbers
+        self.measurements = Measurements(model.to(device).eval(), task, hierarchy, config, methods=methods,
+                                         context=context)
+
+    def damage(self, members: tuple[str, ...], bits: int) -> dict:
+        return self.measurements.damage(members, bits)
+
+    def metric(self, assignment: dict[str, int]) -> tuple[float, float]:
+        return self.measurements.metric(assignment)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayPending:
+    def __init__(self, ray, ref):
+        self.ray, self.ref = ray, ref
+
+    def result(self):
+        try:
+            return self.ray.get(self.ref)
+        except self.ray.exceptions.RayTaskError as error:
+            # The measurement itself failed (e.g. the task's metric is not a number): the user's error,
+            # as it would have been raised in this process.
+            cause = error.cause if isinstance(error.cause, BaseException) else None
+            if cause is None:
+                raise QslmError(f"a measurement failed on a Ray worker: {str(error).splitlines()[0]}") from None
+            raise cause from None
+        except self.ray.exceptions.RayActorError as error:
+            raise QslmError(f"a Ray worker died {RETRIES + 1} times during a measurement; last: "
+                            f"{str(error).splitlines()[0]}") from None
+
+
+class RayExecutor:
+    """Measurements spread round-robin over ``workers`` actors; the model and the task are sent once,
+    through the object store."""
+
+    def __init__(self, ray, measurements: Measurements, workers: int):
+        self.ray, self.workers = ray, workers
+        cuda = _model_device(measurements.model).type == "cuda"
+        actor = ray.remote(num_cpus=1, num_gpus=1 if cuda else 0, max_restarts=RETRIES,
+                           max_task_retries=RETRIES)(Replica)
+        try:
+            model_ref, task_ref = ray.put(measurements.model), ray.put(measurements.task)
+        except Exception as error:  # noqa: BLE001 -- cloudpickle refuses some user objects (open files, locks, ...)
+            raise QslmError(f"the model or the task cannot be sent to Ray workers ({type(error).__name__}: "
+                            f"{error}); run with workers=1") from None
+        # held while the actors live: a restarted actor is built again from these same objects
+        self.shared = (model_ref, task_ref)
+        device = "cuda" if cuda else "cpu"
+        context_ref = ray.put(measurements.context)  # the calibration Hessians, when a method needs them
+        self.shared = (model_ref, task_ref, context_ref)
+        self.actors = [actor.remote(model_ref, task_ref, measurements.hierarchy, measurements.config, device,
+                                    torch.get_num_threads(), measurements.methods, context_ref)
+                       for _ in range(workers)]
+        self._next = 0
+
+    def _actor(self):
+        actor = self.actors[self._next % len(self.actors)]
+        self._next += 1
+        return actor
+
+    def damage(self, members: tuple[str, ...], bits: int) -> RayPending:
+        return RayPending(self.ray, self._actor().damage.remote(tuple(members), bits))
+
+    def metric(self, assignment: dict[str, int]) -> RayPending:
+        return RayPending(self.ray, self._actor().metric.remote(dict(assignment)))
+
+    def completed(self, pending: Sequence[RayPending]) -> Iterator[int]:
+        position = {item.ref: index for index, item in enumerate(pending)}
+        waiting = list(position)
+        while waiting:
+            ready, waiting = self.ray.wait(waiting, num_returns=1)
+            for ref in ready:
+                yield position[ref]
+
+    def pids(self) -> list[int]:
+        return self.ray.get([actor.pid.remote() for actor in self.actors])
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
+        self.actors, self.shared = [], ()
+
+
+def _model_device(model) -> torch.device:
+    tensor = next(model.parameters(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def import_ray(why: str):
+    try:
+        import ray
+    except ImportError:
+        raise QslmError(f"{why} runs measurements on Ray workers, and Ray is not installed: {RAY_EXTRA}") from None
+    return ray
+
+
+def start_local_ray(ray, cpus: int) -> None:
+    """A Ray on this machine only (loopback), with ``cpus`` CPUs, whose workers import this very qslm (a
+    checkout may shadow an installed one)."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": path}})
+
+
+def check_workers(workers: object) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise QslmError(f"workers must be a positive integer, got {workers!r}")
+    return workers
+
+
+class ExecutorChoice:
+    """The executor a search runs on: ``InProcess`` for ``workers=1`` and no ``ray_address`` (Ray is never
+    imported), else ``workers`` Ray actors on a local Ray started here (``ray.init(num_cpus=workers)``,
+    loopback only) or on the cluster at ``ray_address`` (one actor per CPU, or per GPU for a CUDA model,
+    when ``workers`` is 1). Checked when made, before any work; used as a context manager, it stops
+    what it started on exit, whatever happens inside."""
+
+    def __init__(self, workers: int = 1, ray_address: str | None = None):
+        self.workers = check_workers(workers)
+        if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+            raise QslmError(f"ray_address must be a Ray cluster address such as 'auto' or 'HOST:6379', got "
+                            f"{ray_address!r}")
+        self.ray_address = ray_address
+        self.parallel = workers > 1 or ray_address is not None
+        why = f"ray_address={ray_address!r}" if ray_address is not None else f"workers={workers}"
+        self.ray = import_ray(why) if self.parallel else None
+        self._started_ray = False
+        self._executor: Executor | None = None
+
+    def start(self, measurements: Measurements) -> Executor:
+        if not self.parallel:
+            self._executor = InProcess(measurements)
+            return self._executor
+        ray = self.ray
+        if not ray.is_initialized():  # a Ray the caller started is used as it is, and left running
+            self._started_ray = True
+            if self.ray_address is not None:
+                ray.init(address=self.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+            else:
+                start_local_ray(ray, self.workers)
+        workers = self.workers
+        if workers == 1:
+            cuda = _model_device(measurements.model).type == "cuda"
+            workers = max(1, int(ray.cluster_resources().get("GPU" if cuda else "CPU", 1)))
+        self._executor = RayExecutor(ray, measurements, workers)
+        return self._executor
+
+    def __enter__(self) -> ExecutorChoice:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+        if self._started_ray:
+            self.ray.shutdown()
+            self._started_ray = False
