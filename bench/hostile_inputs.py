@@ -18,6 +18,7 @@ folder, with a timeout, and is classified as one of:
                             wrong (a NaN in report.json, a limit ignored, a plan that differs between runs);
 * ``destroyed data``        a file that was there before the command changed or vanished;
 * ``ran pickled code``      a crafted pickle's ``__reduce__`` ran (it creates a marker file);
+* ``exit 2, output left behind``  refused, but the new ``--out`` folder it named was left there;
 * ``refused valid input``, ``other exit code``, ``timed out``: as named.
 
 Data destruction is found by hashing every file of the case's folder, the model folders and the data
@@ -34,6 +35,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,13 +52,14 @@ CLEAR, HANDLED = "clear error, exit 2", "handled correctly"
 TRACEBACK_OUTCOME, WRONG, DESTROYED = "raw traceback", "exit 0 while wrong", "destroyed data"
 RAN_PICKLE, REFUSED_VALID, OTHER_EXIT, TIMED_OUT = ("ran pickled code", "refused valid input", "other exit code",
                                                     "timed out")
-OUTCOMES = (CLEAR, HANDLED, TRACEBACK_OUTCOME, WRONG, DESTROYED, RAN_PICKLE, REFUSED_VALID, OTHER_EXIT,
-            TIMED_OUT)
+LEFT_BEHIND = "exit 2, output left behind"
+OUTCOMES = (CLEAR, HANDLED, TRACEBACK_OUTCOME, WRONG, DESTROYED, RAN_PICKLE, LEFT_BEHIND, REFUSED_VALID,
+            OTHER_EXIT, TIMED_OUT)
 GOOD_OUTCOMES = (CLEAR, HANDLED)
 MARKER = "PICKLE_RAN"  # the file a crafted pickle creates in the case's folder when it is unpickled
 SEED = 0
 # A runaway allocation (a config asking for a huge vocabulary) must fail inside the case, not take the
-# machine down: every case runs under this address-space limit.
+# machine down: the probe sets this address-space limit on itself, and every case inherits it.
 MEMORY_LIMIT_BYTES = 8 * 2 ** 30
 
 # Options that keep one search to seconds on a tiny model.
@@ -83,6 +86,9 @@ class Case:
     repeat: int = 1  # runs of the same command (determinism); the check sees every run
     env: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None
+    # (moment, signal): Ctrl-C or a kill after ``moment`` seconds, or once a file matching the glob ``moment``
+    # appears in the case folder
+    interrupt: tuple[float | str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.args[0] in ("search", "demo"):
@@ -399,6 +405,20 @@ def output_folder_cases() -> list[Case]:
         Case("search --cache-dir a user's file", "1 --out", search("{cls}", "--cache-dir", "file.txt"),
              prepare=user_files),
     ]
+    # Ctrl-C or a kill while quantize rewrites its earlier output, sent as soon as its staging folder
+    # appears (the final write has begun): the folder must still load (the earlier model or the new one,
+    # never a mix) and the user's notes must be intact.
+    quantized_files = ("q/config.json", "q/model.safetensors", "q/quant_plan.json", "q/tokenizer.json",
+                       "q/.qslm-output.json")
+    for signal_number, what in ((signal.SIGINT, "Ctrl-C"), (signal.SIGKILL, "kill -9")):
+        cases.append(Case(f"quantize into its earlier output, {what} during the final write", "1 --out",
+                          ["quantize", "{cls}", "--bits", "8", "--out", "q"], expect="ok",
+                          prepare=steps(earlier_quantize("q"), write("q/notes.txt", "my notes\n")),
+                          replaced=quantized_files, check=folder_loads("q"),
+                          interrupt=("q/.qslm-staging-*", signal_number), ok_codes=(0, 130, -signal_number)))
+    cases.append(Case("quantize, Ctrl-C 1 s after the start (while it loads)", "1 --out",
+                      ["quantize", "{cls}", "--bits", "8", "--out", "q"], expect="ok",
+                      interrupt=(1.0, signal.SIGINT), ok_codes=(130,)))
     return cases
 
 
@@ -748,16 +768,16 @@ def convert_cases() -> list[Case]:
         Case("convert --tokenizer garbage", "3 convert",
              ["convert", "spikegpt", "{upstream}", "--tokenizer", "tok.json", "--out", "converted"],
              prepare=write("tok.json", random_bytes(256))),
-        Case("convert --tokenizer smaller than the vocabulary", "3 convert",
+        Case("convert --tokenizer larger than the vocabulary", "3 convert",
              ["convert", "spikegpt", "{upstream}", "--tokenizer", "tok.json", "--out", "converted"],
-             prepare=small_tokenizer("tok.json", 10)),
+             prepare=word_tokenizer("tok.json", 1000)),
         Case("convert --ctx-len 0", "3 convert", convert("--ctx-len", "0")),
         Case("convert a valid upstream state dict", "3 convert", convert(), expect="ok",
              check=folder_loads("converted")),
     ]
 
 
-def small_tokenizer(relative: str, n_tokens: int) -> Prepare:
+def word_tokenizer(relative: str, n_tokens: int) -> Prepare:
     def prepare(folder: Path, fixtures: Fixtures) -> None:
         from tokenizers import Tokenizer, models, pre_tokenizers
         tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(n_tokens)}, unk_token="w0"))
@@ -812,8 +832,46 @@ def snapshot(*roots: Path) -> dict[str, str]:
     return hashes
 
 
-def limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+def run_once(argv: list[str], folder: Path, env: dict[str, str], timeout: float, case: Case
+             ) -> tuple[int | None, str, str]:
+    """(exit code or None on timeout, stdout, stderr) of one command; with ``case.interrupt``, its signal
+    is sent once its moment comes (a negative exit code is the signal that ended the command)."""
+    with tempfile.TemporaryFile("w+", errors="replace") as out, tempfile.TemporaryFile("w+", errors="replace") as err:
+        process = subprocess.Popen(argv, cwd=folder, env=env, stdout=out, stderr=err, text=True)
+        started = time.monotonic()
+        if case.interrupt is not None:
+            wait_for_moment(process, folder, case.interrupt[0], started + timeout)
+            if process.poll() is None:
+                process.send_signal(case.interrupt[1])
+        try:
+            code = process.wait(timeout=max(1.0, started + timeout - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            code = None
+        out.seek(0)
+        err.seek(0)
+        return code, out.read(), err.read()
+
+
+def wait_for_moment(process: subprocess.Popen, folder: Path, moment: float | str, deadline: float) -> None:
+    """Until ``moment`` seconds have passed, or a file matching the glob ``moment`` exists in ``folder``
+    (e.g. the staging folder of the final write), or the process has ended."""
+    started = time.monotonic()
+    while process.poll() is None and time.monotonic() < deadline:
+        if isinstance(moment, float) and time.monotonic() - started >= moment:
+            return
+        if isinstance(moment, str) and any(folder.glob(moment)):
+            return
+        time.sleep(0.005)
+
+
+def out_argument(argv: list[str], folder: Path) -> Path | None:
+    """The folder ``--out`` names, inside the case folder (None when there is none)."""
+    if "--out" not in argv[:-1]:
+        return None
+    value = argv[argv.index("--out") + 1]
+    return None if not value or Path(value).is_absolute() else folder / value
 
 
 def run_case(case: Case, index: int, fixtures: Fixtures, python: str, timeout: float) -> Outcome:
@@ -830,30 +888,30 @@ def run_case(case: Case, index: int, fixtures: Fixtures, python: str, timeout: f
     # An empty value unsets the variable: cases name their data folder, so none reads all of the real data.
     env = {k: v for k, v in env.items() if v != ""}
     codes, stdouts, stderrs = [], [], []
+    new_outputs = []  # --out folders that did not exist before the command
     started = time.monotonic()
     for repeat in range(case.repeat):
         paths = {**fixtures.paths(folder), "run": str(repeat)}
         argv = [python, "-m", "qslm.cli", *[arg.format(**paths) for arg in case.args]]
-        try:
-            done = subprocess.run(argv, check=False, cwd=folder, env=env, capture_output=True, text=True, errors="replace",
-                                  timeout=case.timeout or timeout, preexec_fn=limit_memory)
-            codes.append(done.returncode)
-            stdouts.append(done.stdout)
-            stderrs.append(done.stderr)
-        except subprocess.TimeoutExpired as err:
-            codes.append(None)
-            stdouts.append(err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else err.stdout or "")
-            stderrs.append(err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else err.stderr or "")
+        out = out_argument(argv, folder)
+        if out is not None and not out.exists():
+            new_outputs.append(out)
+        code, stdout, stderr = run_once(argv, folder, env, case.timeout or timeout, case)
+        codes.append(code)
+        stdouts.append(stdout)
+        stderrs.append(stderr)
+        if code is None:
             break
     run = CaseRun(case, folder, codes, stdouts, stderrs, time.monotonic() - started)
     after = snapshot(folder, fixtures.data)
     changed = sorted(path for path, digest in before.items() if path not in exempt and after.get(path) != digest)
-    outcome, detail = classify(run, changed, (folder / MARKER).exists())
+    left = [str(out.relative_to(folder)) for out in new_outputs if out.exists()]
+    outcome, detail = classify(run, changed, (folder / MARKER).exists(), left)
     message = "\n".join(line for line in "\n".join(stderrs).splitlines() if line.strip())[-600:]
     return Outcome(case, outcome, detail, run.code, run.seconds, message)
 
 
-def classify(run: CaseRun, changed: list[str], pickle_ran: bool) -> tuple[str, str]:
+def classify(run: CaseRun, changed: list[str], pickle_ran: bool, left_behind: list[str]) -> tuple[str, str]:
     case = run.case
     if pickle_ran:
         return RAN_PICKLE, f"{MARKER} was created"
@@ -878,6 +936,8 @@ def classify(run: CaseRun, changed: list[str], pickle_ran: bool) -> tuple[str, s
     if all(code == 2 for code in run.codes):
         if case.expect == "ok":
             return REFUSED_VALID, last_line(run.stderr)
+        if left_behind:
+            return LEFT_BEHIND, f"refused, but left {', '.join(left_behind)} behind: {last_line(run.stderr)}"
         return CLEAR, last_line(run.stderr)
     return OTHER_EXIT, f"exit {run.code}: {last_line(run.stderr)}"
 
@@ -902,7 +962,9 @@ def print_report(outcomes: list[Outcome], seconds: float) -> None:
         label = f"**{category}**" if category == "all" else category
         print("| " + " | ".join([label, *cells, str(len(chosen))]) + " |")
     failures = [o for o in outcomes if o.outcome not in GOOD_OUTCOMES]
-    print(f"\n{len(failures)} cases not 'clear error, exit 2' or 'handled correctly':\n")
+    print(f"\n{len(failures)} cases not 'clear error, exit 2' or 'handled correctly' ({{cls}}, {{lm}}: tiny "
+          "SpikeGPT classifier / language model folders, {models}: their parent, {data}: the data slice, "
+          "{upstream}: an original-SpikeGPT state dict, {tok}: a tokenizer.json):\n")
     for o in failures:
         print(f"- [{o.outcome}] {o.case.name}\n    qslm {' '.join(quote(a) for a in o.case.args)}\n    {o.detail}")
     multi_line = [o for o in outcomes if o.outcome == CLEAR and o.code == 2 and error_lines(o.message) > 1]
@@ -945,6 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.data_dir:
         parser.error("no data folder: pass --data-dir or set QSLM_DATA_DIR")
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
     package = args.package.resolve()
     sys.path.insert(0, str(package))  # the fixtures are made with the probed copy's own functions
     root = Path(tempfile.mkdtemp(prefix="qslm-hostile-"))
