@@ -1,0 +1,70 @@
+"""Uniform quantization of the bundled models with each method: size (% of FP32) and the task metric.
+
+    python bench/methods_uniform_bench.py [--models spikegpt-sst2,spiking-encoder-sst2,spikegpt-wt2]
+        [--bits 2,3,4] [--test-limit N]
+
+Every unit at one width and one method (rtn, gptq, codebook; per-channel, symmetric, MSE clipping for rtn
+and gptq). GPTQ's Hessians and the codebooks' weighting come from the task's calibration inputs (the
+held-out training slice of the sst2 / wikitext2 presets, as the search uses); the metric is measured on
+the reported split (SST-2 dev accuracy, WikiText-2 test word perplexity, or its first N examples / lines),
+which the calibration never saw. Embeddings have no input Hessian, so under gptq they are rtn-quantized.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from qslm.analysis.neurons import reset_neuron_states  # noqa: E402
+from qslm.checkpoint import load_model  # noqa: E402
+from qslm.quant.apply import fake_quantized  # noqa: E402
+from qslm.quant.memory import plan_bytes  # noqa: E402
+from qslm.quant.plan import QuantPlan  # noqa: E402
+from qslm.quant.units import quantizable_units  # noqa: E402
+from qslm.search.config import BASE_SPEC  # noqa: E402
+from qslm.search.methods import applicable, record_context  # noqa: E402
+from qslm.tasks.presets import build_task, default_task  # noqa: E402
+
+METHODS = ("rtn", "gptq", "codebook")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="spikegpt-sst2,spiking-encoder-sst2,spikegpt-wt2")
+    parser.add_argument("--bits", default="2,3,4")
+    parser.add_argument("--test-limit", type=int, default=None, help="first N examples / lines of the reported split")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    bits_list = [int(b) for b in args.bits.split(",")]
+    print("| model | bits | method | memory (% of FP32) | metric (reported split) | seconds |")
+    print("|---|---:|---|---:|---:|---:|")
+    for name in args.models.split(","):
+        loaded = load_model(name)
+        model = loaded.model
+        task = build_task(default_task(loaded), loaded, data_dir=args.data_dir, test_limit=args.test_limit)
+        context = record_context(model, task.calibration, METHODS, reset_neuron_states)
+        fp32 = plan_bytes(model, QuantPlan())
+        started = time.perf_counter()
+        print(f"| {name} | 32 | float | 100.0 | {task.test(model):.2f} | {time.perf_counter() - started:.0f} |",
+              flush=True)
+        for bits in bits_list:
+            for method in METHODS:
+                specs = {u: dataclasses.replace(BASE_SPEC, bits=bits,
+                                                method=method if applicable(u, bits, method, context) else "rtn")
+                         for u in quantizable_units(model)}
+                plan = QuantPlan(specs)
+                started = time.perf_counter()
+                with torch.no_grad(), fake_quantized(model, plan, context=context):
+                    metric = task.test(model)
+                print(f"| {name} | {bits} | {method} | {100 * plan_bytes(model, plan) / fp32:.2f} | {metric:.2f} | "
+                      f"{time.perf_counter() - started:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
