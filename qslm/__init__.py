@@ -8,16 +8,37 @@
 
     qslm.search("spikegpt-sst2", "sst2", out="out/sst2", constraints=qslm.Constraints(max_drop=1.0))
     model = qslm.load("out/sst2").model
-"""
-from .checkpoint import load_model as load
-from .checkpoint import load_quantized
-from .errors import QslmError
-from .quant.api import quantize
-from .search.api import search
-from .search.config import SearchConfig
-from .search.engine import SearchResult
-from .search.objective import Constraints
-from .tasks.base import Task
 
-__all__ = ["Constraints", "QslmError", "SearchConfig", "SearchResult", "Task", "load", "load_quantized", "quantize",
-           "search"]
+The names below load on first use, so ``qslm.cli`` starts (and answers Ctrl-C) before torch is imported.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .errors import QslmError
+
+_EXPORTS = {
+    "Constraints": ("qslm.search.objective", "Constraints"),
+    "SearchConfig": ("qslm.search.config", "SearchConfig"),
+    "SearchResult": ("qslm.search.engine", "SearchResult"),
+    "Task": ("qslm.tasks.base", "Task"),
+    "load": ("qslm.checkpoint", "load_model"),
+    "load_quantized": ("qslm.checkpoint", "load_quantized"),
+    "quantize": ("qslm.quant.api", "quantize"),
+    "search": ("qslm.search", None),  # the package, callable: see qslm/search/__init__.py
+}
+__all__ = ["QslmError", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'qslm' has no attribute {name!r}")
+    module, attribute = _EXPORTS[name]
+    value = importlib.import_module(module)
+    value = value if attribute is None else getattr(value, attribute)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

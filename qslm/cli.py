@@ -42,7 +42,11 @@ def describe_os_error(err: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:  # the command modules import torch: seconds in which a Ctrl-C must still be one line
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("qslm: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     try:
         result = args.func(args)

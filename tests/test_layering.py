@@ -58,3 +58,12 @@ def test_import_and_reports_leave_the_matplotlib_backend_alone(tmp_path):
             "print(matplotlib.get_backend())" % str(tmp_path / "bits.png"))
     assert run_python(code) == "svg"
     assert (tmp_path / "bits.png").stat().st_size > 0
+
+
+def test_the_command_line_starts_before_torch_is_imported():
+    """So a Ctrl-C in the first seconds is one line and exit 130 (torch takes seconds to import)."""
+    assert run_python("import sys, qslm.cli; print('torch' in sys.modules)") == "False"
+
+
+def test_qslm_search_is_callable_however_it_was_reached():
+    assert run_python("import qslm.search.run, qslm; print(callable(qslm.search), qslm.Task.__name__)") == "True Task"

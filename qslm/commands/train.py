@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checkpoint import WEIGHTS_FILE
 from ..device import resolve_device
 from ..errors import QslmError
 from .common import add_data_dir_argument, add_device_argument, add_overwrite_argument, claim_output
@@ -34,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
         device=str(resolve_device(args.device)))
     # --out is checked (and created) before any work: hours of training into a folder the final write
     # must refuse would be wasted.
-    with claim_output(args.out, "train", args.overwrite, inputs=[args.init, args.teacher]):
+    with claim_output(args.out, "train", args.overwrite, inputs=[args.init, args.teacher]) as folder:
+        if not args.overwrite and WEIGHTS_FILE in folder.manifest.files:
+            # the same kind of job, but its result is a finished model this run would replace
+            raise QslmError(f"output folder {args.out} already holds a trained model; choose another folder, "
+                            "or pass --overwrite to replace it")
         out = train(options)
     print(f"wrote {out}")
     return 0

@@ -120,6 +120,10 @@ def find_units(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, Unit]:
                 aliases.append(place)
         units[own_name] = Unit(own_name, path, attribute, shape, kind, tuple(aliases), spec)
     _check_patterns(ignore)
+    unmatched = [p for p in ignore if not any(ignored(unit, [p]) for unit in units.values())]
+    if unmatched:
+        raise QslmError(f"ignore pattern {unmatched[0]!r} matches no unit of the model (units are named like "
+                        f"{', '.join(list(units)[:3])}, or by their parameter paths)")
     return {name: unit for name, unit in units.items() if not ignored(unit, ignore)}
 
 

@@ -104,7 +104,6 @@ def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Co
     cache_dir = check_writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
     folder = OutputFolder.claim(out, "search", overwrite=overwrite, protect=protect)
     with folder, executors:
-        folder.keep(JOURNAL_FILE)
         result = _search(model, task, folder, constraints, config, resolve_device(device), progress,
                          label or type(model).__name__, cache_dir, companion_files or {}, dict(notes or {}),
                          started, seconds, executors)
@@ -167,7 +166,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         energy_pj=lambda a: energy_per_inference(op_counts, a, profile).total_pj,
         latency_s=lambda a: latency_per_inference(op_counts, a, profile),
         sensitivity=lambda members, bits: sensitivity.measure(tuple(members), bits)["damage"], baseline=baseline,
-        constraints=constraints, weights=config.weights, journal=Journal(out / JOURNAL_FILE, header),
+        constraints=constraints, weights=config.weights, journal=_journal(folder, header),
         max_evaluations=config.max_evaluations, progress=progress)
 
     def hawq_omega():
@@ -232,6 +231,13 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     report_files = write_report(report, staging)
     folder.commit(model_files, last=report_files)
     return SearchResult(out, report, plan, packed)
+
+
+def _journal(folder, header: dict) -> Journal:
+    """The search's journal, recorded as kept in the output folder only now, when the first measurement is
+    about to be made: a run refused earlier leaves no trace of itself."""
+    folder.keep(JOURNAL_FILE)
+    return Journal(folder.path / JOURNAL_FILE, header)
 
 
 def _profile(model: nn.Module, task: Task, hierarchy=None):

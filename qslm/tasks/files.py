@@ -29,7 +29,7 @@ def read_text_file(path: str | Path) -> str:
         raise QslmError(f"missing data file {path}: expected a UTF-8 text file")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark (spreadsheet exports) is not part of the text
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         raise QslmError(f"{path}:{line}: byte {raw[err.start]:#04x} is not UTF-8; expected UTF-8 text") from None

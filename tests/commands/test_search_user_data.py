@@ -78,3 +78,14 @@ def test_converted_spikegpt_checkpoint(upstream_spikegpt, word_tokenizer_file, t
     assert report["status"] == "feasible"
     assert len(report["hierarchy"]["blocks"]) == 2
     assert qslm.load(out).model is not None
+
+
+def test_ignore_patterns_must_match_and_a_refusal_leaves_no_folder(tiny_classifier, small_data_dir, tmp_path,
+                                                                   capsys):
+    base = ["search", str(tiny_classifier), "--task", "sst2", "--data-dir", str(small_data_dir),
+            "--cache-dir", str(tmp_path / "cache"), *SMALL]
+    assert main(base + ["--out", str(tmp_path / "a"), "--ignore", "no-such-unit*"]) == 2
+    assert "ignore pattern 'no-such-unit*' matches no unit" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "b"), "--ignore", "*"]) == 2
+    assert "matches the ignore patterns" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

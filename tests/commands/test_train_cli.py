@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -128,3 +129,14 @@ def test_out_naming_a_file_exits_2(capsys, small_data_dir, tmp_path):
     assert main(base_argv(out) + ["--data-dir", str(small_data_dir)]) == 2
     assert f"output folder {out} is a file, not a folder" in capsys.readouterr().err
     assert out.read_text() == "keep me" and sorted(tmp_path.iterdir()) == [out]
+
+
+def test_a_trained_model_is_not_replaced_without_overwrite(capsys, small_data_dir, tiny_lm, tmp_path):
+    out = tmp_path / "trained"
+    shutil.copytree(tiny_lm, out)  # a model folder written by qslm train (it carries the manifest)
+    before = (out / "model.safetensors").read_bytes()
+    argv = ["train", "--arch", "spikegpt", "--task", "sst2", "--out", str(out), "--steps", "1", "--batch-size", "4",
+            "--vocab-size", "300", "--data-dir", str(small_data_dir), "--device", "cpu"]
+    assert main(argv) == 2
+    assert "already holds a trained model" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before

@@ -80,3 +80,11 @@ def test_bad_text_files(tmp_path, content, message):
         write(path, content)
     with pytest.raises(QslmError, match=message):
         read_text_file(path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    from qslm.tasks.files import read_examples
+
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufefftext,label\ngood film,1\nbad film,0\n".encode("utf-8"))
+    assert [(e.sentence, e.label) for e in read_examples(path)] == [("good film", 1), ("bad film", 0)]
