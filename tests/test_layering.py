@@ -67,3 +67,25 @@ def test_the_command_line_starts_before_torch_is_imported():
 
 def test_qslm_search_is_callable_however_it_was_reached():
     assert run_python("import qslm.search.run, qslm; print(callable(qslm.search), qslm.Task.__name__)") == "True Task"
+
+
+def test_quantization_never_imports_the_analysis_layer():
+    offenders = {path.name: sorted(n for n in imported_modules(path) if n.startswith("qslm.analysis"))
+                 for path in (PACKAGE / "quant").glob("*.py")}
+    assert {name: bad for name, bad in offenders.items() if bad} == {}
+
+
+def test_every_module_imports_on_its_own():
+    """No import cycle bites whichever module a user or script imports first: each is imported first in a
+    clean set of qslm modules (torch and the rest stay loaded, so this is quick)."""
+    modules = sorted(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts) for p in PACKAGE.rglob("*.py")
+                     if p.name != "__main__.py")
+    code = ("import importlib, sys, torch\n"
+            f"for name in {modules!r}:\n"
+            "    for loaded in [m for m in sys.modules if m == 'qslm' or m.startswith('qslm.')]:\n"
+            "        del sys.modules[loaded]\n"
+            "    try:\n"
+            "        importlib.import_module(name)\n"
+            "    except ImportError as error:\n"
+            "        print(name, error)\n")
+    assert run_python(code) == ""

@@ -75,7 +75,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import QslmError
-from ..quant.units import quantizable_units, unit_tensor
+from ..quant.units import matmul_ops, quantizable_units, unit_tensor, weight_view_ops
 from .hierarchy import is_binary
 
 HARDWARE_DIR = Path(__file__).resolve().parent.parent / "hardware"
@@ -325,20 +325,6 @@ class OpCounts:
         return cls(int(raw["inferences"]), int(raw["forwards"]), units)
 
 
-def _transparent_ops() -> frozenset:
-    """Ops whose output is the same weight seen another way (a view, a cast): a unit keeps its name."""
-    T = torch.Tensor
-    return frozenset([T.t, torch.t, T.transpose, torch.transpose, T.permute, torch.permute, T.view, T.reshape,
-                      torch.reshape, T.to, T.float, T.half, T.bfloat16, T.double, T.contiguous, T.type_as,
-                      T.unsqueeze, torch.unsqueeze, T.squeeze, torch.squeeze, T.detach, T.clone, T.flatten,
-                      T.T.__get__, T.mT.__get__, T.data.__get__])
-
-
-def _matmul_ops() -> frozenset:
-    T = torch.Tensor
-    return frozenset([torch.matmul, T.matmul, T.__matmul__, T.__rmatmul__, torch.mm, T.mm, torch.bmm, T.bmm])
-
-
 class OpCounter(TorchFunctionMode):
     """Context manager: count the operations of every unit of ``model`` while it runs. Call
     ``result(inferences)`` after the block for the per-inference ``OpCounts``.
@@ -357,8 +343,8 @@ class OpCounter(TorchFunctionMode):
         self._totals: dict[str, UnitOps] = {}
         self._forwards = 0
         self._handle = None
-        self._transparent = _transparent_ops()
-        self._matmuls = _matmul_ops()
+        self._transparent = weight_view_ops()
+        self._matmuls = matmul_ops()
 
     def __enter__(self) -> "OpCounter":
         self._forwards = 0

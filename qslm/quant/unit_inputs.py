@@ -24,10 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..analysis.cost import _matmul_ops, _transparent_ops
 from ..errors import QslmError
 from .quantizer import matrix_shape
-from .units import quantizable_units, unit_tensor
+from .units import matmul_ops, quantizable_units, unit_tensor, weight_view_ops
 
 
 @dataclass
@@ -53,8 +52,8 @@ class UnitInputRecorder(TorchFunctionMode):
         # id(view) -> (unit, transposed, view): the view is kept alive so its id is not reused
         self._views: dict[int, tuple[str, bool, torch.Tensor]] = {}
         self._sums: dict[str, UnitHessian] = {}
-        self._transparent = _transparent_ops()
-        self._matmuls = _matmul_ops()
+        self._transparent = weight_view_ops()
+        self._matmuls = matmul_ops()
         T = torch.Tensor
         self._swaps = frozenset([T.t, torch.t, T.transpose, torch.transpose, T.permute, torch.permute,
                                  T.T.__get__, T.mT.__get__])

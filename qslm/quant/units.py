@@ -155,3 +155,19 @@ def alias_owner(model: nn.Module, name: str) -> str | None:
         if any(name == place or name == place.rpartition(".")[0] for place in unit.aliases):
             return unit.name
     return None
+
+
+def weight_view_ops() -> frozenset:
+    """Ops whose output is the same weight seen another way (a view, a cast): a unit keeps its identity
+    through them wherever the code uses it (op counting, recording its inputs)."""
+    T = torch.Tensor
+    return frozenset([T.t, torch.t, T.transpose, torch.transpose, T.permute, torch.permute, T.view, T.reshape,
+                      torch.reshape, T.to, T.float, T.half, T.bfloat16, T.double, T.contiguous, T.type_as,
+                      T.unsqueeze, torch.unsqueeze, T.squeeze, torch.squeeze, T.detach, T.clone, T.flatten,
+                      T.T.__get__, T.mT.__get__, T.data.__get__])
+
+
+def matmul_ops() -> frozenset:
+    """The matrix products a weight may be applied through besides ``F.linear``."""
+    T = torch.Tensor
+    return frozenset([torch.matmul, T.matmul, T.__matmul__, T.__rmatmul__, torch.mm, T.mm, torch.bmm, T.bmm])
