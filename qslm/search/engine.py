@@ -21,6 +21,7 @@ from typing import Callable, Mapping
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..analysis.cost import (
     OpCounter,
@@ -141,8 +142,11 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
                                 context=context)
     cache = SensitivityCache(cache_file(cache_dir, digest))
     chooser = SensitivityTable(measurements, cache, digest, executor=None)  # in this process: few measurements
-    chosen_methods = choose_methods(list(units), list(config.bit_choices), config.methods, config.base_spec, context,
-                                    lambda u, spec: chooser.measure_specs({u: spec})["damage"])
+    with tqdm(total=len(units) * len(config.bit_choices) * len(config.methods), desc="methods",
+              disable=not progress or len(config.methods) == 1, leave=False) as bar:
+        chosen_methods = choose_methods(list(units), list(config.bit_choices), config.methods, config.base_spec,
+                                        context, lambda u, spec: chooser.measure_specs({u: spec})["damage"],
+                                        progress=bar.update)
     measurements.use_methods(chosen_methods)
     spec_of = measurements.spec_of
     executor = executors.start(measurements)

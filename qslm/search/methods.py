@@ -54,11 +54,13 @@ def choose_methods(units: list[str], bit_choices: list[int], methods: tuple[str,
             options = [m for m in methods if applicable(unit, bits, m, context)] or ["rtn"]
             if len(options) == 1:
                 chosen[unit][bits] = options[0]
+                if progress is not None:
+                    progress(len(methods))
                 continue
             scores = [(damage(unit, dataclasses.replace(base, bits=bits, method=m)), i, m) for i, m in enumerate(options)]
             chosen[unit][bits] = min(scores)[2]
             if progress is not None:
-                progress(len(options))
+                progress(len(methods))
     return chosen
 
 
