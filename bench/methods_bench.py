@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qslm.checkpoint import load_model  # noqa: E402
 from qslm.data.batching import collate, encode_examples  # noqa: E402
-from qslm.data.sst2 import load_sst2  # noqa: E402
 from qslm.data.tokenizer import pad_id  # noqa: E402
 from qslm.quant.apply import QuantContext, fake_quantized, quantize_unit  # noqa: E402
 from qslm.quant.gptq import GptqOptions, gptq_quantize  # noqa: E402
@@ -35,6 +34,7 @@ from qslm.quant.plan import QuantPlan  # noqa: E402
 from qslm.quant.quantizer import QuantSpec  # noqa: E402
 from qslm.quant.unit_inputs import record_hessians  # noqa: E402
 from qslm.quant.units import quantizable_units, unit_tensor  # noqa: E402
+from qslm.tasks.datasets.sst2 import load_sst2  # noqa: E402
 
 METHODS = ("rtn", "gptq", "codebook")
 

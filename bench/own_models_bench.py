@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import qslm  # noqa: E402
 from qslm.quant.units import find_units  # noqa: E402
 from tests.handwritten import HandwrittenSpikingClassifier, accuracy, make_data  # noqa: E402
-from tests.search.test_engine import (SnnTorchClassifier, SpikingJellyClassifier, sj_accuracy,  # noqa: E402
-                                      unique_fp32_bytes)
+from tests.search.test_engine import SnnTorchClassifier, SpikingJellyClassifier, sj_accuracy, unique_fp32_bytes  # noqa: E402
 
 
 def train(model, ids, labels, steps, reset=None):

@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests/
 
-from qslm.commands.eval import evaluate_model  # noqa: E402
-from qslm.data import sst2, wikitext  # noqa: E402
-from qslm.evaluate import classification_inputs, lm_windows, max_input_len  # noqa: E402
 from qslm.checkpoint import LoadedModel, load_model  # noqa: E402
+from qslm.commands.eval import evaluate_model  # noqa: E402
+from qslm.evaluate import classification_inputs, lm_windows, max_input_len  # noqa: E402
+from qslm.tasks.datasets import sst2, wikitext  # noqa: E402
 from tests.reference_forward import reference_forward  # noqa: E402
 
 MODELS = ("spikegpt-wt2", "spikegpt-sst2", "spiking-encoder-sst2")

@@ -17,10 +17,10 @@ from torch import nn
 from tqdm import tqdm
 
 from .data.batching import classification_batches, encode_examples, length_order, scored_windows
+from .data.examples import Example
 from .data.masked_lm import masked_batch
-from .data.sst2 import Example
+from .data.text import word_count
 from .data.tokenizer import pad_id
-from .data.wikitext import word_count
 from .models.neurons import record_firing_rates
 
 CLASSIFICATION, LANGUAGE_MODELING = "text-classification", "language-modeling"

@@ -27,7 +27,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .checkpoint import TOKENIZER_FILE, load_model, save_model
-from .data import sst2, wikitext
 from .data.batching import classification_batches, encode_examples
 from .data.masked_lm import line_chunks, masked_batch
 from .data.paths import resolve_data_dir
@@ -36,6 +35,7 @@ from .data.tokenizer import load_tokenizer, pad_id, train_tokenizer
 from .errors import QslmError
 from .evaluate import classification_logits, evaluate_classification, evaluate_lm, masked_lm_loss, max_input_len
 from .models.zoo import ARCHITECTURES, LANGUAGE_MODEL_TASK, build_model, evaluation_task
+from .tasks.datasets import sst2, wikitext
 from .train_options import TrainOptions
 from .train_state import (
     STATE_FILE,
@@ -199,7 +199,7 @@ class Trainer:
                                 f"examples; delete {self.work} to start over")
             return logits
         teacher = load_model(self.options.teacher, self.device)
-        if evaluation_task(teacher.config, teacher.path) != "sst2":
+        if evaluation_task(teacher.config, teacher.path) != "text-classification":
             raise QslmError(f"--teacher {self.options.teacher} is a language model; a teacher must be a classifier")
         if teacher.config.num_classes != self.model.config.num_classes:
             raise QslmError(f"--teacher {self.options.teacher} has {teacher.config.num_classes} classes, "

@@ -7,8 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qslm.data.sst2 import load_sst2
-from qslm.data.wikitext import load_wikitext, word_count
 from qslm.evaluate import (
     EvalResult,
     classification_inputs,
@@ -20,6 +18,8 @@ from qslm.evaluate import (
     lm_windows,
 )
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
+from qslm.tasks.datasets.sst2 import load_sst2
+from qslm.tasks.datasets.wikitext import load_wikitext, word_count
 
 
 def spiking_lm(vocab_size: int, ctx_len: int) -> SpikeGPT:

@@ -12,9 +12,7 @@ import pytest
 import torch
 
 from qslm.checkpoint import WEIGHTS_FILE, export_quantized, load_model, save_model
-from qslm.data.sst2 import load_sst2
 from qslm.data.tokenizer import train_tokenizer
-from qslm.data.wikitext import load_wikitext
 from qslm.errors import QslmError
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.models.zoo import CONFIG_FILE
@@ -22,6 +20,8 @@ from qslm.quant.pack import PLAN_FILE
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec
 from qslm.search.journal import Journal, assignment_key
+from qslm.tasks.datasets.sst2 import load_sst2
+from qslm.tasks.datasets.wikitext import load_wikitext
 
 CASES = 60  # mutations per file kind
 # Values a field is swapped for: other types, out-of-range and non-finite numbers, huge sizes.

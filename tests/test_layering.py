@@ -89,3 +89,20 @@ def test_every_module_imports_on_its_own():
             "    except ImportError as error:\n"
             "        print(name, error)\n")
     assert run_python(code) == ""
+
+
+def test_only_the_tasks_package_names_a_data_set():
+    """The engine, analysis, quantization, models, model folders and evaluation know no data set: no string
+    "sst2" / "wikitext2" (a data set's name used as a value) outside qslm/tasks. The trainer of the bundled
+    models and the command line, which offer the presets by name, are the consumers of those names."""
+    consumers = {"train.py", "train_options.py", "train_state.py"}
+    offenders = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] in ("tasks", "commands") or relative.name in consumers | {"cli.py"}:
+            continue
+        names = {node.value for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Constant) and node.value in ("sst2", "wikitext2", "wikitext-2")}
+        if names:
+            offenders[str(relative)] = sorted(names)
+    assert offenders == {}

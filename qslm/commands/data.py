@@ -5,7 +5,7 @@ import argparse
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from ..data.fetch import fetch
+    from ..tasks.datasets.fetch import fetch
 
     folder = fetch(args.dataset, args.data_dir, url=args.url, sha256=args.sha256, force=args.force)
     print(f"wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})")
@@ -13,7 +13,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> None:
-    from ..data.fetch import SOURCES
+    from ..tasks.datasets.fetch import SOURCES
 
     parser = subparsers.add_parser("data", help="download the public data sets",
                                    description="Manage the data folder the loaders read.")

@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 import torch
 from tokenizers import Tokenizer
 
-from .sst2 import Example
+from .examples import Example
 from .tokenizer import pad_id
 
 

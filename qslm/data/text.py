@@ -17,3 +17,14 @@ def load_text(path: str | Path, expected: str = "a UTF-8 plain-text file") -> st
     if not text.strip():
         raise QslmError(f"{path} is empty; expected {expected}")
     return text
+
+
+def first_lines(text: str, n: int | None) -> str:
+    """The first ``n`` lines of ``text`` (all of it when ``n`` is None)."""
+    return text if n is None else "".join(text.splitlines(keepends=True)[:n])
+
+
+def word_count(text: str) -> int:
+    """Words for word-level perplexity: whitespace tokens plus one end-of-line per line."""
+    lines = text.splitlines()
+    return sum(len(line.split()) for line in lines) + len(lines)

@@ -64,24 +64,15 @@ def config_from_dict(raw: object, source: Path):
 
 
 def evaluation_task(config, path: Path) -> str:
-    """The task a model is evaluated, profiled and searched on: ``wikitext2`` for a language model,
-    ``sst2`` for a classifier. A masked-LM pre-training stage has no such task."""
+    """The kind of task a model is evaluated, profiled and searched on: ``language-modeling`` for a language
+    model, ``text-classification`` for a classifier (which data, the presets decide). A masked-LM
+    pre-training stage has neither."""
     task = getattr(config, "task", "classification")
     if task == "mlm":
         raise QslmError(f"model {path} is a masked-language-model pre-training stage, not a classifier or a "
                         f"language model; fine-tune it first: qslm train --arch {config.arch} --task sst2 "
                         f"--init {path} --out OUT")
-    return "wikitext2" if task == "lm" else "sst2"
-
-
-def check_task(loaded, task: str | None, action: str) -> str:
-    """The task to run ``loaded`` on: ``task``, or the model's own when None. A classifier asked for
-    ``wikitext2`` or a language model for ``sst2`` is refused, naming ``action`` (e.g. "evaluated")."""
-    own = evaluation_task(loaded.config, loaded.path)
-    if task is not None and task != own:
-        kind = "language model" if own == "wikitext2" else "classifier"
-        raise QslmError(f"model {loaded.path} is a {kind}; it cannot be {action} on task {task!r}")
-    return own
+    return "language-modeling" if task == "lm" else "text-classification"
 
 
 def build_model(config) -> nn.Module:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..data.sst2 import Example
+from ..data.examples import Example
 from ..errors import QslmError
 
 TABLE_DELIMITERS = {".tsv": "\t", ".csv": ","}

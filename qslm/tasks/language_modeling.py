@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from ..analysis.sensitivity import lm_calibration
-from ..data.wikitext import first_lines
+from ..data.text import first_lines
 from ..errors import QslmError
 from ..evaluate import LANGUAGE_MODELING, evaluate_lm, lm_windows
 from .base import Task, check_positive

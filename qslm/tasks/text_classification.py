@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from ..analysis.sensitivity import classification_calibration, output_log_probs
-from ..data.sst2 import Example
+from ..data.examples import Example
 from ..errors import QslmError
 from ..evaluate import CLASSIFICATION, classification_inputs, evaluate_classification, max_input_len
 from .base import Task, check_positive

@@ -18,8 +18,8 @@ from qslm.analysis.sensitivity import (
     model_hash,
 )
 from qslm.checkpoint import load_model
-from qslm.data import sst2, wikitext
 from qslm.errors import QslmError
+from qslm.tasks.datasets import sst2, wikitext
 
 
 class Fixed(nn.Module):

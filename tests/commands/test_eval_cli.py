@@ -7,7 +7,7 @@ import math
 import pytest
 
 from qslm.cli import main
-from qslm.data.wikitext import load_wikitext, word_count
+from qslm.tasks.datasets.wikitext import load_wikitext, word_count
 
 
 def run_json(capsys, *argv) -> dict:
@@ -102,7 +102,7 @@ def test_task_is_required(capsys, tiny_classifier):
 def write_user_files(folder, small_data_dir) -> dict:
     """The first dev sentences as a CSV (own column names, named labels), a JSONL and a TSV file, and
     WikiText-2 test lines as a plain-text file."""
-    from qslm.data.sst2 import load_sst2
+    from qslm.tasks.datasets.sst2 import load_sst2
 
     examples = load_sst2("dev", small_data_dir)[:12]
     names = ("neg", "pos")

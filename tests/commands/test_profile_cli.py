@@ -67,7 +67,7 @@ def test_a_masked_lm_stage_is_refused(tiny_masked_lm, small_data_dir, capsys):
 
 
 def test_classification_file(tiny_classifier, small_data_dir, tmp_path, capsys):
-    from qslm.data.sst2 import load_sst2
+    from qslm.tasks.datasets.sst2 import load_sst2
 
     examples = load_sst2("dev", small_data_dir)[:7]
     path = tmp_path / "val.jsonl"

@@ -10,7 +10,7 @@ import torch
 
 import qslm
 from qslm.cli import main
-from qslm.data.sst2 import load_sst2
+from qslm.tasks.datasets.sst2 import load_sst2
 
 SMALL = ["--calibration-size", "16", "--max-evals", "6", "--strategy", "uniform", "--bits", "4,8"]
 

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from qslm.data.batching import classification_batches, collate, encode_examples, scored_windows
-from qslm.data.sst2 import Example
+from qslm.data.examples import Example
 
 
 def test_collate_right_pads():

@@ -166,9 +166,9 @@ def test_bundled_names(tiny_lm, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("config, task", [
-    (SpikeGPTConfig(), "wikitext2"),
-    (SpikeGPTConfig(task="classification"), "sst2"),
-    (SpikingEncoderConfig(), "sst2"),
+    (SpikeGPTConfig(), "language-modeling"),
+    (SpikeGPTConfig(task="classification"), "text-classification"),
+    (SpikingEncoderConfig(), "text-classification"),
 ])
 def test_evaluation_task_follows_the_head(config, task, tmp_path):
     assert zoo.evaluation_task(config, tmp_path) == task

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from qslm.data.sst2 import Example
+from qslm.data.examples import Example
 from qslm.errors import QslmError
 from qslm.tasks.files import read_examples, read_text_file
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from qslm.checkpoint import load_model
-from qslm.data.wikitext import load_wikitext
 from qslm.errors import QslmError
 from qslm.evaluate import evaluate_lm
 from qslm.tasks import language_modeling
+from qslm.tasks.datasets.wikitext import load_wikitext
 
 
 @pytest.fixture(scope="module")

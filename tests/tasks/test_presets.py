@@ -9,10 +9,10 @@ import torch
 
 from qslm.analysis.sensitivity import classification_calibration, lm_calibration, output_log_probs
 from qslm.checkpoint import load_model
-from qslm.data import sst2, wikitext
 from qslm.errors import QslmError
 from qslm.evaluate import evaluate_classification, evaluate_lm, max_input_len
 from qslm.tasks import presets
+from qslm.tasks.datasets import sst2, wikitext
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from qslm.checkpoint import load_model
-from qslm.data.sst2 import Example, load_sst2
 from qslm.errors import QslmError
 from qslm.evaluate import evaluate_classification
 from qslm.tasks import text_classification
 from qslm.tasks.base import Task
+from qslm.tasks.datasets.sst2 import Example, load_sst2
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import zipfile
 import pytest
 
 from qslm.cli import main
-from qslm.data import fetch as fetch_module
-from qslm.data.fetch import SOURCES, fetch
-from qslm.data.sst2 import load_sst2
-from qslm.data.wikitext import load_wikitext, split_path
 from qslm.errors import QslmError
+from qslm.tasks.datasets import fetch as fetch_module
+from qslm.tasks.datasets.fetch import SOURCES, fetch
+from qslm.tasks.datasets.sst2 import load_sst2
+from qslm.tasks.datasets.wikitext import load_wikitext, split_path
 
 SST2_FILES = {"SST-2/train.tsv": "sentence\tlabel\na fine film \t1\ndull and long \t0\n",
               "SST-2/dev.tsv": "sentence\tlabel\nit 's a charming journey . \t1\n",

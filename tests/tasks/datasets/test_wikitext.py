@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from qslm.data import wikitext
-from qslm.data.wikitext import calibration_text, load_wikitext, split_lines, split_path, word_count
 from qslm.errors import QslmError
+from qslm.tasks.datasets import wikitext
+from qslm.tasks.datasets.wikitext import calibration_text, load_wikitext, split_lines, split_path, word_count
 from qslm.train import TrainOptions, lm_training_text
 
 VALID = " \n = Title = \n \n first paragraph here . \n second one @-@ joined . \n third \n"

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..atomic import atomic_folder, commit_folder
-from ..errors import QslmError
-from .paths import DATA_DIR_ENV
+from ...atomic import atomic_folder, commit_folder
+from ...data.paths import DATA_DIR_ENV
+from ...errors import QslmError
 
 CHUNK_BYTES = 1 << 16
 

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from qslm.data import sst2
-from qslm.data.sst2 import Example, load_sst2, read_tsv, split_holdout
 from qslm.errors import QslmError
+from qslm.tasks.datasets import sst2
+from qslm.tasks.datasets.sst2 import Example, load_sst2, read_tsv, split_holdout
 
 
 def write(path, text: str):

@@ -4,12 +4,12 @@ from __future__ import annotations
 import csv
 import io
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import QslmError
-from .paths import require_file, resolve_data_dir
+from ...data.examples import Example
+from ...data.paths import require_file, resolve_data_dir
+from ...errors import QslmError
 
 SPLIT_FILES = {"train": "train.tsv", "dev": "dev.tsv"}
 FORMAT = "a GLUE SST-2 TSV with a header row containing 'sentence' and 'label' (0 or 1)"
@@ -19,12 +19,6 @@ FORMAT = "a GLUE SST-2 TSV with a header row containing 'sentence' and 'label' (
 HOLDOUT_SIZE = 800  # sentences; dev has 872
 HOLDOUT_SEED = 20260101
 HOLDOUT_MIN_WORDS = 4  # the shortest phrase that counts as a sentence (dev's median is 19 words)
-
-
-@dataclass(frozen=True)
-class Example:
-    sentence: str
-    label: int
 
 
 def decode_utf8(path: Path) -> str:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import QslmError
-from .paths import resolve_data_dir
-from .text import load_text
+from ...data.paths import resolve_data_dir
+from ...data.text import first_lines, load_text, word_count  # noqa: F401  (re-exported)
+from ...errors import QslmError
 
 SPLITS = ("train", "valid", "test")
 FOLDER_NAMES = ("wikitext-2", "wikitext2", "wikitext-2-v1")
@@ -45,9 +45,6 @@ def load_wikitext(split: str, data_dir=None) -> str:
     return load_text(split_path(split, data_dir), "WikiText-2 plain text")
 
 
-def first_lines(text: str, n: int | None) -> str:
-    """The first ``n`` lines of ``text`` (all of it when ``n`` is None)."""
-    return text if n is None else "".join(text.splitlines(keepends=True)[:n])
 
 
 def split_lines(text: str, fraction: float = CALIBRATION_FRACTION) -> tuple[str, str]:
@@ -61,8 +58,3 @@ def calibration_text(data_dir=None) -> str:
     """Held-out text for calibration/search: the tail of valid, which training never sees."""
     return split_lines(load_wikitext("valid", data_dir))[1]
 
-
-def word_count(text: str) -> int:
-    """Words for word-level perplexity: whitespace tokens plus one end-of-line per line."""
-    lines = text.splitlines()
-    return sum(len(line.split()) for line in lines) + len(lines)
