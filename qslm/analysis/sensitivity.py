@@ -113,8 +113,10 @@ class OutputReference:
         self.reference = [self._select(r) for r in raw]
         if measure == "kl":
             self.reference = [[F.log_softmax(t, dim=-1) for t in ts] for ts in self.reference]
+            # p_float, used by every damage measurement: computed once
+            self._probabilities = [[t.exp() for t in ts] for ts in self.reference]
         self.energy = sum(float(t.double().pow(2).sum()) for ts in self.reference for t in ts)
-        self.positions = sum(t[..., 0].numel() for ts in self.reference for t in ts)
+        self.positions = sum(self.positions_of(index) for index in range(len(self.reference)))
 
     @torch.no_grad()
     def _raw_outputs(self) -> list:
@@ -145,12 +147,12 @@ class OutputReference:
     def damage(self) -> dict[str, float]:
         """``{"damage": d, "measure": "kl"|"mse"}`` of the model as it computes now."""
         total = 0.0
-        for ref, cur in zip(self.reference, self.outputs()):
-            for r, q in zip(ref, cur):
+        for index, cur in enumerate(self.outputs()):
+            for position, (r, q) in enumerate(zip(self.reference[index], cur)):
                 if r.shape != q.shape:
                     raise QslmError(f"the model's output changed shape from {list(r.shape)} to {list(q.shape)}")
                 if self.measure == "kl":
-                    total += float((r.exp() * (r - q)).sum(-1).double().sum())
+                    total += float((self._probabilities[index][position] * (r - q)).sum(-1).double().sum())
                 else:
                     total += float((q - r).double().pow(2).sum())
         value = total / self.positions if self.measure == "kl" else total / (self.energy or 1.0)

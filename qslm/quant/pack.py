@@ -174,10 +174,6 @@ class PackedTensor:
             size, dtype = sizes[role]
             self.holder.register_buffer(name, torch.zeros(size, dtype=dtype))
 
-    def store(self, quantized: QuantizedTensor | CodebookTensor) -> None:
-        for name, tensor in stored_tensors(quantized, self.attribute).items():
-            getattr(self.holder, name).copy_(tensor)
-
     def dequantize(self) -> torch.Tensor:
         names = self.buffer_names()
         if self.spec.method == "codebook":

@@ -17,6 +17,7 @@ rows would be inputs, not outputs), einsum, and units never called on float inpu
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import QslmError
+from ..tasks.base import call_model
 from .quantizer import matrix_shape
 from .units import matmul_ops, quantizable_units, unit_tensor, weight_view_ops
 
@@ -123,12 +125,16 @@ class UnitInputRecorder(TorchFunctionMode):
 
 
 @torch.no_grad()
-def record_hessians(model: nn.Module, batches) -> dict[str, UnitHessian]:
-    """Run ``model`` on each batch (a tensor, or a tuple of positional inputs) and return the Hessians."""
+def record_hessians(model: nn.Module, batches, reset: Callable[[nn.Module], object] | None = None
+                    ) -> dict[str, UnitHessian]:
+    """Run ``model`` on each batch (a model input: a tensor, a tuple of positional or a dict of keyword
+    arguments; ``reset(model)`` before each, to clear neuron state) and return the Hessians."""
     with UnitInputRecorder(model) as recorder:
         seen = 0
         for batch in batches:
-            model(*(batch if isinstance(batch, (tuple, list)) else (batch,)))
+            if reset is not None:
+                reset(model)
+            call_model(model, batch)
             seen += 1
     if not seen:
         raise QslmError("no calibration batches were given, so no unit inputs were recorded")

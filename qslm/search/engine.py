@@ -121,12 +121,13 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     # ---- profile: hierarchy, float metric, memory, op counts
     t0 = time.perf_counter()
     hierarchy = build_hierarchy(model, label, config.ignore)
-    if any(u.packed is not None for u in find_units(model).values()):
+    all_units = find_units(model)
+    if any(u.packed is not None for u in all_units.values()):
         raise QslmError(f"{label} is already quantized; search starts from a float model")
     groups, units = hierarchy.groups(), dict(hierarchy.units)
     op_counts = _profile(model, task, hierarchy)
     baseline_metric = _metric(task.evaluate, model, "evaluate")
-    fixed = fixed_bytes(model) + sum(unit_bytes(u, None) for n, u in find_units(model).items() if n not in units)
+    fixed = fixed_bytes(model) + sum(unit_bytes(u, None) for n, u in all_units.items() if n not in units)
     baseline = Baseline(baseline_metric, task.higher_is_better, fixed + sum(unit_bytes(u, None) for u in units.values()),
                         energy_per_inference(op_counts, None, profile).total_pj,
                         latency_per_inference(op_counts, None, profile))
@@ -149,6 +150,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
                                         progress=bar.update)
     measurements.use_methods(chosen_methods)
     spec_of = measurements.spec_of
+    methods_by_bits = {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in chosen_methods.items()}
     executor = executors.start(measurements)
     sensitivity = SensitivityTable(measurements, cache, digest, executor)
     table = sensitivity.table(groups, list(units), list(config.bit_choices), progress)
@@ -160,7 +162,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     header = {"model": digest, "task": task.identity(), "metric": task.metric_name,
               "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}
     if list(config.methods) != ["rtn"]:
-        header["methods"] = {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in chosen_methods.items()}
+        header["methods"] = methods_by_bits
     bytes_table = {u: {b: unit_bytes(unit, spec_of(u, b)) for b in config.bit_choices} for u, unit in units.items()}
 
     problem = SearchProblem(
@@ -195,7 +197,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         "hardware": profile.name, "calibration_batches": len(task.calibration),
         "calibration_size": sum(inferences_in(item) for item in task.calibration), "damage_measure": reference.measure,
         "hierarchy": hierarchy.to_dict(), "sensitivity": table,
-        "methods": {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in chosen_methods.items()},
+        "methods": methods_by_bits,
         "candidates": [c.to_dict() for c in problem.candidates],
         "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
         "workers": executor.workers,

@@ -28,6 +28,7 @@ from typing import Generic, Protocol, TypeVar
 import torch
 
 from ..errors import QslmError
+from ..tasks.base import model_device
 from .measure import Measurements
 
 T = TypeVar("T")
@@ -132,7 +133,7 @@ class RayExecutor:
 
     def __init__(self, ray, measurements: Measurements, workers: int):
         self.ray, self.workers = ray, workers
-        cuda = _model_device(measurements.model).type == "cuda"
+        cuda = model_device(measurements.model).type == "cuda"
         actor = ray.remote(num_cpus=1, num_gpus=1 if cuda else 0, max_restarts=RETRIES,
                            max_task_retries=RETRIES)(Replica)
         try:
@@ -140,10 +141,9 @@ class RayExecutor:
         except Exception as error:  # noqa: BLE001 -- cloudpickle refuses some user objects (open files, locks, ...)
             raise QslmError(f"the model or the task cannot be sent to Ray workers ({type(error).__name__}: "
                             f"{error}); run with workers=1") from None
-        # held while the actors live: a restarted actor is built again from these same objects
-        self.shared = (model_ref, task_ref)
         device = "cuda" if cuda else "cpu"
         context_ref = ray.put(measurements.context)  # the calibration Hessians, when a method needs them
+        # held while the actors live: a restarted actor is built again from these same objects
         self.shared = (model_ref, task_ref, context_ref)
         self.actors = [actor.remote(model_ref, task_ref, measurements.hierarchy, measurements.config, device,
                                     torch.get_num_threads(), measurements.methods, context_ref)
@@ -177,10 +177,6 @@ class RayExecutor:
             self.ray.kill(actor, no_restart=True)
         self.actors, self.shared = [], ()
 
-
-def _model_device(model) -> torch.device:
-    tensor = next(model.parameters(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def import_ray(why: str):
@@ -238,7 +234,7 @@ class ExecutorChoice:
                 start_local_ray(ray, self.workers)
         workers = self.workers
         if workers == 1:
-            cuda = _model_device(measurements.model).type == "cuda"
+            cuda = model_device(measurements.model).type == "cuda"
             workers = max(1, int(ray.cluster_resources().get("GPU" if cuda else "CPU", 1)))
         self._executor = RayExecutor(ray, measurements, workers)
         return self._executor

@@ -17,8 +17,7 @@ from torch import nn
 
 from ..quant.apply import QuantContext
 from ..quant.quantizer import CODEBOOK_BITS, QuantSpec
-from ..quant.unit_inputs import UnitInputRecorder
-from ..tasks.base import call_model
+from ..quant.unit_inputs import record_hessians
 
 SpecOf = Callable[[str, int], QuantSpec]
 
@@ -27,12 +26,7 @@ def record_context(model: nn.Module, inputs: list, methods: tuple[str, ...], res
     """The calibration Hessians of every unit, when a method needs them (None for rtn alone)."""
     if all(m == "rtn" for m in methods):
         return None
-    with UnitInputRecorder(model) as recorder:
-        for item in inputs:
-            if reset is not None:
-                reset(model)
-            call_model(model, item)
-    return QuantContext(recorder.hessians())
+    return QuantContext(record_hessians(model, inputs, reset))
 
 
 def applicable(unit: str, bits: int, method: str, context: QuantContext | None) -> bool:
