@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..errors import QslmError
+from ..search.config import DEFAULT_BLOCK_CACHE_MB
 from ..search.strategies import strategy_names
 from .common import add_device_argument, add_model_argument, add_overwrite_argument, claim_output, print_table
 from .task_options import add_task_arguments, data_options
@@ -82,6 +83,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                         help="keep units matching this glob float (unit names or parameter paths, e.g. '*.pos'; "
                              "repeatable)")
+    parser.add_argument("--block-cache", type=integer_at_least(0), default=DEFAULT_BLOCK_CACHE_MB, metavar="MIB",
+                        help="memory for block outputs reused between measurements, in MiB (default "
+                             f"{DEFAULT_BLOCK_CACHE_MB}; 0: none); the results are the same either way")
     parser.add_argument("--cache-dir", default=None, help="sensitivity cache (default: $QSLM_CACHE_DIR or ~/.cache/qslm)")
     parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
                         help="measure on N Ray workers on this machine, each with a model replica (default 1: in "
@@ -108,6 +112,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
         validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
         reported_limit=args.reported_limit, sensitivity_method=args.sensitivity, ignore=tuple(args.ignore),
         methods=tuple(part.strip() for part in args.methods.split(",") if part.strip()),
+        block_cache_mb=args.block_cache,
         device=args.device, overwrite=args.overwrite, workers=args.workers, ray_address=args.ray_address,
         **data_options(args))
 

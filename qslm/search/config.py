@@ -18,7 +18,8 @@ from .objective import DEFAULT_WEIGHTS, parse_weights
 SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
 DEFAULT_BIT_CHOICES = (2, 3, 4, 5, 6, 8)
 BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse")
-DEFAULT_BASELINE_BUDGET = 60  # evaluations for random and nsga2 when no budget is given
+DEFAULT_BASELINE_BUDGET = 60
+DEFAULT_BLOCK_CACHE_MB = 512  # evaluations for random and nsga2 when no budget is given
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class SearchConfig:
     # quantizers each unit may use; with several, each unit takes per bit-width the one that damages its
     # outputs least (qslm.search.methods)
     methods: tuple[str, ...] = ("rtn",)
+    # memory (MiB) for block outputs reused between measurements (qslm.analysis.block_cache); 0: none.
+    # Results are the same either way, bit for bit.
+    block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB
 
     def __post_init__(self):
         from .strategies import strategy_names  # strategies register themselves on import
@@ -76,6 +80,8 @@ class SearchConfig:
             raise QslmError("method codebook needs a symmetric base spec with the mse observer (its levels are "
                             f"fitted freely), got {self.base_spec.describe()}")
         object.__setattr__(self, "methods", methods)
+        if isinstance(self.block_cache_mb, bool) or not isinstance(self.block_cache_mb, int) or self.block_cache_mb < 0:
+            raise QslmError(f"block_cache_mb must be a whole number of MiB >= 0 (0: no cache), got {self.block_cache_mb!r}")
 
     @property
     def budget(self) -> int:

@@ -46,7 +46,7 @@ from ..quant.units import find_units, unit_tensor
 from ..report import write_report
 from ..tasks.base import Task, inferences_in, run_inputs
 from .config import SearchConfig
-from .executors import ExecutorChoice
+from .executors import ExecutorChoice, InProcess
 from .journal import Journal
 from .measure import Measurements, SensitivityTable, cache_file
 from .measure import task_metric as _metric
@@ -201,6 +201,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         "candidates": [c.to_dict() for c in problem.candidates],
         "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
         "workers": executor.workers,
+        "block_cache": _block_cache_report(measurements, in_process=isinstance(executor, InProcess)),
         "baseline": {"metric_validation": baseline.metric, f"metric_{split}": reported_metric,
                      "memory_bytes": baseline.memory_bytes, "energy_pj": baseline.energy_pj,
                      "power_mw": power_mw(baseline.energy_pj, profile), "latency_s": _latency(model, task),
@@ -237,6 +238,16 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     report_files = write_report(report, staging)
     folder.commit(model_files, last=report_files)
     return SearchResult(out, report, plan, packed)
+
+
+def _block_cache_report(measurements: Measurements, in_process: bool) -> dict | None:
+    """The blocks whose outputs were reused, those left out and why; hits and misses are this process's
+    (None when workers measured)."""
+    cache = measurements.block_cache
+    if cache is None:
+        return None
+    counts = {"hits": cache.hits, "misses": cache.misses} if in_process else {"hits": None, "misses": None}
+    return {**cache.describe(), **counts}
 
 
 def _journal(folder, header: dict) -> Journal:

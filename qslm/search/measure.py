@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..analysis.block_cache import BlockOutputCache
 from ..analysis.hierarchy import Hierarchy
 from ..analysis.local_sensitivity import BlockLocalSensitivity
 from ..analysis.neurons import reset_neuron_states
@@ -72,6 +74,10 @@ class Measurements:
         self.weights = weights if weights is not None else WeightCache()
         self.routes = block_routes(hierarchy, config.sensitivity)
         self._local: BlockLocalSensitivity | None = None
+        # built on the float model, before any measurement applies a plan
+        self.block_cache = (BlockOutputCache.build(model, hierarchy, task.calibration[0], reset_neuron_states,
+                                                   config.block_cache_mb * 2 ** 20)
+                            if config.block_cache_mb else None)
 
     def use_methods(self, methods: dict[str, dict[int, str]]) -> None:
         """Each unit's quantizer per bit-width (``qslm.search.methods``; units not named: the base spec's)."""
@@ -100,13 +106,19 @@ class Measurements:
             self._local = BlockLocalSensitivity.for_hierarchy(self.model, self.hierarchy, self.reference)
         self._fresh_state()
         with fake_quantized(self.model, QuantPlan(dict(specs)), self.weights, self.context):
-            return self._local.damage(block) if block is not None else self.reference.damage()
+            if block is not None:
+                return self._local.damage(block)
+            with self._reusing_blocks():
+                return self.reference.damage()
 
     def metric(self, assignment: dict[str, int]) -> tuple[float, float]:
         """(the metric of ``assignment``, seconds it took)."""
         self._fresh_state()
-        with fake_quantized(self.model, self.plan(assignment), self.weights, self.context):
+        with fake_quantized(self.model, self.plan(assignment), self.weights, self.context), self._reusing_blocks():
             return timed(lambda: task_metric(self.task.evaluate, self.model, "evaluate"))
+
+    def _reusing_blocks(self):
+        return self.block_cache.serving() if self.block_cache is not None else nullcontext()
 
 
 class SensitivityTable:

@@ -20,7 +20,7 @@ from ..models.zoo import resolve_model_path
 from ..quant.pack import PLAN_FILE
 from ..quant.quantizer import QuantSpec
 from ..tasks.presets import DEFAULT_SIZES, KIND, build_task, check_task_name
-from .config import BASE_SPEC, DEFAULT_BIT_CHOICES, SearchConfig
+from .config import BASE_SPEC, DEFAULT_BIT_CHOICES, DEFAULT_BLOCK_CACHE_MB, SearchConfig
 from .engine import SearchResult, check_quality_limit, search
 from .objective import Constraints
 
@@ -29,7 +29,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
                weights=None, bit_choices: Sequence[int] = DEFAULT_BIT_CHOICES, strategy: str = "tiered",
                max_evaluations: int | None = None, sensitivity_method: str = "exact", seed: int = 0,
                hardware: str = "default_45nm", base_spec: QuantSpec = BASE_SPEC, ignore: Sequence[str] = (),
-               methods: Sequence[str] = ("rtn",),
+               methods: Sequence[str] = ("rtn",), block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB,
                calibration_size: int | None = None, validation_size: int | None = None,
                reported_limit: int | None = None, data_dir=None, data_files: Mapping[str, str] | None = None,
                text_column: str | None = None, label_column: str | None = None, labels: Sequence[str] | None = None,
@@ -48,7 +48,8 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     if config is None:
         config = SearchConfig(bit_choices=tuple(bit_choices), strategy=strategy, max_evaluations=max_evaluations,
                               sensitivity=sensitivity_method, seed=seed, hardware=hardware, base_spec=base_spec,
-                              weights=weights, ignore=tuple(ignore), methods=tuple(methods))
+                              weights=weights, ignore=tuple(ignore), methods=tuple(methods),
+                              block_cache_mb=block_cache_mb)
     check_quality_limit(task, KIND[check_task_name(task)] == CLASSIFICATION, constraints or Constraints())
     source = resolve_model_path(model_ref)
     if (source / PLAN_FILE).is_file():

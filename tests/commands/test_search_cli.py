@@ -92,7 +92,7 @@ def test_bad_options_exit_2(tiny_classifier, tmp_path, capsys, argv, message):
 
 @pytest.mark.parametrize("flag, value", [
     ("--calibration-size", "0"), ("--validation-size", "0"), ("--reported-limit", "0"), ("--max-evals", "0"),
-    ("--calibration-size", "-5"), ("--max-evals", "x"), ("--seed", "-1"),
+    ("--calibration-size", "-5"), ("--max-evals", "x"), ("--seed", "-1"), ("--block-cache", "-1"),
 ])
 @pytest.mark.parametrize("command", ["search", "demo"])
 def test_counts_must_be_positive(tiny_classifier, tmp_path, capsys, command, flag, value):
@@ -102,7 +102,7 @@ def test_counts_must_be_positive(tiny_classifier, tmp_path, capsys, command, fla
         main([command, str(tiny_classifier) if command == "search" else "--model=" + str(tiny_classifier),
               *task, "--out", str(tmp_path / "out"), flag, value])
     assert exit_info.value.code == 2
-    expected = "an integer >= 0" if flag == "--seed" else "a positive integer"
+    expected = "an integer >= 0" if flag in ("--seed", "--block-cache") else "a positive integer"
     assert f"qslm {command}: error: argument {flag}: expected {expected}, got '{value}'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

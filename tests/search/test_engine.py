@@ -22,7 +22,7 @@ def unique_fp32_bytes(model: nn.Module) -> int:
     return sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in tensors.values())
 
 
-def run_search(model, ids, labels, out, cache, **constraints):
+def run_search(model, ids, labels, out, cache, config=None, **constraints):
     train_ids = ids[:96]
     val_ids, val_labels = ids[96:144], labels[96:144]
     test_ids, test_labels = ids[144:], labels[144:]
@@ -30,7 +30,7 @@ def run_search(model, ids, labels, out, cache, **constraints):
                      calibration=[train_ids[:32], train_ids[32:64]],
                      test=lambda m: accuracy(m, test_ids, test_labels),
                      profile_inputs=[train_ids[i:i + 1] for i in range(6)])
-    return task, qslm.search(model, task, out=out, constraints=qslm.Constraints(**constraints),
+    return task, qslm.search(model, task, out=out, constraints=qslm.Constraints(**constraints), config=config,
                              progress=False, cache_dir=cache)
 
 
@@ -78,6 +78,20 @@ def test_handwritten_model_end_to_end(handwritten, tmp_path):
     assert fresh.lm_head.weight.data_ptr() != 0 and torch.equal(fresh.lm_head.weight, fresh.embed.weight)
     plan = json.loads((tmp_path / "out" / "quant_plan.json").read_text())
     assert set(plan["units"]) == set(find_units(model))
+
+
+def test_reusing_block_outputs_changes_no_figure(handwritten, tmp_path):
+    model, ids, labels = handwritten
+    runs = {mb: run_search(model, ids, labels, tmp_path / f"out{mb}", tmp_path / f"cache{mb}",
+                           qslm.SearchConfig(block_cache_mb=mb), max_drop=10.0, max_memory=0.4)[1].report
+            for mb in (0, 64)}
+    off, on = runs[0], runs[64]
+    assert off["block_cache"] is None
+    assert on["block_cache"]["stages"] == ["stages.body.0", "stages.body.1"] and on["block_cache"]["hits"] > 0
+    assert on["sensitivity"] == off["sensitivity"]
+    assert [(c["assignment"], c["metric"]) for c in on["candidates"]] == \
+        [(c["assignment"], c["metric"]) for c in off["candidates"]]
+    assert (tmp_path / "out0" / "model.safetensors").read_bytes() == (tmp_path / "out64" / "model.safetensors").read_bytes()
 
 
 def test_ignored_units_stay_float(handwritten, tmp_path):

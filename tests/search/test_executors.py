@@ -26,7 +26,7 @@ from tests.handwritten import HandwrittenSpikingClassifier, accuracy, make_data,
 needs_ray = pytest.mark.ray  # deselect with -m "not ray"
 
 # timings and worker counts differ between runs; everything else in a report must not
-VARYING = {"seconds", "workers", "measured_latency_s", "latency_s"}
+VARYING = {"seconds", "workers", "measured_latency_s", "latency_s", "hits", "misses"}
 
 
 @pytest.fixture(scope="module")

@@ -197,6 +197,7 @@ def test_bad_options(tiny_classifier, small_data_dir, tmp_path):
     ({"validation_size": 0}, "validation size must be positive, got 0"),
     ({"reported_limit": 0}, "test limit must be positive, got 0"),
     ({"seed": -1}, "seed must be a non-negative integer, got -1"),
+    ({"block_cache_mb": -1}, "block_cache_mb must be a whole number of MiB >= 0"),
 ])
 def test_zero_is_not_the_default(tiny_classifier, small_data_dir, tmp_path, option, message):
     with pytest.raises(QslmError, match=message):
