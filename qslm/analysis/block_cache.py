@@ -25,9 +25,10 @@ and then checks that the model's outputs with every block served from the cache 
 computed in full; if they do not (the model reads something a block leaves behind), no block is cached.
 
 Outputs are stored as copies and served as fresh copies, so a caller that changes them in place
-changes nothing held here. An output is stored the second time its key is computed, never the first:
-most keys of a search are seen once (the blocks after a changed one), and copying those would cost
-time and push out the ones that repeat. ``max_bytes`` bounds the memory held (least recently used
+changes nothing held here. An output is stored the second time its key is computed, not the first:
+most keys of a sensitivity table are seen once (the blocks after a changed one), and copying those
+would cost time and push out the ones that repeat. A search's candidates are few and costly, and each
+starts from an earlier one, so their outputs are stored at once (``serving(store_first=True)``). ``max_bytes`` bounds the memory held (least recently used
 entries go first). Only computations without autograd are cached; with gradients the blocks run as written.
 
     cache = BlockOutputCache.build(model, hierarchy, calibration[0], reset_neuron_states, max_bytes=2**29)
@@ -383,12 +384,14 @@ class BlockOutputCache:
 
     # ---- serving -------------------------------------------------------------------------------------
     @contextmanager
-    def serving(self) -> Iterator[BlockOutputCache]:
-        """Inside the block, the stages' forwards are served from the cache where their key was seen."""
-        with _patched({s.name: (s.module, self._memoised(s, s.module.forward)) for s in self.stages}):
+    def serving(self, store_first: bool = False) -> Iterator[BlockOutputCache]:
+        """Inside the block, the stages' forwards are served from the cache where their key was stored.
+        ``store_first`` stores outputs the first time their key is computed (for runs few and costly
+        enough that the next one is likely to start from this one, like a search's candidates)."""
+        with _patched({s.name: (s.module, self._memoised(s, s.module.forward, store_first)) for s in self.stages}):
             yield self
 
-    def _memoised(self, stage: Stage, forward):
+    def _memoised(self, stage: Stage, forward, store_first: bool):
         def wrapped(*args, **kwargs):
             if torch.is_grad_enabled():
                 return forward(*args, **kwargs)
@@ -403,7 +406,7 @@ class BlockOutputCache:
                 return copied(entry[0])
             self.misses += 1
             output = forward(*args, **kwargs)
-            if key not in self._seen:
+            if not store_first and key not in self._seen:
                 self._remember(key)
                 return output
             try:

@@ -147,7 +147,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
               disable=not progress or len(config.methods) == 1, leave=False) as bar:
         chosen_methods = choose_methods(list(units), list(config.bit_choices), config.methods, config.base_spec,
                                         context, lambda u, spec: chooser.measure_specs({u: spec})["damage"],
-                                        progress=bar.update)
+                                        lambda u, spec: unit_bytes(units[u], spec), progress=bar.update)
     measurements.use_methods(chosen_methods)
     spec_of = measurements.spec_of
     methods_by_bits = {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in chosen_methods.items()}

@@ -114,11 +114,12 @@ class Measurements:
     def metric(self, assignment: dict[str, int]) -> tuple[float, float]:
         """(the metric of ``assignment``, seconds it took)."""
         self._fresh_state()
-        with fake_quantized(self.model, self.plan(assignment), self.weights, self.context), self._reusing_blocks():
+        with fake_quantized(self.model, self.plan(assignment), self.weights, self.context), \
+                self._reusing_blocks(store_first=True):
             return timed(lambda: task_metric(self.task.evaluate, self.model, "evaluate"))
 
-    def _reusing_blocks(self):
-        return self.block_cache.serving() if self.block_cache is not None else nullcontext()
+    def _reusing_blocks(self, store_first: bool = False):
+        return self.block_cache.serving(store_first) if self.block_cache is not None else nullcontext()
 
 
 class SensitivityTable:

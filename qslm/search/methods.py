@@ -2,8 +2,9 @@
 
 With ``SearchConfig.methods`` naming more than round-to-nearest (``rtn``, ``gptq``, ``codebook``: see
 ``qslm.quant.quantizer``), every unit alone is fake-quantized with every method that applies to it at every
-bit-width, and keeps, per bit-width, the one whose output damage on the calibration inputs is lowest (ties:
-the earlier method in the list). The search then chooses bit-widths as always; a unit at b bits uses its
+bit-width, and keeps, per bit-width, the one whose output damage on the calibration inputs is lowest among
+those storing the same bytes (ties: the earlier method in the list); a method that stores more (the
+codebook's levels) is kept only where its damage per byte beats the next bit-width's (``choose_methods``). The search then chooses bit-widths as always; a unit at b bits uses its
 method for b, so a plan's choices are (method, bits) per unit, and bytes, energy and export follow the
 spec. GPTQ needs the unit's calibration Hessian (``qslm.quant.unit_inputs``), recorded once from the
 calibration inputs; a unit that has none (an embedding, a convolution) is not offered GPTQ.
@@ -38,24 +39,44 @@ def applicable(unit: str, bits: int, method: str, context: QuantContext | None) 
 
 
 def choose_methods(units: list[str], bit_choices: list[int], methods: tuple[str, ...], base: QuantSpec,
-                   context: QuantContext | None, damage: Callable[[str, QuantSpec], float], progress=None
-                   ) -> dict[str, dict[int, str]]:
-    """unit -> bits -> method with the lowest ``damage(unit, spec)`` (only rtn: no measurement)."""
+                   context: QuantContext | None, damage: Callable[[str, QuantSpec], float],
+                   stored_bytes: Callable[[str, QuantSpec | None], int], progress=None) -> dict[str, dict[int, str]]:
+    """unit -> bits -> method (only rtn: no measurement). At each width the unit takes, of the methods
+    that store the fewest bytes (rtn, gptq), the one with the lowest ``damage(unit, spec)``; a method that
+    stores more at that width (codebook: its levels) only where it buys damage more cheaply than the
+    next width does, i.e. where its (bytes, damage) lies below the line from the cheapest method at this
+    width to the cheapest at the next (float after the widest)."""
     chosen: dict[str, dict[int, str]] = {}
+    widths = sorted(bit_choices)
     for unit in units:
-        chosen[unit] = {}
-        for bits in bit_choices:
+        measured: dict[int, list[tuple[int, float, int, str]]] = {}  # bits -> (bytes, damage, order, method)
+        for bits in widths:
             options = [m for m in methods if applicable(unit, bits, m, context)] or ["rtn"]
-            if len(options) == 1:
-                chosen[unit][bits] = options[0]
-                if progress is not None:
-                    progress(len(methods))
-                continue
-            scores = [(damage(unit, dataclasses.replace(base, bits=bits, method=m)), i, m) for i, m in enumerate(options)]
-            chosen[unit][bits] = min(scores)[2]
+            specs = [dataclasses.replace(base, bits=bits, method=m) for m in options]
+            measured[bits] = [(stored_bytes(unit, spec), damage(unit, spec) if len(options) > 1 else 0.0, i, m)
+                              for i, (m, spec) in enumerate(zip(options, specs))]
             if progress is not None:
                 progress(len(methods))
+        cheapest = {b: min(rows, key=lambda r: (r[0], r[1], r[2])) for b, rows in measured.items()}
+        chosen[unit] = {}
+        for index, bits in enumerate(widths):
+            floor = cheapest[bits]
+            nxt = cheapest[widths[index + 1]] if index + 1 < len(widths) else (stored_bytes(unit, None), 0.0)
+            pricier = [r for r in measured[bits] if r[0] > floor[0]]
+            best = min(pricier, key=lambda r: (r[1], r[2]), default=None)
+            chosen[unit][bits] = (best[3] if best is not None and _below_line(best, floor, nxt) else floor[3])
     return chosen
+
+
+def _below_line(point: tuple, start: tuple, end: tuple) -> bool:
+    """(bytes, damage) ``point`` lies strictly below the segment from ``start`` to ``end`` (and under
+    ``start``'s damage): each extra byte lowers the damage more than moving to ``end`` would."""
+    (x, y), (x0, y0), (x1, y1) = point[:2], start[:2], end[:2]
+    if y >= y0:
+        return False
+    if x1 <= x0:
+        return True
+    return y < y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
 def spec_function(base: QuantSpec, chosen: dict[str, dict[int, str]]) -> SpecOf:

@@ -222,7 +222,6 @@ def test_methods_are_chosen_per_unit_and_bit_width(handwritten, tmp_path):
                          cache_dir=tmp_path / "cache")
     methods = result.report["methods"]
     assert set(methods) == set(find_units(model))
-    assert methods["embed"]["2"] in ("rtn", "codebook")  # an embedding has no input Hessian: no gptq
     assert {m for by_bits in methods.values() for m in by_bits.values()} - {"rtn"}  # some unit gains
     # the plan names each unit's method, the file holds exactly its bytes, the reload reproduces the metric
     plan = json.loads((tmp_path / "out" / "quant_plan.json").read_text())["units"]

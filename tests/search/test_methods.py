@@ -1,0 +1,72 @@
+"""Choosing a quantizer per unit and bit-width: the least damage among methods of equal bytes, and a
+method that stores more only where its extra bytes lower the damage more cheaply than the next width."""
+from __future__ import annotations
+
+from qslm.search.config import BASE_SPEC
+from qslm.search.methods import choose_methods
+
+# bytes per (method, bits) of one unit; the codebook stores its levels on top of the codes
+BYTES = {("rtn", 2): 100, ("gptq", 2): 100, ("codebook", 2): 130,
+         ("rtn", 3): 150, ("gptq", 3): 150, ("codebook", 3): 200,
+         ("rtn", 4): 200, ("gptq", 4): 200, ("codebook", 4): 300}
+FLOAT_BYTES = 1600
+
+
+def choose(damages: dict[tuple[str, int], float], methods=("rtn", "gptq", "codebook"), bits=(2, 3, 4)):
+    measured = []
+
+    def damage(unit, spec):
+        measured.append((spec.method, spec.bits))
+        return damages[(spec.method, spec.bits)]
+
+    def stored(unit, spec):
+        return FLOAT_BYTES if spec is None else BYTES[(spec.method, spec.bits)]
+
+    chosen = choose_methods(["u"], list(bits), methods, BASE_SPEC, _AlwaysHessian(), damage, stored)["u"]
+    return chosen, measured
+
+
+class _AlwaysHessian:
+    def hessian(self, name):
+        return object()
+
+
+def test_equal_bytes_take_the_least_damage():
+    chosen, _ = choose({("rtn", 2): 5.0, ("gptq", 2): 3.0, ("rtn", 3): 1.0, ("gptq", 3): 2.0, ("rtn", 4): 0.5,
+                        ("gptq", 4): 0.5}, methods=("rtn", "gptq"))
+    assert chosen == {2: "gptq", 3: "rtn", 4: "rtn"}  # a tie: the earlier method
+
+
+def test_a_pricier_method_must_beat_the_next_widths_exchange_rate():
+    base = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("rtn", 3): 4.0, ("gptq", 3): 4.0, ("rtn", 4): 1.0,
+            ("gptq", 4): 1.0, ("codebook", 4): 0.9}
+    # 2 bits: 30 extra bytes; the line from gptq-2 (100 B, 8.0) to rtn-3 (150 B, 4.0) is at 5.6 there
+    chosen, _ = choose({**base, ("codebook", 2): 5.0, ("codebook", 3): 3.9})
+    assert chosen[2] == "codebook"  # 5.0 < 5.6: cheaper damage than a third bit
+    chosen, _ = choose({**base, ("codebook", 2): 6.0, ("codebook", 3): 3.9})
+    assert chosen[2] == "gptq"  # lower damage than gptq, but a third bit buys more per byte
+    # 3 bits: 50 extra bytes reach 4 bits' bytes; the codebook must do better than 4 bits itself
+    assert chosen[3] == "rtn"
+    chosen, _ = choose({**base, ("codebook", 2): 6.0, ("codebook", 3): 0.5})
+    assert chosen[3] == "codebook"
+
+
+def test_at_the_widest_width_float_is_the_next_step():
+    base = {("rtn", 2): 10.0, ("gptq", 2): 10.0, ("codebook", 2): 11.0, ("rtn", 3): 4.0, ("gptq", 3): 4.0,
+            ("codebook", 3): 5.0, ("rtn", 4): 1.0, ("gptq", 4): 1.0}
+    # 4 bits -> float: 1400 bytes for 1.0 of damage; the codebook's 100 extra bytes must save > 0.071
+    assert choose({**base, ("codebook", 4): 0.95})[0][4] == "rtn"
+    assert choose({**base, ("codebook", 4): 0.5})[0][4] == "codebook"
+
+
+def test_a_worse_pricier_method_is_never_chosen():
+    damages = {(m, b): 1.0 / b for m in ("rtn", "gptq") for b in (2, 3, 4)}
+    damages.update({("codebook", b): 2.0 for b in (2, 3, 4)})
+    chosen, measured = choose(damages)
+    assert set(chosen.values()) == {"rtn"}
+    assert len(measured) == 9  # every applicable (method, bits) measured once
+
+
+def test_round_to_nearest_alone_measures_nothing():
+    chosen, measured = choose({}, methods=("rtn",))
+    assert chosen == {2: "rtn", 3: "rtn", 4: "rtn"} and measured == []
