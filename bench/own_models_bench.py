@@ -4,7 +4,7 @@ model and a SpikingJelly model (the ones tests/search/test_engine.py uses), trai
 token task. For each: units found, FP32 bytes against the model's unique tensor bytes, the packed file's
 tensor bytes, the metric before and after, and the metric of a fresh instance loaded from the written files.
 
-    python bench/own_models_bench.py [--out bench-out/own-models]
+    python bench/own_models_bench.py [--out bench-out/own-models] [--max-memory 25%] [--methods rtn,gptq,codebook]
 """
 from __future__ import annotations
 
@@ -39,7 +39,10 @@ def train(model, ids, labels, steps, reset=None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-out/own-models")
+    parser.add_argument("--max-memory", default="25%")
+    parser.add_argument("--methods", default="rtn", help="quantizers the search may use (comma-separated)")
     args = parser.parse_args()
+    config = qslm.SearchConfig(methods=tuple(args.methods.split(",")))
     from spikingjelly.activation_based import functional
 
     torch.manual_seed(0)
@@ -59,8 +62,8 @@ def main() -> None:
                          profile_inputs=[ids[i:i + 1] for i in range(32)])
         started = time.perf_counter()
         result = qslm.search(model, task, out=Path(args.out) / name, overwrite=True, progress=False,
-                             constraints=qslm.Constraints(max_drop=1.0, max_memory=0.25),
-                             cache_dir=Path(args.out) / "cache")
+                             constraints=qslm.Constraints(max_drop=1.0, max_memory=args.max_memory),
+                             config=config, cache_dir=Path(args.out) / "cache")
         seconds = time.perf_counter() - started
         report = result.report
         assert report["baseline"]["memory_bytes"] == unique_fp32_bytes(model)
