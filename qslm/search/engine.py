@@ -147,7 +147,8 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
               disable=not progress or len(config.methods) == 1, leave=False) as bar:
         chosen_methods = choose_methods(list(units), list(config.bit_choices), config.methods, config.base_spec,
                                         context, lambda u, spec: chooser.measure_specs({u: spec})["damage"],
-                                        lambda u, spec: unit_bytes(units[u], spec), progress=bar.update)
+                                        lambda u, spec: unit_bytes(units[u], spec), progress=bar.update,
+                                        units_budget=_units_budget(constraints, baseline, fixed))
     measurements.use_methods(chosen_methods)
     spec_of = measurements.spec_of
     methods_by_bits = {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in chosen_methods.items()}
@@ -238,6 +239,12 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     report_files = write_report(report, staging)
     folder.commit(model_files, last=report_files)
     return SearchResult(out, report, plan, packed)
+
+
+def _units_budget(constraints: Constraints, baseline: Baseline, fixed: int) -> float | None:
+    """The bytes the units may store under the memory limit (None without one)."""
+    limit = constraints.memory_limit_bytes(baseline.memory_bytes)
+    return None if limit is None else limit - fixed
 
 
 def _block_cache_report(measurements: Measurements, in_process: bool) -> dict | None:

@@ -40,14 +40,20 @@ def applicable(unit: str, bits: int, method: str, context: QuantContext | None) 
 
 def choose_methods(units: list[str], bit_choices: list[int], methods: tuple[str, ...], base: QuantSpec,
                    context: QuantContext | None, damage: Callable[[str, QuantSpec], float],
-                   stored_bytes: Callable[[str, QuantSpec | None], int], progress=None) -> dict[str, dict[int, str]]:
+                   stored_bytes: Callable[[str, QuantSpec | None], int], progress=None,
+                   units_budget: float | None = None) -> dict[str, dict[int, str]]:
     """unit -> bits -> method (only rtn: no measurement). At each width the unit takes, of the methods
     that store the fewest bytes (rtn, gptq), the one with the lowest ``damage(unit, spec)``; a method that
     stores more at that width (codebook: its levels) only where it buys damage more cheaply than the
     next width does, i.e. where its (bytes, damage) lies below the line from the cheapest method at this
-    width to the cheapest at the next (float after the widest)."""
+    width to the cheapest at the next (float after the widest), with fewer bytes than the next.
+
+    ``units_budget`` (the memory limit less the float tensors' bytes) keeps the limit as reachable as with
+    the cheapest methods: while every unit at the lowest width would not fit in it, the unit whose pricier
+    method there costs the least damage per byte to give up goes back to the cheapest."""
     chosen: dict[str, dict[int, str]] = {}
     widths = sorted(bit_choices)
+    at_lowest: dict[str, tuple[tuple, tuple]] = {}  # unit -> (cheapest, chosen) rows at the lowest width
     for unit in units:
         measured: dict[int, list[tuple[int, float, int, str]]] = {}  # bits -> (bytes, damage, order, method)
         for bits in widths:
@@ -64,18 +70,37 @@ def choose_methods(units: list[str], bit_choices: list[int], methods: tuple[str,
             nxt = cheapest[widths[index + 1]] if index + 1 < len(widths) else (stored_bytes(unit, None), 0.0)
             pricier = [r for r in measured[bits] if r[0] > floor[0]]
             best = min(pricier, key=lambda r: (r[1], r[2]), default=None)
-            chosen[unit][bits] = (best[3] if best is not None and _below_line(best, floor, nxt) else floor[3])
+            pick = best if best is not None and _below_line(best, floor, nxt) else floor
+            chosen[unit][bits] = pick[3]
+            if index == 0:
+                at_lowest[unit] = (floor, pick)
+    if units_budget is not None:
+        _keep_reachable(chosen, widths[0], at_lowest, units_budget)
     return chosen
 
 
+def _keep_reachable(chosen: dict[str, dict[int, str]], lowest: int, at_lowest: dict[str, tuple[tuple, tuple]],
+                    budget: float) -> None:
+    """Give the cheapest method back at the lowest width, least damage per byte first, while the plan with
+    every unit at that width stores more than ``budget``."""
+    total = sum(pick[0] for _, pick in at_lowest.values())
+    giving_up = sorted(((cheap[1] - pick[1]) / (pick[0] - cheap[0]), position, unit)
+                       for position, (unit, (cheap, pick)) in enumerate(at_lowest.items()) if pick[0] > cheap[0])
+    for _, _, unit in giving_up:
+        if total <= budget:
+            return
+        cheap, pick = at_lowest[unit]
+        chosen[unit][lowest] = cheap[3]
+        total -= pick[0] - cheap[0]
+
+
 def _below_line(point: tuple, start: tuple, end: tuple) -> bool:
-    """(bytes, damage) ``point`` lies strictly below the segment from ``start`` to ``end`` (and under
-    ``start``'s damage): each extra byte lowers the damage more than moving to ``end`` would."""
+    """(bytes, damage) ``point`` lies strictly below the segment from ``start`` to ``end``, under
+    ``start``'s damage and short of ``end``'s bytes: each extra byte lowers the damage more than moving to
+    ``end`` would (bytes that reach ``end``'s are better spent there)."""
     (x, y), (x0, y0), (x1, y1) = point[:2], start[:2], end[:2]
-    if y >= y0:
+    if y >= y0 or x >= x1:
         return False
-    if x1 <= x0:
-        return True
     return y < y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 

@@ -7,7 +7,7 @@ from qslm.search.methods import choose_methods
 
 # bytes per (method, bits) of one unit; the codebook stores its levels on top of the codes
 BYTES = {("rtn", 2): 100, ("gptq", 2): 100, ("codebook", 2): 130,
-         ("rtn", 3): 150, ("gptq", 3): 150, ("codebook", 3): 200,
+         ("rtn", 3): 150, ("gptq", 3): 150, ("codebook", 3): 190,
          ("rtn", 4): 200, ("gptq", 4): 200, ("codebook", 4): 300}
 FLOAT_BYTES = 1600
 
@@ -45,10 +45,19 @@ def test_a_pricier_method_must_beat_the_next_widths_exchange_rate():
     assert chosen[2] == "codebook"  # 5.0 < 5.6: cheaper damage than a third bit
     chosen, _ = choose({**base, ("codebook", 2): 6.0, ("codebook", 3): 3.9})
     assert chosen[2] == "gptq"  # lower damage than gptq, but a third bit buys more per byte
-    # 3 bits: 50 extra bytes reach 4 bits' bytes; the codebook must do better than 4 bits itself
+    # 3 bits: 40 extra bytes of the 50 to 4 bits; the line is at 1.6 there
     assert chosen[3] == "rtn"
-    chosen, _ = choose({**base, ("codebook", 2): 6.0, ("codebook", 3): 0.5})
+    chosen, _ = choose({**base, ("codebook", 2): 6.0, ("codebook", 3): 1.5})
     assert chosen[3] == "codebook"
+
+
+def test_a_pricier_method_storing_the_next_widths_bytes_is_never_chosen(monkeypatch):
+    # a 3-bit codebook storing what 4 bits store (200 bytes), where 4 bits measure worse than 3 (noise):
+    # its bytes are better spent on the next width, whatever the line says
+    monkeypatch.setitem(BYTES, ("codebook", 3), 200)
+    damages = {("rtn", 2): 10.0, ("gptq", 2): 10.0, ("codebook", 2): 11.0, ("rtn", 3): 4.0, ("gptq", 3): 4.0,
+               ("codebook", 3): 0.1, ("rtn", 4): 4.5, ("gptq", 4): 4.5, ("codebook", 4): 5.0}
+    assert choose(damages)[0][3] == "rtn"
 
 
 def test_at_the_widest_width_float_is_the_next_step():
@@ -70,3 +79,21 @@ def test_a_worse_pricier_method_is_never_chosen():
 def test_round_to_nearest_alone_measures_nothing():
     chosen, measured = choose({}, methods=("rtn",))
     assert chosen == {2: "rtn", 3: "rtn", 4: "rtn"} and measured == []
+
+
+def test_a_tight_memory_limit_gets_the_cheapest_methods_back_at_the_lowest_width():
+    damages = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("codebook", 2): 4.0, ("rtn", 3): 4.5, ("gptq", 3): 4.5,
+               ("codebook", 3): 4.4, ("rtn", 4): 1.0, ("gptq", 4): 1.0, ("codebook", 4): 0.9}
+    assert choose(damages)[0][2] == "codebook"
+
+    def chosen_under(budget):
+        return choose_methods(["u", "v"], [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(),
+                              lambda unit, spec: damages[(spec.method, spec.bits)] * (2 if unit == "v" else 1),
+                              lambda unit, spec: FLOAT_BYTES if spec is None else BYTES[(spec.method, spec.bits)],
+                              units_budget=budget)
+
+    assert {u: c[2] for u, c in chosen_under(260).items()} == {"u": "codebook", "v": "codebook"}
+    # 230 bytes: one codebook must go; u's costs less damage to give up (4 against 8 for 30 bytes)
+    assert {u: c[2] for u, c in chosen_under(230).items()} == {"u": "gptq", "v": "codebook"}
+    assert {u: c[2] for u, c in chosen_under(150).items()} == {"u": "gptq", "v": "gptq"}  # as far as it goes
+    assert chosen_under(150)["u"][3] == "rtn"  # wider widths keep their choice
