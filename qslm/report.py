@@ -52,13 +52,32 @@ def plot_pareto(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+METHOD_COLOURS = {"rtn": "tab:blue", "gptq": "tab:orange", "codebook": "tab:green"}
+
+
+def chosen_methods(report: dict) -> dict[str, str]:
+    """unit -> the quantizer of its width in the chosen plan (rtn where the report names none; float
+    units are left out)."""
+    methods = report.get("methods") or {}
+    assignment = (report.get("chosen") or {}).get("assignment") or {}
+    return {u: methods.get(u, {}).get(str(b), "rtn") for u, b in assignment.items() if b < 32}
+
+
 def plot_bitwidths(report: dict, path: Path) -> None:
     assignment = (report.get("chosen") or {}).get("assignment") or {}
     if not assignment:
         return
     names = list(assignment)
+    methods = chosen_methods(report)
     fig, ax = _figure(figsize=(max(6.0, 0.22 * len(names)), 3.6))
-    ax.bar(range(len(names)), [assignment[n] for n in names], color="tab:blue")
+    colours = [METHOD_COLOURS.get(methods.get(n, "rtn"), "tab:gray") for n in names]
+    ax.bar(range(len(names)), [assignment[n] for n in names], color=colours)
+    used = sorted(set(methods.values()), key=list(METHOD_COLOURS).index)
+    if used != ["rtn"]:  # a legend only when the plan mixes quantizers
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color=METHOD_COLOURS[m], label=m) for m in used], fontsize=7, loc="upper left",
+                  bbox_to_anchor=(1.0, 1.0))
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=90, fontsize=6)
     ax.set_ylabel("bits")
@@ -134,8 +153,9 @@ def markdown(report: dict) -> str:
     lines += ["## Constraints and objective", "", f"- constraints: `{json.dumps(report['constraints'])}`",
               f"- search config: `{json.dumps(report['config'])}`", ""]
     if report.get("chosen"):
-        lines += ["## Bit-width per module", "", "| unit | bits |", "|---|---|"]
-        lines += [f"| {u} | {b} |" for u, b in report["chosen"]["assignment"].items()]
+        methods = chosen_methods(report)
+        lines += ["## Bit-width per module", "", "| unit | bits | method |", "|---|---|---|"]
+        lines += [f"| {u} | {b} | {methods.get(u, 'float')} |" for u, b in report["chosen"]["assignment"].items()]
         lines.append("")
     if report.get("sensitivity"):
         bits = sorted({int(b) for row in report["sensitivity"].values() for b in row})

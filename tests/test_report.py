@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from qslm.report import plot_sensitivity, report_json
+from qslm.report import chosen_methods, plot_bitwidths, plot_sensitivity, report_json
 
 
 def strict_loads(text: str):
@@ -40,3 +40,16 @@ def test_sensitivity_heatmap_fits_the_unit_names(tmp_path, bits):
         warnings.simplefilter("error")
         plot_sensitivity(report, tmp_path / "sensitivity.png")
     assert (tmp_path / "sensitivity.png").stat().st_size > 1000
+
+
+def test_the_bit_width_map_names_each_units_method(tmp_path):
+    report = {"chosen": {"assignment": {"emb": 3, "blocks.0.key": 2, "blocks.0.value": 2, "head": 32}},
+              "methods": {"emb": {"2": "codebook", "3": "rtn"}, "blocks.0.key": {"2": "gptq"},
+                          "blocks.0.value": {"2": "codebook"}, "head": {"2": "gptq"}}}
+    assert chosen_methods(report) == {"emb": "rtn", "blocks.0.key": "gptq", "blocks.0.value": "codebook"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_bitwidths(report, tmp_path / "bitwidths.png")
+    assert (tmp_path / "bitwidths.png").stat().st_size > 1000
+    # an older report without methods: everything rtn
+    assert set(chosen_methods({"chosen": report["chosen"]}).values()) == {"rtn"}
