@@ -318,9 +318,14 @@ class BlockOutputCache:
                 return output
             return wrapped
 
-        neuron_hooks = [module.register_forward_pre_hook(
-            lambda _m, _a, name=name: [traces[s].neurons.add(name) for s in running] and None)
-            for name, module in lif_modules(model).items()]
+        def neuron_called(name: str):
+            def hook(_module, _args) -> None:
+                for stage in running:
+                    traces[stage].neurons.add(name)
+            return hook
+
+        neuron_hooks = [module.register_forward_pre_hook(neuron_called(name))
+                        for name, module in lif_modules(model).items()]
         running.append("")
         try:
             with _patched({name: (m, traced(name, m.forward)) for name, m in candidates.items()}), \

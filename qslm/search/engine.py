@@ -158,7 +158,8 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     seconds["sensitivity"] = time.perf_counter() - t0
 
     # ---- search: a journal entry (one plan's metric) depends only on the header, so a rerun with other
-    # constraints, weights, strategy or budget reuses every measurement already made
+    # constraints, weights, strategy or budget reuses every measurement already made (with several methods,
+    # a memory limit that changes a unit's method at the lowest width changes the header: another search)
     t0 = time.perf_counter()
     header = {"model": digest, "task": task.identity(), "metric": task.metric_name,
               "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}

@@ -14,7 +14,7 @@ from qslm.errors import QslmError
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.quant.apply import WeightCache, fake_quantized
 from qslm.quant.plan import QuantPlan
-from qslm.quant.quantizer import QuantSpec
+from qslm.quant.quantizer import NeuronSpec, QuantSpec
 from tests.handwritten import HandwrittenSpikingClassifier
 
 MIB = 2 ** 20
@@ -65,7 +65,9 @@ def test_served_outputs_equal_computed_ones_for_every_unit_and_plan():
     model = tiny_spikegpt()
     inputs = [torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(i)) for i in range(2)]
     cache, weights = build(model, inputs[0]), WeightCache()
-    plans = single_unit_plans(model) + [QuantPlan.uniform(model, QuantSpec(bits=3))]
+    plans = single_unit_plans(model) + [QuantPlan.uniform(model, QuantSpec(bits=3)),
+                                        QuantPlan({}, {"blocks.1.lif2": NeuronSpec(2)}),  # a neuron's state only
+                                        QuantPlan.uniform(model, QuantSpec(bits=4), neuron_bits=3)]
     for _ in range(3):  # seen, stored, served
         for plan in plans:
             assert all(identical(a, b) for a, b in zip(run(model, inputs, plan, cache, weights),
