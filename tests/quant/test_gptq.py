@@ -97,3 +97,41 @@ def test_bad_inputs_are_clear_errors(problem):
         GptqOptions(damping=0.0)
     with pytest.raises(QslmError, match="block_size must be a positive integer"):
         GptqOptions(block_size=0)
+
+
+# A 4 x 4 case worked out with the textbook (OBQ) update: quantize column j, divide its rounding error by
+# [H_F^-1]_jj and subtract error * [H_F^-1]_j,: from the columns F not yet quantized, with H_F^-1 the inverse
+# of the (damped) Hessian restricted to F, inverted afresh at every step. GPTQ's Cholesky form must agree.
+W4 = torch.tensor([[0.90, -0.30, 0.50, 0.10], [-0.20, 0.70, -0.60, 0.40],
+                   [0.35, 0.15, -0.80, -0.45], [-0.55, 0.25, 0.05, 0.65]], dtype=torch.float64)
+X4 = torch.tensor([[1.0, 0.8, 0.1, -0.2], [0.5, 0.6, -0.3, 0.1], [-0.4, -0.5, 0.9, 0.3],
+                   [0.2, 0.1, 0.4, 0.9], [1.1, 0.9, -0.2, 0.0], [-0.3, 0.2, 0.5, -0.7]], dtype=torch.float64)
+H4 = 2 * X4.t() @ X4 / X4.shape[0]
+# 3-bit symmetric per-channel minmax: scale = max|row| / 3, codes centred on 4
+CODES_BY_HAND = [[7, 3, 6, 4], [3, 7, 1, 6], [5, 5, 1, 2], [1, 6, 4, 7]]
+RTN_CODES = [[7, 3, 6, 4], [3, 7, 1, 6], [5, 5, 1, 2], [1, 5, 4, 7]]  # row 3, column 1 differs
+
+
+def obq_codes(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, damping: float) -> torch.Tensor:
+    damped = hessian + damping * hessian.diagonal().mean() * torch.eye(len(hessian), dtype=hessian.dtype)
+    w, codes, remaining = w.clone(), torch.zeros_like(w), list(range(w.shape[1]))
+    for j in range(w.shape[1]):
+        inverse = torch.linalg.inv(damped[remaining][:, remaining])
+        code = torch.clamp(torch.round(w[:, j] / scale), -3, 3)
+        codes[:, j] = code + 4
+        error = (w[:, j] - code * scale) / inverse[0, 0]
+        w[:, remaining] -= error[:, None] * inverse[0][None, :]
+        remaining.pop(0)
+    return codes
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4])
+def test_gptq_matches_a_4x4_case_worked_by_hand(block_size):
+    spec = QuantSpec(bits=3, observer="minmax", method="gptq")
+    result = gptq_quantize(W4.float(), spec, H4, GptqOptions(damping=0.01, block_size=block_size))
+    scale = W4.abs().amax(1) / 3
+    assert torch.allclose(result.scale.double(), scale, atol=1e-7)
+    assert result.codes.tolist() == CODES_BY_HAND == obq_codes(W4, H4, scale, 0.01).int().tolist()
+    rtn = quantize_tensor(W4.float(), QuantSpec(bits=3, observer="minmax"))
+    assert rtn.codes.tolist() == RTN_CODES  # the compensation changed a code rounding would have kept
+    assert torch.allclose(result.dequantize().double(), (torch.tensor(CODES_BY_HAND) - 4) * scale[:, None], atol=1e-6)
