@@ -50,7 +50,7 @@ from .executors import ExecutorChoice, InProcess
 from .journal import Journal
 from .measure import Measurements, SensitivityTable, cache_file
 from .measure import task_metric as _metric
-from .methods import choose_methods, record_context, split_calibration
+from .methods import choose_methods, record_context
 from .objective import Baseline, Constraints
 from .problem import SearchProblem
 from .strategies import StrategyContext, run_strategy
@@ -138,17 +138,11 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     digest = model_hash(model)
     weight_cache = WeightCache()
     reference = OutputReference(model, task.calibration, task.damage, task.output, reset=reset_neuron_states)
-    several = len(config.methods) > 1
-    held_out = several and len(task.calibration) > 1  # methods judged on batches their Hessians never saw
-    fitted_on, judged_on = split_calibration(task.calibration) if several else (task.calibration, task.calibration)
-    context = record_context(model, fitted_on, config.methods, reset_neuron_states)
+    context = record_context(model, task.calibration, config.methods, reset_neuron_states)
     measurements = Measurements(model, task, hierarchy, config, reference=reference, weights=weight_cache,
                                 context=context)
-    judge = measurements if not held_out else Measurements(
-        model, task, hierarchy, config, weights=weight_cache, context=context, block_cache=measurements.block_cache,
-        reference=OutputReference(model, judged_on, task.damage, task.output, reset=reset_neuron_states))
     cache = SensitivityCache(cache_file(cache_dir, digest))
-    chooser = SensitivityTable(judge, cache, digest, executor=None)  # in this process: few measurements
+    chooser = SensitivityTable(measurements, cache, digest, executor=None)  # in this process: few measurements
     with tqdm(total=len(units) * len(config.bit_choices) * len(config.methods), desc="methods",
               disable=not progress or len(config.methods) == 1, leave=False) as bar:
         chosen_methods = choose_methods(list(units), list(config.bit_choices), config.methods, config.base_spec,
@@ -206,8 +200,6 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         "calibration_size": sum(inferences_in(item) for item in task.calibration), "damage_measure": reference.measure,
         "hierarchy": hierarchy.to_dict(), "sensitivity": table,
         "methods": methods_by_bits,
-        "methods_choice": {"hessian_batches": len(fitted_on), "compared_on_batches": len(judged_on),
-                           "held_out": held_out} if several else None,
         "candidates": [c.to_dict() for c in problem.candidates],
         "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
         "workers": executor.workers,

@@ -64,8 +64,7 @@ class Measurements:
 
     def __init__(self, model: nn.Module, task: Task, hierarchy: Hierarchy, config: SearchConfig, *,
                  reference: OutputReference | None = None, weights: WeightCache | None = None,
-                 methods: dict[str, dict[int, str]] | None = None, context: QuantContext | None = None,
-                 block_cache: BlockOutputCache | None = None):
+                 methods: dict[str, dict[int, str]] | None = None, context: QuantContext | None = None):
         self.model, self.task, self.hierarchy, self.seed = model, task, hierarchy, config.seed
         self.config, self.base_spec = config, config.base_spec
         self.context = context  # calibration Hessians, when a method needs them
@@ -75,12 +74,10 @@ class Measurements:
         self.weights = weights if weights is not None else WeightCache()
         self.routes = block_routes(hierarchy, config.sensitivity)
         self._local: BlockLocalSensitivity | None = None
-        # built on the float model, before any measurement applies a plan (or shared with measurements of
-        # the same model)
-        if block_cache is None and config.block_cache_mb:
-            block_cache = BlockOutputCache.build(model, hierarchy, task.calibration[0], reset_neuron_states,
-                                                 config.block_cache_mb * 2 ** 20)
-        self.block_cache = block_cache
+        # built on the float model, before any measurement applies a plan
+        self.block_cache = (BlockOutputCache.build(model, hierarchy, task.calibration[0], reset_neuron_states,
+                                                   config.block_cache_mb * 2 ** 20)
+                            if config.block_cache_mb else None)
 
     def use_methods(self, methods: dict[str, dict[int, str]]) -> None:
         """Each unit's quantizer per bit-width (``qslm.search.methods``; units not named: the base spec's)."""

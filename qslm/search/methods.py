@@ -6,9 +6,8 @@ bit-width, and keeps, per bit-width, the one whose output damage on the calibrat
 those storing the same bytes (ties: the earlier method in the list); a method that stores more (the
 codebook's levels) is kept only where its damage per byte beats the next bit-width's (``choose_methods``). The search then chooses bit-widths as always; a unit at b bits uses its
 method for b, so a plan's choices are (method, bits) per unit, and bytes, energy and export follow the
-spec. GPTQ needs the unit's calibration Hessian (``qslm.quant.unit_inputs``), recorded once, from every other
-calibration batch; the methods are compared on the batches in between (``split_calibration``). A unit that
-has no Hessian (an embedding, a convolution) is not offered GPTQ.
+spec. GPTQ needs the unit's calibration Hessian (``qslm.quant.unit_inputs``), recorded once from the
+calibration inputs; a unit that has none (an embedding, a convolution) is not offered GPTQ.
 """
 from __future__ import annotations
 
@@ -29,15 +28,6 @@ def record_context(model: nn.Module, inputs: list, methods: tuple[str, ...], res
     if all(m == "rtn" for m in methods):
         return None
     return QuantContext(record_hessians(model, inputs, reset))
-
-
-def split_calibration(inputs: list) -> tuple[list, list]:
-    """(the inputs Hessians are recorded on, the inputs methods are compared on): alternate batches, so
-    a method fitted to data (gptq, a Hessian-weighted codebook) is never judged on that same data, where
-    it would look better than it is; with a single batch both are that batch."""
-    if len(inputs) < 2:
-        return list(inputs), list(inputs)
-    return list(inputs[::2]), list(inputs[1::2])
 
 
 def applicable(unit: str, bits: int, method: str, context: QuantContext | None) -> bool:

@@ -3,7 +3,7 @@ method that stores more only where its extra bytes lower the damage more cheaply
 from __future__ import annotations
 
 from qslm.search.config import BASE_SPEC
-from qslm.search.methods import choose_methods, split_calibration
+from qslm.search.methods import choose_methods
 
 # bytes per (method, bits) of one unit; the codebook stores its levels on top of the codes
 BYTES = {("rtn", 2): 100, ("gptq", 2): 100, ("codebook", 2): 130,
@@ -97,9 +97,3 @@ def test_a_tight_memory_limit_gets_the_cheapest_methods_back_at_the_lowest_width
     assert {u: c[2] for u, c in chosen_under(230).items()} == {"u": "gptq", "v": "codebook"}
     assert {u: c[2] for u, c in chosen_under(150).items()} == {"u": "gptq", "v": "gptq"}  # as far as it goes
     assert chosen_under(150)["u"][3] == "rtn"  # wider widths keep their choice
-
-
-def test_methods_are_judged_on_batches_their_hessians_never_saw():
-    batches = ["a", "b", "c", "d", "e"]
-    assert split_calibration(batches) == (["a", "c", "e"], ["b", "d"])
-    assert split_calibration(["only"]) == (["only"], ["only"])  # nothing to hold out
