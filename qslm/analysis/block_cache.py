@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -49,10 +49,10 @@ from xxhash import xxh3_128
 
 from ..errors import QslmError
 from ..models.neurons import lif_modules
-from ..quant.apply import WeightCache, applied_plan, apply_plan
+from ..quant.apply import WeightCache, applied_plan, fake_quantized
 from ..quant.plan import QuantPlan
 from ..quant.quantizer import QuantSpec
-from ..quant.units import find_units, inside, unit_tensor
+from ..quant.units import Unit, find_units, inside, unit_tensor
 from ..tasks.base import ModelInput, call_model
 from .hierarchy import Hierarchy
 
@@ -243,10 +243,11 @@ class BlockOutputCache:
         if not candidates:
             return cls(model, [], {}, max_bytes)
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            traces = cls._trace(model, candidates, sample, reset)
+            units = find_units(model)
+            traces = cls._trace(model, candidates, sample, reset, units)
             if reset is not None:
                 reset(model)
-            all_units = list(find_units(model))
+            all_units = list(units)
             seen = traces.pop("").units
             unseen = [u for u in all_units if u not in seen]
             neurons = list(lif_modules(model))
@@ -258,15 +259,15 @@ class BlockOutputCache:
                 if trace.problem is None and trace.calls == 0:
                     trace.problem = "it never ran"
                 if trace.problem is None:
-                    units = tuple(u for u in all_units if u in trace.units or u in unseen)
+                    used = tuple(u for u in all_units if u in trace.units or u in unseen)
                     inner = tuple(n for n in neurons if n in trace.neurons or inside(n, name))
-                    trace.problem = cls._depends_elsewhere(model, module, units, trace, probes)
+                    trace.problem = cls._depends_elsewhere(model, module, all_units, used, trace, probes)
                     if trace.problem is None:
-                        stages.append(Stage(name, module, units, inner))
+                        stages.append(Stage(name, module, used, inner))
                         continue
                 left_out[name] = trace.problem
             cache = cls(model, stages, left_out, max_bytes)
-            reason = cache._serving_problem(sample, reset, probes) if stages else None
+            reason = cache._serving_problem(sample, reset, all_units, probes) if stages else None
             if reason is not None:
                 cache = cls(model, [], {**left_out, **{s.name: reason for s in stages}}, max_bytes)
             if reset is not None:
@@ -274,13 +275,12 @@ class BlockOutputCache:
         return cache
 
     @staticmethod
-    def _trace(model: nn.Module, candidates: dict[str, nn.Module], sample: ModelInput,
-               reset) -> dict[str, _Trace]:
+    def _trace(model: nn.Module, candidates: dict[str, nn.Module], sample: ModelInput, reset,
+               units: dict[str, Unit]) -> dict[str, _Trace]:
         traces = {name: _Trace() for name in candidates}
         everywhere = traces[""] = _Trace()  # units used anywhere in the model
         running: list[str] = []
-        tensors = {id(unit_tensor(model, unit)): name for name, unit in find_units(model).items()
-                   if unit.packed is None}
+        tensors = {id(unit_tensor(model, unit)): name for name, unit in units.items() if unit.packed is None}
         devices = {p.device for p in model.parameters()} | {b.device for b in model.buffers()}
 
         def traced(name: str, forward):
@@ -340,23 +340,20 @@ class BlockOutputCache:
         return traces
 
     @staticmethod
-    def _depends_elsewhere(model: nn.Module, module: nn.Module, units: tuple[str, ...], trace: _Trace,
-                           probes: WeightCache) -> str | None:
+    def _depends_elsewhere(model: nn.Module, module: nn.Module, all_units: list[str], used: tuple[str, ...],
+                           trace: _Trace, probes: WeightCache) -> str | None:
         """None if the stage computes its traced output again with every unit it does not use quantized."""
-        others = QuantPlan({u: PROBE_SPEC for u in find_units(model) if u not in units})
+        others = QuantPlan({u: PROBE_SPEC for u in all_units if u not in used})
         if not others.units:
             return None
         args, kwargs = copied(trace.args)
-        apply_plan(model, others, probes, validate=False)
-        try:
+        with fake_quantized(model, others, probes):
             output = module(*args, **kwargs)
-        finally:
-            apply_plan(model, QuantPlan(), validate=False)
         if identical(output, trace.output):
             return None
         return "its output changes with weights the trace did not see it use"
 
-    def _serving_problem(self, sample: ModelInput, reset, probes: WeightCache) -> str | None:
+    def _serving_problem(self, sample: ModelInput, reset, all_units: list[str], probes: WeightCache) -> str | None:
         """None if the model's outputs with every stage served from the cache equal those computed, also
         right after a run under another plan has computed every stage (so nothing a block leaves behind
         on a computed run can stand in for what a served one skips)."""
@@ -364,18 +361,13 @@ class BlockOutputCache:
             torch.manual_seed(0)
             if reset is not None:
                 reset(self.model)
-            if not serve:
-                return copied(call_model(self.model, sample))
-            with self.serving():
+            with self.serving() if serve else nullcontext():
                 return copied(call_model(self.model, sample))
         computed = run(False)
         run(True)  # sees every key
         run(True)  # stores every output
-        apply_plan(self.model, QuantPlan({u: PROBE_SPEC for u in find_units(self.model)}), probes, validate=False)
-        try:
+        with fake_quantized(self.model, QuantPlan({u: PROBE_SPEC for u in all_units}), probes):
             run(True)  # computes every stage under another plan
-        finally:
-            apply_plan(self.model, QuantPlan(), validate=False)
         misses = self.misses
         served = run(True)
         repeated, exact = self.misses == misses, identical(computed, served)
