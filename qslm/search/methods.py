@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import NamedTuple
 
 from torch import nn
 
@@ -21,6 +22,14 @@ from ..quant.quantizer import CODEBOOK_BITS, QuantSpec
 from ..quant.unit_inputs import record_hessians
 
 SpecOf = Callable[[str, int], QuantSpec]
+
+
+class Option(NamedTuple):
+    """One method at one width for one unit, as the choice weighs it."""
+    bytes: int
+    damage: float
+    order: int  # the method's place in the list: ties go to the earlier
+    method: str
 
 
 def record_context(model: nn.Module, inputs: list, methods: tuple[str, ...], reset=None) -> QuantContext | None:
@@ -53,25 +62,26 @@ def choose_methods(units: list[str], bit_choices: list[int], methods: tuple[str,
     method there costs the least damage per byte to give up goes back to the cheapest."""
     chosen: dict[str, dict[int, str]] = {}
     widths = sorted(bit_choices)
-    at_lowest: dict[str, tuple[tuple, tuple]] = {}  # unit -> (cheapest, chosen) rows at the lowest width
+    at_lowest: dict[str, tuple[Option, Option]] = {}  # unit -> (cheapest, chosen) at the lowest width
     for unit in units:
-        measured: dict[int, list[tuple[int, float, int, str]]] = {}  # bits -> (bytes, damage, order, method)
+        measured: dict[int, list[Option]] = {}
         for bits in widths:
             options = [m for m in methods if applicable(unit, bits, m, context)] or ["rtn"]
             specs = [dataclasses.replace(base, bits=bits, method=m) for m in options]
-            measured[bits] = [(stored_bytes(unit, spec), damage(unit, spec) if len(options) > 1 else 0.0, i, m)
+            measured[bits] = [Option(stored_bytes(unit, spec), damage(unit, spec) if len(options) > 1 else 0.0, i, m)
                               for i, (m, spec) in enumerate(zip(options, specs))]
             if progress is not None:
                 progress(len(methods))
-        cheapest = {b: min(rows, key=lambda r: (r[0], r[1], r[2])) for b, rows in measured.items()}
+        cheapest = {b: min(rows, key=lambda o: (o.bytes, o.damage, o.order)) for b, rows in measured.items()}
         chosen[unit] = {}
         for index, bits in enumerate(widths):
             floor = cheapest[bits]
-            nxt = cheapest[widths[index + 1]] if index + 1 < len(widths) else (stored_bytes(unit, None), 0.0)
-            pricier = [r for r in measured[bits] if r[0] > floor[0]]
-            best = min(pricier, key=lambda r: (r[1], r[2]), default=None)
+            nxt = (cheapest[widths[index + 1]] if index + 1 < len(widths)
+                   else Option(stored_bytes(unit, None), 0.0, len(methods), "float"))
+            pricier = [o for o in measured[bits] if o.bytes > floor.bytes]
+            best = min(pricier, key=lambda o: (o.damage, o.order), default=None)
             pick = best if best is not None and _below_line(best, floor, nxt) else floor
-            chosen[unit][bits] = pick[3]
+            chosen[unit][bits] = pick.method
             if index == 0:
                 at_lowest[unit] = (floor, pick)
     if units_budget is not None:
@@ -79,29 +89,29 @@ def choose_methods(units: list[str], bit_choices: list[int], methods: tuple[str,
     return chosen
 
 
-def _keep_reachable(chosen: dict[str, dict[int, str]], lowest: int, at_lowest: dict[str, tuple[tuple, tuple]],
+def _keep_reachable(chosen: dict[str, dict[int, str]], lowest: int, at_lowest: dict[str, tuple[Option, Option]],
                     budget: float) -> None:
     """Give the cheapest method back at the lowest width, least damage per byte first, while the plan with
     every unit at that width stores more than ``budget``."""
-    total = sum(pick[0] for _, pick in at_lowest.values())
-    giving_up = sorted(((cheap[1] - pick[1]) / (pick[0] - cheap[0]), position, unit)
-                       for position, (unit, (cheap, pick)) in enumerate(at_lowest.items()) if pick[0] > cheap[0])
+    total = sum(pick.bytes for _, pick in at_lowest.values())
+    giving_up = sorted(((cheap.damage - pick.damage) / (pick.bytes - cheap.bytes), position, unit)
+                       for position, (unit, (cheap, pick)) in enumerate(at_lowest.items()) if pick.bytes > cheap.bytes)
     for _, _, unit in giving_up:
         if total <= budget:
             return
         cheap, pick = at_lowest[unit]
-        chosen[unit][lowest] = cheap[3]
-        total -= pick[0] - cheap[0]
+        chosen[unit][lowest] = cheap.method
+        total -= pick.bytes - cheap.bytes
 
 
-def _below_line(point: tuple, start: tuple, end: tuple) -> bool:
-    """(bytes, damage) ``point`` lies strictly below the segment from ``start`` to ``end``, under
-    ``start``'s damage and short of ``end``'s bytes: each extra byte lowers the damage more than moving to
-    ``end`` would (bytes that reach ``end``'s are better spent there)."""
-    (x, y), (x0, y0), (x1, y1) = point[:2], start[:2], end[:2]
-    if y >= y0 or x >= x1:
+def _below_line(point: Option, start: Option, end: Option) -> bool:
+    """``point`` lies strictly below the (bytes, damage) segment from ``start`` to ``end``, under ``start``'s
+    damage and short of ``end``'s bytes: each extra byte lowers the damage more than moving to ``end``
+    would (bytes that reach ``end``'s are better spent there)."""
+    if point.damage >= start.damage or point.bytes >= end.bytes:
         return False
-    return y < y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    slope = (end.damage - start.damage) / (end.bytes - start.bytes)
+    return point.damage < start.damage + slope * (point.bytes - start.bytes)
 
 
 def spec_function(base: QuantSpec, chosen: dict[str, dict[int, str]]) -> SpecOf:
