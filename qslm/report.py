@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from .quant.plan import FLOAT_BITS
+
 
 def _figure(**kwargs):
     """A matplotlib figure drawn straight to files (no pyplot, so the user's backend is left alone)."""
@@ -60,7 +62,7 @@ def chosen_methods(report: dict) -> dict[str, str]:
     units are left out)."""
     methods = report.get("methods") or {}
     assignment = (report.get("chosen") or {}).get("assignment") or {}
-    return {u: methods.get(u, {}).get(str(b), "rtn") for u, b in assignment.items() if b < 32}
+    return {u: methods.get(u, {}).get(str(b), "rtn") for u, b in assignment.items() if b != FLOAT_BITS}
 
 
 def plot_bitwidths(report: dict, path: Path) -> None:
