@@ -11,7 +11,7 @@ from qslm.analysis.sensitivity import classification_calibration, lm_calibration
 from qslm.checkpoint import load_model
 from qslm.errors import QslmError
 from qslm.evaluate import evaluate_classification, evaluate_lm, max_input_len
-from qslm.tasks import presets
+from qslm.tasks import language_modeling, presets
 from qslm.tasks.datasets import sst2, wikitext
 
 
@@ -43,17 +43,6 @@ def same(a, b) -> bool:
 # What the searches of the bundled models were run with (their recorded plans depend on these).
 RECORDED = {"sst2": {"calibration": 128, "validation": sst2.HOLDOUT_SIZE, "profile": 64, "split": "dev"},
             "wikitext2": {"calibration": 2048, "validation": 8000, "profile": 40, "split": "test"}}
-
-
-def leading_words_reference(text: str, words: int) -> str:
-    """The validation text the search used: whole lines until ``words`` words (and line ends) are in."""
-    lines, count = [], 0
-    for line in text.splitlines(keepends=True):
-        lines.append(line)
-        count += len(line.split()) + 1
-        if count >= words:
-            break
-    return "".join(lines)
 
 
 def test_defaults_are_the_search_defaults():
@@ -98,7 +87,7 @@ def test_wikitext2_matches_the_search_data(lm, small_data_dir):
     calibration = lm_calibration(tokenizer, held, lm.config.ctx_len, 2048)
     assert same([(ids,) for ids in task.calibration], [(ids,) for ids, _, _ in calibration.batches])
     assert task.evaluate(model) == pytest.approx(
-        evaluate_lm(model, tokenizer, leading_words_reference(held, 500), "validation").perplexity)
+        evaluate_lm(model, tokenizer, language_modeling.leading_words(held, 500), "validation").perplexity)
     test_text = wikitext.first_lines(wikitext.load_wikitext("test", small_data_dir), 9)
     assert task.test(model) == pytest.approx(evaluate_lm(model, tokenizer, test_text, "test").perplexity)
     today = fed_inputs(model, lambda: evaluate_lm(model, tokenizer, wikitext.first_lines(held, 40), "c", batch_size=1))
