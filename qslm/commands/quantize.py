@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..quant.quantizer import SCALE_DTYPES
 from .common import add_model_argument, add_overwrite_argument, print_json
 
 
@@ -17,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from ..quant.api import quantize
 
     result = quantize(args.model, bits=args.bits, granularity=args.granularity, symmetric=args.symmetric,
-                      observer=args.observer, percentile=args.percentile, plan=args.plan,
+                      observer=args.observer, percentile=args.percentile, scale_dtype=args.scale_dtype, plan=args.plan,
                       neuron_bits=args.neuron_bits, strict=args.strict, out=args.out,
                       overwrite=args.overwrite)
     if args.json:
@@ -51,6 +52,9 @@ def add_parser(subparsers) -> None:
                         help="clipping range: MSE-optimal (default), full min/max, or a percentile")
     parser.add_argument("--percentile", type=float, default=None,
                         help="with --observer percentile: the percentile kept (default 99.9)")
+    parser.add_argument("--scale-dtype", default=None, choices=list(SCALE_DTYPES),
+                        help="how scales are stored: float16 under one power-of-two exponent per unit (default), "
+                             "or float32")
     parser.add_argument("--plan", default=None, metavar="PLAN.json", help="per-unit plan (quant_plan.json format)")
     parser.add_argument("--neuron-bits", type=int, default=None, metavar="K",
                         help="fixed-point LIF state with K bits over +-2 thresholds, for every neuron")

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from ..errors import QslmError
-from ..search.config import DEFAULT_BLOCK_CACHE_MB
+from ..quant.quantizer import SCALE_DTYPES
+from ..search.config import BASE_SPEC, DEFAULT_BLOCK_CACHE_MB
 from ..search.strategies import strategy_names
 from .common import add_device_argument, add_model_argument, add_overwrite_argument, claim_output, print_table
 from .task_options import add_task_arguments, data_options
@@ -80,6 +82,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="quantizers a unit may use: rtn (round to nearest), gptq (error compensation from "
                              "calibration inputs), codebook (non-uniform levels per row); with several, each unit "
                              "takes per bit-width the one that damages its outputs least (default rtn)")
+    parser.add_argument("--scale-dtype", default=BASE_SPEC.scale_dtype, choices=list(SCALE_DTYPES),
+                        help="how scales are stored: float16 under one power-of-two exponent per unit (default), "
+                             "or float32 (2 more bytes per scale)")
     parser.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                         help="keep units matching this glob float (unit names or parameter paths, e.g. '*.pos'; "
                              "repeatable)")
@@ -112,7 +117,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
         validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
         reported_limit=args.reported_limit, sensitivity_method=args.sensitivity, ignore=tuple(args.ignore),
         methods=tuple(part.strip() for part in args.methods.split(",") if part.strip()),
-        block_cache_mb=args.block_cache,
+        base_spec=dataclasses.replace(BASE_SPEC, scale_dtype=args.scale_dtype), block_cache_mb=args.block_cache,
         device=args.device, overwrite=args.overwrite, workers=args.workers, ray_address=args.ray_address,
         **data_options(args))
 

@@ -20,7 +20,7 @@ from ..models.neurons import lif_modules
 from .memory import plan_bytes
 from .pack import PLAN_FILE
 from .plan import QuantPlan
-from .quantizer import NeuronSpec, QuantSpec, parse_granularity
+from .quantizer import DEFAULT_SCALE_DTYPE, NeuronSpec, QuantSpec, parse_granularity
 from .units import quantizable_units
 
 
@@ -49,13 +49,13 @@ def read_plan(plan: QuantPlan | dict | str | os.PathLike | None) -> QuantPlan:
 def build_plan(model: nn.Module, bits: int | None = None, granularity: str | None = None,
                group_size: int | None = None, symmetric: bool | None = None, observer: str | None = None,
                percentile: float | None = None, plan: QuantPlan | dict | str | os.PathLike | None = None,
-               neuron_bits: int | None = None, strict: bool = False) -> QuantPlan:
+               neuron_bits: int | None = None, strict: bool = False, scale_dtype: str | None = None) -> QuantPlan:
     """The plan ``quantize`` applies: ``plan``'s entries, then ``bits`` & co. for every unit it leaves
     out, ``neuron_bits`` for every neuron it leaves out. Options that would have no effect are errors."""
     base = read_plan(plan)
     if bits is None:
         unused = {"granularity": granularity, "group_size": group_size, "symmetric": symmetric,
-                  "observer": observer, "percentile": percentile}
+                  "observer": observer, "percentile": percentile, "scale_dtype": scale_dtype}
         given = sorted(key for key, value in unused.items() if value is not None)
         if given:
             raise QslmError(f"{', '.join(given)} given without bits: they only shape the default spec that "
@@ -69,7 +69,8 @@ def build_plan(model: nn.Module, bits: int | None = None, granularity: str | Non
                 raise QslmError(f"group_size={group_size} needs granularity 'group', got {granularity!r}")
             granularity, group_size = parse_granularity(granularity)
         spec = QuantSpec(bits, granularity or "per-channel", group_size,
-                         True if symmetric is None else symmetric, observer or "mse", percentile)
+                         True if symmetric is None else symmetric, observer or "mse", percentile,
+                         scale_dtype=scale_dtype or DEFAULT_SCALE_DTYPE)
         units = {name: spec for name in quantizable_units(model)}
         units.update(base.units)  # unknown names stay, so validation names them
     neurons = dict(base.neurons)
@@ -85,9 +86,9 @@ def quantize(model_ref: str | os.PathLike, bits: int | None = None, granularity:
              group_size: int | None = None, symmetric: bool | None = None, observer: str | None = None,
              percentile: float | None = None, plan: QuantPlan | dict | str | os.PathLike | None = None,
              neuron_bits: int | None = None, strict: bool = False, out: str | os.PathLike | None = None,
-             overwrite: bool = False) -> QuantizeResult:
+             overwrite: bool = False, scale_dtype: str | None = None) -> QuantizeResult:
     """Quantize a float model folder and write the packed result to ``out``. Defaults when ``bits`` is
-    given: per-channel, symmetric, MSE clipping. ``granularity`` may be ``group:G``.
+    given: per-channel, symmetric, MSE clipping, float16 scales. ``granularity`` may be ``group:G``.
 
     ``out`` must be new, empty, or an earlier quantize output (see ``qslm.outputs``); ``overwrite``
     writes into another folder too, replacing only the files quantize writes. The input model's folder,
@@ -104,7 +105,7 @@ def quantize(model_ref: str | os.PathLike, bits: int | None = None, granularity:
     with OutputFolder.claim(out, "quantize", overwrite=overwrite, protect=[source]) as folder:
         loaded = load_model(source)
         final_plan = build_plan(loaded.model, bits, granularity, group_size, symmetric, observer, percentile,
-                                plan, neuron_bits, strict)
+                                plan, neuron_bits, strict, scale_dtype)
         folder.commit(write_quantized_files(loaded.model, final_plan, folder.staging(), loaded.tokenizer))
     return QuantizeResult(Path(out), final_plan, plan_bytes(loaded.model, final_plan),
                           plan_bytes(loaded.model, QuantPlan()))

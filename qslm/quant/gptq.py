@@ -9,7 +9,8 @@ absorb what was lost. Updates are applied lazily in blocks of ``block_size`` col
 eagerly, to the rest of the matrix once per block (one matrix product).
 
 The result is stored exactly as rtn's: codes + scales (+ zero-points) on the spec's uniform grid, in
-the original column order (act-order's permutation is undone), so packing and bytes do not change.
+the original column order (act-order's permutation is undone), so packing and bytes do not change
+(float16 scales are rounded at the end, as rtn's).
 Scales come from the spec's observer like rtn's: per-tensor and per-channel ones from the original
 weight; a group's scale is chosen when its first column is reached, from the values its columns hold
 at that moment (earlier columns' compensation included).
@@ -30,6 +31,7 @@ from .quantizer import (
     grid_codes,
     grouped,
     matrix_shape,
+    with_stored_scales,
 )
 
 
@@ -149,7 +151,8 @@ def gptq_quantize(w: torch.Tensor, spec: QuantSpec, hessian: torch.Tensor, optio
         weight[:, start:end] = block
         weight[:, end:] -= errors @ u[start:end, end:]
     zero_point = None if scales.zero_point is None else scales.zero_point.to(torch.int32)
-    return QuantizedTensor(grouped(codes, spec).to(torch.int32), scales.scale, zero_point, spec, w.shape)
+    return with_stored_scales(QuantizedTensor(grouped(codes, spec).to(torch.int32), scales.scale, zero_point, spec,
+                                              w.shape))
 
 
 def _current(weight: torch.Tensor, block: torch.Tensor, errors: torch.Tensor, u: torch.Tensor,

@@ -1,5 +1,6 @@
-"""Exact memory accounting: the bytes a plan's export stores (codes, float32 scales, packed zero-points,
-or a codebook unit's indices and float16 levels; float32 everything else), computed without exporting, and the per-unit report ``qslm info`` prints.
+"""Exact memory accounting: the bytes a plan's export stores (codes, float32 or float16 scales,
+packed zero-points, or a codebook unit's indices and float16 levels; float32 everything else), computed
+without exporting, and the per-unit report ``qslm info`` prints.
 
 ``plan_bytes(model, plan)`` equals the sum of tensor bytes in the ``model.safetensors`` that
 ``export_quantized(model, plan, ...)`` writes, to the byte (the file adds only its JSON header).

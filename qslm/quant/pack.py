@@ -8,7 +8,8 @@ little-endian bytes. Every packed stream is a uint8 tensor.
 A quantized unit ``NAME`` (weight shape S, spec s, G = group_count(S, s) groups) is stored as
 
 * ``NAME.weight_codes``      uint8 [ceil(numel(S) * bits / 8)]  codes in ``grouped`` order (row-major);
-* ``NAME.weight_scale``      float32 [G];
+* ``NAME.weight_scale``      float32 [G], or with ``scale_dtype`` float16: float16 [G] and
+  ``NAME.weight_scale_exponent`` int8 [1], the tensor's power of two (scale = float16 * 2**exponent);
 * ``NAME.weight_zero_point`` uint8 [ceil(G * bits / 8)], zero-points packed like codes (asymmetric only);
 * ``NAME.bias``              float32, as in the float model.
 
@@ -36,7 +37,7 @@ from ..errors import QslmError
 from ..models.neurons import lif_modules
 from .codebook import CodebookTensor, dequantize_codebook
 from .plan import QuantPlan
-from .quantizer import QuantizedTensor, QuantSpec, dequantize_groups, group_count
+from .quantizer import QuantizedTensor, QuantSpec, dequantize_groups, float16_scale, group_count
 from .units import PACKED_ATTRIBUTE, Unit, find_units, unit_tensor
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
 
 PLAN_FILE = "quant_plan.json"
 WEIGHTS_FILE = "model.safetensors"
-SCALE_BYTES = 4  # float32 scales; see quantizer.py for why not fp16
+SCALE_BYTES = {"float32": 4, "float16": 2}  # per group; float16 adds one exponent byte per tensor
+SCALE_EXPONENT_BYTES = 1
 CODEBOOK_LEVEL_BYTES = 2  # float16 codebook levels: a level is a weight value, never a tiny step
 
 
@@ -127,13 +129,14 @@ def unpack_codes(data: torch.Tensor, bits: int, n_codes: int) -> torch.Tensor:
 
 
 def stored_weight_bytes(shape: torch.Size | tuple[int, ...], spec: QuantSpec) -> int:
-    """Exact bytes of a quantized weight on disk and in RAM: codes + scales + zero-points, or for a
-    codebook: indices + float16 levels."""
+    """Exact bytes of a quantized weight on disk and in RAM: codes + scales (+ their exponent) +
+    zero-points, or for a codebook: indices + float16 levels."""
     n_groups = group_count(shape, spec)
     if spec.method == "codebook":
         return packed_size(math.prod(shape), spec.bits) + CODEBOOK_LEVEL_BYTES * n_groups * 2 ** spec.bits
     zero_points = 0 if spec.symmetric else packed_size(n_groups, spec.bits)
-    return packed_size(math.prod(shape), spec.bits) + SCALE_BYTES * n_groups + zero_points
+    scales = SCALE_BYTES[spec.scale_dtype] * n_groups + (SCALE_EXPONENT_BYTES if spec.scale_dtype == "float16" else 0)
+    return packed_size(math.prod(shape), spec.bits) + scales + zero_points
 
 
 # --- packed units --------------------------------------------------------------------------------
@@ -145,10 +148,13 @@ def stored_weight_bytes(shape: torch.Size | tuple[int, ...], spec: QuantSpec) ->
 # in its first place; its other places read the same buffers.
 
 def buffer_names(attribute: str, spec: QuantSpec) -> dict[str, str]:
-    """Role -> buffer name of a packed weight ``attribute``: codes, then scale (+ zero_point) or codebook."""
+    """Role -> buffer name of a packed weight ``attribute``: codes, then scale (+ scale_exponent)
+    (+ zero_point) or codebook."""
     if spec.method == "codebook":
         return {"codes": f"{attribute}_codes", "codebook": f"{attribute}_codebook"}
     names = {"codes": f"{attribute}_codes", "scale": f"{attribute}_scale"}
+    if spec.scale_dtype == "float16":
+        names["scale_exponent"] = f"{attribute}_scale_exponent"
     if not spec.symmetric:
         names["zero_point"] = f"{attribute}_zero_point"
     return names
@@ -168,7 +174,8 @@ class PackedTensor:
     def allocate(self) -> None:
         n_groups = group_count(self.shape, self.spec)
         sizes = {"codes": (packed_size(self.shape.numel(), self.spec.bits), torch.uint8),
-                 "scale": (n_groups, torch.float32), "zero_point": (packed_size(n_groups, self.spec.bits), torch.uint8),
+                 "scale": (n_groups, getattr(torch, self.spec.scale_dtype)), "scale_exponent": (1, torch.int8),
+                 "zero_point": (packed_size(n_groups, self.spec.bits), torch.uint8),
                  "codebook": (n_groups * 2 ** self.spec.bits, torch.float16)}
         for role, name in self.buffer_names().items():
             size, dtype = sizes[role]
@@ -182,6 +189,8 @@ class PackedTensor:
             values = dequantize_codebook(codes.view(codebook.shape[0], -1), codebook)
             return self._as_weight(values)
         scale = getattr(self.holder, names["scale"])
+        if "scale_exponent" in names:
+            scale = float16_scale(scale, int(getattr(self.holder, names["scale_exponent"])))
         n_groups = scale.numel()
         codes = unpack_codes(getattr(self.holder, names["codes"]), self.spec.bits, self.shape.numel()).view(n_groups, -1)
         zero_point = (None if self.spec.symmetric
@@ -303,15 +312,17 @@ def packed_state_dict(model: nn.Module, plan: QuantPlan, context: "QuantContext 
 
 
 def stored_tensors(quantized: QuantizedTensor | CodebookTensor, attribute: str) -> dict[str, torch.Tensor]:
-    """The buffers (by name) that hold a quantized weight: packed codes, float32 scales and packed
-    zero-points, or packed indices and the flat float16 codebook."""
+    """The buffers (by name) that hold a quantized weight: packed codes, scales (float32, or float16 and
+    their exponent) and packed zero-points, or packed indices and the flat float16 codebook."""
     bits = quantized.spec.bits
     names = buffer_names(attribute, quantized.spec)
     stored = {names["codes"]: pack_codes(quantized.codes, bits)}
     if isinstance(quantized, CodebookTensor):
         stored[names["codebook"]] = quantized.codebook.to(torch.float16).reshape(-1)
         return stored
-    stored[names["scale"]] = quantized.scale.to(torch.float32)
+    stored[names["scale"]] = quantized.stored_scale()
+    if "scale_exponent" in names:
+        stored[names["scale_exponent"]] = torch.tensor([quantized.scale_exponent], dtype=torch.int8)
     if quantized.zero_point is not None:
         stored[names["zero_point"]] = pack_codes(quantized.zero_point, bits)
     return stored

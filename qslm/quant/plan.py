@@ -18,6 +18,8 @@ quantizable units (or not LIF neurons) are errors that list the closest valid na
 """
 from __future__ import annotations
 
+import dataclasses
+
 import difflib
 import json
 import os
@@ -71,8 +73,7 @@ class QuantPlan:
                 specs[name] = base
             else:
                 try:
-                    specs[name] = QuantSpec(bits, base.granularity, base.group_size, base.symmetric, base.observer,
-                                            base.percentile, base.method)
+                    specs[name] = dataclasses.replace(base, bits=bits)
                 except QslmError as err:
                     raise QslmError(f"unit {name!r}: {err}") from None
         return cls(specs, dict(neurons or {}))

@@ -31,8 +31,13 @@ Methods (``QuantSpec.method``) decide how the stored values are chosen, never ho
   no zero-point and no clipping observer: a codebook spec must keep ``symmetric`` true and the
   default ``mse`` observer (k-means minimises the (weighted) squared error), and ``bits`` 2..8.
 
-Scales are float32: fp16 would underflow for small weights at high bit-widths (an embedding
-initialised in +-1e-4 has a 16-bit scale of ~3e-9) and bf16 would cost ~0.2% error on every weight.
+Scales (``QuantSpec.scale_dtype``) are stored either as float32, or as float16 with one power-of-two
+exponent per tensor: ``scale = float16_scale * 2**exponent``. The exponent puts the tensor's largest
+scale in [2**14, 2**15), so no scale overflows, a group's scale keeps float16's 11 significant bits down
+to 2**-28 of the largest (plain float16 would underflow: an embedding initialised in +-1e-4 has an
+8-bit scale of ~8e-7), and multiplying by a power of two is exact. Codes are chosen against the
+float32 scale; the rounded scale (relative change at most 2**-11) is then the one both fake
+quantization and the packed model dequantize with.
 """
 from __future__ import annotations
 
@@ -52,6 +57,14 @@ MSE_SHRINK_GRID = tuple(round(1.0 - 0.02 * i, 2) for i in range(41))  # 1.00, 0.
 NEURON_BITS = range(2, 25)
 METHODS = ("rtn", "gptq", "codebook")
 CODEBOOK_BITS = (2, 3, 4, 5, 6, 8)
+SCALE_DTYPES = ("float32", "float16")
+# What quantize and search store unless told otherwise. QuantSpec's own default stays float32, so plans
+# written before scale_dtype existed read unchanged.
+DEFAULT_SCALE_DTYPE = "float16"
+# float16 scales are stored as float16_scale * 2**exponent, the exponent one int8 per tensor, chosen so
+# that the largest scale lands in [2**14, 2**15): below float16's largest value (65504) with head-room.
+SCALE_EXPONENT_RANGE = (-128, 127)
+_TOP_SCALE_EXPONENT = 15
 
 
 def _from_dict(cls, raw: dict, where: str):
@@ -77,7 +90,8 @@ class QuantSpec:
     symmetric: bool = True
     observer: str = "mse"
     percentile: float | None = None  # only with observer "percentile"; None means DEFAULT_PERCENTILE
-    method: str = "rtn"  # last, so positional construction of the fields above keeps working
+    method: str = "rtn"  # after the fields above, so their positional construction keeps working
+    scale_dtype: str = "float32"  # not used by codebook, whose levels are float16 (normalised to the default)
 
     def __post_init__(self):
         # 4.0 == 4 and True == 1: the type is checked too, or a plan saying 4.0 would pass as int4.
@@ -104,8 +118,11 @@ class QuantSpec:
                 raise QslmError(f"percentile must be in (50, 100] (a number), got {self.percentile!r}")
         if self.method not in METHODS:
             raise QslmError(f"unknown method {self.method!r}; expected one of {list(METHODS)}")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise QslmError(f"unknown scale_dtype {self.scale_dtype!r}; expected one of {list(SCALE_DTYPES)}")
         if self.method == "codebook":
             self._check_codebook()
+            object.__setattr__(self, "scale_dtype", "float32")  # one spec per codebook, whatever the template
 
     def _check_codebook(self) -> None:
         if self.bits not in CODEBOOK_BITS:
@@ -124,19 +141,24 @@ class QuantSpec:
 
     def describe(self) -> str:
         """Short human form, e.g. ``int4 per-channel sym mse``, ``int3 group64 asym percentile99.9``,
-        ``int3 per-channel sym mse gptq`` or ``int3 group64 codebook``."""
+        ``int3 per-channel sym mse gptq``, ``int3 group64 codebook``; float16 scales add ``fp16-scales``."""
         layout = f"group{self.group_size}" if self.granularity == "group" else self.granularity
         if self.method == "codebook":
             return f"int{self.bits} {layout} codebook"
         observer = f"percentile{self.clip_percentile:g}" if self.observer == "percentile" else self.observer
         text = f"int{self.bits} {layout} {'sym' if self.symmetric else 'asym'} {observer}"
-        return text if self.method == "rtn" else f"{text} {self.method}"
+        if self.method != "rtn":
+            text += f" {self.method}"
+        return text + (" fp16-scales" if self.scale_dtype == "float16" else "")
 
     def to_dict(self) -> dict:
-        """JSON form; ``method`` is left out for rtn, so rtn plans read exactly as before methods existed."""
+        """JSON form; ``method`` rtn and ``scale_dtype`` float32 are left out, so such plans read exactly
+        as before those fields existed."""
         raw = asdict(self)
         if raw["method"] == "rtn":
             del raw["method"]
+        if raw["scale_dtype"] == "float32":
+            del raw["scale_dtype"]
         return raw
 
     @classmethod
@@ -188,16 +210,47 @@ def grouped(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 
 @dataclass
 class QuantizedTensor:
-    """Codes [n_groups, group_len] (int32, unsigned values), scale [n_groups] float32,
-    zero_point [n_groups] int32 (None when symmetric), and what is needed to rebuild the tensor."""
+    """Codes [n_groups, group_len] (int32, unsigned values), scale [n_groups] float32 (the value
+    dequantization uses), zero_point [n_groups] int32 (None when symmetric), and what is needed to
+    rebuild the tensor. With float16 scales, ``scale_exponent`` is the tensor's power-of-two exponent
+    and every scale is exactly ``float16 * 2**scale_exponent``."""
     codes: torch.Tensor
     scale: torch.Tensor
     zero_point: torch.Tensor | None
     spec: QuantSpec
     shape: torch.Size
+    scale_exponent: int | None = None
 
     def dequantize(self) -> torch.Tensor:
         return dequantize_groups(self.codes, self.scale, self.zero_point, self.spec).reshape(self.shape)
+
+    def stored_scale(self) -> torch.Tensor:
+        """The scales as stored: float32, or float16 before the exponent is applied."""
+        if self.scale_exponent is None:
+            return self.scale.to(torch.float32)
+        return torch.ldexp(self.scale, torch.tensor(-self.scale_exponent)).to(torch.float16)
+
+
+def scale_exponent(scale: torch.Tensor) -> int:
+    """Power-of-two exponent that puts the largest of ``scale`` (positive) in [2**14, 2**15)."""
+    exponent = int(torch.frexp(scale.max()).exponent) - _TOP_SCALE_EXPONENT
+    return min(max(exponent, SCALE_EXPONENT_RANGE[0]), SCALE_EXPONENT_RANGE[1])
+
+
+def float16_scale(stored: torch.Tensor, exponent: int) -> torch.Tensor:
+    """float32 scales from their float16 storage and the tensor's exponent (exact)."""
+    return torch.ldexp(stored.to(torch.float32), torch.tensor(exponent))
+
+
+def with_stored_scales(quantized: QuantizedTensor) -> QuantizedTensor:
+    """``quantized`` with the scales its spec stores: float32 unchanged, or rounded to float16 under the
+    tensor's exponent, so fake quantization dequantizes exactly as the packed file will."""
+    if quantized.spec.scale_dtype == "float32":
+        return quantized
+    exponent = scale_exponent(quantized.scale)
+    stored = torch.ldexp(quantized.scale.to(torch.float32), torch.tensor(-exponent)).to(torch.float16)
+    quantized.scale, quantized.scale_exponent = float16_scale(stored, exponent), exponent
+    return quantized
 
 
 def code_range(spec: QuantSpec) -> tuple[int, int]:
@@ -288,8 +341,9 @@ def quantize_tensor(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     x = grouped(w.detach().to(torch.float32), spec)
     scale, zero_point = fit_groups(x, spec)
     codes = grid_codes(x, scale, zero_point, spec)
-    return QuantizedTensor(codes.to(torch.int32), scale.squeeze(1),
-                           None if zero_point is None else zero_point.squeeze(1).to(torch.int32), spec, w.shape)
+    return with_stored_scales(QuantizedTensor(
+        codes.to(torch.int32), scale.squeeze(1), None if zero_point is None else zero_point.squeeze(1).to(torch.int32),
+        spec, w.shape))
 
 
 def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

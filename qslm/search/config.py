@@ -12,12 +12,12 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import QslmError
-from ..quant.quantizer import BITS, METHODS, QuantSpec
+from ..quant.quantizer import BITS, DEFAULT_SCALE_DTYPE, METHODS, QuantSpec
 from .objective import DEFAULT_WEIGHTS, parse_weights
 
 SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
 DEFAULT_BIT_CHOICES = (2, 3, 4, 5, 6, 8)
-BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse")
+BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse", scale_dtype=DEFAULT_SCALE_DTYPE)
 DEFAULT_BASELINE_BUDGET = 60
 DEFAULT_BLOCK_CACHE_MB = 512  # evaluations for random and nsga2 when no budget is given
 
@@ -30,7 +30,7 @@ class SearchConfig:
     sensitivity: str = "exact"
     seed: int = 0
     hardware: str = "default_45nm"  # a bundled hardware profile or a JSON file
-    base_spec: QuantSpec = BASE_SPEC  # granularity, symmetry and observer of every quantized unit
+    base_spec: QuantSpec = BASE_SPEC  # granularity, symmetry, observer and scale dtype of every quantized unit
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     ignore: tuple[str, ...] = ()  # glob patterns of units kept float (matched on names and parameter paths)
     # quantizers each unit may use; with several, each unit takes per bit-width the one that damages its

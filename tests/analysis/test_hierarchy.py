@@ -234,6 +234,6 @@ def test_loaded_quantized_model_keeps_the_hierarchy(tiny_encoder, tmp_path):
     assert packed.parameters == float_hierarchy.parameters
     for name, unit in packed.units.items():
         assert (unit.shape, unit.numel) == (float_hierarchy.units[name].shape, float_hierarchy.units[name].numel)
-        assert unit.packed == QuantSpec(4)
+        assert unit.packed == QuantSpec(4, scale_dtype="float16")
     assert packed.units["blocks.0.mlp.fc1"].kind == "Linear"
     assert [b.other_parameters for b in packed.blocks] == [b.other_parameters for b in float_hierarchy.blocks]

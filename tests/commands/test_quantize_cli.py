@@ -26,14 +26,16 @@ def test_quantize_then_eval_and_info_lm(tiny_lm, small_data_dir, tmp_path, capsy
     assert result["path"] == str(out) and result["bytes"] < result["bytes_fp32"] / 4
     info = run_json(capsys, ["info", str(out)])
     assert info["bytes"] == result["bytes"] and info["bytes_fp32"] == result["bytes_fp32"]
-    assert {u["spec"] for u in info["units"] if not u["name"].startswith("other")} == {"int4 per-channel sym mse"}
+    assert {u["spec"] for u in info["units"] if not u["name"].startswith("other")} == {
+        "int4 per-channel sym mse fp16-scales"}
     evaluation = run_json(capsys, ["eval", str(out), "--task", "wikitext2", "--limit", "5",
                                    "--data-dir", str(small_data_dir), "--device", "cpu"])
     assert evaluation["perplexity"] > 1
 
 
 def test_quantize_classifiers_with_all_options(tiny_classifier, tiny_encoder, small_data_dir, tmp_path, capsys):
-    for model, options in [(tiny_classifier, ["--granularity", "group:16", "--asymmetric", "--observer", "minmax"]),
+    for model, options in [(tiny_classifier, ["--granularity", "group:16", "--asymmetric", "--observer", "minmax",
+                                              "--scale-dtype", "float32"]),
                            (tiny_encoder, ["--granularity", "per-tensor", "--observer", "percentile",
                                            "--percentile", "99.5", "--neuron-bits", "8"])]:
         out = tmp_path / model.name
@@ -48,7 +50,8 @@ def test_quantize_classifiers_with_all_options(tiny_classifier, tiny_encoder, sm
     assert QuantPlan.load(tmp_path / tiny_classifier.name / PLAN_FILE).units["emb"] == QuantSpec(
         3, "group", 16, False, "minmax")
     encoder_plan = QuantPlan.load(tmp_path / tiny_encoder.name / PLAN_FILE)
-    assert encoder_plan.units["classifier"] == QuantSpec(3, "per-tensor", None, True, "percentile", 99.5)
+    assert encoder_plan.units["classifier"] == QuantSpec(3, "per-tensor", None, True, "percentile", 99.5,
+                                                         scale_dtype="float16")
     assert set(encoder_plan.neurons.values()) == {NeuronSpec(8)}
 
 
@@ -60,7 +63,7 @@ def test_plan_file_with_default_bits_for_the_rest(tiny_lm, tmp_path, capsys):
                  "--out", str(out)]) == 0
     plan = QuantPlan.load(out / PLAN_FILE)
     assert plan.units["head"] == QuantSpec(8) and plan.units["emb"] is None
-    assert plan.units["blocks.1.ffn.value"] == QuantSpec(2)
+    assert plan.units["blocks.1.ffn.value"] == QuantSpec(2, scale_dtype="float16")  # --bits' default scales
     assert plan.neurons["blocks.0.lif1"] == NeuronSpec(12) and plan.neurons["blocks.1.lif2"] == NeuronSpec(6)
     only_plan = tmp_path / "only-plan"
     assert main(["quantize", str(tiny_lm), "--plan", str(plan_path), "--out", str(only_plan)]) == 0
@@ -72,6 +75,7 @@ def test_plan_file_with_default_bits_for_the_rest(tiny_lm, tmp_path, capsys):
     (["--bits", "4", "--granularity", "group:5"], "group_size 5 does not divide"),
     (["--bits", "4", "--granularity", "rows"], "bad granularity 'rows'"),
     (["--observer", "minmax"], "observer given without bits"),
+    (["--scale-dtype", "float32"], "scale_dtype given without bits"),
     ([], "nothing to quantize"),
     (["--bits", "4", "--percentile", "99"], "only used with observer 'percentile'"),
     (["--plan", "missing.json"], "not found"),

@@ -2,6 +2,7 @@
 option errors (exit code 2) and help."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -9,6 +10,7 @@ import pytest
 
 from qslm.cli import main
 from qslm.commands.search import options_from_args
+from qslm.search.config import BASE_SPEC
 from qslm.tasks.presets import DEFAULT_SIZES as DEFAULTS
 
 
@@ -115,6 +117,9 @@ def test_counts_and_limits_that_are_accepted():
     assert (args.seed, args.max_evals, args.max_relative_increase) == (0, 1, 0.02)  # the old name still works
     constraints = options_from_args(args)["constraints"]
     assert constraints.max_relative_increase == 0.02 and constraints.memory_limit_bytes(10 ** 9) == 3 * 2 ** 20
+    assert options_from_args(args)["base_spec"].scale_dtype == "float16"  # the default
+    args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--scale-dtype", "float32"])
+    assert options_from_args(args)["base_spec"] == dataclasses.replace(BASE_SPEC, scale_dtype="float32")
 
 
 def test_out_is_checked_before_any_work(tiny_classifier, tiny_lm, tmp_path, capsys, monkeypatch):

@@ -11,7 +11,7 @@ from qslm.checkpoint import load_quantized, write_quantized_files
 from qslm.quant.apply import QuantContext, WeightCache, fake_quantized
 from qslm.quant.memory import fixed_bytes, unit_bytes
 from qslm.quant.plan import QuantPlan
-from qslm.quant.quantizer import BITS, CODEBOOK_BITS, QuantSpec
+from qslm.quant.quantizer import BITS, CODEBOOK_BITS, SCALE_DTYPES, QuantSpec
 from qslm.quant.unit_inputs import record_hessians
 from qslm.quant.units import find_units
 
@@ -34,7 +34,8 @@ def cases():
         for bits in CODEBOOK_BITS if method == "codebook" else BITS:
             for granularity, size in LAYOUTS:
                 for symmetric in (True,) if method == "codebook" else (True, False):
-                    yield method, bits, granularity, size, symmetric
+                    for scale_dtype in ("float32",) if method == "codebook" else SCALE_DTYPES:
+                        yield method, bits, granularity, size, symmetric, scale_dtype
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +45,13 @@ def model_and_context():
     return model, QuantContext(record_hessians(model, inputs))
 
 
-@pytest.mark.parametrize("method, bits, granularity, size, symmetric", list(cases()))
+@pytest.mark.parametrize("method, bits, granularity, size, symmetric, scale_dtype", list(cases()))
 def test_packed_weights_equal_fake_quantized_ones(model_and_context, tmp_path, method, bits, granularity, size,
-                                                  symmetric):
+                                                  symmetric, scale_dtype):
     model, context = model_and_context
-    spec = QuantSpec(bits, granularity, size, symmetric, method=method)
+    spec = QuantSpec(bits, granularity, size, symmetric, method=method, scale_dtype=scale_dtype)
     # gptq needs an input Hessian: the embedding has none, so it takes rtn at the same width and layout
-    embed_spec = spec if method != "gptq" else QuantSpec(bits, granularity, size, symmetric)
+    embed_spec = spec if method != "gptq" else QuantSpec(bits, granularity, size, symmetric, scale_dtype=scale_dtype)
     plan = QuantPlan({"embed": embed_spec, "proj": spec})
     with torch.no_grad(), fake_quantized(model, plan, WeightCache(), context):
         expected = {name: model.get_submodule(name).weight.detach().clone() for name in plan.units}
