@@ -76,7 +76,8 @@ def bench_model(ref: str, args: argparse.Namespace, workdir: Path) -> list[dict]
         else:
             folder = workdir / f"{source.name}-int{bits}"
             started = time.perf_counter()
-            quantize(source, bits=bits, granularity="per-channel", symmetric=True, observer="mse", out=folder)
+            quantize(source, bits=bits, granularity="per-channel", symmetric=True, observer="mse",
+                     scale_dtype=args.scale_dtype, out=folder)
             quantize_seconds = time.perf_counter() - started
         size = (folder / WEIGHTS_FILE).stat().st_size
         row = {"model": source.name, "task": task, "precision": "fp32" if bits is None else f"int{bits}",
@@ -88,7 +89,7 @@ def bench_model(ref: str, args: argparse.Namespace, workdir: Path) -> list[dict]
     return rows
 
 
-def markdown(rows: list[dict], limit: int | None) -> str:
+def markdown(rows: list[dict], limit: int | None, scale_dtype: str) -> str:
     lines = ["| model | precision | size (KiB) | % of FP32 | metric | load (s) | peak RSS (MiB) | "
              "eval latency vs FP32 |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -99,7 +100,7 @@ def markdown(rows: list[dict], limit: int | None) -> str:
                      f"{r['peak_rss_mb']:,.0f} | {r['latency_vs_fp32']:.2f}x |")
     scope = (f"first {limit} examples/lines" if limit else "full SST-2 dev / WikiText-2 test")
     lines += ["", f"Uniform per-channel symmetric quantization, MSE clipping; metric on the {scope}. "
-              "Size is model.safetensors (packed codes, float32 scales, float32 unquantized tensors)."]
+              f"Size is model.safetensors (packed codes, {scale_dtype} scales, float32 unquantized tensors)."]
     return "\n".join(lines) + "\n"
 
 
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N examples (sst2) / lines (wikitext2)")
     parser.add_argument("--data-dir", default=None, help="data folder (default: $QSLM_DATA_DIR)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--scale-dtype", default="float16", choices=["float16", "float32"],
+                        help="as qslm quantize --scale-dtype (default float16)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for evaluation (fix it for comparable latencies)")
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as scratch:
         workdir = Path(args.workdir or scratch)
         rows = [row for ref in models for row in bench_model(ref, args, workdir)]
-    table = markdown(rows, args.limit)
+    table = markdown(rows, args.limit, args.scale_dtype)
     sys.stdout.write(table)
     if args.out:
         Path(args.out).write_text(table)

@@ -16,8 +16,10 @@ Trade tier (only when no evaluated plan is feasible yet and the plan is over the
   that saves many bytes (an embedding) may be refused a step down because the small units around it
   already spent the quality budget. Lower the unit whose step saves the most bytes and spend the bytes
   left under the limit on raising other units, most measured sensitivity removed per byte first; the
-  descents only lower bits, so they never find such a plan. Each such trade costs one evaluation; the
-  first feasible one is descended again module by module.
+  descents only lower bits, so they never find such a plan. The last trade starts from the smallest
+  plan (every unit at the lowest bit-width) and spends all the bytes under the limit the same way: where
+  the quality budget went on a step that every later move depends on, it starts over instead. Each
+  trade costs one evaluation; the first feasible one is descended again module by module.
 The result is the feasible candidate with the lowest objective among all evaluated.
 
 With parallel workers the global tier has every uniform plan measured at once, and the descents the
@@ -97,7 +99,7 @@ def descend(problem: SearchProblem, current: Candidate, items: dict[str, tuple[s
     return current
 
 
-def raise_within(problem: SearchProblem, assignment: Assignment, headroom: int, keep: str) -> Assignment:
+def raise_within(problem: SearchProblem, assignment: Assignment, headroom: int, keep: str | None) -> Assignment:
     """``assignment`` with units other than ``keep`` raised one step at a time, most sensitivity removed
     per extra byte first, while the extra bytes fit in ``headroom``."""
     raised = dict(assignment)
@@ -143,6 +145,12 @@ def trade(problem: SearchProblem, current: Candidate) -> Candidate | None:
         if headroom < 0:
             break  # moves are sorted by bytes saved: none of the rest fits either
         trades.append(raise_within(problem, trial, headroom, keep=unit))
+    smallest = problem.uniform(min(problem.bit_choices))
+    headroom = int(limit) - problem.memory_bytes(smallest)
+    if headroom >= 0:
+        filled = raise_within(problem, smallest, headroom, keep=None)
+        if filled not in trades:
+            trades.append(filled)
     for index, traded in enumerate(trades):
         if not problem.budget_left:
             return None

@@ -123,6 +123,31 @@ def test_trade_tier_lowers_a_large_unit_and_raises_small_sensitive_ones(tmp_path
     assert best.score.quality_loss == pytest.approx(0.616)
 
 
+# Five sensitive units: the descents spend the quality budget where their measured damage per byte is
+# lowest and end over the 9,506 B limit; the one trade that lowers a single unit (b0.b) and fits is a plan
+# the module tier already refused. The last trade starts from the smallest plan instead and raises the
+# units that remove most damage per byte, within the limit.
+FILL_LOSS = {**{unit: INSENSITIVE for unit in LOSS},
+             "b0.a": {8: 0.0, 4: 0.05, 2: 0.9}, "b0.b": {8: 0.0, 4: 0.02, 2: 0.54},
+             "b1.b": {8: 0.0, 4: 0.06, 2: 0.28}, "b1.c": {8: 0.0, 4: 0.01, 2: 0.65},
+             "head": {8: 0.0, 4: 0.01, 2: 0.78}}
+FILL_LIMIT = 0.098  # of FP32: 9506 B
+
+
+def test_last_trade_fills_the_smallest_plan_up_to_the_limit(tmp_path):
+    problem = Synthetic(tmp_path, loss=FILL_LOSS).problem(Constraints(max_drop=1.0, max_memory=FILL_LIMIT))
+    best = tiered_search(problem)
+    smallest = problem.uniform(2)
+    filled = raise_within(problem, smallest, int(FILL_LIMIT * FP32_BYTES) - problem.memory_bytes(smallest), None)
+    assert filled == {**smallest, "b0.a": 4, "b1.a": 4, "b1.c": 4, "head": 4}
+    fill = next(c for c in problem.candidates if c.assignment == filled)
+    assert fill.tier == "trade" and fill.score.feasible and fill.memory_bytes == 9390
+    assert not any(c.score.feasible for c in problem.candidates if c.index < fill.index)  # nothing before it
+    # then the module descent lowers b1.a, which the fill raised for little
+    assert best.assignment == {**filled, "b1.a": 2} and best.memory_bytes == 9140
+    assert best.score.quality_loss == pytest.approx(0.9)
+
+
 def test_no_trade_when_a_plan_is_already_feasible(synthetic):
     problem = synthetic.problem(Constraints(max_drop=1.0, max_memory=0.11))
     tiered_search(problem)
