@@ -7,7 +7,7 @@ import sys
 
 from ..errors import QslmError
 from ..quant.quantizer import SCALE_DTYPES
-from ..search.config import BASE_SPEC, DEFAULT_BLOCK_CACHE_MB
+from ..search.config import BASE_SPEC, DEFAULT_BLOCK_CACHE_MB, SENSITIVITY_TABLES
 from ..search.strategies import strategy_names
 from .common import add_device_argument, add_model_argument, add_overwrite_argument, claim_output, print_table
 from .task_options import add_task_arguments, data_options
@@ -68,6 +68,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                              "estimate, time linear in depth (for deep models)")
     parser.add_argument("--max-evals", type=positive_int, default=None,
                         help="candidate evaluation budget (random/nsga2 default: 60)")
+    parser.add_argument("--sensitivity-table", default="needed", choices=list(SENSITIVITY_TABLES),
+                        help="needed (default): measure each sensitivity when the search first asks for it; full: "
+                             "every unit and block at every bit-width first, all in the report (same plan)")
     parser.add_argument("--calibration-size", type=positive_int, default=None,
                         help="sensitivity calibration: examples (sst2, default 128) or tokens (wikitext2, default 2048)")
     parser.add_argument("--validation-size", type=positive_int, default=None,
@@ -115,7 +118,8 @@ def options_from_args(args: argparse.Namespace) -> dict:
         weights=parse_weights(args.weights), bit_choices=parse_bits(args.bits), strategy=args.strategy,
         max_evaluations=args.max_evals, calibration_size=args.calibration_size,
         validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
-        reported_limit=args.reported_limit, sensitivity_method=args.sensitivity, ignore=tuple(args.ignore),
+        reported_limit=args.reported_limit, sensitivity_method=args.sensitivity,
+        sensitivity_table=args.sensitivity_table, ignore=tuple(args.ignore),
         methods=tuple(part.strip() for part in args.methods.split(",") if part.strip()),
         base_spec=dataclasses.replace(BASE_SPEC, scale_dtype=args.scale_dtype), block_cache_mb=args.block_cache,
         device=args.device, overwrite=args.overwrite, workers=args.workers, ray_address=args.ray_address,

@@ -16,6 +16,9 @@ from ..quant.quantizer import BITS, DEFAULT_SCALE_DTYPE, METHODS, QuantSpec
 from .objective import DEFAULT_WEIGHTS, parse_weights
 
 SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
+# "needed": each sensitivity is measured when the strategy first asks for it (the plan is the same, and the
+# report's table holds what was asked for); "full": every unit and group at every width, first.
+SENSITIVITY_TABLES = ("needed", "full")
 DEFAULT_BIT_CHOICES = (2, 3, 4, 5, 6, 8)
 BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse", scale_dtype=DEFAULT_SCALE_DTYPE)
 DEFAULT_BASELINE_BUDGET = 60
@@ -39,6 +42,7 @@ class SearchConfig:
     # memory (MiB) for block outputs reused between measurements (qslm.analysis.block_cache); 0: none.
     # Results are the same either way, bit for bit.
     block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB
+    sensitivity_table: str = "needed"
 
     def __post_init__(self):
         from .strategies import strategy_names  # strategies register themselves on import
@@ -82,6 +86,9 @@ class SearchConfig:
         object.__setattr__(self, "methods", methods)
         if isinstance(self.block_cache_mb, bool) or not isinstance(self.block_cache_mb, int) or self.block_cache_mb < 0:
             raise QslmError(f"block_cache_mb must be a whole number of MiB >= 0 (0: no cache), got {self.block_cache_mb!r}")
+        if self.sensitivity_table not in SENSITIVITY_TABLES:
+            raise QslmError(f"unknown sensitivity_table {self.sensitivity_table!r}; expected one of "
+                            f"{list(SENSITIVITY_TABLES)}")
 
     @property
     def budget(self) -> int:

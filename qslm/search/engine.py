@@ -4,8 +4,9 @@
     result.report["baseline"], result.report["final"]
     qslm.load_quantized(MyModel(...), "out/mine")
 
-Profile (hierarchy, op counts, firing rates) -> sensitivity of every unit and group at every bit-width
-(damage to the outputs on the calibration inputs, cached) -> a strategy asks ``SearchProblem.evaluate``
+Profile (hierarchy, op counts, firing rates) -> sensitivity of units and groups at bit-widths (damage to
+the outputs on the calibration inputs, cached; measured when the strategy first asks for one, or all of
+them first with ``SearchConfig(sensitivity_table="full")``) -> a strategy asks ``SearchProblem.evaluate``
 for the task's metric of candidate plans (journaled, so a rerun resumes) -> the best feasible plan is
 exported bit-packed, loaded back, and its test metric, memory (bytes on disk) and energy are measured
 from the packed model -> report. Nothing here knows which data set or architecture it serves.
@@ -154,8 +155,10 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     methods_by_bits = {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in chosen_methods.items()}
     executor = executors.start(measurements)
     sensitivity = SensitivityTable(measurements, cache, digest, executor)
-    table = sensitivity.table(groups, list(units), list(config.bit_choices), progress)
-    seconds["sensitivity"] = time.perf_counter() - t0
+    if config.sensitivity_table == "full":
+        sensitivity.measure_table(groups, list(units), list(config.bit_choices), progress)
+    seconds["sensitivity"] = time.perf_counter() - t0  # the methods stage, and the table if measured first
+    measured_before_search = sensitivity.seconds
 
     # ---- search: a journal entry (one plan's metric) depends only on the header, so a rerun with other
     # constraints, weights, strategy or budget reuses every measurement already made (with several methods,
@@ -173,7 +176,8 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         unit_bytes=bytes_table, fixed_bytes=fixed,
         energy_pj=lambda a: energy_per_inference(op_counts, a, profile).total_pj,
         latency_s=lambda a: latency_per_inference(op_counts, a, profile),
-        sensitivity=lambda members, bits: sensitivity.measure(tuple(members), bits)["damage"], baseline=baseline,
+        sensitivity=lambda members, bits: sensitivity.measure(tuple(members), bits)["damage"],
+        measure_sensitivities=lambda jobs: sensitivity.measure_all([(tuple(m), b) for m, b in jobs]), baseline=baseline,
         constraints=constraints, weights=config.weights, journal=_journal(folder, header),
         max_evaluations=config.max_evaluations, progress=progress)
 
@@ -185,7 +189,10 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
 
     run_strategy(config.strategy, problem, StrategyContext(config.seed, config.budget, hawq_omega))
     best = problem.best()
-    seconds["search"] = time.perf_counter() - t0
+    measured_in_search = sensitivity.seconds - measured_before_search  # sensitivities the strategy asked for
+    seconds["sensitivity"] += measured_in_search
+    seconds["search"] = time.perf_counter() - t0 - measured_in_search
+    table = sensitivity.asked_table(groups, list(units), list(config.bit_choices))
 
     # ---- verify the chosen plan on the packed model, report; the run's files are committed together
     t0 = time.perf_counter()

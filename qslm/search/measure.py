@@ -131,6 +131,8 @@ class SensitivityTable:
                  executor: Executor):
         self.measurements, self.cache, self.digest, self.executor = measurements, cache, model_digest, executor
         self.calibration_digest = inputs_digest(measurements.reference.inputs) + f":{measurements.reference.measure}"
+        self.asked: dict[tuple[tuple[str, ...], int], dict] = {}  # every (members, bits) asked for, in order
+        self.seconds = 0.0  # spent in measure_all: measuring, or waiting for workers to
 
     def _key(self, members: tuple[str, ...], bits: int) -> tuple[str, str]:
         return self._key_of({u: self.measurements.spec_of(u, bits) for u in members})
@@ -160,6 +162,7 @@ class SensitivityTable:
     def measure_all(self, jobs: list[tuple[tuple[str, ...], int]], bar: tqdm | None = None) -> list[dict]:
         """Each (members, bits) of ``jobs``, in order; those not cached are submitted together and cached
         as they finish (``bar`` advances as each finishes)."""
+        started = time.perf_counter()
         keyed = [self._key(members, bits) for members, bits in jobs]
         values = [self.cache.get(key) for key, _ in keyed]
         missing = [i for i, value in enumerate(values) if value is None]
@@ -172,20 +175,35 @@ class SensitivityTable:
             self.cache.put(keyed[index][0], values[index])
             if bar is not None:
                 bar.update(1)
-        return [{**value, "method": method} for value, (_, method) in zip(values, keyed)]
+        results = [{**value, "method": method} for value, (_, method) in zip(values, keyed)]
+        for job, result in zip(jobs, results):
+            self.asked.setdefault((tuple(job[0]), job[1]), result)
+        self.seconds += time.perf_counter() - started
+        return results
 
-    def table(self, groups: dict[str, list[str]], units: list[str], bit_choices: list[int], progress: bool
-              ) -> dict[str, dict[str, dict]]:
-        """Every group and every unit alone at every bit-width: {name: {str(bits): measurement}}."""
-        scopes = list(dict.fromkeys([tuple(m) for m in groups.values()] + [(u,) for u in units]))
-        jobs = [(members, bits) for members in scopes for bits in bit_choices]
+    def measure_table(self, groups: dict[str, list[str]], units: list[str], bit_choices: list[int],
+                      progress: bool) -> None:
+        """Every group and every unit alone at every bit-width, measured now (together: in parallel on
+        workers)."""
+        jobs = [(members, bits) for members in _scopes(groups, units) for bits in bit_choices]
         with tqdm(total=len(jobs), desc="sensitivity", disable=not progress, leave=False) as bar:
-            values = iter(self.measure_all(jobs, bar))
+            self.measure_all(jobs, bar)
+
+    def asked_table(self, groups: dict[str, list[str]], units: list[str], bit_choices: list[int]
+                    ) -> dict[str, dict[str, dict]]:
+        """What was asked for so far, as {name: {str(bits): measurement}}: groups and units in model order,
+        widths ascending, scopes and widths never asked for left out."""
         table: dict[str, dict[str, dict]] = {}
-        for members in scopes:
-            name = next((g for g, m in groups.items() if tuple(m) == members), members[0])
-            table[name] = {str(bits): next(values) for bits in bit_choices}
+        for members in _scopes(groups, units):
+            row = {str(bits): self.asked[(members, bits)] for bits in bit_choices if (members, bits) in self.asked}
+            if row:
+                table[next((g for g, m in groups.items() if tuple(m) == members), members[0])] = row
         return table
+
+
+def _scopes(groups: dict[str, list[str]], units: list[str]) -> list[tuple[str, ...]]:
+    """Every group's members, then every unit alone (a group of one unit once)."""
+    return list(dict.fromkeys([tuple(m) for m in groups.values()] + [(u,) for u in units]))
 
 
 def timed(function):

@@ -51,7 +51,9 @@ class SearchProblem:
     ``unit_bytes[unit][bits]`` and ``fixed_bytes`` give exact memory; ``energy_pj(assignment)`` the energy and
     ``latency_s(assignment)`` the modelled latency per inference (deterministic: the measured seconds
     are only recorded, so noisy timings never change which plan wins).
-    ``sensitivity(units, bits)`` is the proxy damage (KL to the float model) of quantizing only ``units``.
+    ``sensitivity(units, bits)`` is the proxy damage (KL to the float model) of quantizing only ``units``;
+    ``measure_sensitivities([(units, bits), ...])``, when given, has several measured together (on workers,
+    in parallel) before a strategy asks for them one by one.
     ``submit_metric(assignment)``, when given, starts ``measure_metric``'s work and returns at once (a
     ``Pending``); ``speculation`` is how many plans a strategy may have measured ahead of need."""
     groups: dict[str, list[str]]
@@ -70,6 +72,7 @@ class SearchProblem:
     progress: bool = True
     submit_metric: Callable[[Assignment], Pending[tuple[float, float]]] | None = None
     speculation: int = 1
+    measure_sensitivities: Callable[[list[tuple[tuple[str, ...], int]]], object] | None = None
     candidates: list[Candidate] = field(default_factory=list)
     _seen: dict[str, Candidate] = field(default_factory=dict)
     # measurements submitted ahead of need: not candidates (nor journaled) until ``evaluate`` asks for them
@@ -96,6 +99,12 @@ class SearchProblem:
     def evaluated(self, assignment: Assignment) -> bool:
         """A candidate already: evaluating it again returns it, uncounted."""
         return assignment_key(assignment) in self._seen
+
+    def prefetch_sensitivities(self, jobs: Iterable[tuple[tuple[str, ...], int]]) -> None:
+        """Have the sensitivities of these (units, bits) measured now, together: a strategy about to ask
+        for each of them in turn calls this first, so that workers measure them in parallel."""
+        if self.measure_sensitivities is not None:
+            self.measure_sensitivities(list(dict.fromkeys((tuple(units), bits) for units, bits in jobs)))
 
     def prefetch(self, assignments: Iterable[Assignment]) -> None:
         """Have the next ``speculation`` of ``assignments`` that are not known yet being measured (at most

@@ -30,6 +30,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
                max_evaluations: int | None = None, sensitivity_method: str = "exact", seed: int = 0,
                hardware: str = "default_45nm", base_spec: QuantSpec = BASE_SPEC, ignore: Sequence[str] = (),
                methods: Sequence[str] = ("rtn",), block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB,
+               sensitivity_table: str = "needed",
                calibration_size: int | None = None, validation_size: int | None = None,
                reported_limit: int | None = None, data_dir=None, data_files: Mapping[str, str] | None = None,
                text_column: str | None = None, label_column: str | None = None, labels: Sequence[str] | None = None,
@@ -49,7 +50,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
         config = SearchConfig(bit_choices=tuple(bit_choices), strategy=strategy, max_evaluations=max_evaluations,
                               sensitivity=sensitivity_method, seed=seed, hardware=hardware, base_spec=base_spec,
                               weights=weights, ignore=tuple(ignore), methods=tuple(methods),
-                              block_cache_mb=block_cache_mb)
+                              block_cache_mb=block_cache_mb, sensitivity_table=sensitivity_table)
     check_quality_limit(task, KIND[check_task_name(task)] == CLASSIFICATION, constraints or Constraints())
     source = resolve_model_path(model_ref)
     if (source / PLAN_FILE).is_file():

@@ -80,6 +80,9 @@ def descend(problem: SearchProblem, current: Candidate, items: dict[str, tuple[s
             stepped[unit] = min(stepped[unit], target)
         return stepped
 
+    steps = [(units, max(current.assignment[u] for u in units)) for units in items.values()]
+    problem.prefetch_sensitivities(job for units, bits in steps if lower_bits(problem.bit_choices, bits) is not None
+                                   for job in ((units, bits), (units, lower_bits(problem.bit_choices, bits))))
     queue = [m for m in (move(name, current.assignment) for name in items) if m is not None]
     heapq.heapify(queue)
     with problem.progress_bar(len(queue), f"{tier} tier") as bar:

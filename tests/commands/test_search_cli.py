@@ -120,6 +120,9 @@ def test_counts_and_limits_that_are_accepted():
     assert options_from_args(args)["base_spec"].scale_dtype == "float16"  # the default
     args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--scale-dtype", "float32"])
     assert options_from_args(args)["base_spec"] == dataclasses.replace(BASE_SPEC, scale_dtype="float32")
+    assert options_from_args(args)["sensitivity_table"] == "needed"
+    args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--sensitivity-table", "full"])
+    assert options_from_args(args)["sensitivity_table"] == "full"
 
 
 def test_out_is_checked_before_any_work(tiny_classifier, tiny_lm, tmp_path, capsys, monkeypatch):

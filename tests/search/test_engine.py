@@ -80,6 +80,22 @@ def test_handwritten_model_end_to_end(handwritten, tmp_path):
     assert set(plan["units"]) == set(find_units(model))
 
 
+def test_sensitivities_measured_when_asked_give_the_plan_of_the_full_table(handwritten, tmp_path):
+    model, ids, labels = handwritten
+    runs = {table: run_search(model, ids, labels, tmp_path / table, tmp_path / f"cache-{table}",
+                              qslm.SearchConfig(sensitivity_table=table), max_drop=10.0, max_memory=0.4)[1].report
+            for table in ("full", "needed")}
+    full, needed = runs["full"], runs["needed"]
+    assert [(c["assignment"], c["metric"]) for c in needed["candidates"]] == \
+        [(c["assignment"], c["metric"]) for c in full["candidates"]]
+    assert (tmp_path / "full" / "model.safetensors").read_bytes() == \
+        (tmp_path / "needed" / "model.safetensors").read_bytes()
+    asked = needed["sensitivity"]
+    assert 0 < sum(map(len, asked.values())) < sum(map(len, full["sensitivity"].values()))
+    assert asked == {name: {bits: full["sensitivity"][name][bits] for bits in row} for name, row in asked.items()}
+    assert list(asked) == [name for name in full["sensitivity"] if name in asked]  # model order kept
+
+
 def test_reusing_block_outputs_changes_no_figure(handwritten, tmp_path):
     model, ids, labels = handwritten
     runs = {mb: run_search(model, ids, labels, tmp_path / f"out{mb}", tmp_path / f"cache{mb}",
@@ -128,7 +144,7 @@ def test_tuple_and_dict_outputs_are_measured_by_normalised_mse(handwritten, tmp_
     kl = qslm.search(wrapped, qslm.Task(evaluate=task.evaluate, calibration=task.calibration,
                                         output=lambda out: out["logits"]),
                      out=tmp_path / "kl", progress=False, cache_dir=tmp_path / "cache",
-                     config=qslm.SearchConfig(strategy="uniform"))
+                     config=qslm.SearchConfig(strategy="uniform", sensitivity_table="full"))
     assert kl.report["damage_measure"] == "kl"
     assert kl.report["sensitivity"]["inner.embed"]["2"]["damage"] > kl.report["sensitivity"]["inner.embed"]["8"]["damage"]
 

@@ -41,12 +41,14 @@ def tensors(path) -> dict:
 @pytest.fixture(scope="module")
 def base(tiny_classifier, small_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("search") / "base"
-    return search(tiny_classifier, out, small_data_dir, shared_cache(tmp_path_factory))
+    return search(tiny_classifier, out, small_data_dir, shared_cache(tmp_path_factory),
+                  config=qslm.SearchConfig(sensitivity_table="full"))
 
 
 @pytest.fixture(scope="module")
 def twin(tiny_classifier, small_data_dir, tmp_path_factory):
-    """The same search in another folder, with sensitivities recomputed in a cache of its own."""
+    """The same search in another folder, with sensitivities recomputed in a cache of its own, and
+    measured only when the search asks for them (the default)."""
     root = tmp_path_factory.mktemp("twin")
     return search(tiny_classifier, root / "out", small_data_dir, root / "cache")
 
@@ -91,9 +93,13 @@ def test_reported_memory_is_the_exported_tensor_bytes(base):
 
 
 def test_deterministic(base, twin):
+    """The same plan and bytes whether every sensitivity is measured first or each when asked for; the
+    report's table then holds what was asked for, equal to the full table's entries."""
     for name in ("quant_plan.json", "model.safetensors"):
         assert (base.out / name).read_bytes() == (twin.out / name).read_bytes(), name
-    assert base.report["sensitivity"] == twin.report["sensitivity"]
+    assert twin.report["config"]["sensitivity_table"] == "needed"
+    asked = twin.report["sensitivity"]  # here empty: uniform 2 bits already meets the constraints
+    assert asked == {name: {bits: base.report["sensitivity"][name][bits] for bits in row} for name, row in asked.items()}
     strip = lambda report: [(c["tier"], c["metric"], c["assignment"]) for c in report["candidates"]]  # noqa: E731
     assert strip(base.report) == strip(twin.report)
 
@@ -198,6 +204,7 @@ def test_bad_options(tiny_classifier, small_data_dir, tmp_path):
     ({"reported_limit": 0}, "test limit must be positive, got 0"),
     ({"seed": -1}, "seed must be a non-negative integer, got -1"),
     ({"block_cache_mb": -1}, "block_cache_mb must be a whole number of MiB >= 0"),
+    ({"sensitivity_table": "some"}, "unknown sensitivity_table 'some'"),
 ])
 def test_zero_is_not_the_default(tiny_classifier, small_data_dir, tmp_path, option, message):
     with pytest.raises(QslmError, match=message):
@@ -210,7 +217,7 @@ def test_local_sensitivity_search(base, tiny_classifier, small_data_dir, tmp_pat
     its constraints, and the estimates are cached apart from the exact ones."""
     root = tmp_path_factory.mktemp("local")
     result = search(tiny_classifier, root / "out", small_data_dir, shared_cache(tmp_path_factory),
-                    sensitivity_method="local")
+                    config=qslm.SearchConfig(sensitivity="local", sensitivity_table="full"))
     report = result.report
     assert report["config"]["sensitivity"] == "local" and base.report["config"]["sensitivity"] == "exact"
     methods = {unit: {row["method"] for row in by_bits.values()} for unit, by_bits in report["sensitivity"].items()}
