@@ -19,7 +19,6 @@ quantizable units (or not LIF neurons) are errors that list the closest valid na
 from __future__ import annotations
 
 import dataclasses
-
 import difflib
 import json
 import os

@@ -247,9 +247,8 @@ def with_stored_scales(quantized: QuantizedTensor) -> QuantizedTensor:
     tensor's exponent, so fake quantization dequantizes exactly as the packed file will."""
     if quantized.spec.scale_dtype == "float32":
         return quantized
-    exponent = scale_exponent(quantized.scale)
-    stored = torch.ldexp(quantized.scale.to(torch.float32), torch.tensor(-exponent)).to(torch.float16)
-    quantized.scale, quantized.scale_exponent = float16_scale(stored, exponent), exponent
+    quantized.scale_exponent = scale_exponent(quantized.scale)
+    quantized.scale = float16_scale(quantized.stored_scale(), quantized.scale_exponent)  # exact from here on
     return quantized
 
 
