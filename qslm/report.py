@@ -162,8 +162,11 @@ def markdown(report: dict) -> str:
     if report.get("sensitivity"):
         bits = sorted({int(b) for row in report["sensitivity"].values() for b in row})
         lines += [f"## Sensitivity ({report.get('damage_measure', 'damage')} vs float, one unit quantized; "
-                  "calibration inputs)", "",
-                  "| unit | " + " | ".join(f"{b} bit" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
+                  "calibration inputs)", ""]
+        if report.get("config", {}).get("sensitivity_table") == "needed":
+            lines += ["Measured where the search asked for them; `--sensitivity-table full` measures every unit "
+                      "and block at every width.", ""]
+        lines += ["| unit | " + " | ".join(f"{b} bit" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
         for unit, row in report["sensitivity"].items():
             lines.append(f"| {unit} | " + " | ".join(f"{row[str(b)]['damage']:.2e}" if str(b) in row else "" for b in bits)
                          + " |")

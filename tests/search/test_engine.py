@@ -94,6 +94,10 @@ def test_sensitivities_measured_when_asked_give_the_plan_of_the_full_table(handw
     assert 0 < sum(map(len, asked.values())) < sum(map(len, full["sensitivity"].values()))
     assert asked == {name: {bits: full["sensitivity"][name][bits] for bits in row} for name, row in asked.items()}
     assert list(asked) == [name for name in full["sensitivity"] if name in asked]  # model order kept
+    # the report says why cells are empty, and the heatmap draws the partial table
+    assert "Measured where the search asked for them" in (tmp_path / "needed" / "report.md").read_text()
+    assert "Measured where the search asked" not in (tmp_path / "full" / "report.md").read_text()
+    assert (tmp_path / "needed" / "sensitivity.png").stat().st_size > 1000
 
 
 def test_reusing_block_outputs_changes_no_figure(handwritten, tmp_path):
