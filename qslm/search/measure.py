@@ -181,13 +181,16 @@ class SensitivityTable:
         self.seconds += time.perf_counter() - started
         return results
 
-    def measure_table(self, groups: dict[str, list[str]], units: list[str], bit_choices: list[int],
-                      progress: bool) -> None:
-        """Every group and every unit alone at every bit-width, measured now (together: in parallel on
-        workers)."""
-        jobs = [(members, bits) for members in _scopes(groups, units) for bits in bit_choices]
+    def measure_together(self, jobs: list[tuple[tuple[str, ...], int]], progress: bool) -> None:
+        """Have ``jobs`` measured now, together (in parallel on workers), with a progress bar."""
         with tqdm(total=len(jobs), desc="sensitivity", disable=not progress, leave=False) as bar:
             self.measure_all(jobs, bar)
+
+    def measure_table(self, groups: dict[str, list[str]], units: list[str], bit_choices: list[int],
+                      progress: bool) -> None:
+        """Every group and every unit alone at every bit-width, measured now."""
+        self.measure_together([(members, bits) for members in _scopes(groups, units) for bits in bit_choices],
+                              progress)
 
     def asked_table(self, groups: dict[str, list[str]], units: list[str], bit_choices: list[int]
                     ) -> dict[str, dict[str, dict]]:
