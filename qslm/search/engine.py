@@ -177,7 +177,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         energy_pj=lambda a: energy_per_inference(op_counts, a, profile).total_pj,
         latency_s=lambda a: latency_per_inference(op_counts, a, profile),
         sensitivity=lambda members, bits: sensitivity.measure(tuple(members), bits)["damage"],
-        measure_sensitivities=lambda jobs: sensitivity.measure_together([(tuple(m), b) for m, b in jobs], progress),
+        measure_sensitivities=lambda jobs: sensitivity.measure_together(jobs, progress),
         baseline=baseline,
         constraints=constraints, weights=config.weights, journal=_journal(folder, header),
         max_evaluations=config.max_evaluations, progress=progress)

@@ -62,15 +62,22 @@ def descend(problem: SearchProblem, current: Candidate, items: dict[str, tuple[s
     """Greedy step-down over ``items`` (name -> units moved together), cheapest damage per byte first."""
     order = {name: position for position, name in enumerate(items)}
 
-    def move(name: str, assignment: Assignment):
+    def step(name: str, assignment: Assignment) -> tuple[int, int, int] | None:
+        """(bits, target, bytes saved) of ``name``'s next step down, or None when it has none."""
         units = items[name]
         bits = max(assignment[u] for u in units)
         target = lower_bits(problem.bit_choices, bits)
         if target is None:
             return None
         saved = bytes_saved(problem, units, assignment, target)
-        if saved <= 0:
+        return (bits, target, saved) if saved > 0 else None
+
+    def move(name: str, assignment: Assignment):
+        found = step(name, assignment)
+        if found is None:
             return None
+        bits, target, saved = found
+        units = items[name]
         damage = max(problem.sensitivity(units, target) - problem.sensitivity(units, bits), 0.0)
         return (damage / saved, order[name], name, target)
 
@@ -80,9 +87,9 @@ def descend(problem: SearchProblem, current: Candidate, items: dict[str, tuple[s
             stepped[unit] = min(stepped[unit], target)
         return stepped
 
-    steps = [(units, max(current.assignment[u] for u in units)) for units in items.values()]
-    problem.prefetch_sensitivities(job for units, bits in steps if lower_bits(problem.bit_choices, bits) is not None
-                                   for job in ((units, bits), (units, lower_bits(problem.bit_choices, bits))))
+    steps = {name: step(name, current.assignment) for name in items}
+    problem.prefetch_sensitivities((items[name], width) for name, found in steps.items() if found is not None
+                                   for width in found[:2])
     queue = [m for m in (move(name, current.assignment) for name in items) if m is not None]
     heapq.heapify(queue)
     with problem.progress_bar(len(queue), f"{tier} tier") as bar:
