@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from qslm.quant.quantizer import DEFAULT_SCALE_DTYPE, SCALE_DTYPES
+
 DEFAULT_BITS = (16, 8, 6, 4, 3, 2)
 TASK_OF = {"lm": "wikitext2", "classification": "sst2"}
 
@@ -112,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N examples (sst2) / lines (wikitext2)")
     parser.add_argument("--data-dir", default=None, help="data folder (default: $QSLM_DATA_DIR)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--scale-dtype", default="float16", choices=["float16", "float32"],
-                        help="as qslm quantize --scale-dtype (default float16)")
+    parser.add_argument("--scale-dtype", default=DEFAULT_SCALE_DTYPE, choices=list(SCALE_DTYPES),
+                        help=f"as qslm quantize --scale-dtype (default {DEFAULT_SCALE_DTYPE})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for evaluation (fix it for comparable latencies)")
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
