@@ -4,8 +4,8 @@
         [--bits 2,3,4] [--test-limit N]
 
 Every unit at one width and one method (rtn, gptq, codebook; per-channel, symmetric, MSE clipping for rtn
-and gptq). GPTQ's Hessians and the codebooks' weighting come from the task's calibration inputs (the
-held-out training slice of the sst2 / wikitext2 presets, as the search uses); the metric is measured on
+and gptq). GPTQ's Hessians and the codebooks' weighting come from the task's quantizer calibration (the
+sst2 / wikitext2 presets: training sentences / text, as the search uses); the metric is measured on
 the reported split (SST-2 dev accuracy, WikiText-2 test word perplexity, or its first N examples / lines),
 which the calibration never saw. Embeddings have no input Hessian, so under gptq they are rtn-quantized.
 """
@@ -48,7 +48,7 @@ def main() -> None:
         loaded = load_model(name)
         model = loaded.model
         task = build_task(default_task(loaded), loaded, data_dir=args.data_dir, test_limit=args.test_limit)
-        context = record_context(model, task.calibration, METHODS, reset_neuron_states)
+        context = record_context(model, task.quantizer_inputs, METHODS, reset_neuron_states)
         fp32 = plan_bytes(model, QuantPlan())
         started = time.perf_counter()
         print(f"| {name} | 32 | float | 100.0 | {task.test(model):.2f} | {time.perf_counter() - started:.0f} |",

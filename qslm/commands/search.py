@@ -9,6 +9,7 @@ from ..errors import QslmError
 from ..quant.quantizer import SCALE_DTYPES
 from ..search.config import BASE_SPEC, DEFAULT_BLOCK_CACHE_MB, SENSITIVITY_TABLES
 from ..search.strategies import strategy_names
+from ..tasks.presets import DEFAULT_SIZES
 from .common import add_device_argument, add_model_argument, add_overwrite_argument, claim_output, print_table
 from .task_options import add_task_arguments, data_options
 
@@ -73,6 +74,11 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                              "every unit and block at every bit-width first, all in the report (same plan)")
     parser.add_argument("--calibration-size", type=positive_int, default=None,
                         help="sensitivity calibration: examples (sst2, default 128) or tokens (wikitext2, default 2048)")
+    parser.add_argument("--quantizer-calibration-size", type=positive_int, default=None,
+                        help="what gptq and codebook fit to (with --methods): training examples (sst2, default "
+                             f"{DEFAULT_SIZES['sst2']['quantizer']}) or tokens of training text (wikitext2, default "
+                             f"{DEFAULT_SIZES['wikitext2']['quantizer']}); for your files, of the calibration file "
+                             "(default: the validation file)")
     parser.add_argument("--validation-size", type=positive_int, default=None,
                         help="candidate checks: held-out whole sentences (sst2, default 800) or words (wikitext2, default 8000)")
     parser.add_argument("--hardware", default="default_45nm",
@@ -117,6 +123,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
         constraints=constraints,
         weights=parse_weights(args.weights), bit_choices=parse_bits(args.bits), strategy=args.strategy,
         max_evaluations=args.max_evals, calibration_size=args.calibration_size,
+        quantizer_calibration_size=args.quantizer_calibration_size,
         validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
         reported_limit=args.reported_limit, sensitivity_method=args.sensitivity,
         sensitivity_table=args.sensitivity_table, ignore=tuple(args.ignore),

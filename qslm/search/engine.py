@@ -45,7 +45,7 @@ from ..quant.pack import PLAN_FILE, WEIGHTS_FILE
 from ..quant.plan import QuantPlan
 from ..quant.units import find_units, unit_tensor
 from ..report import write_report
-from ..tasks.base import Task, inferences_in, run_inputs
+from ..tasks.base import Task, inferences_in, inputs_digest, run_inputs
 from .config import SearchConfig
 from .executors import ExecutorChoice, InProcess
 from .journal import Journal
@@ -139,7 +139,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     digest = model_hash(model)
     weight_cache = WeightCache()
     reference = OutputReference(model, task.calibration, task.damage, task.output, reset=reset_neuron_states)
-    context = record_context(model, task.calibration, config.methods, reset_neuron_states)
+    context = record_context(model, task.quantizer_inputs, config.methods, reset_neuron_states)
     measurements = Measurements(model, task, hierarchy, config, reference=reference, weights=weight_cache,
                                 context=context)
     cache = SensitivityCache(cache_file(cache_dir, digest))
@@ -168,6 +168,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
               "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}
     if list(config.methods) != ["rtn"]:
         header["methods"] = methods_by_bits
+        header["quantizer_calibration"] = inputs_digest(task.quantizer_inputs)
     bytes_table = {u: {b: unit_bytes(unit, spec_of(u, b)) for b in config.bit_choices} for u, unit in units.items()}
 
     problem = SearchProblem(
@@ -206,6 +207,8 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         "constraints": constraints.to_dict(baseline.memory_bytes, baseline.energy_pj), "config": config.to_dict(),
         "hardware": profile.name, "calibration_batches": len(task.calibration),
         "calibration_size": sum(inferences_in(item) for item in task.calibration), "damage_measure": reference.measure,
+        "quantizer_calibration_size": (sum(inferences_in(item) for item in task.quantizer_inputs)
+                                       if context is not None else None),
         "hierarchy": hierarchy.to_dict(), "sensitivity": table,
         "methods": methods_by_bits,
         "candidates": [c.to_dict() for c in problem.candidates],

@@ -131,6 +131,9 @@ class SensitivityTable:
                  executor: Executor):
         self.measurements, self.cache, self.digest, self.executor = measurements, cache, model_digest, executor
         self.calibration_digest = inputs_digest(measurements.reference.inputs) + f":{measurements.reference.measure}"
+        # what gptq and codebook fitted the weights to, for the keys of their measurements
+        self.quantizer_digest = (inputs_digest(measurements.task.quantizer_inputs)
+                                 if measurements.context is not None else None)
         self.asked: dict[tuple[tuple[str, ...], int], dict] = {}  # every (members, bits) asked for, in order
         self.seconds = 0.0  # spent in measure_all: measuring, or waiting for workers to
 
@@ -143,8 +146,10 @@ class SensitivityTable:
         described = {spec.describe() for spec in specs.values()}
         spec_key = described.pop() if len(described) == 1 else "|".join(
             sorted(f"{u}={s.describe()}" for u, s in specs.items()))
-        key = SensitivityCache.key(self.digest, self.calibration_digest + (":local" if block else ""), members,
-                                   spec_key)
+        calibration = self.calibration_digest + (":local" if block else "")
+        if self.quantizer_digest is not None and any(spec.method != "rtn" for spec in specs.values()):
+            calibration += f":fitted:{self.quantizer_digest}"
+        key = SensitivityCache.key(self.digest, calibration, members, spec_key)
         return key, "local" if block is not None else "exact"  # units outside blocks: measured exactly
 
     def measure_specs(self, specs: dict[str, QuantSpec]) -> dict:

@@ -32,6 +32,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
                methods: Sequence[str] = ("rtn",), block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB,
                sensitivity_table: str = "needed",
                calibration_size: int | None = None, validation_size: int | None = None,
+               quantizer_calibration_size: int | None = None,
                reported_limit: int | None = None, data_dir=None, data_files: Mapping[str, str] | None = None,
                text_column: str | None = None, label_column: str | None = None, labels: Sequence[str] | None = None,
                cache_dir=None, device=None, progress: bool = True, overwrite: bool = False, workers: int = 1,
@@ -58,7 +59,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     loaded = load_model(source, resolve_device(device))
     task_object = build_task(task, loaded, data_files, data_dir, text_column=text_column, label_column=label_column,
                              labels=labels, calibration_size=calibration_size, validation_size=validation_size,
-                             test_limit=reported_limit)
+                             test_limit=reported_limit, quantizer_size=quantizer_calibration_size)
     # The model as the user named it (a bundled name or their path): the report then says which model it
     # was without recording where this machine keeps it.
     return search(loaded.model, task_object, out, constraints, config, device=device, progress=progress,

@@ -5,6 +5,7 @@
         calibration=my_batches,    # re-iterable of model inputs: a tensor, a tuple (positional) or a dict (keyword)
         higher_is_better=True,
         test=my_test_eval,         # optional: run once on the chosen plan, the reported figure
+    quantizer_calibration=more_batches,  # optional: what GPTQ and the codebook fit to (default: calibration)
     )
 
 ``max_drop`` limits a higher-is-better metric absolutely, in the metric's own units; a lower-is-better
@@ -47,6 +48,10 @@ class Task:
     name: str = "custom"
     metric_name: str = "metric"
     test_split: str = "test"
+    # inputs whose unit inputs GPTQ's error compensation and the codebook's weighting are fitted to
+    # (default: the calibration inputs). Best more of them than sensitivity needs, and none of the
+    # validation data: weights fitted to what the search checks them on look better there than elsewhere.
+    quantizer_calibration: Iterable[ModelInput] | None = None
     # identifies the validation data and metric in a search's journal, so a resumed search never mixes in
     # measurements of other data (default: the evaluate function's qualified name and the calibration inputs)
     fingerprint: str | None = None
@@ -66,10 +71,17 @@ class Task:
         self.calibration = _reiterable(self.calibration, "calibration")
         if self.profile_inputs is not None:
             self.profile_inputs = _reiterable(self.profile_inputs, "profile_inputs")
+        if self.quantizer_calibration is not None:
+            self.quantizer_calibration = _reiterable(self.quantizer_calibration, "quantizer_calibration")
 
     @property
     def profiling(self) -> list[ModelInput]:
         return self.profile_inputs if self.profile_inputs is not None else self.calibration
+
+    @property
+    def quantizer_inputs(self) -> list[ModelInput]:
+        """The inputs GPTQ and the codebook are fitted to."""
+        return self.quantizer_calibration if self.quantizer_calibration is not None else self.calibration
 
     def identity(self) -> str:
         """The fingerprint a journal header records (see ``fingerprint``)."""

@@ -20,6 +20,7 @@ from ..evaluate import LANGUAGE_MODELING, evaluate_lm, lm_windows
 from .base import Task, check_positive
 
 PROFILE_LINES = 40
+QUANTIZER_TOKENS = 16384  # what gptq and codebook fit to: more than sensitivity needs
 METRIC = "word perplexity"
 
 
@@ -48,27 +49,33 @@ def _check_text(text: str, source: str) -> None:
 
 def task(model: nn.Module, tokenizer: Tokenizer, validation_text: str, test_text: str | None = None, *,
          calibration_text: str | None = None, calibration_tokens: int = 2048, validation_words: int = 8000,
-         test_limit: int | None = None, profile_lines: int = PROFILE_LINES, name: str = LANGUAGE_MODELING,
-         test_split: str = "test") -> Task:
+         test_limit: int | None = None, profile_lines: int = PROFILE_LINES, quantizer_text: str | None = None,
+         quantizer_tokens: int = QUANTIZER_TOKENS, name: str = LANGUAGE_MODELING, test_split: str = "test") -> Task:
     """The task of modelling ``validation_text``; profiling runs the first ``profile_lines`` lines of the
-    calibration text; ``test_limit`` keeps the first lines of the test text."""
+    calibration text; the quantizers (gptq, codebook) fit to windows of the first ``quantizer_tokens``
+    tokens of ``quantizer_text`` (default: the calibration text); ``test_limit`` keeps the first lines of
+    the test text."""
     check_positive(calibration_tokens=calibration_tokens, validation_words=validation_words,
-                   test_limit=test_limit, profile_lines=profile_lines)
+                   test_limit=test_limit, profile_lines=profile_lines, quantizer_tokens=quantizer_tokens)
     _check_text(validation_text, "the validation text")
     calibration_text = validation_text if calibration_text is None else calibration_text
     _check_text(calibration_text, "the calibration text")
+    quantizer_text = calibration_text if quantizer_text is None else quantizer_text
+    _check_text(quantizer_text, "the quantizer calibration text")
     if test_text is not None:
         _check_text(test_text, "the test text")
     ctx_len = model.config.ctx_len
-    tokens = len(tokenizer.encode("\n" + calibration_text).ids)
-    if tokens <= ctx_len:
-        raise QslmError(f"the calibration text has {tokens} tokens; one calibration window needs "
-                        f"{ctx_len + 1} (the model's context plus one)")
+    for text, what in ((calibration_text, "calibration"), (quantizer_text, "quantizer calibration")):
+        tokens = len(tokenizer.encode("\n" + text).ids)
+        if tokens <= ctx_len:
+            raise QslmError(f"the {what} text has {tokens} tokens; one {what} window needs {ctx_len + 1} (the "
+                            "model's context plus one)")
     profiled = first_lines(calibration_text, profile_lines)
     if not profiled.strip():
         raise QslmError(f"the first {profile_lines} lines of the calibration text are blank; profile more lines")
     validation = leading_words(validation_text, validation_words)
     calibration = lm_calibration(tokenizer, calibration_text, ctx_len, calibration_tokens)
+    fitted = lm_calibration(tokenizer, quantizer_text, ctx_len, quantizer_tokens)
 
     def perplexity(m: nn.Module) -> float:
         return evaluate_lm(m, tokenizer, validation, "validation", task=name).perplexity
@@ -77,6 +84,7 @@ def task(model: nn.Module, tokenizer: Tokenizer, validation_text: str, test_text
         return evaluate_lm(m, tokenizer, first_lines(test_text, test_limit), test_split, task=name).perplexity
 
     return Task(evaluate=perplexity, calibration=[ids for ids, _, _ in calibration.batches],
+                quantizer_calibration=[ids for ids, _, _ in fitted.batches],
                 higher_is_better=False, test=test_perplexity if test_text is not None else None, damage="kl",
                 profile_inputs=profile_inputs(tokenizer, profiled, ctx_len), name=name, metric_name=METRIC,
                 test_split=test_split,

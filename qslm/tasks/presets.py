@@ -29,9 +29,12 @@ PRESETS = ("sst2", "wikitext2")
 TASK_NAMES = (*PRESETS, CLASSIFICATION, LANGUAGE_MODELING)
 KIND = {"sst2": CLASSIFICATION, "wikitext2": LANGUAGE_MODELING, CLASSIFICATION: CLASSIFICATION,
         LANGUAGE_MODELING: LANGUAGE_MODELING}
-# sizes: calibration examples / tokens, validation examples / words (None: all), profiled examples / lines
-_CLASSIFICATION_SIZES = {"calibration": 128, "validation": None, "profile": text_classification.PROFILE_EXAMPLES}
-_LANGUAGE_MODELING_SIZES = {"calibration": 2048, "validation": 8000, "profile": language_modeling.PROFILE_LINES}
+# sizes: calibration examples / tokens, validation examples / words (None: all), profiled examples / lines,
+# examples / tokens the quantizers (gptq, codebook) fit to
+_CLASSIFICATION_SIZES = {"calibration": 128, "validation": None, "profile": text_classification.PROFILE_EXAMPLES,
+                         "quantizer": text_classification.QUANTIZER_EXAMPLES}
+_LANGUAGE_MODELING_SIZES = {"calibration": 2048, "validation": 8000, "profile": language_modeling.PROFILE_LINES,
+                            "quantizer": language_modeling.QUANTIZER_TOKENS}
 DEFAULT_SIZES = {
     "sst2": {**_CLASSIFICATION_SIZES, "validation": sst2_data.HOLDOUT_SIZE}, "wikitext2": _LANGUAGE_MODELING_SIZES,
     CLASSIFICATION: _CLASSIFICATION_SIZES, LANGUAGE_MODELING: _LANGUAGE_MODELING_SIZES,
@@ -43,25 +46,30 @@ FILE_TEST_SPLIT = "test"
 
 def sst2(loaded: LoadedModel, data_dir=None, calibration_size: int = DEFAULT_SIZES["sst2"]["calibration"],
          validation_size: int = DEFAULT_SIZES["sst2"]["validation"], test_limit: int | None = None,
-         profile_size: int = DEFAULT_SIZES["sst2"]["profile"]) -> Task:
-    """SST-2: validation = the held-out sentences of train, test = dev (its first ``test_limit`` examples)."""
+         profile_size: int = DEFAULT_SIZES["sst2"]["profile"],
+         quantizer_size: int = DEFAULT_SIZES["sst2"]["quantizer"]) -> Task:
+    """SST-2: validation = the held-out sentences of train, test = dev (its first ``test_limit`` examples);
+    the quantizers fit to the longest sentences of the rest of train."""
+    training, held_out = sst2_data.train_and_held_out(data_dir)
     return text_classification.task(
-        loaded.model, loaded.tokenizer, sst2_data.calibration_examples(data_dir),
-        sst2_data.load_sst2("dev", data_dir), calibration_size, validation_size, test_limit,
-        profile_size=profile_size, name="sst2", test_split=REPORTED_SPLIT["sst2"])
+        loaded.model, loaded.tokenizer, held_out, sst2_data.load_sst2("dev", data_dir), calibration_size,
+        validation_size, test_limit, profile_size=profile_size, quantizer_examples=training,
+        quantizer_size=quantizer_size, name="sst2", test_split=REPORTED_SPLIT["sst2"])
 
 
 def wikitext2(loaded: LoadedModel, data_dir=None,
               calibration_size: int = DEFAULT_SIZES["wikitext2"]["calibration"],
               validation_size: int = DEFAULT_SIZES["wikitext2"]["validation"], test_limit: int | None = None,
-              profile_size: int = DEFAULT_SIZES["wikitext2"]["profile"]) -> Task:
+              profile_size: int = DEFAULT_SIZES["wikitext2"]["profile"],
+              quantizer_size: int = DEFAULT_SIZES["wikitext2"]["quantizer"]) -> Task:
     """WikiText-2: validation and calibration = the held-out tail of valid, test = test (its first
-    ``test_limit`` lines)."""
+    ``test_limit`` lines); the quantizers fit to training text (``wikitext.training_text``)."""
     held_out = wikitext.calibration_text(data_dir)
     return language_modeling.task(
         loaded.model, loaded.tokenizer, held_out, wikitext.load_wikitext("test", data_dir),
         calibration_text=held_out, calibration_tokens=calibration_size, validation_words=validation_size,
-        test_limit=test_limit, profile_lines=profile_size, name="wikitext2", test_split=REPORTED_SPLIT["wikitext2"])
+        test_limit=test_limit, profile_lines=profile_size, quantizer_text=wikitext.training_text(data_dir),
+        quantizer_tokens=quantizer_size, name="wikitext2", test_split=REPORTED_SPLIT["wikitext2"])
 
 
 def check_task_name(name: str) -> str:
@@ -180,18 +188,20 @@ def build_task(name: str, loaded: LoadedModel, data_files: Mapping[str, str | Pa
                *, text_column: str | None = None, label_column: str | None = None,
                labels: Sequence[str] | None = None, calibration_size: int | None = None,
                validation_size: int | None = None, test_limit: int | None = None,
-               profile_size: int | None = None, action: str = "searched") -> Task:
+               profile_size: int | None = None, quantizer_size: int | None = None,
+               action: str = "searched") -> Task:
     """The task ``name`` for ``loaded``: a preset read from ``data_dir``, or a task kind read from
     ``data_files`` (roles validation, test, calibration; validation is required). Sizes left None take
     the kind's defaults (``DEFAULT_SIZES``); ``action`` names what the model is for in a refusal."""
     check_model_kind(loaded, name, action)
     files = check_data_files(name, data_files, text_column, label_column, labels, data_dir)
     check_positive(calibration_size=calibration_size, validation_size=validation_size, test_limit=test_limit,
-                   profile_size=profile_size)
+                   profile_size=profile_size, quantizer_size=quantizer_size)
     defaults = DEFAULT_SIZES[name]
     sizes = dict(calibration_size=calibration_size or defaults["calibration"],
                  validation_size=validation_size or defaults["validation"], test_limit=test_limit,
-                 profile_size=profile_size or defaults["profile"])
+                 profile_size=profile_size or defaults["profile"],
+                 quantizer_size=quantizer_size or defaults["quantizer"])
     if name == "sst2":
         return sst2(loaded, data_dir, **sizes)
     if name == "wikitext2":
@@ -205,9 +215,9 @@ def build_task(name: str, loaded: LoadedModel, data_files: Mapping[str, str | Pa
         return text_classification.task(
             loaded.model, loaded.tokenizer, read["validation"], read.get("test"), sizes["calibration_size"],
             sizes["validation_size"], test_limit, calibration_examples=read.get("calibration"),
-            profile_size=sizes["profile_size"], test_split=FILE_TEST_SPLIT)
+            profile_size=sizes["profile_size"], quantizer_size=sizes["quantizer_size"], test_split=FILE_TEST_SPLIT)
     return language_modeling.task(
         loaded.model, loaded.tokenizer, read["validation"], read.get("test"),
         calibration_text=read.get("calibration"), calibration_tokens=sizes["calibration_size"],
         validation_words=sizes["validation_size"], test_limit=test_limit, profile_lines=sizes["profile_size"],
-        test_split=FILE_TEST_SPLIT)
+        quantizer_tokens=sizes["quantizer_size"], test_split=FILE_TEST_SPLIT)

@@ -21,6 +21,7 @@ from ..evaluate import CLASSIFICATION, classification_inputs, evaluate_classific
 from .base import Task, check_positive
 
 CALIBRATION_BATCH, VALIDATION_BATCH = 64, 128
+QUANTIZER_EXAMPLES = 1024  # what gptq and codebook fit to: more than sensitivity needs
 PROFILE_EXAMPLES = 64
 METRIC = "accuracy (%)"
 
@@ -50,12 +51,15 @@ def task(model: nn.Module, tokenizer: Tokenizer, validation_examples: Sequence[E
          test_examples: Sequence[Example] | None = None, calibration_size: int = 128,
          validation_size: int | None = None, test_limit: int | None = None, *,
          calibration_examples: Sequence[Example] | None = None, profile_size: int = PROFILE_EXAMPLES,
+         quantizer_examples: Sequence[Example] | None = None, quantizer_size: int = QUANTIZER_EXAMPLES,
          name: str = CLASSIFICATION, test_split: str = "test") -> Task:
     """The task of classifying ``model``'s examples. Validation keeps the ``validation_size`` longest
     examples (all by default); calibration is the ``calibration_size`` longest of those, or of
-    ``calibration_examples``; profiling runs the first ``profile_size`` of them in file order."""
+    ``calibration_examples``; the quantizers (gptq, codebook) fit to the ``quantizer_size`` longest of
+    ``quantizer_examples`` (default: of the calibration's source); profiling runs the first
+    ``profile_size`` of them in file order."""
     check_positive(calibration_size=calibration_size, validation_size=validation_size, test_limit=test_limit,
-                   profile_size=profile_size)
+                   profile_size=profile_size, quantizer_size=quantizer_size)
     num_classes = model.config.num_classes
     check_labels(validation_examples, num_classes, "validation examples")
     if test_examples is not None:
@@ -68,6 +72,9 @@ def task(model: nn.Module, tokenizer: Tokenizer, validation_examples: Sequence[E
     calibration = classification_calibration(tokenizer, longest_first(calibration_source)[:calibration_size],
                                              max_len, batch_size=CALIBRATION_BATCH)
     validation = classification_calibration(tokenizer, validation_set, max_len, batch_size=VALIDATION_BATCH)
+    fitted = classification_calibration(
+        tokenizer, longest_first(calibration_source if quantizer_examples is None else quantizer_examples)
+        [:quantizer_size], max_len, batch_size=CALIBRATION_BATCH)
     float_correct: list[torch.Tensor] = []
 
     def paired_accuracy(m: nn.Module) -> float:
@@ -88,6 +95,7 @@ def task(model: nn.Module, tokenizer: Tokenizer, validation_examples: Sequence[E
 
     profiled = calibration_source if calibration_examples is not None else validation_examples
     return Task(evaluate=paired_accuracy, calibration=[(ids, mask) for ids, mask, _ in calibration.batches],
+                quantizer_calibration=[(ids, mask) for ids, mask, _ in fitted.batches],
                 higher_is_better=True, test=test_accuracy if test_examples is not None else None, damage="kl",
                 profile_inputs=profile_inputs(tokenizer, list(profiled)[:profile_size], max_len), name=name,
                 metric_name=METRIC, test_split=test_split,

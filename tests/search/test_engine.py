@@ -252,3 +252,27 @@ def test_methods_are_chosen_per_unit_and_bit_width(handwritten, tmp_path):
     assert accuracy(fresh, ids[96:], labels[96:]) == result.report["final"]["metric"]
     with pytest.raises(qslm.QslmError, match="methods must be distinct names"):
         qslm.SearchConfig(methods=("rtn", "awq"))
+
+
+def test_quantizers_fit_to_the_quantizer_calibration(handwritten, tmp_path):
+    """GPTQ's Hessians come from Task.quantizer_calibration; its measurements are cached and journalled
+    under those inputs, so searches fitted to other inputs never share them."""
+    model, ids, labels = handwritten
+    config = qslm.SearchConfig(methods=("gptq",), strategy="uniform", bit_choices=(2, 4), sensitivity_table="full")
+
+    def searched(out, cache, fitted):
+        task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:], labels[96:]), calibration=[ids[:32]],
+                         quantizer_calibration=fitted)
+        result = qslm.search(model, task, out=out, config=config, progress=False, cache_dir=cache)
+        return result.report, (out / "model.safetensors").read_bytes()
+
+    default, default_bytes = searched(tmp_path / "default", tmp_path / "c1", None)
+    same, same_bytes = searched(tmp_path / "same", tmp_path / "c2", [ids[:32]])
+    assert same_bytes == default_bytes and same["sensitivity"] == default["sensitivity"]
+    other, other_bytes = searched(tmp_path / "other", tmp_path / "c1", [ids[32:96]])  # the first one's cache
+    fresh, fresh_bytes = searched(tmp_path / "fresh", tmp_path / "c3", [ids[32:96]])
+    assert other_bytes == fresh_bytes != default_bytes
+    assert other["sensitivity"] == fresh["sensitivity"] != default["sensitivity"]
+    assert other["quantizer_calibration_size"] == 64 and default["quantizer_calibration_size"] == 32
+    with pytest.raises(qslm.QslmError, match="belongs to a different search"):
+        searched(tmp_path / "other", tmp_path / "c1", [ids[32:64]])

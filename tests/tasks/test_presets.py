@@ -41,8 +41,10 @@ def same(a, b) -> bool:
 
 
 # What the searches of the bundled models were run with (their recorded plans depend on these).
-RECORDED = {"sst2": {"calibration": 128, "validation": sst2.HOLDOUT_SIZE, "profile": 64, "split": "dev"},
-            "wikitext2": {"calibration": 2048, "validation": 8000, "profile": 40, "split": "test"}}
+RECORDED = {"sst2": {"calibration": 128, "validation": sst2.HOLDOUT_SIZE, "profile": 64, "quantizer": 1024,
+                     "split": "dev"},
+            "wikitext2": {"calibration": 2048, "validation": 8000, "profile": 40, "quantizer": 16384,
+                          "split": "test"}}
 
 
 def test_defaults_are_the_search_defaults():
@@ -78,6 +80,16 @@ def test_sst2_matches_the_search_data(classifier, small_data_dir):
     today = fed_inputs(model, lambda: evaluate_classification(model, tokenizer, held[:64], "c", batch_size=1))
     assert same(task.profiling, today)
 
+    # the quantizers fit to the longest training sentences, none of them held out for the search
+    training, held_again = sst2.train_and_held_out(small_data_dir)
+    assert held_again == held
+    fitted = classification_calibration(tokenizer, sorted(training, key=lambda ex: -len(ex.sentence.split()))[:1024],
+                                        max_input_len(model))
+    assert same(task.quantizer_inputs, [(ids, mask) for ids, mask, _ in fitted.batches])
+    assert not {ex.sentence for ex in held} & {ex.sentence for ex in training}
+    smaller = presets.build_task("sst2", classifier, data_dir=small_data_dir, quantizer_size=40)
+    assert sum(ids.shape[0] for ids, _ in smaller.quantizer_inputs) == 40
+
 
 def test_wikitext2_matches_the_search_data(lm, small_data_dir):
     model, tokenizer = lm.model, lm.tokenizer
@@ -93,6 +105,12 @@ def test_wikitext2_matches_the_search_data(lm, small_data_dir):
     today = fed_inputs(model, lambda: evaluate_lm(model, tokenizer, wikitext.first_lines(held, 40), "c", batch_size=1))
     assert same([(ids,) for ids in task.profiling], today)
 
+    # the quantizers fit to the head of valid (this folder has no train split), which the search never reads
+    head = wikitext.training_text(small_data_dir)
+    assert head + held == wikitext.load_wikitext("valid", small_data_dir)
+    fitted = lm_calibration(tokenizer, head, lm.config.ctx_len, 16384)
+    assert same([(ids,) for ids in task.quantizer_inputs], [(ids,) for ids, _, _ in fitted.batches])
+
 
 def test_file_kinds(classifier, lm, tmp_path, small_data_dir):
     val, test = tmp_path / "val.csv", tmp_path / "test.jsonl"
@@ -103,6 +121,7 @@ def test_file_kinds(classifier, lm, tmp_path, small_data_dir):
                               text_column="review", label_column="stars", labels=["neg", "pos"])
     assert (task.name, task.test_split) == ("text-classification", "test")
     assert sum(ids.shape[0] for ids, _ in task.calibration) == 12 and len(task.profiling) == 12
+    assert same(task.quantizer_inputs, task.calibration)  # no calibration file: both read the validation file
     assert 0 <= task.test(classifier.model) <= 100
     text = tmp_path / "corpus.txt"
     text.write_text(wikitext.load_wikitext("valid", small_data_dir))

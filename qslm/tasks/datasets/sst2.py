@@ -149,5 +149,9 @@ def phrase_finder(sentences: list[str]) -> Callable[[str], bool]:
 
 def calibration_examples(data_dir=None, size: int = HOLDOUT_SIZE) -> list[Example]:
     """The held-out sentences of train used for calibration, sensitivity and search."""
-    _, held = split_holdout(load_sst2("train", data_dir))
-    return held[:size]
+    return train_and_held_out(data_dir)[1][:size]
+
+
+def train_and_held_out(data_dir=None) -> tuple[list[Example], list[Example]]:
+    """(the training examples, the held-out sentences) of the data folder's train split."""
+    return split_holdout(load_sst2("train", data_dir))

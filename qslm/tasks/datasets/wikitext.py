@@ -58,3 +58,11 @@ def calibration_text(data_dir=None) -> str:
     """Held-out text for calibration/search: the tail of valid, which training never sees."""
     return split_lines(load_wikitext("valid", data_dir))[1]
 
+
+def training_text(data_dir=None) -> str:
+    """Text the search never checks on, for fitting quantizers to: train when the folder has it, else the
+    head of valid (the part of valid that is not held out)."""
+    if has_split("train", data_dir):
+        return load_wikitext("train", data_dir)
+    return split_lines(load_wikitext("valid", data_dir))[0]
+

@@ -114,3 +114,11 @@ def test_calibration_text_is_not_in_training_text(small_data_dir, tmp_path):
     assert content_lines, "the calibration tail should hold paragraphs"
     assert not any(line in training for line in content_lines)
     assert "words in test" not in training  # test never enters training either
+
+
+def test_quantizer_text_is_train_when_the_folder_has_it(tmp_path):
+    base = make_folder(tmp_path, "txt")
+    head, tail = split_lines(VALID)
+    assert wikitext.training_text(tmp_path) == head and not tail.startswith(head)
+    (base / "train.txt").write_text(" \n = Train = \n learnt from here . \n", encoding="utf-8")
+    assert wikitext.training_text(tmp_path) == " \n = Train = \n learnt from here . \n"
