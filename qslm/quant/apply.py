@@ -12,8 +12,8 @@ spec seen before a dictionary look-up.
         logits = model(ids)
     # float weights are back here
 
-gptq units need their calibration Hessians, and codebook units use them when present (as k-means
-weights, and to choose indices with GPTQ's error compensation): pass a ``QuantContext`` built from ``qslm.quant.unit_inputs.record_hessians``::
+gptq units need their calibration Hessians, and codebook units use them (as k-means weights) when
+present: pass a ``QuantContext`` built from ``qslm.quant.unit_inputs.record_hessians``::
 
     context = QuantContext(record_hessians(model, batches))
     apply_plan(model, plan, cache, context=context)
@@ -38,7 +38,7 @@ from torch import nn
 
 from ..errors import QslmError
 from ..models.neurons import lif_modules
-from .codebook import CodebookTensor, codebook_quantize, compensated_codebook_quantize
+from .codebook import CodebookTensor, codebook_quantize
 from .gptq import GptqOptions, gptq_quantize
 from .plan import QuantPlan
 from .quantizer import NeuronSpec, QuantizedTensor, QuantSpec, quantize_tensor
@@ -65,9 +65,8 @@ def quantize_unit(name: str, weight: torch.Tensor, spec: QuantSpec, context: Qua
         return quantize_tensor(weight, spec)
     hessian = context.hessian(name) if context is not None else None
     if spec.method == "codebook":
-        if hessian is None:
-            return codebook_quantize(weight, spec, None, name)
-        return compensated_codebook_quantize(weight, spec, hessian.hessian, context.gptq, name)
+        diagonal = None if hessian is None else torch.diagonal(hessian.xtx)
+        return codebook_quantize(weight, spec, diagonal, name)
     if hessian is None:
         raise _no_hessian(name, spec, context)
     return gptq_quantize(weight, spec, hessian.hessian, context.gptq, name)

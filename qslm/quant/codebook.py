@@ -10,11 +10,6 @@ weighted squared error (quantiles alone can settle on a poor optimum for heavy-t
 of an element is the Hessian diagonal of its input column when one is given (how much an error there
 costs in the output), else 1. Indices are finally chosen against the float16 levels, so they are
 nearest to the values actually stored.
-
-With the unit's whole Hessian (``compensated_codebook_quantize``) the levels are the same, but the
-indices are chosen column by column in GPTQ's order (``qslm.quant.gptq.compensated_codes``): each column
-takes the levels nearest to its values as compensated so far, and its error moves onto the columns not
-yet indexed, so what rounding to the levels loses is partly won back.
 """
 from __future__ import annotations
 
@@ -23,7 +18,6 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import QslmError
-from .gptq import GptqOptions, check_hessian, compensated_codes
 from .quantizer import QuantSpec, check_group_size, grouped, matrix_shape
 
 LLOYD_ITERATIONS = 25
@@ -120,26 +114,3 @@ def codebook_quantize(w: torch.Tensor, spec: QuantSpec, hessian_diagonal: torch.
     codebook = levels.to(torch.float16)
     codes = _nearest(x, codebook.to(torch.float32))
     return CodebookTensor(codes.to(torch.int32), codebook, spec, w.shape)
-
-
-@torch.no_grad()
-def compensated_codebook_quantize(w: torch.Tensor, spec: QuantSpec, hessian: torch.Tensor,
-                                  options: GptqOptions = GptqOptions(), unit: str = "weight") -> CodebookTensor:
-    """``codebook_quantize``'s levels (weighted by the Hessian's diagonal), with indices chosen under
-    GPTQ's error compensation from the whole input Hessian [cols, cols]."""
-    check_hessian(hessian, w.shape, unit)
-    plain = codebook_quantize(w, spec, torch.diagonal(hessian), unit)
-    rows, cols = matrix_shape(w.shape)
-    levels = plain.codebook.to(torch.float32)  # [n_groups, K], the float16 values stored
-    group_len = spec.group_size if spec.granularity == "group" else cols
-    per_row = spec.granularity != "per-tensor"
-    first_group = torch.arange(rows) * (cols // group_len) if per_row else torch.zeros(rows, dtype=torch.long)
-
-    def nearest_level(column: int, values: torch.Tensor, _current) -> tuple[torch.Tensor, torch.Tensor]:
-        row_levels = levels[first_group + (column // group_len if per_row else 0)]  # [rows, K]
-        code = _nearest(values[:, None], row_levels)
-        return code.squeeze(1).to(torch.float32), torch.gather(row_levels, 1, code).squeeze(1)
-
-    original = w.detach().to(torch.float32).reshape(rows, cols)
-    codes = compensated_codes(original, hessian.to(torch.float32), options, unit, nearest_level)
-    return CodebookTensor(grouped(codes, spec).to(torch.int32), plain.codebook, spec, w.shape)

@@ -17,7 +17,6 @@ at that moment (earlier columns' compensation included).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -109,31 +108,25 @@ class _GroupScales:
         return scale, zero_point
 
 
-def check_hessian(hessian: torch.Tensor, shape: torch.Size | tuple[int, ...], unit: str) -> None:
-    cols = matrix_shape(shape)[1]
-    if tuple(hessian.shape) != (cols, cols):
-        raise QslmError(f"unit {unit!r}: its Hessian is {list(hessian.shape)} but its weight {list(shape)} "
-                        f"has {cols} input columns; record the Hessians on this model")
-
-
-# quantize_column(column, values, current) -> (codes, dequantized), both [rows]: the column's values now
-# (earlier columns' compensation included); current(columns) gives the values other columns hold now
-ColumnQuantizer = Callable[[int, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]],
-                           tuple[torch.Tensor, torch.Tensor]]
-
-
 @torch.no_grad()
-def compensated_codes(original: torch.Tensor, hessian: torch.Tensor, options: GptqOptions, unit: str,
-                      quantize_column: ColumnQuantizer) -> torch.Tensor:
-    """Codes [rows, cols] (float32, original column order) of ``original`` [rows, cols], each column
-    quantized by ``quantize_column`` in GPTQ's order, its error pushed onto the columns not yet quantized.
-    The grid is the caller's: rtn's uniform one (``gptq_quantize``) or a codebook's levels. The
-    Hessian is [cols, cols] (``check_hessian``)."""
-    rows, cols = original.shape
+def gptq_quantize(w: torch.Tensor, spec: QuantSpec, hessian: torch.Tensor, options: GptqOptions = GptqOptions(),
+                  unit: str = "weight") -> QuantizedTensor:
+    """GPTQ codes for ``w`` (any shape; viewed as [rows, cols]) given its input Hessian [cols, cols]."""
+    if spec.method != "gptq":
+        raise QslmError(f"unit {unit!r}: gptq_quantize needs a gptq spec, got {spec.describe()}")
+    check_group_size(w.shape, spec, f"unit {unit!r}")
+    rows, cols = matrix_shape(w.shape)
+    if tuple(hessian.shape) != (cols, cols):
+        raise QslmError(f"unit {unit!r}: its Hessian is {list(hessian.shape)} but its weight {list(w.shape)} "
+                        f"has {cols} input columns; record the Hessians on this model")
+    original = w.detach().to(torch.float32).reshape(rows, cols)
     order = (torch.argsort(torch.diagonal(hessian), descending=True, stable=True) if options.act_order
              else torch.arange(cols))
     weight = original[:, order].clone()
     u = inverse_cholesky(hessian[order][:, order], options.damping, unit).to(torch.float32)
+    scales = _GroupScales(rows, cols, spec)
+    if spec.granularity != "group":
+        scales.fit(0, original)  # one range per row (or tensor) from the weight as it is, as rtn
     position = torch.empty(cols, dtype=torch.long)
     position[order] = torch.arange(cols)  # original column -> its place in processing order
     codes = torch.zeros(rows, cols, dtype=torch.float32)
@@ -143,42 +136,20 @@ def compensated_codes(original: torch.Tensor, hessian: torch.Tensor, options: Gp
         errors = torch.zeros_like(block)
         for i in range(end - start):
             column = int(order[start + i])
-
-            def current(columns: torch.Tensor) -> torch.Tensor:
-                return _current(weight, block, errors, u, position[columns], start, i)
-            code, quantized = quantize_column(column, block[:, i], current)
-            codes[:, column] = code
+            group = column // scales.group_len
+            if group not in scales.fitted:
+                members = position[group * scales.group_len:(group + 1) * scales.group_len]
+                scales.fit(group, _current(weight, block, errors, u, members, start, i))
+            scale, zero_point = scales.column(group)
+            code = grid_codes(block[:, i:i + 1], scale[:, None], None if zero_point is None else zero_point[:, None],
+                              spec)
+            codes[:, column] = code.squeeze(1)
+            quantized = dequantize_groups(code, scale, zero_point, spec).squeeze(1)
             error = (block[:, i] - quantized) / u[start + i, start + i]
             block[:, i:] -= error[:, None] * u[start + i, start + i:end][None, :]
             errors[:, i] = error
         weight[:, start:end] = block
         weight[:, end:] -= errors @ u[start:end, end:]
-    return codes
-
-
-@torch.no_grad()
-def gptq_quantize(w: torch.Tensor, spec: QuantSpec, hessian: torch.Tensor, options: GptqOptions = GptqOptions(),
-                  unit: str = "weight") -> QuantizedTensor:
-    """GPTQ codes for ``w`` (any shape; viewed as [rows, cols]) given its input Hessian [cols, cols]."""
-    if spec.method != "gptq":
-        raise QslmError(f"unit {unit!r}: gptq_quantize needs a gptq spec, got {spec.describe()}")
-    check_group_size(w.shape, spec, f"unit {unit!r}")
-    check_hessian(hessian, w.shape, unit)
-    rows, cols = matrix_shape(w.shape)
-    original = w.detach().to(torch.float32).reshape(rows, cols)
-    scales = _GroupScales(rows, cols, spec)
-    if spec.granularity != "group":
-        scales.fit(0, original)  # one range per row (or tensor) from the weight as it is, as rtn
-
-    def on_grid(column: int, values: torch.Tensor, current) -> tuple[torch.Tensor, torch.Tensor]:
-        group = column // scales.group_len
-        if group not in scales.fitted:
-            scales.fit(group, current(torch.arange(group * scales.group_len, (group + 1) * scales.group_len)))
-        scale, zero_point = scales.column(group)
-        code = grid_codes(values[:, None], scale[:, None], None if zero_point is None else zero_point[:, None], spec)
-        return code.squeeze(1), dequantize_groups(code, scale, zero_point, spec).squeeze(1)
-
-    codes = compensated_codes(original, hessian, options, unit, on_grid)
     zero_point = None if scales.zero_point is None else scales.zero_point.to(torch.int32)
     return with_stored_scales(QuantizedTensor(grouped(codes, spec).to(torch.int32), scales.scale, zero_point, spec,
                                               w.shape))

@@ -10,7 +10,7 @@ import qslm.quant.apply as apply_module
 from qslm.errors import QslmError
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.quant.apply import QuantContext, WeightCache, applied_plan, apply_plan, fake_quantized, float_weight, restore
-from qslm.quant.codebook import codebook_quantize, compensated_codebook_quantize
+from qslm.quant.codebook import codebook_quantize
 from qslm.quant.gptq import gptq_quantize
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec, fake_quantize
@@ -170,11 +170,10 @@ def test_gptq_and_codebook_units_use_the_context(lm, ids):
     with fake_quantized(lm, plan, cache, context=context):
         assert torch.equal(lm.blocks[0].att.key.weight,
                            gptq_quantize(key_float, gptq, hessians["blocks.0.att.key"].hessian).dequantize())
-        value = hessians["blocks.0.att.value"].hessian  # k-means weights and error compensation
-        assert torch.equal(lm.blocks[0].att.value.weight, compensated_codebook_quantize(
-            float_weight(lm, "blocks.0.att.value"), codebook, value, context.gptq).dequantize())
-        # no Hessian (an embedding): uniform weights, nearest levels
-        assert torch.equal(lm.emb.weight, codebook_quantize(float_weight(lm, "emb"), codebook).dequantize())
+        value_diagonal = torch.diagonal(hessians["blocks.0.att.value"].xtx)  # k-means weights
+        assert torch.equal(lm.blocks[0].att.value.weight, codebook_quantize(
+            float_weight(lm, "blocks.0.att.value"), codebook, value_diagonal).dequantize())
+        assert torch.equal(lm.emb.weight, codebook_quantize(float_weight(lm, "emb"), codebook).dequantize())  # uniform
         assert not torch.equal(lm.blocks[0].att.key.weight, fake_quantize(key_float, QuantSpec(3)))
     assert torch.equal(lm.blocks[0].att.key.weight, key_float)
     calls = cache.quantize_calls
