@@ -153,7 +153,12 @@ def markdown(report: dict) -> str:
                          f"quality loss {c['quality_loss']:.4g}; violates: {'; '.join(c['violations'])}")
         lines.append("")
     lines += ["## Constraints and objective", "", f"- constraints: `{json.dumps(report['constraints'])}`",
-              f"- search config: `{json.dumps(report['config'])}`", ""]
+              f"- search config: `{json.dumps(report['config'])}`"]
+    if report.get("calibration_size") is not None:
+        fitted = report.get("quantizer_calibration_size")
+        lines.append(f"- calibration: {report['calibration_size']} inferences for the sensitivities"
+                     + (f"; gptq and codebook fitted to {fitted}" if fitted is not None else ""))
+    lines.append("")
     if report.get("chosen"):
         methods = chosen_methods(report)
         lines += ["## Bit-width per module", "", "| unit | bits | method |", "|---|---|---|"]
