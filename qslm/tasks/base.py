@@ -5,7 +5,7 @@
         calibration=my_batches,    # re-iterable of model inputs: a tensor, a tuple (positional) or a dict (keyword)
         higher_is_better=True,
         test=my_test_eval,         # optional: run once on the chosen plan, the reported figure
-    quantizer_calibration=more_batches,  # optional: what GPTQ and the codebook fit to (default: calibration)
+        quantizer_calibration=more_batches,  # optional: what GPTQ and the codebook fit to (default: calibration)
     )
 
 ``max_drop`` limits a higher-is-better metric absolutely, in the metric's own units; a lower-is-better

@@ -65,4 +65,3 @@ def training_text(data_dir=None) -> str:
     if has_split("train", data_dir):
         return load_wikitext("train", data_dir)
     return split_lines(load_wikitext("valid", data_dir))[0]
-
