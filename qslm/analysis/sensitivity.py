@@ -56,9 +56,14 @@ def classification_calibration(tokenizer, examples, max_len: int, batch_size: in
     return CalibrationSet(False, batches, _digest([t for b in batches for t in b]))
 
 
-def lm_calibration(tokenizer, text: str, ctx_len: int, max_tokens: int, batch_size: int = 8) -> CalibrationSet:
-    """Non-overlapping windows of ``ctx_len`` tokens from the start of ``text``, up to ``max_tokens`` targets."""
+def lm_calibration(tokenizer, text: str, ctx_len: int, max_tokens: int, batch_size: int = 8,
+                   what: str = "calibration") -> CalibrationSet:
+    """Non-overlapping windows of ``ctx_len`` tokens from the start of ``text``, up to ``max_tokens`` targets;
+    a text too short for one window is an error naming it as the ``what`` text."""
     ids = torch.tensor(tokenizer.encode("\n" + text).ids, dtype=torch.long)
+    if len(ids) <= ctx_len:
+        raise QslmError(f"the {what} text has {len(ids)} tokens; one {what} window needs {ctx_len + 1} (the "
+                        "model's context plus one)")
     n_windows = max(1, min((len(ids) - 1) // ctx_len, max_tokens // ctx_len))
     windows = torch.stack([ids[i * ctx_len: i * ctx_len + ctx_len + 1] for i in range(n_windows)
                            if i * ctx_len + ctx_len + 1 <= len(ids)])

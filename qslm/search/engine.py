@@ -45,7 +45,7 @@ from ..quant.pack import PLAN_FILE, WEIGHTS_FILE
 from ..quant.plan import QuantPlan
 from ..quant.units import find_units, unit_tensor
 from ..report import write_report
-from ..tasks.base import Task, inferences_in, inputs_digest, run_inputs
+from ..tasks.base import Task, inferences_in, run_inputs
 from .config import SearchConfig
 from .executors import ExecutorChoice, InProcess
 from .journal import Journal
@@ -168,7 +168,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
               "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}
     if list(config.methods) != ["rtn"]:
         header["methods"] = methods_by_bits
-        header["quantizer_calibration"] = inputs_digest(task.quantizer_inputs)
+        header["quantizer_calibration"] = sensitivity.quantizer_digest
     bytes_table = {u: {b: unit_bytes(unit, spec_of(u, b)) for b in config.bit_choices} for u, unit in units.items()}
 
     problem = SearchProblem(

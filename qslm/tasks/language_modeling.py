@@ -65,17 +65,12 @@ def task(model: nn.Module, tokenizer: Tokenizer, validation_text: str, test_text
     if test_text is not None:
         _check_text(test_text, "the test text")
     ctx_len = model.config.ctx_len
-    for text, what in ((calibration_text, "calibration"), (quantizer_text, "quantizer calibration")):
-        tokens = len(tokenizer.encode("\n" + text).ids)
-        if tokens <= ctx_len:
-            raise QslmError(f"the {what} text has {tokens} tokens; one {what} window needs {ctx_len + 1} (the "
-                            "model's context plus one)")
+    calibration = lm_calibration(tokenizer, calibration_text, ctx_len, calibration_tokens)
+    fitted = lm_calibration(tokenizer, quantizer_text, ctx_len, quantizer_tokens, what="quantizer calibration")
     profiled = first_lines(calibration_text, profile_lines)
     if not profiled.strip():
         raise QslmError(f"the first {profile_lines} lines of the calibration text are blank; profile more lines")
     validation = leading_words(validation_text, validation_words)
-    calibration = lm_calibration(tokenizer, calibration_text, ctx_len, calibration_tokens)
-    fitted = lm_calibration(tokenizer, quantizer_text, ctx_len, quantizer_tokens)
 
     def perplexity(m: nn.Module) -> float:
         return evaluate_lm(m, tokenizer, validation, "validation", task=name).perplexity

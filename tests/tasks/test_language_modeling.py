@@ -67,6 +67,10 @@ def test_profile_inputs_are_the_windows_of_the_first_lines(loaded, text):
 @pytest.mark.parametrize("options, message", [
     ({"validation_text": " \n"}, "the validation text is empty"),
     ({"calibration_text": "short"}, r"the calibration text has \d+ tokens; one calibration window needs 33"),
+    ({"quantizer_text": "short"},
+     r"the quantizer calibration text has \d+ tokens; one quantizer calibration window needs 33"),
+    ({"quantizer_text": " \n"}, "the quantizer calibration text is empty"),
+    ({"quantizer_tokens": 0}, "quantizer tokens must be positive, got 0"),
     ({"calibration_text": "\n" * 50 + "x " * 40, "profile_lines": 5}, "the first 5 lines of the calibration text"),
     ({"validation_words": -3}, "validation words must be positive, got -3"),
 ])
