@@ -42,16 +42,16 @@ from ..outputs import OutputFolder, check_writable_folder
 from ..quant.apply import WeightCache
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
 from ..quant.pack import PLAN_FILE, WEIGHTS_FILE
-from ..quant.plan import QuantPlan
+from ..quant.plan import FLOAT_BITS, QuantPlan
 from ..quant.units import find_units, unit_tensor
 from ..report import write_report
 from ..tasks.base import Task, inferences_in, run_inputs
 from .config import SearchConfig
 from .executors import ExecutorChoice, InProcess
-from .journal import Journal
+from .journal import Journal, assignment_key
 from .measure import Measurements, SensitivityTable, cache_file
 from .measure import task_metric as _metric
-from .methods import choose_methods, record_context
+from .methods import BytesByWidth, MethodChoice, record_context
 from .objective import Baseline, Constraints
 from .problem import SearchProblem
 from .strategies import StrategyContext, run_strategy
@@ -142,38 +142,39 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     context = record_context(model, task.quantizer_inputs, config.methods, reset_neuron_states)
     measurements = Measurements(model, task, hierarchy, config, reference=reference, weights=weight_cache,
                                 context=context)
-    cache = SensitivityCache(cache_file(cache_dir, digest))
-    chooser = SensitivityTable(measurements, cache, digest, executor=None)  # in this process: few measurements
-    with tqdm(total=len(units) * len(config.bit_choices) * len(config.methods), desc="methods",
-              disable=not progress or len(config.methods) == 1, leave=False) as bar:
-        chosen_methods = choose_methods(list(units), list(config.bit_choices), config.methods, config.base_spec,
-                                        context, lambda u, spec: chooser.measure_specs({u: spec})["damage"],
-                                        lambda u, spec: unit_bytes(units[u], spec), progress=bar.update,
-                                        units_budget=_units_budget(constraints, baseline, fixed))
-    measurements.use_methods(chosen_methods)
-    spec_of = measurements.spec_of
-    methods_by_bits = {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in chosen_methods.items()}
     executor = executors.start(measurements)
-    sensitivity = SensitivityTable(measurements, cache, digest, executor)
+    sensitivity = SensitivityTable(measurements, SensitivityCache(cache_file(cache_dir, digest)), digest, executor)
+    # each width's methods chosen when the search first needs that width, all units together
+    stored_bytes = lambda name, spec: unit_bytes(units[name], spec)  # noqa: E731
+    choice = MethodChoice(list(units), list(config.bit_choices), config.methods, config.base_spec, context,
+                          lambda jobs: _method_damages(sensitivity, jobs, progress), stored_bytes,
+                          units_budget=_units_budget(constraints, baseline, fixed))
+    measurements.spec_of = spec_of = choice.spec
     if config.sensitivity_table == "full":
+        choice.decide_all()
         sensitivity.measure_table(groups, list(units), list(config.bit_choices), progress)
-    seconds["sensitivity"] = time.perf_counter() - t0  # the methods stage, and the table if measured first
+    seconds["sensitivity"] = time.perf_counter() - t0  # the table, when measured first
     measured_before_search = sensitivity.seconds
 
-    # ---- search: a journal entry (one plan's metric) depends only on the header, so a rerun with other
-    # constraints, weights, strategy or budget reuses every measurement already made (with several methods,
-    # a memory limit that changes a unit's method at the lowest width changes the header: another search)
+    # ---- search: a journal entry (one plan's metric) depends only on the header and its key, so a rerun
+    # with other constraints, weights, strategy or budget reuses every measurement already made (with
+    # several methods the key names each unit's method too: a memory limit that changes a unit's method at
+    # the lowest width changes its plans' keys)
     t0 = time.perf_counter()
     header = {"model": digest, "task": task.identity(), "metric": task.metric_name,
               "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}
+    plan_key = assignment_key
     if list(config.methods) != ["rtn"]:
-        header["methods"] = methods_by_bits
+        header["methods"] = list(config.methods)
         header["quantizer_calibration"] = sensitivity.quantizer_digest
-    bytes_table = {u: {b: unit_bytes(unit, spec_of(u, b)) for b in config.bit_choices} for u, unit in units.items()}
+        plan_key = lambda a: assignment_key(  # noqa: E731
+            {u: b if b == FLOAT_BITS else [b, spec_of(u, b).method] for u, b in a.items()})
+    bytes_table = {u: BytesByWidth(u, list(config.bit_choices), spec_of, stored_bytes) for u in units}
 
     problem = SearchProblem(
         groups=groups, bit_choices=list(config.bit_choices), measure_metric=measurements.metric,
-        submit_metric=executor.metric, speculation=executor.workers,
+        submit_metric=lambda a: executor.metric(measurements.plan(a)), speculation=executor.workers,
+        plan_key=plan_key,
         unit_bytes=bytes_table, fixed_bytes=fixed,
         energy_pj=lambda a: energy_per_inference(op_counts, a, profile).total_pj,
         latency_s=lambda a: latency_per_inference(op_counts, a, profile),
@@ -210,7 +211,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         "quantizer_calibration_size": (sum(inferences_in(item) for item in task.quantizer_inputs)
                                        if context is not None else None),
         "hierarchy": hierarchy.to_dict(), "sensitivity": table,
-        "methods": methods_by_bits,
+        "methods": {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in choice.decided().items()},
         "candidates": [c.to_dict() for c in problem.candidates],
         "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
         "workers": executor.workers,
@@ -251,6 +252,13 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     report_files = write_report(report, staging)
     folder.commit(model_files, last=report_files)
     return SearchResult(out, report, plan, packed)
+
+
+def _method_damages(sensitivity: SensitivityTable, jobs, progress: bool) -> list[float]:
+    """The damage of each (unit, spec) alone, measured together (in parallel on workers), for the choice of
+    methods at a width."""
+    with tqdm(total=len(jobs), desc="methods", disable=not progress, leave=False) as bar:
+        return [r["damage"] for r in sensitivity.measure_specs([{u: spec} for u, spec in jobs], bar)]
 
 
 def _units_budget(constraints: Constraints, baseline: Baseline, fixed: int) -> float | None:

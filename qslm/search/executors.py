@@ -2,7 +2,8 @@
 that each hold one replica of the model and the task (``RayExecutor``, ``workers > 1`` or a
 ``ray_address``).
 
-An executor takes measurements -- ``damage(members, bits)`` and ``metric(assignment)`` -- and returns
+An executor takes measurements -- ``damage(specs)`` and ``metric(plan)``, each unit's spec resolved by the
+driver -- and returns
 ``Pending`` results at once; ``result()`` waits for one. ``InProcess`` computes a result only when it is
 asked for, so a strategy that submits candidates ahead of need costs nothing extra in one process.
 Workers compute exactly what this process would (``Measurements`` starts each measurement from the
@@ -11,7 +12,7 @@ same way); the driver alone writes the journal and the sensitivity cache.
 
     with ExecutorChoice(workers=2) as choice:
         executor = choice.start(measurements)
-        pending = [executor.metric(a) for a in assignments]
+        pending = [executor.metric(measurements.plan(a)) for a in assignments]
         metrics = [p.result() for p in pending]
 
 Ray is imported only when asked for; a dead worker's measurements are retried on its restarted
@@ -28,6 +29,8 @@ from typing import Generic, Protocol, TypeVar
 import torch
 
 from ..errors import QslmError
+from ..quant.plan import QuantPlan
+from ..quant.quantizer import QuantSpec
 from ..tasks.base import model_device
 from .measure import Measurements
 
@@ -56,9 +59,9 @@ class Deferred(Generic[T]):
 class Executor(Protocol):
     workers: int  # measurements that run at once: how far ahead strategies submit candidates
 
-    def damage(self, members: tuple[str, ...], bits: int) -> Pending[dict]: ...
+    def damage(self, specs: dict[str, QuantSpec]) -> Pending[dict]: ...
 
-    def metric(self, assignment: dict[str, int]) -> Pending[tuple[float, float]]: ...
+    def metric(self, plan: QuantPlan) -> Pending[tuple[float, float]]: ...
 
     def completed(self, pending: Sequence[Pending]) -> Iterator[int]:
         """Positions in ``pending`` as each result is ready (each exactly once)."""
@@ -74,12 +77,12 @@ class InProcess:
     def __init__(self, measurements: Measurements):
         self.measurements = measurements
 
-    def damage(self, members: tuple[str, ...], bits: int) -> Deferred[dict]:
-        return Deferred(lambda: self.measurements.damage(members, bits))
+    def damage(self, specs: dict[str, QuantSpec]) -> Deferred[dict]:
+        specs = dict(specs)
+        return Deferred(lambda: self.measurements.damage_of(specs))
 
-    def metric(self, assignment: dict[str, int]) -> Deferred[tuple[float, float]]:
-        assignment = dict(assignment)
-        return Deferred(lambda: self.measurements.metric(assignment))
+    def metric(self, plan: QuantPlan) -> Deferred[tuple[float, float]]:
+        return Deferred(lambda: self.measurements.metric_of(plan))
 
     def completed(self, pending: Sequence[Pending]) -> Iterator[int]:
         for position, item in enumerate(pending):
@@ -93,16 +96,15 @@ class InProcess:
 class Replica:
     """A Ray actor's state: one model replica and the task, with the search's measurements on them."""
 
-    def __init__(self, model, task, hierarchy, config, device: str, threads: int, methods=None, context=None):
+    def __init__(self, model, task, hierarchy, config, device: str, threads: int, context=None):
         torch.set_num_threads(threads)  # the driver's: the same reduction order, the same numbers
-        self.measurements = Measurements(model.to(device).eval(), task, hierarchy, config, methods=methods,
-                                         context=context)
+        self.measurements = Measurements(model.to(device).eval(), task, hierarchy, config, context=context)
 
-    def damage(self, members: tuple[str, ...], bits: int) -> dict:
-        return self.measurements.damage(members, bits)
+    def damage(self, specs: dict[str, QuantSpec]) -> dict:
+        return self.measurements.damage_of(specs)
 
-    def metric(self, assignment: dict[str, int]) -> tuple[float, float]:
-        return self.measurements.metric(assignment)
+    def metric(self, plan: QuantPlan) -> tuple[float, float]:
+        return self.measurements.metric_of(plan)
 
     def pid(self) -> int:
         return os.getpid()
@@ -146,7 +148,7 @@ class RayExecutor:
         # held while the actors live: a restarted actor is built again from these same objects
         self.shared = (model_ref, task_ref, context_ref)
         self.actors = [actor.remote(model_ref, task_ref, measurements.hierarchy, measurements.config, device,
-                                    torch.get_num_threads(), measurements.methods, context_ref)
+                                    torch.get_num_threads(), context_ref)
                        for _ in range(workers)]
         self._next = 0
 
@@ -155,11 +157,11 @@ class RayExecutor:
         self._next += 1
         return actor
 
-    def damage(self, members: tuple[str, ...], bits: int) -> RayPending:
-        return RayPending(self.ray, self._actor().damage.remote(tuple(members), bits))
+    def damage(self, specs: dict[str, QuantSpec]) -> RayPending:
+        return RayPending(self.ray, self._actor().damage.remote(dict(specs)))
 
-    def metric(self, assignment: dict[str, int]) -> RayPending:
-        return RayPending(self.ray, self._actor().metric.remote(dict(assignment)))
+    def metric(self, plan: QuantPlan) -> RayPending:
+        return RayPending(self.ray, self._actor().metric.remote(plan))
 
     def completed(self, pending: Sequence[RayPending]) -> Iterator[int]:
         position = {item.ref: index for index, item in enumerate(pending)}

@@ -30,7 +30,7 @@ from ..quant.plan import FLOAT_BITS, QuantPlan
 from ..quant.quantizer import QuantSpec
 from ..tasks.base import Task, inputs_digest
 from .config import SearchConfig
-from .methods import spec_function
+from .methods import SpecOf, base_spec_of
 
 if TYPE_CHECKING:
     from .executors import Executor
@@ -55,8 +55,10 @@ def block_routes(hierarchy: Hierarchy, method: str) -> dict[str, str]:
 
 
 class Measurements:
-    """The measurements of a search on one model replica, uncached: ``damage(members, bits)`` (the
-    sensitivity of quantizing only ``members``) and ``metric(assignment)`` (the task's metric of a plan).
+    """The measurements of a search on one model replica, uncached: ``damage_of(specs)`` (the sensitivity
+    of quantizing only those units with those specs) and ``metric_of(plan)`` (the task's metric of a plan);
+    ``damage(members, bits)`` and ``metric(assignment)`` take each unit's spec at a width from ``spec_of``
+    (the base spec's settings at that width, or the search's choice of method: ``qslm.search.methods``).
 
     Each starts from the same random state (``config.seed``) and from reset neuron states, so its value
     depends only on its arguments, never on which measurements ran before it on this replica: a
@@ -64,11 +66,11 @@ class Measurements:
 
     def __init__(self, model: nn.Module, task: Task, hierarchy: Hierarchy, config: SearchConfig, *,
                  reference: OutputReference | None = None, weights: WeightCache | None = None,
-                 methods: dict[str, dict[int, str]] | None = None, context: QuantContext | None = None):
+                 spec_of: SpecOf | None = None, context: QuantContext | None = None):
         self.model, self.task, self.hierarchy, self.seed = model, task, hierarchy, config.seed
         self.config, self.base_spec = config, config.base_spec
         self.context = context  # calibration Hessians, when a method needs them
-        self.use_methods(methods or {})
+        self.spec_of = spec_of or base_spec_of(config.base_spec)
         self.reference = reference or OutputReference(model, task.calibration, task.damage, task.output,
                                                       reset=reset_neuron_states)
         self.weights = weights if weights is not None else WeightCache()
@@ -78,11 +80,6 @@ class Measurements:
         self.block_cache = (BlockOutputCache.build(model, hierarchy, task.calibration[0], reset_neuron_states,
                                                    config.block_cache_mb * 2 ** 20)
                             if config.block_cache_mb else None)
-
-    def use_methods(self, methods: dict[str, dict[int, str]]) -> None:
-        """Each unit's quantizer per bit-width (``qslm.search.methods``; units not named: the base spec's)."""
-        self.methods = methods
-        self.spec_of = spec_function(self.base_spec, methods)
 
     def plan(self, assignment: dict[str, int]) -> QuantPlan:
         return QuantPlan({u: None if b == FLOAT_BITS else self.spec_of(u, b) for u, b in assignment.items()})
@@ -97,7 +94,10 @@ class Measurements:
         reset_neuron_states(self.model)
 
     def damage(self, members: tuple[str, ...], bits: int) -> dict:
-        return self.damage_of({u: self.spec_of(u, bits) for u in members})
+        return self.damage_of(self.specs(members, bits))
+
+    def specs(self, members: tuple[str, ...], bits: int) -> dict[str, QuantSpec]:
+        return {u: self.spec_of(u, bits) for u in members}
 
     def damage_of(self, specs: dict[str, QuantSpec]) -> dict:
         """The damage of quantizing exactly these units with these specs, everything else float."""
@@ -113,8 +113,11 @@ class Measurements:
 
     def metric(self, assignment: dict[str, int]) -> tuple[float, float]:
         """(the metric of ``assignment``, seconds it took)."""
+        return self.metric_of(self.plan(assignment))  # the plan first: choosing a method measures
+
+    def metric_of(self, plan: QuantPlan) -> tuple[float, float]:
         self._fresh_state()
-        with fake_quantized(self.model, self.plan(assignment), self.weights, self.context), \
+        with fake_quantized(self.model, plan, self.weights, self.context), \
                 self._reusing_blocks(store_first=True):
             return timed(lambda: task_metric(self.task.evaluate, self.model, "evaluate"))
 
@@ -137,9 +140,6 @@ class SensitivityTable:
         self.asked: dict[tuple[tuple[str, ...], int], dict] = {}  # every (members, bits) asked for, in order
         self.seconds = 0.0  # spent in measure_all: measuring, or waiting for workers to
 
-    def _key(self, members: tuple[str, ...], bits: int) -> tuple[str, str]:
-        return self._key_of({u: self.measurements.spec_of(u, bits) for u in members})
-
     def _key_of(self, specs: dict[str, QuantSpec]) -> tuple[str, str]:
         members = tuple(specs)
         block = self.measurements.block_holding(members)
@@ -152,39 +152,35 @@ class SensitivityTable:
         key = SensitivityCache.key(self.digest, calibration, members, spec_key)
         return key, "local" if block is not None else "exact"  # units outside blocks: measured exactly
 
-    def measure_specs(self, specs: dict[str, QuantSpec]) -> dict:
-        """The cached damage of these units with these specs, measured in this process (choosing methods)."""
-        key, method = self._key_of(specs)
-        value = self.cache.get(key)
-        if value is None:
-            value = self.measurements.damage_of(specs)
-            self.cache.put(key, value)
-        return {**value, "method": method}
-
     def measure(self, members: tuple[str, ...], bits: int) -> dict:
         return self.measure_all([(members, bits)])[0]
 
     def measure_all(self, jobs: list[tuple[tuple[str, ...], int]], bar: tqdm | None = None) -> list[dict]:
-        """Each (members, bits) of ``jobs``, in order; those not cached are submitted together and cached
-        as they finish (``bar`` advances as each finishes)."""
+        """Each (members, bits) of ``jobs``, in order, each unit with its spec at that width; those not
+        cached are submitted together and cached as they finish (``bar`` advances as each finishes)."""
+        specs = [self.measurements.specs(members, bits) for members, bits in jobs]  # may choose methods first
+        results = self.measure_specs(specs, bar)
+        for job, result in zip(jobs, results):
+            self.asked.setdefault((tuple(job[0]), job[1]), result)
+        return results
+
+    def measure_specs(self, jobs: list[dict[str, QuantSpec]], bar: tqdm | None = None) -> list[dict]:
+        """The damage of each job (these units with these specs, everything else float), as ``measure_all``."""
         started = time.perf_counter()
-        keyed = [self._key(members, bits) for members, bits in jobs]
+        keyed = [self._key_of(specs) for specs in jobs]
         values = [self.cache.get(key) for key, _ in keyed]
         missing = [i for i, value in enumerate(values) if value is None]
         if bar is not None:
             bar.update(len(jobs) - len(missing))
-        pending = [self.executor.damage(*jobs[i]) for i in missing]
+        pending = [self.executor.damage(jobs[i]) for i in missing]
         for position in self.executor.completed(pending):
             index = missing[position]
             values[index] = pending[position].result()
             self.cache.put(keyed[index][0], values[index])
             if bar is not None:
                 bar.update(1)
-        results = [{**value, "method": method} for value, (_, method) in zip(values, keyed)]
-        for job, result in zip(jobs, results):
-            self.asked.setdefault((tuple(job[0]), job[1]), result)
         self.seconds += time.perf_counter() - started
-        return results
+        return [{**value, "method": method} for value, (_, method) in zip(values, keyed)]
 
     def measure_together(self, jobs: list[tuple[tuple[str, ...], int]], progress: bool) -> None:
         """Have ``jobs`` measured now, together (in parallel on workers), with a progress bar."""

@@ -1,18 +1,23 @@
-"""Which quantizer each unit uses at each bit-width, chosen by measurement.
+"""Which quantizer each unit uses at each bit-width, chosen by measurement, one width at a time.
 
 With ``SearchConfig.methods`` naming more than round-to-nearest (``rtn``, ``gptq``, ``codebook``: see
-``qslm.quant.quantizer``), every unit alone is fake-quantized with every method that applies to it at every
-bit-width, and keeps, per bit-width, the one whose output damage on the calibration inputs is lowest among
-those storing the same bytes (ties: the earlier method in the list); a method that stores more (the
-codebook's levels) is kept only where its damage per byte beats the next bit-width's (``choose_methods``). The search then chooses bit-widths as always; a unit at b bits uses its
-method for b, so a plan's choices are (method, bits) per unit, and bytes, energy and export follow the
-spec. GPTQ needs the unit's calibration Hessian (``qslm.quant.unit_inputs``), recorded once from the
-calibration inputs; a unit that has none (an embedding, a convolution) is not offered GPTQ.
+``qslm.quant.quantizer``), each unit keeps, per bit-width, the method whose output damage on the
+calibration inputs (the unit alone fake-quantized) is lowest among those storing the same bytes (ties: the
+earlier method in the list); a method that stores more (the codebook's levels) is kept only where its
+damage per byte beats the next bit-width's. A plan's choices are then (method, bits) per unit, and bytes,
+energy and export follow the spec.
+
+``MethodChoice`` decides a width for every unit when a spec at that width is first asked for: a search
+that never leaves 2 and 3 bits never measures a method at 8. What it decides at a width depends only on
+the measurements at that width and the next, so the choices are those of deciding every width first
+(``choose_methods``). GPTQ needs the unit's calibration Hessian (``qslm.quant.unit_inputs``), recorded
+once from the quantizer calibration inputs; a unit that has none (an embedding, a convolution) is not
+offered GPTQ.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 
 from torch import nn
@@ -22,6 +27,9 @@ from ..quant.quantizer import CODEBOOK_BITS, QuantSpec
 from ..quant.unit_inputs import record_hessians
 
 SpecOf = Callable[[str, int], QuantSpec]
+# damage of each (unit, spec): that unit alone quantized with that spec, measured together
+MeasureDamages = Callable[[list[tuple[str, QuantSpec]]], list[float]]
+StoredBytes = Callable[[str, QuantSpec | None], int]  # None: the unit kept float
 
 
 class Option(NamedTuple):
@@ -47,46 +55,144 @@ def applicable(unit: str, bits: int, method: str, context: QuantContext | None) 
     return True
 
 
-def choose_methods(units: list[str], bit_choices: list[int], methods: tuple[str, ...], base: QuantSpec,
-                   context: QuantContext | None, damage: Callable[[str, QuantSpec], float],
-                   stored_bytes: Callable[[str, QuantSpec | None], int], progress=None,
-                   units_budget: float | None = None) -> dict[str, dict[int, str]]:
-    """unit -> bits -> method (only rtn: no measurement). At each width the unit takes, of the methods
-    that store the fewest bytes (rtn, gptq), the one with the lowest ``damage(unit, spec)``; a method that
-    stores more at that width (codebook: its levels) only where it buys damage more cheaply than the
-    next width does, i.e. where its (bytes, damage) lies below the line from the cheapest method at this
-    width to the cheapest at the next (float after the widest), with fewer bytes than the next.
+class MethodChoice:
+    """unit -> bits -> method, each width decided for all ``units`` when ``spec`` first asks for it.
+
+    At a width a unit takes, of the methods that store the fewest bytes (rtn, gptq), the one with the lowest
+    damage; a method that stores more at that width (codebook: its levels) only where it buys damage more
+    cheaply than the next width does, i.e. where its (bytes, damage) lies below the line from the cheapest
+    method at this width to the cheapest at the next (float after the widest), with fewer bytes than the
+    next. Deciding a width measures its methods and the next width's cheapest ones, all in one call of
+    ``measure`` (in parallel on workers).
 
     ``units_budget`` (the memory limit less the float tensors' bytes) keeps the limit as reachable as with
     the cheapest methods: while every unit at the lowest width would not fit in it, the unit whose pricier
     method there costs the least damage per byte to give up goes back to the cheapest."""
-    chosen: dict[str, dict[int, str]] = {}
-    widths = sorted(bit_choices)
-    at_lowest: dict[str, tuple[Option, Option]] = {}  # unit -> (cheapest, chosen) at the lowest width
-    for unit in units:
-        measured: dict[int, list[Option]] = {}
-        for bits in widths:
-            options = [m for m in methods if applicable(unit, bits, m, context)] or ["rtn"]
-            specs = [dataclasses.replace(base, bits=bits, method=m) for m in options]
-            measured[bits] = [Option(stored_bytes(unit, spec), damage(unit, spec) if len(options) > 1 else 0.0, i, m)
-                              for i, (m, spec) in enumerate(zip(options, specs))]
-            if progress is not None:
-                progress(len(methods))
-        cheapest = {b: min(rows, key=lambda o: (o.bytes, o.damage, o.order)) for b, rows in measured.items()}
-        chosen[unit] = {}
-        for index, bits in enumerate(widths):
-            floor = cheapest[bits]
-            nxt = (cheapest[widths[index + 1]] if index + 1 < len(widths)
-                   else Option(stored_bytes(unit, None), 0.0, len(methods), "float"))
-            pricier = [o for o in measured[bits] if o.bytes > floor.bytes]
+
+    def __init__(self, units: list[str], bit_choices: list[int], methods: tuple[str, ...], base: QuantSpec,
+                 context: QuantContext | None, measure: MeasureDamages, stored_bytes: StoredBytes,
+                 units_budget: float | None = None):
+        self.units, self.widths, self.methods, self.base = list(units), sorted(bit_choices), tuple(methods), base
+        self.context, self.measure, self.stored_bytes, self.units_budget = context, measure, stored_bytes, units_budget
+        self._damage: dict[tuple[str, str, int], float] = {}
+        only_rtn = all(m == "rtn" for m in self.methods)  # nothing to choose: every width decided now
+        self._chosen: dict[str, dict[int, str]] = {u: dict.fromkeys(self.widths, "rtn") if only_rtn else {}
+                                                   for u in self.units}
+        self._specs: dict[tuple[str, int], QuantSpec] = {}
+
+    def spec(self, unit: str, bits: int) -> QuantSpec:
+        """The spec of ``unit`` at ``bits``: the base spec's settings with the method chosen for that width
+        (the base spec's method for a width or unit the choice does not cover)."""
+        key = (unit, bits)
+        if key not in self._specs:
+            method = self.base.method
+            if unit in self._chosen and bits in self.widths:
+                if bits not in self._chosen[unit]:
+                    self._decide(bits)
+                method = self._chosen[unit][bits]
+            self._specs[key] = dataclasses.replace(self.base, bits=bits, method=method)
+        return self._specs[key]
+
+    def decided(self) -> dict[str, dict[int, str]]:
+        """What was chosen so far, units in order and widths ascending."""
+        return {u: dict(sorted(by_bits.items())) for u, by_bits in self._chosen.items()}
+
+    def decide_all(self) -> dict[str, dict[int, str]]:
+        for bits in self.widths:
+            if any(bits not in by_bits for by_bits in self._chosen.values()):
+                self._decide(bits)
+        return self.decided()
+
+    # --- one width, every unit ------------------------------------------------------------------------
+    def _options(self, unit: str, bits: int) -> list[tuple[str, QuantSpec, int]]:
+        """(method, spec, bytes) of each method that applies to ``unit`` at ``bits``, in list order."""
+        names = [m for m in self.methods if applicable(unit, bits, m, self.context)] or ["rtn"]
+        specs = [dataclasses.replace(self.base, bits=bits, method=m) for m in names]
+        return [(m, s, self.stored_bytes(unit, s)) for m, s in zip(names, specs)]
+
+    def _to_measure(self, unit: str, bits: int, cheapest_only: bool) -> list[tuple[str, QuantSpec]]:
+        options = self._options(unit, bits)
+        if len(options) == 1:  # nothing to choose between: not measured
+            return []
+        fewest = min(b for _, _, b in options)
+        return [(unit, s) for m, s, b in options
+                if (not cheapest_only or b == fewest) and (unit, m, bits) not in self._damage]
+
+    def _option(self, unit: str, bits: int, method: str, stored: int, order: int, alone: bool) -> Option:
+        return Option(stored, 0.0 if alone else self._damage[(unit, method, bits)], order, method)
+
+    def _cheapest(self, unit: str, bits: int) -> Option:
+        options = self._options(unit, bits)
+        fewest = min(b for _, _, b in options)
+        return min((self._option(unit, bits, m, b, i, len(options) == 1)
+                    for i, (m, s, b) in enumerate(options) if b == fewest), key=lambda o: (o.damage, o.order))
+
+    def _decide(self, bits: int) -> None:
+        index = self.widths.index(bits)
+        following = self.widths[index + 1] if index + 1 < len(self.widths) else None
+        jobs = [job for unit in self.units for job in self._to_measure(unit, bits, cheapest_only=False)]
+        if following is not None:
+            jobs += [job for unit in self.units for job in self._to_measure(unit, following, cheapest_only=True)]
+        jobs = list(dict.fromkeys((u, s) for u, s in jobs))
+        for (unit, spec), damage in zip(jobs, self.measure(jobs) if jobs else []):
+            self._damage[(unit, spec.method, spec.bits)] = float(damage)
+        at_lowest: dict[str, tuple[Option, Option]] = {}
+        for unit in self.units:
+            options = self._options(unit, bits)
+            measured = [self._option(unit, bits, m, b, i, len(options) == 1) for i, (m, s, b) in enumerate(options)]
+            floor = self._cheapest(unit, bits)
+            nxt = (self._cheapest(unit, following) if following is not None
+                   else Option(self.stored_bytes(unit, None), 0.0, len(self.methods), "float"))
+            pricier = [o for o in measured if o.bytes > floor.bytes]
             best = min(pricier, key=lambda o: (o.damage, o.order), default=None)
             pick = best if best is not None and _below_line(best, floor, nxt) else floor
-            chosen[unit][bits] = pick.method
-            if index == 0:
-                at_lowest[unit] = (floor, pick)
-    if units_budget is not None:
-        _keep_reachable(chosen, widths[0], at_lowest, units_budget)
-    return chosen
+            self._chosen[unit][bits] = pick.method
+            at_lowest[unit] = (floor, pick)
+        if index == 0 and self.units_budget is not None:
+            _keep_reachable(self._chosen, bits, at_lowest, self.units_budget)
+
+
+def base_spec_of(base: QuantSpec) -> SpecOf:
+    """Every unit at every width with the base spec's settings and method."""
+    specs: dict[int, QuantSpec] = {}
+
+    def spec_of(unit: str, bits: int) -> QuantSpec:
+        if bits not in specs:
+            specs[bits] = dataclasses.replace(base, bits=bits)
+        return specs[bits]
+    return spec_of
+
+
+class BytesByWidth(Mapping[int, int]):
+    """bits -> the bytes one unit stores at that width with its spec there, each computed when first read
+    (reading a width decides its method)."""
+
+    def __init__(self, unit: str, widths: list[int], spec_of: SpecOf, stored_bytes: StoredBytes):
+        self.unit, self.widths, self.spec_of, self.stored_bytes = unit, list(widths), spec_of, stored_bytes
+        self._bytes: dict[int, int] = {}
+
+    def __getitem__(self, bits: int) -> int:
+        if bits not in self._bytes:
+            if bits not in self.widths:
+                raise KeyError(bits)
+            self._bytes[bits] = self.stored_bytes(self.unit, self.spec_of(self.unit, bits))
+        return self._bytes[bits]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.widths)
+
+    def __len__(self) -> int:
+        return len(self.widths)
+
+
+def choose_methods(units: list[str], bit_choices: list[int], methods: tuple[str, ...], base: QuantSpec,
+                   context: QuantContext | None, damage: Callable[[str, QuantSpec], float],
+                   stored_bytes: StoredBytes, units_budget: float | None = None) -> dict[str, dict[int, str]]:
+    """unit -> bits -> method at every width (only rtn: nothing measured): ``MethodChoice`` with every
+    width decided, measuring ``damage(unit, spec)`` one at a time."""
+    choice = MethodChoice(units, bit_choices, methods, base, context,
+                          lambda jobs: [damage(unit, spec) for unit, spec in jobs], stored_bytes, units_budget)
+    return choice.decide_all()
 
 
 def _keep_reachable(chosen: dict[str, dict[int, str]], lowest: int, at_lowest: dict[str, tuple[Option, Option]],
@@ -112,14 +218,3 @@ def _below_line(point: Option, start: Option, end: Option) -> bool:
         return False
     slope = (end.damage - start.damage) / (end.bytes - start.bytes)
     return point.damage < start.damage + slope * (point.bytes - start.bytes)
-
-
-def spec_function(base: QuantSpec, chosen: dict[str, dict[int, str]]) -> SpecOf:
-    specs: dict[tuple[str, int], QuantSpec] = {}
-
-    def spec_of(unit: str, bits: int) -> QuantSpec:
-        key = (unit, bits)
-        if key not in specs:
-            specs[key] = dataclasses.replace(base, bits=bits, method=chosen.get(unit, {}).get(bits, base.method))
-        return specs[key]
-    return spec_of

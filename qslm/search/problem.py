@@ -73,6 +73,8 @@ class SearchProblem:
     submit_metric: Callable[[Assignment], Pending[tuple[float, float]]] | None = None
     speculation: int = 1
     measure_sensitivities: Callable[[list[tuple[tuple[str, ...], int]]], object] | None = None
+    # what identifies a plan's measurement in the journal (by default its bit-widths)
+    plan_key: Callable[[Assignment], str] = assignment_key
     candidates: list[Candidate] = field(default_factory=list)
     _seen: dict[str, Candidate] = field(default_factory=dict)
     # measurements submitted ahead of need: not candidates (nor journaled) until ``evaluate`` asks for them
@@ -98,7 +100,7 @@ class SearchProblem:
 
     def evaluated(self, assignment: Assignment) -> bool:
         """A candidate already: evaluating it again returns it, uncounted."""
-        return assignment_key(assignment) in self._seen
+        return self.plan_key(assignment) in self._seen
 
     def prefetch_sensitivities(self, jobs: Iterable[tuple[tuple[str, ...], int]]) -> None:
         """Have the sensitivities of these (units, bits) measured now, together: a strategy about to ask
@@ -114,7 +116,7 @@ class SearchProblem:
         for assignment in assignments:
             if room <= 0:
                 break
-            key = assignment_key(assignment)
+            key = self.plan_key(assignment)
             if key in self._seen or self.journal.get(key) is not None:
                 continue
             if key not in self._pending:
@@ -141,7 +143,7 @@ class SearchProblem:
 
     def evaluate(self, assignment: Assignment, tier: str) -> Candidate:
         """The candidate's real task metric and costs; each distinct assignment is evaluated once."""
-        key = assignment_key(assignment)
+        key = self.plan_key(assignment)
         if key in self._seen:
             return self._seen[key]
         entry = self.journal.get(key)

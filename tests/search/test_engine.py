@@ -14,6 +14,7 @@ from torch import nn
 
 import qslm
 from qslm.quant.units import find_units
+from qslm.search.measure import Measurements
 from tests.handwritten import HandwrittenSpikingClassifier, accuracy, make_data, train
 
 
@@ -252,6 +253,46 @@ def test_methods_are_chosen_per_unit_and_bit_width(handwritten, tmp_path):
     assert accuracy(fresh, ids[96:], labels[96:]) == result.report["final"]["metric"]
     with pytest.raises(qslm.QslmError, match="methods must be distinct names"):
         qslm.SearchConfig(methods=("rtn", "awq"))
+
+
+def test_methods_are_measured_only_at_the_widths_the_search_reaches(handwritten, tmp_path, monkeypatch):
+    """A width's methods are chosen when the search first needs it: a plan that stays low never measures a
+    method at 8 bits, the plan is the one of choosing every width first, and the journal names each unit's
+    method, so an interrupted search resumes."""
+    model, ids, labels = handwritten
+    task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:], labels[96:]), calibration=[ids[:32], ids[32:64]])
+
+    def searched(out, **settings):
+        config = qslm.SearchConfig(methods=("rtn", "gptq", "codebook"), bit_choices=(2, 3, 4, 8), **settings)
+        return qslm.search(model, task, out=out, constraints=qslm.Constraints(max_drop=20.0), config=config,
+                           progress=False, cache_dir=tmp_path / f"cache-{out.name}")
+
+    lazy = searched(tmp_path / "lazy").report
+    widths = {b for by_bits in lazy["methods"].values() for b in by_bits}
+    assert "2" in widths and "8" not in widths, widths
+    eager = searched(tmp_path / "eager", sensitivity_table="full").report
+    assert {b for by_bits in eager["methods"].values() for b in by_bits} == {"2", "3", "4", "8"}
+    assert eager["chosen"]["assignment"] == lazy["chosen"]["assignment"]
+    assert all(eager["methods"][u][b] == m for u, by_bits in lazy["methods"].items() for b, m in by_bits.items())
+    written = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("eager", "lazy")]
+    assert written[0] == written[1]
+
+    entries = [json.loads(line) for line in (tmp_path / "lazy" / "journal.jsonl").read_text().splitlines()[1:]]
+    assert all(any(m in e["key"] for m in ("rtn", "gptq", "codebook")) for e in entries)
+    measure, calls = Measurements.metric_of, []
+
+    def interrupted(self, plan):
+        calls.append(plan)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return measure(self, plan)
+    monkeypatch.setattr(Measurements, "metric_of", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        searched(tmp_path / "resumed")
+    monkeypatch.undo()
+    resumed = searched(tmp_path / "resumed").report
+    assert resumed["evaluations"] == {"total": lazy["evaluations"]["total"], "new": lazy["evaluations"]["total"] - 1}
+    assert resumed["chosen"]["assignment"] == lazy["chosen"]["assignment"]
 
 
 def test_quantizers_fit_to_the_quantizer_calibration(handwritten, tmp_path):

@@ -143,14 +143,14 @@ def test_a_killed_worker_is_replaced_and_its_measurements_retried(local_ray, cla
     executor = RayExecutor(local_ray, measurements, 2)
     try:
         first_pids = executor.pids()
-        pending = [executor.metric(plan) for plan in plans]
+        pending = [executor.metric(measurements.plan(plan)) for plan in plans]
         os.kill(first_pids[0], signal.SIGKILL)  # while it holds half of the batch
         metrics = [p.result()[0] for p in pending]
         assert executor.pids()[0] != first_pids[0]  # restarted
     finally:
         executor.close()
     in_process = InProcess(measurements)
-    assert metrics == [in_process.metric(plan).result()[0] for plan in plans]
+    assert metrics == [in_process.metric(measurements.plan(plan)).result()[0] for plan in plans]
 
 
 @needs_ray
@@ -161,7 +161,7 @@ def test_a_failing_measurement_raises_the_users_error(local_ray, classifier):
     executor = RayExecutor(local_ray, measurements, 1)
     try:
         with pytest.raises(QslmError, match="finite number"):
-            executor.metric({u: 4 for u in measurements.hierarchy.units}).result()
+            executor.metric(measurements.plan({u: 4 for u in measurements.hierarchy.units})).result()
     finally:
         executor.close()
 

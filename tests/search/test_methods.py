@@ -2,8 +2,13 @@
 method that stores more only where its extra bytes lower the damage more cheaply than the next width."""
 from __future__ import annotations
 
+import dataclasses
+import random
+
+import pytest
+
 from qslm.search.config import BASE_SPEC
-from qslm.search.methods import choose_methods
+from qslm.search.methods import BytesByWidth, MethodChoice, choose_methods
 
 # bytes per (method, bits) of one unit; the codebook stores its levels on top of the codes
 BYTES = {("rtn", 2): 100, ("gptq", 2): 100, ("codebook", 2): 130,
@@ -97,3 +102,69 @@ def test_a_tight_memory_limit_gets_the_cheapest_methods_back_at_the_lowest_width
     assert {u: c[2] for u, c in chosen_under(230).items()} == {"u": "gptq", "v": "codebook"}
     assert {u: c[2] for u, c in chosen_under(150).items()} == {"u": "gptq", "v": "gptq"}  # as far as it goes
     assert chosen_under(150)["u"][3] == "rtn"  # wider widths keep their choice
+
+
+def test_a_width_is_decided_when_first_asked_for_and_measures_only_what_it_needs():
+    measured = []
+
+    def measure(jobs):
+        measured.append([(unit, spec.method, spec.bits) for unit, spec in jobs])
+        return [DAMAGES[(spec.method, spec.bits)] for _, spec in jobs]
+
+    choice = MethodChoice(["u", "v"], [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(), measure,
+                          lambda unit, spec: FLOAT_BYTES if spec is None else BYTES[(spec.method, spec.bits)])
+    assert measured == [] and choice.decided() == {"u": {}, "v": {}}
+    assert choice.spec("u", 2).bits == 2
+    # one call: every method of both units at 2 bits, and the cheapest ones (rtn, gptq) at 3
+    assert measured == [[(u, m, 2) for u in "uv" for m in ("rtn", "gptq", "codebook")]
+                        + [(u, m, 3) for u in "uv" for m in ("rtn", "gptq")]]
+    assert set(choice.decided()["v"]) == {2}  # v decided with u
+    choice.spec("v", 2), choice.spec("u", 2)
+    assert len(measured) == 1  # decided once
+    choice.spec("v", 4)
+    # 4 bits, the widest: every method there, nothing after it
+    assert measured[1] == [(u, m, 4) for u in "uv" for m in ("rtn", "gptq", "codebook")]
+    assert set(choice.decided()["u"]) == {2, 4}
+    assert choice.spec("u", 8).method == BASE_SPEC.method  # a width outside the choices: the base method
+
+
+DAMAGES = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("codebook", 2): 4.0, ("rtn", 3): 4.5, ("gptq", 3): 4.5,
+           ("codebook", 3): 4.4, ("rtn", 4): 1.0, ("gptq", 4): 1.0, ("codebook", 4): 0.9}
+
+
+def test_deciding_widths_in_any_order_chooses_what_deciding_all_first_does():
+    generator = random.Random(0)
+    units = [f"u{i}" for i in range(6)]
+    damages = {(u, m, b): generator.uniform(0.1, 10.0) / b for u in units for m in ("rtn", "gptq", "codebook")
+               for b in (2, 3, 4)}
+
+    def make(budget):
+        return MethodChoice(units, [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(),
+                            lambda jobs: [damages[(u, s.method, s.bits)] for u, s in jobs],
+                            lambda unit, spec: FLOAT_BYTES if spec is None else BYTES[(spec.method, spec.bits)],
+                            units_budget=budget)
+
+    for budget in (None, 700, 900):
+        everything = make(budget).decide_all()
+        for order in ([4, 2, 3], [3, 4, 2], [2, 4, 3]):
+            lazy = make(budget)
+            for bits in order:
+                for unit in reversed(units):
+                    lazy.spec(unit, bits)
+            assert lazy.decided() == everything, (budget, order)
+        assert any(m != "rtn" for by_bits in everything.values() for m in by_bits.values())
+
+
+def test_bytes_by_width_reads_a_width_only_when_asked():
+    asked = []
+
+    def spec_of(unit, bits):
+        asked.append(bits)
+        return dataclasses.replace(BASE_SPEC, bits=bits)
+
+    row = BytesByWidth("u", [2, 3, 4], spec_of, lambda unit, spec: BYTES[("rtn", spec.bits)])
+    assert list(row) == [2, 3, 4] and len(row) == 3 and asked == []
+    assert row[3] == 150 and row[3] == 150 and asked == [3]
+    assert dict(row) == {2: 100, 3: 150, 4: 200}
+    with pytest.raises(KeyError):
+        row[8]

@@ -119,14 +119,14 @@ def test_rerun_resumes_without_new_evaluations(base, tiny_classifier, small_data
 def interrupt_at(monkeypatch, call: int) -> list:
     """Make the ``call``-th candidate measurement raise KeyboardInterrupt, as Ctrl-C would."""
     calls = []
-    measure = Measurements.metric
+    measure = Measurements.metric_of
 
-    def interrupted(self, assignment):
-        calls.append(assignment)
+    def interrupted(self, plan):
+        calls.append(plan)
         if len(calls) == call:
             raise KeyboardInterrupt
-        return measure(self, assignment)
-    monkeypatch.setattr(Measurements, "metric", interrupted)
+        return measure(self, plan)
+    monkeypatch.setattr(Measurements, "metric_of", interrupted)
     return calls
 
 
@@ -138,7 +138,8 @@ def test_interrupted_search_reuses_its_journal(tiny_classifier, small_data_dir, 
         search(tiny_classifier, out, small_data_dir, cache, strategy="uniform")
     assert len(calls) == 4 and not (out / "model.safetensors").exists()
     journaled = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()[1:]]
-    assert [e["key"] for e in journaled] == [assignment_key(a) for a in calls[:3]]
+    assert [e["key"] for e in journaled] == [assignment_key({u: s.bits for u, s in p.units.items()})
+                                              for p in calls[:3]]
     monkeypatch.undo()
     resumed = search(tiny_classifier, out, small_data_dir, cache, strategy="uniform")
     report = resumed.report
