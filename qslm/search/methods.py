@@ -62,8 +62,8 @@ class MethodChoice:
     damage; a method that stores more at that width (codebook: its levels) only where it buys damage more
     cheaply than the next width does, i.e. where its (bytes, damage) lies below the line from the cheapest
     method at this width to the cheapest at the next (float after the widest), with fewer bytes than the
-    next. Deciding a width measures its methods and the next width's cheapest ones, all in one call of
-    ``measure`` (in parallel on workers).
+    next. Deciding a width measures its methods, all units in one call of ``measure`` (in parallel on
+    workers), then the next width's cheapest methods of the units where a pricier method beat the cheapest.
 
     ``units_budget`` (the memory limit less the float tensors' bytes) keeps the limit as reachable as with
     the cheapest methods: while every unit at the lowest width would not fit in it, the unit whose pricier
@@ -130,26 +130,35 @@ class MethodChoice:
     def _decide(self, bits: int) -> None:
         index = self.widths.index(bits)
         following = self.widths[index + 1] if index + 1 < len(self.widths) else None
-        jobs = [job for unit in self.units for job in self._to_measure(unit, bits, cheapest_only=False)]
-        if following is not None:
-            jobs += [job for unit in self.units for job in self._to_measure(unit, following, cheapest_only=True)]
-        jobs = list(dict.fromkeys((u, s) for u, s in jobs))
-        for (unit, spec), damage in zip(jobs, self.measure(jobs) if jobs else []):
-            self._damage[(unit, spec.method, spec.bits)] = float(damage)
+        self._measure([job for unit in self.units for job in self._to_measure(unit, bits, cheapest_only=False)])
+        measured = {unit: [self._option(unit, bits, m, b, i, len(options) == 1) for i, (m, s, b) in enumerate(options)]
+                    for unit, options in ((unit, self._options(unit, bits)) for unit in self.units)}
+        floors = {unit: self._cheapest(unit, bits) for unit in self.units}
+        contenders = {}  # unit -> its pricier method with the least damage, where it beats the cheapest
+        for unit in self.units:
+            pricier = [o for o in measured[unit] if o.bytes > floors[unit].bytes]
+            best = min(pricier, key=lambda o: (o.damage, o.order), default=None)
+            if best is not None and best.damage < floors[unit].damage:
+                contenders[unit] = best
+        if following is not None:  # the next width's damage matters only where a pricier method may win
+            self._measure([job for unit in contenders for job in self._to_measure(unit, following, cheapest_only=True)])
         at_lowest: dict[str, tuple[Option, Option]] = {}
         for unit in self.units:
-            options = self._options(unit, bits)
-            measured = [self._option(unit, bits, m, b, i, len(options) == 1) for i, (m, s, b) in enumerate(options)]
-            floor = self._cheapest(unit, bits)
-            nxt = (self._cheapest(unit, following) if following is not None
-                   else Option(self.stored_bytes(unit, None), 0.0, len(self.methods), "float"))
-            pricier = [o for o in measured if o.bytes > floor.bytes]
-            best = min(pricier, key=lambda o: (o.damage, o.order), default=None)
-            pick = best if best is not None and _below_line(best, floor, nxt) else floor
+            floor, pick = floors[unit], floors[unit]
+            if unit in contenders:
+                nxt = (self._cheapest(unit, following) if following is not None
+                       else Option(self.stored_bytes(unit, None), 0.0, len(self.methods), "float"))
+                if _below_line(contenders[unit], floor, nxt):
+                    pick = contenders[unit]
             self._chosen[unit][bits] = pick.method
             at_lowest[unit] = (floor, pick)
         if index == 0 and self.units_budget is not None:
             _keep_reachable(self._chosen, bits, at_lowest, self.units_budget)
+
+    def _measure(self, jobs: list[tuple[str, QuantSpec]]) -> None:
+        if jobs:
+            for (unit, spec), damage in zip(jobs, self.measure(jobs)):
+                self._damage[(unit, spec.method, spec.bits)] = float(damage)
 
 
 def base_spec_of(base: QuantSpec) -> SpecOf:

@@ -104,28 +104,40 @@ def test_a_tight_memory_limit_gets_the_cheapest_methods_back_at_the_lowest_width
     assert chosen_under(150)["u"][3] == "rtn"  # wider widths keep their choice
 
 
+def stored(unit, spec):
+    return FLOAT_BYTES if spec is None else BYTES[(spec.method, spec.bits)]
+
+
 def test_a_width_is_decided_when_first_asked_for_and_measures_only_what_it_needs():
     measured = []
 
-    def measure(jobs):
-        measured.append([(unit, spec.method, spec.bits) for unit, spec in jobs])
-        return [DAMAGES[(spec.method, spec.bits)] for _, spec in jobs]
+    def make(damages):
+        def measure(jobs):
+            measured.append([(unit, spec.method, spec.bits) for unit, spec in jobs])
+            return [damages[(spec.method, spec.bits)] for _, spec in jobs]
+        return MethodChoice(["u", "v"], [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(),
+                            measure, stored)
 
-    choice = MethodChoice(["u", "v"], [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(), measure,
-                          lambda unit, spec: FLOAT_BYTES if spec is None else BYTES[(spec.method, spec.bits)])
+    choice = make(DAMAGES)
     assert measured == [] and choice.decided() == {"u": {}, "v": {}}
     assert choice.spec("u", 2).bits == 2
-    # one call: every method of both units at 2 bits, and the cheapest ones (rtn, gptq) at 3
-    assert measured == [[(u, m, 2) for u in "uv" for m in ("rtn", "gptq", "codebook")]
-                        + [(u, m, 3) for u in "uv" for m in ("rtn", "gptq")]]
+    # every method of both units at 2 bits; the codebook beat the cheapest there, so the line to 3 bits
+    # needs the cheapest methods (rtn, gptq) at 3
+    assert measured == [[(u, m, 2) for u in "uv" for m in ("rtn", "gptq", "codebook")],
+                        [(u, m, 3) for u in "uv" for m in ("rtn", "gptq")]]
     assert set(choice.decided()["v"]) == {2}  # v decided with u
     choice.spec("v", 2), choice.spec("u", 2)
-    assert len(measured) == 1  # decided once
+    assert len(measured) == 2  # decided once
     choice.spec("v", 4)
     # 4 bits, the widest: every method there, nothing after it
-    assert measured[1] == [(u, m, 4) for u in "uv" for m in ("rtn", "gptq", "codebook")]
+    assert measured[2:] == [[(u, m, 4) for u in "uv" for m in ("rtn", "gptq", "codebook")]]
     assert set(choice.decided()["u"]) == {2, 4}
     assert choice.spec("u", 8).method == BASE_SPEC.method  # a width outside the choices: the base method
+
+    measured.clear()
+    choice = make({**DAMAGES, ("codebook", 2): 9.0})  # worse than gptq: no line to draw, 3 bits not measured
+    assert choice.spec("u", 2).method == "gptq"
+    assert measured == [[(u, m, 2) for u in "uv" for m in ("rtn", "gptq", "codebook")]]
 
 
 DAMAGES = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("codebook", 2): 4.0, ("rtn", 3): 4.5, ("gptq", 3): 4.5,
@@ -140,8 +152,7 @@ def test_deciding_widths_in_any_order_chooses_what_deciding_all_first_does():
 
     def make(budget):
         return MethodChoice(units, [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(),
-                            lambda jobs: [damages[(u, s.method, s.bits)] for u, s in jobs],
-                            lambda unit, spec: FLOAT_BYTES if spec is None else BYTES[(spec.method, spec.bits)],
+                            lambda jobs: [damages[(u, s.method, s.bits)] for u, s in jobs], stored,
                             units_budget=budget)
 
     for budget in (None, 700, 900):
