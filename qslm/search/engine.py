@@ -6,10 +6,12 @@
 
 Profile (hierarchy, op counts, firing rates) -> sensitivity of units and groups at bit-widths (damage to
 the outputs on the calibration inputs, cached; measured when the strategy first asks for one, or all of
-them first with ``SearchConfig(sensitivity_table="full")``) -> a strategy asks ``SearchProblem.evaluate``
-for the task's metric of candidate plans (journaled, so a rerun resumes) -> the best feasible plan is
-exported bit-packed, loaded back, and its test metric, memory (bytes on disk) and energy are measured
-from the packed model -> report. Nothing here knows which data set or architecture it serves.
+them first with ``SearchConfig(sensitivity_table="full")``; with several quantizer methods, each unit's
+method at a width is chosen when the search first needs that width: ``qslm.search.methods``) -> a
+strategy asks ``SearchProblem.evaluate`` for the task's metric of candidate plans (journaled, so a rerun
+resumes) -> the best feasible plan is exported bit-packed, loaded back, and its test metric, memory
+(bytes on disk) and energy are measured from the packed model -> report. Nothing here knows which data
+set or architecture it serves.
 """
 from __future__ import annotations
 
