@@ -257,10 +257,10 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
 
 
 def _method_damages(sensitivity: SensitivityTable, jobs, progress: bool) -> list[float]:
-    """The damage of each job (units with specs), measured together (in parallel on workers), for the choice
-    of methods at a width."""
+    """The damage of each (unit, spec) alone, measured together (in parallel on workers), for the choice of
+    methods at a width."""
     with tqdm(total=len(jobs), desc="methods", disable=not progress, leave=False) as bar:
-        return [r["damage"] for r in sensitivity.measure_specs(jobs, bar)]
+        return [r["damage"] for r in sensitivity.measure_specs([{u: spec} for u, spec in jobs], bar)]
 
 
 def _units_budget(constraints: Constraints, baseline: Baseline, fixed: int) -> float | None:

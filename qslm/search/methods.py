@@ -27,8 +27,8 @@ from ..quant.quantizer import CODEBOOK_BITS, QuantSpec
 from ..quant.unit_inputs import record_hessians
 
 SpecOf = Callable[[str, int], QuantSpec]
-# the damage of each job (these units quantized with these specs, everything else float), measured together
-MeasureDamages = Callable[[list[dict[str, QuantSpec]]], list[float]]
+# damage of each (unit, spec): that unit alone quantized with that spec, measured together
+MeasureDamages = Callable[[list[tuple[str, QuantSpec]]], list[float]]
 StoredBytes = Callable[[str, QuantSpec | None], int]  # None: the unit kept float
 
 
@@ -65,12 +65,6 @@ class MethodChoice:
     next. Deciding a width measures its methods, all units in one call of ``measure`` (in parallel on
     workers), then the next width's cheapest methods of the units where a pricier method beat the cheapest.
 
-    Units chosen one at a time can still do worse together (GPTQ's compensation assumes float inputs, and
-    in a quantized model they are not): where a unit took a method of the fewest bytes other than the first
-    listed (gptq over rtn), all units at the width are also measured together, with their choices and with
-    those units back at the first listed, which stores the same bytes; the choices stand only if they
-    damage less together.
-
     ``units_budget`` (the memory limit less the float tensors' bytes) keeps the limit as reachable as with
     the cheapest methods: while every unit at the lowest width would not fit in it, the unit whose pricier
     method there costs the least damage per byte to give up goes back to the cheapest."""
@@ -96,7 +90,7 @@ class MethodChoice:
                 if bits not in self._chosen[unit]:
                     self._decide(bits)
                 method = self._chosen[unit][bits]
-            self._specs[key] = self._spec_with(bits, method)
+            self._specs[key] = dataclasses.replace(self.base, bits=bits, method=method)
         return self._specs[key]
 
     def decided(self) -> dict[str, dict[int, str]]:
@@ -113,7 +107,7 @@ class MethodChoice:
     def _options(self, unit: str, bits: int) -> list[tuple[str, QuantSpec, int]]:
         """(method, spec, bytes) of each method that applies to ``unit`` at ``bits``, in list order."""
         names = [m for m in self.methods if applicable(unit, bits, m, self.context)] or ["rtn"]
-        specs = [self._spec_with(bits, m) for m in names]
+        specs = [dataclasses.replace(self.base, bits=bits, method=m) for m in names]
         return [(m, s, self.stored_bytes(unit, s)) for m, s in zip(names, specs)]
 
     def _to_measure(self, unit: str, bits: int, cheapest_only: bool) -> list[tuple[str, QuantSpec]]:
@@ -160,36 +154,10 @@ class MethodChoice:
             at_lowest[unit] = (floor, pick)
         if index == 0 and self.units_budget is not None:
             _keep_reachable(self._chosen, bits, at_lowest, self.units_budget)
-        self._check_together(bits)
-
-    def _check_together(self, bits: int) -> None:
-        """The units whose method of the fewest bytes is not the first listed one go back to it unless
-        their choices, with every unit at ``bits``, damage less than with it."""
-        first = {}  # unit -> the first listed of its methods storing the fewest bytes at ``bits``
-        for unit in self.units:
-            options = self._options(unit, bits)
-            fewest = min(b for _, _, b in options)
-            first[unit] = next(m for m, _, b in options if b == fewest)
-        swapped = [u for u in self.units if self._chosen[u][bits] != first[u]
-                   and self._stored(u, bits, self._chosen[u][bits]) == self._stored(u, bits, first[u])]
-        if not swapped:
-            return
-        chosen = {u: self._spec_with(bits, self._chosen[u][bits]) for u in self.units}
-        back = {**chosen, **{u: self._spec_with(bits, first[u]) for u in swapped}}
-        together, without = self.measure([chosen, back])
-        if without <= together:
-            for unit in swapped:
-                self._chosen[unit][bits] = first[unit]
-
-    def _spec_with(self, bits: int, method: str) -> QuantSpec:
-        return dataclasses.replace(self.base, bits=bits, method=method)
-
-    def _stored(self, unit: str, bits: int, method: str) -> int:
-        return self.stored_bytes(unit, self._spec_with(bits, method))
 
     def _measure(self, jobs: list[tuple[str, QuantSpec]]) -> None:
         if jobs:
-            for (unit, spec), damage in zip(jobs, self.measure([{unit: spec} for unit, spec in jobs])):
+            for (unit, spec), damage in zip(jobs, self.measure(jobs)):
                 self._damage[(unit, spec.method, spec.bits)] = float(damage)
 
 
@@ -227,12 +195,12 @@ class BytesByWidth(Mapping[int, int]):
 
 
 def choose_methods(units: list[str], bit_choices: list[int], methods: tuple[str, ...], base: QuantSpec,
-                   context: QuantContext | None, damage: Callable[[dict[str, QuantSpec]], float],
+                   context: QuantContext | None, damage: Callable[[str, QuantSpec], float],
                    stored_bytes: StoredBytes, units_budget: float | None = None) -> dict[str, dict[int, str]]:
     """unit -> bits -> method at every width (only rtn: nothing measured): ``MethodChoice`` with every
-    width decided, measuring ``damage(specs)`` one job at a time."""
-    choice = MethodChoice(units, bit_choices, methods, base, context, lambda jobs: [damage(j) for j in jobs],
-                          stored_bytes, units_budget)
+    width decided, measuring ``damage(unit, spec)`` one at a time."""
+    choice = MethodChoice(units, bit_choices, methods, base, context,
+                          lambda jobs: [damage(unit, spec) for unit, spec in jobs], stored_bytes, units_budget)
     return choice.decide_all()
 
 

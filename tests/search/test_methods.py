@@ -20,8 +20,7 @@ FLOAT_BYTES = 1600
 def choose(damages: dict[tuple[str, int], float], methods=("rtn", "gptq", "codebook"), bits=(2, 3, 4)):
     measured = []
 
-    def damage(specs):
-        (spec,) = specs.values()  # one unit: together is alone
+    def damage(unit, spec):
         measured.append((spec.method, spec.bits))
         return damages[(spec.method, spec.bits)]
 
@@ -94,8 +93,7 @@ def test_a_tight_memory_limit_gets_the_cheapest_methods_back_at_the_lowest_width
 
     def chosen_under(budget):
         return choose_methods(["u", "v"], [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(),
-                              lambda specs: sum(damages[(s.method, s.bits)] * (2 if unit == "v" else 1)
-                                                for unit, s in specs.items()),
+                              lambda unit, spec: damages[(spec.method, spec.bits)] * (2 if unit == "v" else 1),
                               lambda unit, spec: FLOAT_BYTES if spec is None else BYTES[(spec.method, spec.bits)],
                               units_budget=budget)
 
@@ -115,8 +113,8 @@ def test_a_width_is_decided_when_first_asked_for_and_measures_only_what_it_needs
 
     def make(damages):
         def measure(jobs):
-            measured.append([described(job) for job in jobs])
-            return [sum(damages[(spec.method, spec.bits)] for spec in job.values()) for job in jobs]
+            measured.append([(unit, spec.method, spec.bits) for unit, spec in jobs])
+            return [damages[(spec.method, spec.bits)] for _, spec in jobs]
         return MethodChoice(["u", "v"], [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(),
                             measure, stored)
 
@@ -139,38 +137,7 @@ def test_a_width_is_decided_when_first_asked_for_and_measures_only_what_it_needs
     measured.clear()
     choice = make({**DAMAGES, ("codebook", 2): 9.0})  # worse than gptq: no line to draw, 3 bits not measured
     assert choice.spec("u", 2).method == "gptq"
-    # gptq, chosen over rtn for each unit alone, is checked with both units together: it stands
-    assert measured == [[(u, m, 2) for u in "uv" for m in ("rtn", "gptq", "codebook")],
-                        [{"u": ("gptq", 2), "v": ("gptq", 2)}, {"u": ("rtn", 2), "v": ("rtn", 2)}]]
-
-
-def described(job):
-    """A job as (unit, method, bits) for one unit, {unit: (method, bits)} for several."""
-    if len(job) == 1:
-        ((unit, spec),) = job.items()
-        return unit, spec.method, spec.bits
-    return {unit: (spec.method, spec.bits) for unit, spec in job.items()}
-
-
-def test_choices_that_damage_more_together_go_back_to_the_first_method_of_equal_bytes():
-    damages = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("codebook", 2): 4.0, ("rtn", 3): 4.5, ("gptq", 3): 4.0,
-               ("codebook", 3): 4.4, ("rtn", 4): 1.0, ("gptq", 4): 0.8, ("codebook", 4): 0.9}
-
-    def measure(penalty):
-        def damages_of(jobs):
-            # units at gptq together damage ``penalty`` more than the sum of their damages alone
-            return [sum(damages[(s.method, s.bits)] for s in job.values())
-                    + (penalty if sum(s.method == "gptq" for s in job.values()) > 1 else 0.0) for job in jobs]
-        return damages_of
-
-    units = ["u", "v", "w"]
-    alone = MethodChoice(units, [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(), measure(0.0),
-                         stored).decide_all()
-    assert alone["u"] == {2: "codebook", 3: "gptq", 4: "gptq"}  # gptq beats rtn for each unit alone
-    clashing = MethodChoice(units, [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(),
-                            measure(1.0), stored).decide_all()
-    # 3 bits: 12.0 + 1.0 together against rtn's 13.5: gptq stands; 4 bits: 2.4 + 1.0 against 3.0: back to rtn
-    assert clashing["u"] == {2: "codebook", 3: "gptq", 4: "rtn"} and clashing["v"] == clashing["w"] == clashing["u"]
+    assert measured == [[(u, m, 2) for u in "uv" for m in ("rtn", "gptq", "codebook")]]
 
 
 DAMAGES = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("codebook", 2): 4.0, ("rtn", 3): 4.5, ("gptq", 3): 4.5,
@@ -185,8 +152,7 @@ def test_deciding_widths_in_any_order_chooses_what_deciding_all_first_does():
 
     def make(budget):
         return MethodChoice(units, [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(),
-                            lambda jobs: [sum(damages[(u, s.method, s.bits)] for u, s in job.items()) for job in jobs],
-                            stored,
+                            lambda jobs: [damages[(u, s.method, s.bits)] for u, s in jobs], stored,
                             units_budget=budget)
 
     for budget in (None, 700, 900):
