@@ -45,11 +45,12 @@ from ..quant.apply import WeightCache
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
 from ..quant.pack import PLAN_FILE, WEIGHTS_FILE
 from ..quant.plan import FLOAT_BITS, QuantPlan
+from ..quant.quantizer import QuantSpec
 from ..quant.units import find_units, unit_tensor
 from ..report import write_report
 from ..tasks.base import Task, inferences_in, run_inputs
 from .config import SearchConfig
-from .executors import ExecutorChoice, InProcess
+from .executors import Deferred, ExecutorChoice, InProcess
 from .journal import Journal, assignment_key
 from .measure import Measurements, SensitivityTable, cache_file
 from .measure import task_metric as _metric
@@ -146,11 +147,33 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
                                 context=context)
     executor = executors.start(measurements)
     sensitivity = SensitivityTable(measurements, SensitivityCache(cache_file(cache_dir, digest)), digest, executor)
+    # ---- a journal entry (one plan's metric) depends only on the header and its key, so a rerun with other
+    # constraints, weights, strategy or budget reuses every measurement already made (with several
+    # methods the key names each unit's method too: a memory limit that changes a unit's method at the
+    # lowest width changes its plans' keys). Made now, before the first measurement.
+    header = {"model": digest, "task": task.identity(), "metric": task.metric_name,
+              "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}
+    if list(config.methods) != ["rtn"]:
+        header["methods"] = list(config.methods)
+        header["quantizer_calibration"] = sensitivity.quantizer_digest
+    journal = _journal(folder, header)
+    # plans the choice of methods measured (every unit at one width): the search takes them from here
+    ahead: dict[str, tuple[float, float]] = {}
+
+    def no_worse_together(chosen: dict, back: dict) -> bool:
+        keys = [_specs_key(chosen), _specs_key(back)]
+        pending = {k: executor.metric(QuantPlan(dict(specs))) for k, specs in zip(keys, (chosen, back))
+                   if journal.get(k) is None and k not in ahead}
+        ahead.update({k: p.result() for k, p in pending.items()})
+        ours, theirs = (journal.get(k)["metric"] if journal.get(k) is not None else ahead[k][0] for k in keys)
+        return ours >= theirs if task.higher_is_better else ours <= theirs
+
     # each width's methods chosen when the search first needs that width, all units together
     stored_bytes = lambda name, spec: unit_bytes(units[name], spec)  # noqa: E731
     choice = MethodChoice(list(units), list(config.bit_choices), config.methods, config.base_spec, context,
                           lambda jobs: _method_damages(sensitivity, jobs, progress), stored_bytes,
-                          units_budget=_units_budget(constraints, baseline, fixed))
+                          units_budget=_units_budget(constraints, baseline, fixed),
+                          no_worse_together=no_worse_together)
     measurements.spec_of = spec_of = choice.spec
     if config.sensitivity_table == "full":
         choice.decide_all()
@@ -158,24 +181,20 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     seconds["sensitivity"] = time.perf_counter() - t0  # the table, when measured first
     measured_before_search = sensitivity.seconds
 
-    # ---- search: a journal entry (one plan's metric) depends only on the header and its key, so a rerun
-    # with other constraints, weights, strategy or budget reuses every measurement already made (with
-    # several methods the key names each unit's method too: a memory limit that changes a unit's method at
-    # the lowest width changes its plans' keys)
+    # ---- search
     t0 = time.perf_counter()
-    header = {"model": digest, "task": task.identity(), "metric": task.metric_name,
-              "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}
-    plan_key = assignment_key
-    if list(config.methods) != ["rtn"]:
-        header["methods"] = list(config.methods)
-        header["quantizer_calibration"] = sensitivity.quantizer_digest
-        plan_key = lambda a: assignment_key(  # noqa: E731
-            {u: b if b == FLOAT_BITS else [b, spec_of(u, b).method] for u, b in a.items()})
+    plan_key = assignment_key if list(config.methods) == ["rtn"] else (
+        lambda a: _specs_key(measurements.plan(a).units))
+
+    def submit(assignment):
+        known = ahead.pop(plan_key(assignment), None)
+        return Deferred(lambda: known) if known is not None else executor.metric(measurements.plan(assignment))
+
     bytes_table = {u: BytesByWidth(u, list(config.bit_choices), spec_of, stored_bytes) for u in units}
 
     problem = SearchProblem(
         groups=groups, bit_choices=list(config.bit_choices), measure_metric=measurements.metric,
-        submit_metric=lambda a: executor.metric(measurements.plan(a)), speculation=executor.workers,
+        submit_metric=submit, speculation=executor.workers,
         plan_key=plan_key,
         unit_bytes=bytes_table, fixed_bytes=fixed,
         energy_pj=lambda a: energy_per_inference(op_counts, a, profile).total_pj,
@@ -183,7 +202,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         sensitivity=lambda members, bits: sensitivity.measure(tuple(members), bits)["damage"],
         measure_sensitivities=lambda jobs: sensitivity.measure_together(jobs, progress),
         baseline=baseline,
-        constraints=constraints, weights=config.weights, journal=_journal(folder, header),
+        constraints=constraints, weights=config.weights, journal=journal,
         max_evaluations=config.max_evaluations, progress=progress)
 
     def hawq_omega():
@@ -254,6 +273,11 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     report_files = write_report(report, staging)
     folder.commit(model_files, last=report_files)
     return SearchResult(out, report, plan, packed)
+
+
+def _specs_key(specs: Mapping[str, QuantSpec | None]) -> str:
+    """A plan's journal key when units may differ in method: each unit's width and method."""
+    return assignment_key({u: FLOAT_BITS if s is None else [s.bits, s.method] for u, s in specs.items()})
 
 
 def _method_damages(sensitivity: SensitivityTable, jobs, progress: bool) -> list[float]:

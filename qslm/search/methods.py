@@ -30,6 +30,8 @@ SpecOf = Callable[[str, int], QuantSpec]
 # damage of each (unit, spec): that unit alone quantized with that spec, measured together
 MeasureDamages = Callable[[list[tuple[str, QuantSpec]]], list[float]]
 StoredBytes = Callable[[str, QuantSpec | None], int]  # None: the unit kept float
+# (chosen, back): is the plan ``chosen`` (unit -> spec) no worse on the task's metric than ``back``?
+NoWorseTogether = Callable[[dict[str, QuantSpec], dict[str, QuantSpec]], bool]
 
 
 class Option(NamedTuple):
@@ -67,11 +69,19 @@ class MethodChoice:
 
     ``units_budget`` (the memory limit less the float tensors' bytes) keeps the limit as reachable as with
     the cheapest methods: while every unit at the lowest width would not fit in it, the unit whose pricier
-    method there costs the least damage per byte to give up goes back to the cheapest."""
+    method there costs the least damage per byte to give up goes back to the cheapest.
+
+    Units chosen one at a time can do worse together, and the damage (KL to the float model) can rank
+    plans otherwise than the task's metric does: GPTQ, chosen by damage at 4 and 5 bits on the bundled
+    language model, raises its perplexity there. So, given ``no_worse_together``, where units took a method
+    of the fewest bytes other than the first listed (gptq over rtn), the plan of every unit at the width
+    with the choices is compared with the plan with those units back at the first listed, which stores
+    the same bytes; the choices stand only where they are no worse."""
 
     def __init__(self, units: list[str], bit_choices: list[int], methods: tuple[str, ...], base: QuantSpec,
                  context: QuantContext | None, measure: MeasureDamages, stored_bytes: StoredBytes,
-                 units_budget: float | None = None):
+                 units_budget: float | None = None, no_worse_together: NoWorseTogether | None = None):
+        self.no_worse_together = no_worse_together
         self.units, self.widths, self.methods, self.base = list(units), sorted(bit_choices), tuple(methods), base
         self.context, self.measure, self.stored_bytes, self.units_budget = context, measure, stored_bytes, units_budget
         self._damage: dict[tuple[str, str, int], float] = {}
@@ -90,7 +100,7 @@ class MethodChoice:
                 if bits not in self._chosen[unit]:
                     self._decide(bits)
                 method = self._chosen[unit][bits]
-            self._specs[key] = dataclasses.replace(self.base, bits=bits, method=method)
+            self._specs[key] = self._spec_with(bits, method)
         return self._specs[key]
 
     def decided(self) -> dict[str, dict[int, str]]:
@@ -107,7 +117,7 @@ class MethodChoice:
     def _options(self, unit: str, bits: int) -> list[tuple[str, QuantSpec, int]]:
         """(method, spec, bytes) of each method that applies to ``unit`` at ``bits``, in list order."""
         names = [m for m in self.methods if applicable(unit, bits, m, self.context)] or ["rtn"]
-        specs = [dataclasses.replace(self.base, bits=bits, method=m) for m in names]
+        specs = [self._spec_with(bits, m) for m in names]
         return [(m, s, self.stored_bytes(unit, s)) for m, s in zip(names, specs)]
 
     def _to_measure(self, unit: str, bits: int, cheapest_only: bool) -> list[tuple[str, QuantSpec]]:
@@ -154,6 +164,33 @@ class MethodChoice:
             at_lowest[unit] = (floor, pick)
         if index == 0 and self.units_budget is not None:
             _keep_reachable(self._chosen, bits, at_lowest, self.units_budget)
+        if self.no_worse_together is not None:
+            self._check_together(bits)
+
+    def _check_together(self, bits: int) -> None:
+        """The units that took a method of the fewest bytes other than the first listed one go back to it,
+        unless ``no_worse_together`` finds every unit at ``bits`` with the choices no worse than with them
+        back (the same bytes)."""
+        first = {}  # unit -> the first listed of its methods storing the fewest bytes at ``bits``
+        for unit in self.units:
+            options = self._options(unit, bits)
+            fewest = min(b for _, _, b in options)
+            first[unit] = next(m for m, _, b in options if b == fewest)
+        swapped = [u for u in self.units if self._chosen[u][bits] != first[u]
+                   and self._stored(u, bits, self._chosen[u][bits]) == self._stored(u, bits, first[u])]
+        if not swapped:
+            return
+        chosen = {u: self._spec_with(bits, self._chosen[u][bits]) for u in self.units}
+        back = {**chosen, **{u: self._spec_with(bits, first[u]) for u in swapped}}
+        if not self.no_worse_together(chosen, back):
+            for unit in swapped:
+                self._chosen[unit][bits] = first[unit]
+
+    def _spec_with(self, bits: int, method: str) -> QuantSpec:
+        return dataclasses.replace(self.base, bits=bits, method=method)
+
+    def _stored(self, unit: str, bits: int, method: str) -> int:
+        return self.stored_bytes(unit, self._spec_with(bits, method))
 
     def _measure(self, jobs: list[tuple[str, QuantSpec]]) -> None:
         if jobs:

@@ -264,9 +264,18 @@ def test_methods_are_measured_only_at_the_widths_the_search_reaches(handwritten,
 
     def searched(out, **settings):
         config = qslm.SearchConfig(methods=("rtn", "gptq", "codebook"), bit_choices=(2, 3, 4, 8), **settings)
-        return qslm.search(model, task, out=out, constraints=qslm.Constraints(max_drop=20.0), config=config,
+        return qslm.search(model, task, out=out, constraints=qslm.Constraints(max_drop=5.0), config=config,
                            progress=False, cache_dir=tmp_path / f"cache-{out.name}")
 
+    measure, calls = Measurements.metric_of, []
+
+    def counted(self, plan):
+        calls.append(plan)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return measure(self, plan)
+    monkeypatch.setattr(Measurements, "metric_of", counted)
+    interrupt_at = None
     lazy = searched(tmp_path / "lazy").report
     widths = {b for by_bits in lazy["methods"].values() for b in by_bits}
     assert "2" in widths and "8" not in widths, widths
@@ -279,20 +288,35 @@ def test_methods_are_measured_only_at_the_widths_the_search_reaches(handwritten,
 
     entries = [json.loads(line) for line in (tmp_path / "lazy" / "journal.jsonl").read_text().splitlines()[1:]]
     assert all(any(m in e["key"] for m in ("rtn", "gptq", "codebook")) for e in entries)
-    measure, calls = Measurements.metric_of, []
-
-    def interrupted(self, plan):
-        calls.append(plan)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return measure(self, plan)
-    monkeypatch.setattr(Measurements, "metric_of", interrupted)
+    calls.clear()
+    searched(tmp_path / "counted")
+    interrupt_at, calls[:] = len(calls), []  # Ctrl-C during the last measurement: the last candidate's
     with pytest.raises(KeyboardInterrupt):
         searched(tmp_path / "resumed")
-    monkeypatch.undo()
+    interrupt_at = None
     resumed = searched(tmp_path / "resumed").report
-    assert resumed["evaluations"] == {"total": lazy["evaluations"]["total"], "new": lazy["evaluations"]["total"] - 1}
+    assert resumed["evaluations"] == {"total": lazy["evaluations"]["total"], "new": 1}
     assert resumed["chosen"]["assignment"] == lazy["chosen"]["assignment"]
+
+
+def test_plans_measured_to_choose_methods_are_not_measured_again(handwritten, tmp_path, monkeypatch):
+    """Choosing between methods of equal bytes compares every unit at a width with the choices and with rtn
+    on the task's metric; the search takes those plans' metrics from there, so no plan is measured twice."""
+    model, ids, labels = handwritten
+    task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:], labels[96:]), calibration=[ids[:32], ids[32:64]])
+    measured, metric_of = [], Measurements.metric_of
+
+    def recording(self, plan):
+        measured.append(json.dumps({u: [s.bits, s.method] for u, s in plan.units.items()}, sort_keys=True))
+        return metric_of(self, plan)
+    monkeypatch.setattr(Measurements, "metric_of", recording)
+    config = qslm.SearchConfig(methods=("rtn", "gptq", "codebook"), bit_choices=(2, 3, 4, 8))
+    report = qslm.search(model, task, out=tmp_path / "out", constraints=qslm.Constraints(max_drop=5.0),
+                         config=config, progress=False, cache_dir=tmp_path / "cache").report
+    assert len(measured) == len(set(measured))
+    uniform = [key for key in measured if len({bits for bits, _ in json.loads(key).values()}) == 1]
+    assert any(len({m for _, m in json.loads(key).values()}) > 1 for key in uniform)  # a check was made
+    assert len(measured) > report["evaluations"]["total"]  # ... and measured a plan the search never took
 
 
 def test_quantizers_fit_to_the_quantizer_calibration(handwritten, tmp_path):

@@ -179,3 +179,42 @@ def test_bytes_by_width_reads_a_width_only_when_asked():
     assert dict(row) == {2: 100, 3: 150, 4: 200}
     with pytest.raises(KeyError):
         row[8]
+
+
+def test_choices_no_better_together_go_back_to_the_first_method_of_equal_bytes():
+    damages = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("codebook", 2): 4.0, ("rtn", 3): 4.5, ("gptq", 3): 4.0,
+               ("codebook", 3): 4.4, ("rtn", 4): 1.0, ("gptq", 4): 0.8, ("codebook", 4): 0.9}
+    compared = []
+
+    def no_worse_at(widths):
+        def no_worse(chosen, back):
+            compared.append(({u: s.method for u, s in chosen.items()}, {u: s.method for u, s in back.items()}))
+            return next(iter(chosen.values())).bits in widths
+        return no_worse
+
+    def choose_with(widths):
+        return MethodChoice(["u", "v"], [2, 3, 4], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(),
+                            lambda jobs: [damages[(s.method, s.bits)] for _, s in jobs], stored,
+                            no_worse_together=no_worse_at(widths)).decide_all()
+
+    assert choose_with({2, 3, 4})["u"] == {2: "codebook", 3: "gptq", 4: "gptq"}
+    # 2 bits: both codebooks, nothing of equal bytes to compare; 3 and 4: gptq against rtn, codebooks kept
+    assert compared == [({"u": "gptq", "v": "gptq"}, {"u": "rtn", "v": "rtn"})] * 2
+    chosen = choose_with({3})
+    assert chosen["u"] == chosen["v"] == {2: "codebook", 3: "gptq", 4: "rtn"}
+
+
+def test_a_mixed_width_keeps_its_pricier_methods_when_the_equal_bytes_ones_go_back():
+    damages = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("codebook", 2): 4.0}
+    damages_v = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("codebook", 2): 9.0}
+    compared = []
+
+    def no_worse(chosen, back):
+        compared.append(({u: s.method for u, s in chosen.items()}, {u: s.method for u, s in back.items()}))
+        return False
+
+    choice = MethodChoice(["u", "v"], [2], ("rtn", "gptq", "codebook"), BASE_SPEC, _AlwaysHessian(),
+                          lambda jobs: [(damages if u == "u" else damages_v)[(s.method, s.bits)] for u, s in jobs],
+                          stored, no_worse_together=no_worse)
+    assert choice.spec("u", 2).method == "codebook" and choice.spec("v", 2).method == "rtn"
+    assert compared == [({"u": "codebook", "v": "gptq"}, {"u": "codebook", "v": "rtn"})]
