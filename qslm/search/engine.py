@@ -159,12 +159,14 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     journal = _journal(folder, header)
     # plans the choice of methods measured (every unit at one width): the search takes them from here
     ahead: dict[str, tuple[float, float]] = {}
+    checked: list[dict] = []  # each width whose equal-bytes choices were checked, and the plans it measured
 
     def no_worse_together(chosen: dict, back: dict) -> bool:
         keys = [_specs_key(chosen), _specs_key(back)]
         pending = {k: executor.metric(QuantPlan(dict(specs))) for k, specs in zip(keys, (chosen, back))
                    if journal.get(k) is None and k not in ahead}
         ahead.update({k: p.result() for k, p in pending.items()})
+        checked.append({"bits": next(iter(chosen.values())).bits, "measured": len(pending)})
         ours, theirs = (journal.get(k)["metric"] if journal.get(k) is not None else ahead[k][0] for k in keys)
         return ours >= theirs if task.higher_is_better else ours <= theirs
 
@@ -235,6 +237,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         "methods": {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in choice.decided().items()},
         "candidates": [c.to_dict() for c in problem.candidates],
         "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
+        "method_checks": checked,
         "workers": executor.workers,
         "block_cache": _block_cache_report(measurements, in_process=isinstance(executor, InProcess)),
         "baseline": {"metric_validation": baseline.metric, f"metric_{split}": reported_metric,

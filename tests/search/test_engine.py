@@ -317,6 +317,8 @@ def test_plans_measured_to_choose_methods_are_not_measured_again(handwritten, tm
     uniform = [key for key in measured if len({bits for bits, _ in json.loads(key).values()}) == 1]
     assert any(len({m for _, m in json.loads(key).values()}) > 1 for key in uniform)  # a check was made
     assert len(measured) > report["evaluations"]["total"]  # ... and measured a plan the search never took
+    # the report counts the checks' plans: the measurements beyond the candidates' are among them
+    assert sum(c["measured"] for c in report["method_checks"]) >= len(measured) - report["evaluations"]["total"]
 
 
 def test_quantizers_fit_to_the_quantizer_calibration(handwritten, tmp_path):
