@@ -171,26 +171,23 @@ class MethodChoice:
         """The units that took a method of the fewest bytes other than the first listed one go back to it,
         unless ``no_worse_together`` finds every unit at ``bits`` with the choices no worse than with them
         back (the same bytes)."""
-        first = {}  # unit -> the first listed of its methods storing the fewest bytes at ``bits``
+        first = {}  # unit -> the first listed of its fewest-bytes methods, where it took another of them
         for unit in self.units:
             options = self._options(unit, bits)
             fewest = min(b for _, _, b in options)
-            first[unit] = next(m for m, _, b in options if b == fewest)
-        swapped = [u for u in self.units if self._chosen[u][bits] != first[u]
-                   and self._stored(u, bits, self._chosen[u][bits]) == self._stored(u, bits, first[u])]
-        if not swapped:
+            cheapest = [m for m, _, b in options if b == fewest]
+            if self._chosen[unit][bits] in cheapest[1:]:
+                first[unit] = cheapest[0]
+        if not first:
             return
         chosen = {u: self._spec_with(bits, self._chosen[u][bits]) for u in self.units}
-        back = {**chosen, **{u: self._spec_with(bits, first[u]) for u in swapped}}
+        back = {**chosen, **{u: self._spec_with(bits, method) for u, method in first.items()}}
         if not self.no_worse_together(chosen, back):
-            for unit in swapped:
-                self._chosen[unit][bits] = first[unit]
+            for unit, method in first.items():
+                self._chosen[unit][bits] = method
 
     def _spec_with(self, bits: int, method: str) -> QuantSpec:
         return dataclasses.replace(self.base, bits=bits, method=method)
-
-    def _stored(self, unit: str, bits: int, method: str) -> int:
-        return self.stored_bytes(unit, self._spec_with(bits, method))
 
     def _measure(self, jobs: list[tuple[str, QuantSpec]]) -> None:
         if jobs:

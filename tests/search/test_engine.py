@@ -14,8 +14,8 @@ from torch import nn
 
 import qslm
 from qslm.quant.units import find_units
-from qslm.search.measure import Measurements
 from tests.handwritten import HandwrittenSpikingClassifier, accuracy, make_data, train
+from tests.search.interrupting import interrupt_at
 
 
 def unique_fp32_bytes(model: nn.Module) -> int:
@@ -267,15 +267,6 @@ def test_methods_are_measured_only_at_the_widths_the_search_reaches(handwritten,
         return qslm.search(model, task, out=out, constraints=qslm.Constraints(max_drop=5.0), config=config,
                            progress=False, cache_dir=tmp_path / f"cache-{out.name}")
 
-    measure, calls = Measurements.metric_of, []
-
-    def counted(self, plan):
-        calls.append(plan)
-        if len(calls) == interrupt_at:
-            raise KeyboardInterrupt
-        return measure(self, plan)
-    monkeypatch.setattr(Measurements, "metric_of", counted)
-    interrupt_at = None
     lazy = searched(tmp_path / "lazy").report
     widths = {b for by_bits in lazy["methods"].values() for b in by_bits}
     assert "2" in widths and "8" not in widths, widths
@@ -288,12 +279,13 @@ def test_methods_are_measured_only_at_the_widths_the_search_reaches(handwritten,
 
     entries = [json.loads(line) for line in (tmp_path / "lazy" / "journal.jsonl").read_text().splitlines()[1:]]
     assert all(any(m in e["key"] for m in ("rtn", "gptq", "codebook")) for e in entries)
-    calls.clear()
+    calls = interrupt_at(monkeypatch, None)
     searched(tmp_path / "counted")
-    interrupt_at, calls[:] = len(calls), []  # Ctrl-C during the last measurement: the last candidate's
+    monkeypatch.undo()
+    interrupt_at(monkeypatch, len(calls))  # Ctrl-C during the last measurement: the last candidate's
     with pytest.raises(KeyboardInterrupt):
         searched(tmp_path / "resumed")
-    interrupt_at = None
+    monkeypatch.undo()
     resumed = searched(tmp_path / "resumed").report
     assert resumed["evaluations"] == {"total": lazy["evaluations"]["total"], "new": 1}
     assert resumed["chosen"]["assignment"] == lazy["chosen"]["assignment"]
@@ -304,15 +296,12 @@ def test_plans_measured_to_choose_methods_are_not_measured_again(handwritten, tm
     on the task's metric; the search takes those plans' metrics from there, so no plan is measured twice."""
     model, ids, labels = handwritten
     task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:], labels[96:]), calibration=[ids[:32], ids[32:64]])
-    measured, metric_of = [], Measurements.metric_of
-
-    def recording(self, plan):
-        measured.append(json.dumps({u: [s.bits, s.method] for u, s in plan.units.items()}, sort_keys=True))
-        return metric_of(self, plan)
-    monkeypatch.setattr(Measurements, "metric_of", recording)
+    plans = interrupt_at(monkeypatch, None)
     config = qslm.SearchConfig(methods=("rtn", "gptq", "codebook"), bit_choices=(2, 3, 4, 8))
     report = qslm.search(model, task, out=tmp_path / "out", constraints=qslm.Constraints(max_drop=5.0),
                          config=config, progress=False, cache_dir=tmp_path / "cache").report
+    measured = [json.dumps({u: [s.bits, s.method] for u, s in plan.units.items()}, sort_keys=True)
+                for plan in plans]
     assert len(measured) == len(set(measured))
     uniform = [key for key in measured if len({bits for bits, _ in json.loads(key).values()}) == 1]
     assert any(len({m for _, m in json.loads(key).values()}) > 1 for key in uniform)  # a check was made

@@ -14,8 +14,8 @@ from qslm.analysis.sensitivity import model_hash
 from qslm.cli import main
 from qslm.errors import QslmError
 from qslm.search.journal import assignment_key
-from qslm.search.measure import Measurements
 from qslm.search.objective import Constraints
+from tests.search.interrupting import interrupt_at
 
 SMALL = {"calibration_size": 32, "validation_size": 64, "reported_limit": 64, "progress": False, "device": "cpu"}
 CONSTRAINTS = Constraints(max_drop=1.0, max_memory=0.5)
@@ -114,20 +114,6 @@ def test_rerun_resumes_without_new_evaluations(base, tiny_classifier, small_data
     assert all(c["resumed"] for c in again.report["candidates"])
     assert (out / "quant_plan.json").read_bytes() == (base.out / "quant_plan.json").read_bytes()
     assert len((out / "journal.jsonl").read_text().splitlines()) == 1 + base.report["evaluations"]["total"]
-
-
-def interrupt_at(monkeypatch, call: int) -> list:
-    """Make the ``call``-th candidate measurement raise KeyboardInterrupt, as Ctrl-C would."""
-    calls = []
-    measure = Measurements.metric_of
-
-    def interrupted(self, plan):
-        calls.append(plan)
-        if len(calls) == call:
-            raise KeyboardInterrupt
-        return measure(self, plan)
-    monkeypatch.setattr(Measurements, "metric_of", interrupted)
-    return calls
 
 
 def test_interrupted_search_reuses_its_journal(tiny_classifier, small_data_dir, tmp_path_factory, monkeypatch):
