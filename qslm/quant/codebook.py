@@ -44,7 +44,13 @@ def dequantize_codebook(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Te
 def _nearest(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """Index of the nearest of the sorted ``levels`` [n, K] for every x [n, len] (ties to the lower)."""
     midpoints = (levels[:, 1:] + levels[:, :-1]) / 2
-    return torch.searchsorted(midpoints.contiguous(), x.contiguous(), side="left")
+    if midpoints.shape[1] > 7:
+        return torch.searchsorted(midpoints.contiguous(), x.contiguous(), side="left")
+    # few levels: counting the midpoints below x is the same index, and faster than a search per element
+    index = torch.zeros(x.shape, dtype=torch.int64)
+    for k in range(midpoints.shape[1]):
+        index += x > midpoints[:, k:k + 1]
+    return index
 
 
 def _weighted_quantiles(x: torch.Tensor, weights: torch.Tensor, k: int) -> torch.Tensor:
@@ -58,15 +64,21 @@ def _weighted_quantiles(x: torch.Tensor, weights: torch.Tensor, k: int) -> torch
 
 
 def _lloyd(x: torch.Tensor, weights: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Lloyd steps on every group whose levels still move; a group whose step left them unchanged stays
+    so (the step is a function of its levels alone), so it leaves the loop with the same result."""
+    levels = levels.clone()
+    moving = torch.arange(x.shape[0])
     for _ in range(LLOYD_ITERATIONS):
-        index = _nearest(x, levels)
-        mass = torch.zeros_like(levels).scatter_add_(1, index, weights)
-        total = torch.zeros_like(levels).scatter_add_(1, index, weights * x)
-        updated = torch.where(mass > 0, total / mass.clamp_min(1e-30), levels)
-        updated, _ = torch.sort(updated, dim=1)
-        if torch.equal(updated, levels):
+        if not len(moving):
             break
-        levels = updated
+        xs, ws, current = x[moving], weights[moving], levels[moving]
+        index = _nearest(xs, current)
+        mass = torch.zeros_like(current).scatter_add_(1, index, ws)
+        total = torch.zeros_like(current).scatter_add_(1, index, ws * xs)
+        updated = torch.where(mass > 0, total / mass.clamp_min(1e-30), current)
+        updated, _ = torch.sort(updated, dim=1)
+        levels[moving] = updated
+        moving = moving[(updated != current).any(dim=1)]
     return levels
 
 

@@ -83,6 +83,7 @@ class _GroupScales:
         self.zero_point = None if spec.symmetric else torch.zeros(n, dtype=torch.float32)
         self.groups_per_row = cols // self.group_len
         self.fitted: set[int] = set()
+        self._columns: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # a fitted group's, read per column
 
     def fit(self, column_group: int, values: torch.Tensor) -> None:
         """values [rows, group_len]: the current weights of column group ``column_group``."""
@@ -93,6 +94,7 @@ class _GroupScales:
         if self.zero_point is not None:
             self.zero_point[index] = zero_point.squeeze(1)
         self.fitted.add(column_group)
+        self._columns.pop(column_group, None)
 
     def indices(self, column_group: int) -> torch.Tensor | int:
         if not self.per_row:
@@ -101,11 +103,12 @@ class _GroupScales:
         return torch.arange(rows) * self.groups_per_row + column_group
 
     def column(self, column_group: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Scale and zero-point for every row of a column in ``column_group`` ([rows] or [1])."""
-        index = self.indices(column_group)
-        scale = self.scale[index].reshape(-1)
-        zero_point = None if self.zero_point is None else self.zero_point[index].reshape(-1)
-        return scale, zero_point
+        """Scale and zero-point for every row of a column in ``column_group`` ([rows] or [1]), once fitted."""
+        if column_group not in self._columns:
+            index = self.indices(column_group)
+            self._columns[column_group] = (self.scale[index].reshape(-1),
+                                           None if self.zero_point is None else self.zero_point[index].reshape(-1))
+        return self._columns[column_group]
 
 
 @torch.no_grad()

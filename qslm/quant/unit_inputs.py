@@ -42,6 +42,12 @@ class UnitHessian:
         """GPTQ's ``H = 2 X X^T`` averaged over samples (float64)."""
         return self.xtx * (2.0 / max(self.samples, 1))
 
+    def output_error(self, delta: torch.Tensor) -> float:
+        """The mean over the recorded inputs x of ``||delta x||^2``, for a change ``delta`` of the weight
+        (its [rows, cols] view): how far a quantized unit's outputs move on its calibration inputs."""
+        d = delta.detach().reshape(delta.shape[0] if delta.dim() else 1, -1).to(torch.float64)
+        return float(((d @ self.xtx) * d).sum()) / max(self.samples, 1)
+
 
 class UnitInputRecorder(TorchFunctionMode):
     """Context manager: accumulate the input second moments of every float unit of ``model``."""
@@ -112,11 +118,13 @@ class UnitInputRecorder(TorchFunctionMode):
         columns = self._columns[name]
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.shape[-1] != columns:
             return
-        rows = x.detach().reshape(-1, columns).to(torch.float64)
+        rows = x.detach().reshape(-1, columns).to(torch.float32)
         entry = self._sums.get(name)
         if entry is None:
             entry = self._sums[name] = UnitHessian(torch.zeros(columns, columns, dtype=torch.float64), 0)
-        entry.xtx.addmm_(rows.t(), rows)
+        # one call's product in float32 (a float64 product costs twice the time; spikes' products are exact
+        # integers), summed over calls in float64
+        entry.xtx += (rows.t() @ rows).to(torch.float64)
         entry.samples += rows.shape[0]
 
     def hessians(self) -> dict[str, UnitHessian]:

@@ -54,7 +54,7 @@ from .executors import Deferred, ExecutorChoice, InProcess
 from .journal import Journal, assignment_key
 from .measure import Measurements, SensitivityTable, cache_file
 from .measure import task_metric as _metric
-from .methods import BytesByWidth, MethodChoice, record_context
+from .methods import BytesByWidth, MethodChoice, output_errors, record_context
 from .objective import Baseline, Constraints
 from .problem import SearchProblem
 from .strategies import StrategyContext, run_strategy
@@ -172,10 +172,12 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
 
     # each width's methods chosen when the search first needs that width, all units together
     stored_bytes = lambda name, spec: unit_bytes(units[name], spec)  # noqa: E731
+    errors = output_errors(model, context, weight_cache) if context is not None else None
     choice = MethodChoice(list(units), list(config.bit_choices), config.methods, config.base_spec, context,
                           lambda jobs: _method_damages(sensitivity, jobs, progress), stored_bytes,
                           units_budget=_units_budget(constraints, baseline, fixed),
-                          no_worse_together=no_worse_together)
+                          no_worse_together=no_worse_together,
+                          local=None if errors is None else lambda jobs: _method_errors(errors, jobs, progress))
     measurements.spec_of = spec_of = choice.spec
     if config.sensitivity_table == "full":
         choice.decide_all()
@@ -288,6 +290,11 @@ def _method_damages(sensitivity: SensitivityTable, jobs, progress: bool) -> list
     methods at a width."""
     with tqdm(total=len(jobs), desc="methods", disable=not progress, leave=False) as bar:
         return [r["damage"] for r in sensitivity.measure_specs([{u: spec} for u, spec in jobs], bar)]
+
+
+def _method_errors(error, jobs, progress: bool) -> list[float]:
+    """The output error of each (unit, spec) on the unit's calibration inputs, for the choice of methods."""
+    return [error(unit, spec) for unit, spec in tqdm(jobs, desc="methods", disable=not progress, leave=False)]
 
 
 def _units_budget(constraints: Constraints, baseline: Baseline, fixed: int) -> float | None:

@@ -1,10 +1,12 @@
 """Which quantizer each unit uses at each bit-width, chosen by measurement, one width at a time.
 
 With ``SearchConfig.methods`` naming more than round-to-nearest (``rtn``, ``gptq``, ``codebook``: see
-``qslm.quant.quantizer``), each unit keeps, per bit-width, the method whose output damage on the
-calibration inputs (the unit alone fake-quantized) is lowest among those storing the same bytes (ties: the
-earlier method in the list); a method that stores more (the codebook's levels) is kept only where its
-damage per byte beats the next bit-width's. A plan's choices are then (method, bits) per unit, and bytes,
+``qslm.quant.quantizer``), each unit keeps, per bit-width, the method whose damage (the unit alone quantized) is
+lowest among those storing the same bytes (ties: the earlier method in the list); a method that stores
+more (the codebook's levels) is kept only where its damage per byte beats the next bit-width's. A unit
+whose calibration Hessian is known is weighed by its output error on those inputs (``output_errors``:
+no forward pass, so choosing costs the fits alone); the others (an embedding, a convolution) by the
+model's damage on the calibration inputs. A plan's choices are then (method, bits) per unit, and bytes,
 energy and export follow the spec.
 
 ``MethodChoice`` decides a width for every unit when a spec at that width is first asked for: a search
@@ -22,7 +24,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ..quant.apply import QuantContext
+from ..quant.apply import QuantContext, WeightCache, float_weight
 from ..quant.quantizer import CODEBOOK_BITS, QuantSpec
 from ..quant.unit_inputs import record_hessians
 
@@ -64,12 +66,18 @@ class MethodChoice:
     damage; a method that stores more at that width (codebook: its levels) only where it buys damage more
     cheaply than the next width does, i.e. where its (bytes, damage) lies below the line from the cheapest
     method at this width to the cheapest at the next (float after the widest), with fewer bytes than the
-    next. Deciding a width measures its methods, all units in one call of ``measure`` (in parallel on
+    next. Deciding a width weighs its methods, all units in one call (of ``measure``: in parallel on
     workers), then the next width's cheapest methods of the units where a pricier method beat the cheapest.
+
+    Given ``local`` (damages of one kind for the units with a calibration Hessian, e.g. ``output_errors``),
+    those units are weighed by it and ``measure`` by the others. All the methods of one unit are weighed
+    by the same kind, so a unit's choice never compares two scales.
 
     ``units_budget`` (the memory limit less the float tensors' bytes) keeps the limit as reachable as with
     the cheapest methods: while every unit at the lowest width would not fit in it, the unit whose pricier
-    method there costs the least damage per byte to give up goes back to the cheapest.
+    method there costs the least damage per byte to give up goes back to the cheapest. That ranks units
+    against each other, so it uses ``measure``'s damages for all of them (measured then, only when the
+    limit bites).
 
     Units chosen one at a time can do worse together, and the damage (KL to the float model) can rank
     plans otherwise than the task's metric does: GPTQ, chosen by damage at 4 and 5 bits on the bundled
@@ -80,11 +88,16 @@ class MethodChoice:
 
     def __init__(self, units: list[str], bit_choices: list[int], methods: tuple[str, ...], base: QuantSpec,
                  context: QuantContext | None, measure: MeasureDamages, stored_bytes: StoredBytes,
-                 units_budget: float | None = None, no_worse_together: NoWorseTogether | None = None):
-        self.no_worse_together = no_worse_together
+                 units_budget: float | None = None, no_worse_together: NoWorseTogether | None = None,
+                 local: MeasureDamages | None = None):
+        self.no_worse_together, self.local = no_worse_together, local
+        # units weighed by ``local``: those with a calibration Hessian
+        self._local_units = frozenset(u for u in units if local is not None and context is not None
+                                      and context.hessian(u) is not None)
         self.units, self.widths, self.methods, self.base = list(units), sorted(bit_choices), tuple(methods), base
         self.context, self.measure, self.stored_bytes, self.units_budget = context, measure, stored_bytes, units_budget
-        self._damage: dict[tuple[str, str, int], float] = {}
+        self._damage: dict[tuple[str, str, int], float] = {}  # each unit's own kind (local or measured)
+        self._measured: dict[tuple[str, str, int], float] = {}  # ``measure``'s, comparable across units
         only_rtn = all(m == "rtn" for m in self.methods)  # nothing to choose: every width decided now
         self._chosen: dict[str, dict[int, str]] = {u: dict.fromkeys(self.widths, "rtn") if only_rtn else {}
                                                    for u in self.units}
@@ -163,6 +176,8 @@ class MethodChoice:
             self._chosen[unit][bits] = pick.method
             at_lowest[unit] = (floor, pick)
         if index == 0 and self.units_budget is not None:
+            if sum(pick.bytes for _, pick in at_lowest.values()) > self.units_budget:
+                at_lowest = self._measured_options(bits, at_lowest)
             _keep_reachable(self._chosen, bits, at_lowest, self.units_budget)
         if self.no_worse_together is not None:
             self._check_together(bits)
@@ -186,13 +201,44 @@ class MethodChoice:
             for unit, method in first.items():
                 self._chosen[unit][bits] = method
 
+    def _measured_options(self, bits: int, at_lowest: dict[str, tuple[Option, Option]]
+                          ) -> dict[str, tuple[Option, Option]]:
+        """``at_lowest`` with ``measure``'s damages for the locally weighed units that took a pricier method
+        (the others already have them)."""
+        weighed = [u for u, (cheap, pick) in at_lowest.items() if u in self._local_units and pick.bytes > cheap.bytes]
+        jobs = [(u, self._spec_with(bits, o.method)) for u in weighed for o in at_lowest[u]
+                if (u, o.method, bits) not in self._measured]
+        if jobs:
+            for (unit, spec), damage in zip(jobs, self.measure(jobs)):
+                self._measured[(unit, spec.method, spec.bits)] = float(damage)
+        return {u: tuple(o._replace(damage=self._measured[(u, o.method, bits)]) for o in options)
+                if u in weighed else options for u, options in at_lowest.items()}
+
     def _spec_with(self, bits: int, method: str) -> QuantSpec:
         return dataclasses.replace(self.base, bits=bits, method=method)
 
     def _measure(self, jobs: list[tuple[str, QuantSpec]]) -> None:
-        if jobs:
-            for (unit, spec), damage in zip(jobs, self.measure(jobs)):
-                self._damage[(unit, spec.method, spec.bits)] = float(damage)
+        """Each job's damage: ``local``'s for the units it weighs, ``measure``'s for the rest."""
+        local = [job for job in jobs if job[0] in self._local_units]
+        measured = [job for job in jobs if job[0] not in self._local_units]
+        for batch, kind in ((local, self.local), (measured, self.measure)):
+            if batch:
+                for (unit, spec), damage in zip(batch, kind(batch)):
+                    self._damage[(unit, spec.method, spec.bits)] = float(damage)
+                    if kind is self.measure:
+                        self._measured[(unit, spec.method, spec.bits)] = float(damage)
+
+
+def output_errors(model: nn.Module, context: QuantContext, weights: WeightCache) -> Callable[[str, QuantSpec], float]:
+    """(unit, spec) -> the unit's output error quantized by ``spec`` on its calibration inputs
+    (``UnitHessian.output_error``): the objective GPTQ minimizes, read from the Hessian with no forward
+    pass. For units with a Hessian only. The quantized weight goes into ``weights``, where the search's
+    measurements find it."""
+    def error(unit: str, spec: QuantSpec) -> float:
+        original = float_weight(model, unit)
+        quantized = weights.dequantized(unit, original, spec, context)
+        return context.hessian(unit).output_error(quantized - original)
+    return error
 
 
 def base_spec_of(base: QuantSpec) -> SpecOf:

@@ -77,3 +77,15 @@ def test_recording_leaves_outputs_and_nothing_behind():
 def test_no_batches_is_an_error():
     with pytest.raises(QslmError, match="no calibration batches"):
         record_hessians(nn.Linear(2, 2), [])
+
+
+def test_output_error_is_the_mean_squared_change_of_the_outputs_on_the_recorded_inputs():
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3, bias=False)
+    batches = [torch.randn(4, 2, 5), torch.randn(6, 5)]
+    entry = record_hessians(layer, batches)["weight"]
+    delta = torch.randn(3, 5) * 0.1
+    inputs = torch.cat([b.reshape(-1, 5) for b in batches]).double()
+    expected = (inputs @ delta.double().t()).square().sum(dim=1).mean()
+    assert entry.output_error(delta) == pytest.approx(float(expected), rel=1e-6)
+    assert entry.output_error(torch.zeros(3, 5)) == 0.0

@@ -13,7 +13,10 @@ from safetensors import safe_open
 from torch import nn
 
 import qslm
+from qslm.analysis.neurons import reset_neuron_states
+from qslm.quant.unit_inputs import record_hessians
 from qslm.quant.units import find_units
+from qslm.search import engine
 from tests.handwritten import HandwrittenSpikingClassifier, accuracy, make_data, train
 from tests.search.interrupting import interrupt_at
 
@@ -289,6 +292,27 @@ def test_methods_are_measured_only_at_the_widths_the_search_reaches(handwritten,
     resumed = searched(tmp_path / "resumed").report
     assert resumed["evaluations"] == {"total": lazy["evaluations"]["total"], "new": 1}
     assert resumed["chosen"]["assignment"] == lazy["chosen"]["assignment"]
+
+
+def test_units_with_a_hessian_choose_their_methods_without_a_forward_pass(handwritten, tmp_path, monkeypatch):
+    """The choice weighs a unit with calibration inputs by its output error there; the model's damage is
+    measured for the choice only for the units without (the embedding)."""
+    model, ids, labels = handwritten
+    task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:], labels[96:]), calibration=[ids[:32], ids[32:64]])
+    measured_for_choice = []
+    original = engine._method_damages
+
+    def recording(sensitivity, jobs, progress):
+        measured_for_choice.extend(unit for unit, _ in jobs)
+        return original(sensitivity, jobs, progress)
+
+    monkeypatch.setattr(engine, "_method_damages", recording)
+    config = qslm.SearchConfig(methods=("rtn", "gptq", "codebook"), bit_choices=(2, 3, 4, 8))
+    report = qslm.search(model, task, out=tmp_path / "out", constraints=qslm.Constraints(max_drop=5.0),
+                         config=config, progress=False, cache_dir=tmp_path / "cache").report
+    with_inputs = set(record_hessians(model, task.calibration, reset_neuron_states))
+    assert with_inputs and measured_for_choice and set(measured_for_choice).isdisjoint(with_inputs)
+    assert any(m != "rtn" for u in with_inputs for m in report["methods"][u].values())
 
 
 def test_plans_measured_to_choose_methods_are_not_measured_again(handwritten, tmp_path, monkeypatch):

@@ -218,3 +218,55 @@ def test_a_mixed_width_keeps_its_pricier_methods_when_the_equal_bytes_ones_go_ba
                           stored, no_worse_together=no_worse)
     assert choice.spec("u", 2).method == "codebook" and choice.spec("v", 2).method == "rtn"
     assert compared == [({"u": "codebook", "v": "gptq"}, {"u": "codebook", "v": "rtn"})]
+
+
+class _HessianOf:
+    def __init__(self, *names):
+        self.names = set(names)
+
+    def hessian(self, name):
+        return object() if name in self.names else None
+
+
+def test_units_with_a_hessian_are_weighed_by_the_local_error_and_the_others_by_the_measured_damage():
+    local = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("codebook", 2): 9.0, ("rtn", 3): 4.0, ("gptq", 3): 3.0}
+    measured = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("codebook", 2): 4.0,  # the codebook would win here
+                ("rtn", 3): 4.5, ("gptq", 3): 4.5, ("codebook", 3): 4.4}
+    calls = {"local": [], "measure": []}
+
+    def by(kind, table):
+        def damages(jobs):
+            calls[kind].append([(u, s.method, s.bits) for u, s in jobs])
+            return [table[(s.method, s.bits)] for _, s in jobs]
+        return damages
+
+    choice = MethodChoice(["u", "e"], [2, 3], ("rtn", "gptq", "codebook"), BASE_SPEC, _HessianOf("u"),
+                          by("measure", measured), stored, local=by("local", local))
+    assert choice.spec("u", 2).method == "gptq"  # by its local error: the codebook does not beat gptq there
+    assert choice.spec("e", 2).method == "codebook"  # no Hessian: no gptq, and measured
+    assert calls["local"] == [[("u", m, 2) for m in ("rtn", "gptq", "codebook")]]
+    # e's codebook beat its rtn: the line to 3 bits needs e's rtn there, measured too
+    assert calls["measure"] == [[("e", "rtn", 2), ("e", "codebook", 2)], [("e", "rtn", 3)]]
+
+
+def test_a_binding_memory_limit_ranks_the_units_by_their_measured_damage():
+    # both units take the codebook at 2 bits by their local errors; measured, giving up u's costs more
+    local = {("rtn", 2): 10.0, ("gptq", 2): 8.0, ("codebook", 2): 4.0, ("rtn", 3): 4.5, ("gptq", 3): 4.5,
+             ("codebook", 3): 4.4}
+    local_v = {**local, ("codebook", 2): 2.0}  # locally, v's codebook saves the more
+    measured = {"u": {("gptq", 2): 9.0, ("codebook", 2): 1.0}, "v": {("gptq", 2): 5.0, ("codebook", 2): 4.0}}
+    asked = []
+
+    def measure(jobs):
+        asked.append([(u, s.method, s.bits) for u, s in jobs])
+        return [measured[u][(s.method, s.bits)] for u, s in jobs]
+
+    def make(budget):
+        return MethodChoice(["u", "v"], [2, 3], ("rtn", "gptq", "codebook"), BASE_SPEC, _HessianOf("u", "v"),
+                            measure, stored, units_budget=budget,
+                            local=lambda jobs: [(local if u == "u" else local_v)[(s.method, s.bits)] for u, s in jobs])
+
+    assert {u: c[2] for u, c in make(260).decide_all().items()} == {"u": "codebook", "v": "codebook"}
+    assert asked == []  # the limit does not bite: nothing measured
+    assert {u: c[2] for u, c in make(230).decide_all().items()} == {"u": "codebook", "v": "gptq"}
+    assert asked == [[("u", "gptq", 2), ("u", "codebook", 2), ("v", "gptq", 2), ("v", "codebook", 2)]]
