@@ -24,6 +24,11 @@ def parse_bits(text: str) -> list[int]:
     return bits
 
 
+def parse_methods(text: str | None) -> tuple[str, ...] | None:
+    """``--methods rtn,gptq``: the names, checked by SearchConfig (None when not given: its default)."""
+    return None if text is None else tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def integer_at_least(least: int):
     """An argparse ``type=``: an integer >= ``least``, so a 0 that would silently mean "the default" is refused
     with the flag's name."""
@@ -75,7 +80,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-size", type=positive_int, default=None,
                         help="sensitivity calibration: examples (sst2, default 128) or tokens (wikitext2, default 2048)")
     parser.add_argument("--quantizer-calibration-size", type=positive_int, default=None,
-                        help="what gptq and codebook fit to (with --methods): training examples (sst2, default "
+                        help="what gptq and codebook fit to: training examples (sst2, default "
                              f"{DEFAULT_SIZES['sst2']['quantizer']}) or tokens of training text (wikitext2, default "
                              f"{DEFAULT_SIZES['wikitext2']['quantizer']}); for your files, of the calibration file "
                              "(default: the validation file)")
@@ -87,10 +92,10 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="verify on the first N examples (sst2) / lines (wikitext2) of the reported split only "
                              "(default: all of it)")
     parser.add_argument("--seed", type=integer_at_least(0), default=0)
-    parser.add_argument("--methods", default="rtn", metavar="M,...",
+    parser.add_argument("--methods", default=None, metavar="M,...",
                         help="quantizers a unit may use: rtn (round to nearest), gptq (error compensation from "
                              "calibration inputs), codebook (non-uniform levels per row); with several, each unit "
-                             "takes per bit-width the one that damages its outputs least (default rtn)")
+                             "takes per bit-width the one that damages its outputs least (default: all three)")
     parser.add_argument("--scale-dtype", default=BASE_SPEC.scale_dtype, choices=list(SCALE_DTYPES),
                         help="how scales are stored: float16 under one power-of-two exponent per unit (default), "
                              "or float32 (2 more bytes per scale)")
@@ -127,7 +132,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
         validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
         reported_limit=args.reported_limit, sensitivity_method=args.sensitivity,
         sensitivity_table=args.sensitivity_table, ignore=tuple(args.ignore),
-        methods=tuple(part.strip() for part in args.methods.split(",") if part.strip()),
+        methods=parse_methods(args.methods),
         base_spec=dataclasses.replace(BASE_SPEC, scale_dtype=args.scale_dtype), block_cache_mb=args.block_cache,
         device=args.device, overwrite=args.overwrite, workers=args.workers, ray_address=args.ray_address,
         **data_options(args))

@@ -21,8 +21,18 @@ SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
 SENSITIVITY_TABLES = ("needed", "full")
 DEFAULT_BIT_CHOICES = (2, 3, 4, 5, 6, 8)
 BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse", scale_dtype=DEFAULT_SCALE_DTYPE)
-DEFAULT_BASELINE_BUDGET = 60
-DEFAULT_BLOCK_CACHE_MB = 512  # evaluations for random and nsga2 when no budget is given
+DEFAULT_BASELINE_BUDGET = 60  # evaluations for random and nsga2 when no budget is given
+DEFAULT_BLOCK_CACHE_MB = 512
+# each helps somewhere in docs/benchmarks.md ("Quantizer methods: rtn, gptq, codebook" and below)
+DEFAULT_METHODS = ("rtn", "gptq", "codebook")
+
+
+def default_methods(base_spec: QuantSpec) -> tuple[str, ...]:
+    """The methods a search uses when none are named: all of them, less the codebook where the base spec
+    asks for what it cannot honour (asymmetric ranges, another observer)."""
+    if base_spec.symmetric and base_spec.observer == "mse":
+        return DEFAULT_METHODS
+    return tuple(m for m in DEFAULT_METHODS if m != "codebook")
 
 
 @dataclass(frozen=True)
@@ -37,8 +47,9 @@ class SearchConfig:
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     ignore: tuple[str, ...] = ()  # glob patterns of units kept float (matched on names and parameter paths)
     # quantizers each unit may use; with several, each unit takes per bit-width the one that damages its
-    # outputs least (qslm.search.methods)
-    methods: tuple[str, ...] = ("rtn",)
+    # outputs least (qslm.search.methods). None: every method the base spec allows (DEFAULT_METHODS; the
+    # codebook only with a symmetric mse base spec, as it ignores both)
+    methods: tuple[str, ...] | None = None
     # memory (MiB) for block outputs reused between measurements (qslm.analysis.block_cache); 0: none.
     # Results are the same either way, bit for bit.
     block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB
@@ -76,7 +87,8 @@ class SearchConfig:
         if isinstance(self.ignore, str):
             raise QslmError(f"ignore must be a list of glob patterns, got the string {self.ignore!r}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
-        methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
+        methods = (self.methods,) if isinstance(self.methods, str) else (
+            default_methods(self.base_spec) if self.methods is None else tuple(self.methods))
         bad = [m for m in methods if m not in METHODS]
         if bad or not methods or len(set(methods)) != len(methods):
             raise QslmError(f"methods must be distinct names among {list(METHODS)}, got {list(methods)}")

@@ -29,7 +29,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
                weights=None, bit_choices: Sequence[int] = DEFAULT_BIT_CHOICES, strategy: str = "tiered",
                max_evaluations: int | None = None, sensitivity_method: str = "exact", seed: int = 0,
                hardware: str = "default_45nm", base_spec: QuantSpec = BASE_SPEC, ignore: Sequence[str] = (),
-               methods: Sequence[str] = ("rtn",), block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB,
+               methods: Sequence[str] | None = None, block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB,
                sensitivity_table: str = "needed",
                calibration_size: int | None = None, validation_size: int | None = None,
                quantizer_calibration_size: int | None = None,
@@ -50,7 +50,8 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
     if config is None:
         config = SearchConfig(bit_choices=tuple(bit_choices), strategy=strategy, max_evaluations=max_evaluations,
                               sensitivity=sensitivity_method, seed=seed, hardware=hardware, base_spec=base_spec,
-                              weights=weights, ignore=tuple(ignore), methods=tuple(methods),
+                              weights=weights, ignore=tuple(ignore),
+                              methods=None if methods is None else tuple(methods),
                               block_cache_mb=block_cache_mb, sensitivity_table=sensitivity_table)
     check_quality_limit(task, KIND[check_task_name(task)] == CLASSIFICATION, constraints or Constraints())
     source = resolve_model_path(model_ref)

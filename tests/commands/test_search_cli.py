@@ -83,6 +83,8 @@ def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, c
     (["--max-memory", "2.0"], "--max-memory '2.0' is ambiguous"),
     (["--max-energy", "1500"], "--max-energy '1500' is ambiguous"),
     (["--max-memory", "3 lots"], "unknown unit 'lots'"),
+    (["--methods", "rtn,awq"], "methods must be distinct names among ['rtn', 'gptq', 'codebook'], got ['rtn', 'awq']"),
+    (["--methods", ","], "methods must be distinct names"),
 ])
 def test_bad_options_exit_2(tiny_classifier, tmp_path, capsys, argv, message):
     code = main(["search", str(tiny_classifier), "--task", "sst2", "--out", str(tmp_path / "out"), *argv])
@@ -123,6 +125,9 @@ def test_counts_and_limits_that_are_accepted():
     assert options_from_args(args)["sensitivity_table"] == "needed"
     args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--sensitivity-table", "full"])
     assert options_from_args(args)["sensitivity_table"] == "full"
+    assert options_from_args(args)["methods"] is None  # the search's default: every method
+    args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--methods", "rtn, gptq"])
+    assert options_from_args(args)["methods"] == ("rtn", "gptq")
 
 
 def test_out_is_checked_before_any_work(tiny_classifier, tiny_lm, tmp_path, capsys, monkeypatch):

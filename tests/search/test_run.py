@@ -117,17 +117,19 @@ def test_rerun_resumes_without_new_evaluations(base, tiny_classifier, small_data
 
 
 def test_interrupted_search_reuses_its_journal(tiny_classifier, small_data_dir, tmp_path_factory, monkeypatch):
+    # rtn alone, so that a key is the units' widths (with several methods it names them too, and the check of
+    # equal-bytes methods measures plans of its own: tests/search/test_engine.py resumes such a search)
     out = tmp_path_factory.mktemp("interrupt") / "out"
     cache = shared_cache(tmp_path_factory)
     calls = interrupt_at(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
-        search(tiny_classifier, out, small_data_dir, cache, strategy="uniform")
+        search(tiny_classifier, out, small_data_dir, cache, strategy="uniform", methods=("rtn",))
     assert len(calls) == 4 and not (out / "model.safetensors").exists()
     journaled = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()[1:]]
     assert [e["key"] for e in journaled] == [assignment_key({u: s.bits for u, s in p.units.items()})
                                               for p in calls[:3]]
     monkeypatch.undo()
-    resumed = search(tiny_classifier, out, small_data_dir, cache, strategy="uniform")
+    resumed = search(tiny_classifier, out, small_data_dir, cache, strategy="uniform", methods=("rtn",))
     report = resumed.report
     assert report["status"] == "feasible"
     assert report["evaluations"] == {"total": 6, "new": 3}
