@@ -5,11 +5,11 @@
 For every unit and width, each method that applies is weighed two ways: the model's damage (the unit alone
 quantized, the whole model run on the calibration inputs, KL to the float outputs: what the choice used to
 measure) and the unit's output error on its quantizer calibration inputs (``UnitHessian.output_error``: no
-forward pass). The choice (``qslm.search.methods.choose_methods``) is made with each, units without a
-Hessian keeping the model's damage in both. Printed per width: the methods each picks, how many units they
-agree on, and the sum of the model's damage of each one's picks (lower is better; the damage choice is the
-best this sum can be among the methods of equal bytes), and the seconds the fits and each way of weighing
-took.
+forward pass). The choice (``qslm.search.methods.MethodChoice``) is made with each, units without a Hessian
+keeping the model's damage in both, as in a search. Printed per width: the methods each picks, how many
+units they agree on, and the sum of the model's damage of each one's picks (lower is better; the damage
+choice is the best this sum can be among the methods of equal bytes), and the seconds the fits and each way
+of weighing took.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from qslm.quant.memory import unit_bytes  # noqa: E402
 from qslm.quant.plan import QuantPlan  # noqa: E402
 from qslm.quant.units import quantizable_units  # noqa: E402
 from qslm.search.config import BASE_SPEC, DEFAULT_METHODS  # noqa: E402
-from qslm.search.methods import applicable, choose_methods, output_errors, record_context  # noqa: E402
+from qslm.search.methods import MethodChoice, applicable, output_errors, record_context  # noqa: E402
 from qslm.tasks.presets import build_task, default_task  # noqa: E402
 
 
@@ -71,9 +71,10 @@ def main() -> None:
     def stored(name, spec):
         return unit_bytes(units[name], spec)
 
-    def choice(by_error: bool):
-        return choose_methods(list(units), widths, DEFAULT_METHODS, BASE_SPEC, context,
-                              lambda u, s: error[(u, s)] if by_error and (u, s) in error else damage[(u, s)], stored)
+    def choice(by_error: bool):  # the search's own split: the units with a Hessian by ``local``
+        return MethodChoice(list(units), widths, DEFAULT_METHODS, BASE_SPEC, context,
+                            lambda jobs: [damage[job] for job in jobs], stored,
+                            local=(lambda jobs: [error[job] for job in jobs]) if by_error else None).decide_all()
 
     by_damage, by_error = choice(False), choice(True)
     with_hessian = sum(context.hessian(u) is not None for u in units)

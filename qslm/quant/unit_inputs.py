@@ -45,7 +45,7 @@ class UnitHessian:
     def output_error(self, delta: torch.Tensor) -> float:
         """The mean over the recorded inputs x of ``||delta x||^2``, for a change ``delta`` of the weight
         (its [rows, cols] view): how far a quantized unit's outputs move on its calibration inputs."""
-        d = delta.detach().reshape(delta.shape[0] if delta.dim() else 1, -1).to(torch.float64)
+        d = delta.detach().reshape(matrix_shape(delta.shape)).to(torch.float64)
         return float(((d @ self.xtx) * d).sum()) / max(self.samples, 1)
 
 

@@ -97,7 +97,8 @@ class MethodChoice:
         self.units, self.widths, self.methods, self.base = list(units), sorted(bit_choices), tuple(methods), base
         self.context, self.measure, self.stored_bytes, self.units_budget = context, measure, stored_bytes, units_budget
         self._damage: dict[tuple[str, str, int], float] = {}  # each unit's own kind (local or measured)
-        self._measured: dict[tuple[str, str, int], float] = {}  # ``measure``'s, comparable across units
+        # ``measure``'s damages of locally weighed units, to rank them against the others when the limit bites
+        self._measured: dict[tuple[str, str, int], float] = {}
         only_rtn = all(m == "rtn" for m in self.methods)  # nothing to choose: every width decided now
         self._chosen: dict[str, dict[int, str]] = {u: dict.fromkeys(self.widths, "rtn") if only_rtn else {}
                                                    for u in self.units}
@@ -204,7 +205,7 @@ class MethodChoice:
     def _measured_options(self, bits: int, at_lowest: dict[str, tuple[Option, Option]]
                           ) -> dict[str, tuple[Option, Option]]:
         """``at_lowest`` with ``measure``'s damages for the locally weighed units that took a pricier method
-        (the others already have them)."""
+        (the others were weighed by ``measure`` already)."""
         weighed = [u for u, (cheap, pick) in at_lowest.items() if u in self._local_units and pick.bytes > cheap.bytes]
         jobs = [(u, self._spec_with(bits, o.method)) for u in weighed for o in at_lowest[u]
                 if (u, o.method, bits) not in self._measured]
@@ -225,8 +226,6 @@ class MethodChoice:
             if batch:
                 for (unit, spec), damage in zip(batch, kind(batch)):
                     self._damage[(unit, spec.method, spec.bits)] = float(damage)
-                    if kind is self.measure:
-                        self._measured[(unit, spec.method, spec.bits)] = float(damage)
 
 
 def output_errors(model: nn.Module, context: QuantContext, weights: WeightCache) -> Callable[[str, QuantSpec], float]:
