@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from .headline import headline
 from .quant.plan import FLOAT_BITS
 
 
@@ -120,8 +121,10 @@ def markdown(report: dict) -> str:
     base, final = report["baseline"], report.get("final")
     metric_name = report["metric_name"]
     lines = [f"# QSLM report: {report['model']} on {report['task']}", ""]
-    lines.append(f"Status: **{report['status']}**. Strategy `{report['config']['strategy']}`, "
-                 f"{len(report['candidates'])} candidate evaluations, {report['seconds']['total']:.0f} s in all.")
+    lines += headline(report)
+    lines.append("")
+    lines.append(f"Strategy `{report['config']['strategy']}`, {len(report['candidates'])} candidate evaluations, "
+                 f"{report['seconds']['total']:.0f} s in all.")
     lines.append("")
     if final:
         split = final["split"]
@@ -178,10 +181,13 @@ def markdown(report: dict) -> str:
         lines.append("")
     lines += ["## Candidates evaluated", ""]
     lines += [f"Metric: {metric_name} on the validation data.", ""]
-    lines += ["| # | tier | metric | quality loss | memory % | energy % | feasible |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["Quality loss: the estimate and its upper bound on the search part of the validation examples.", ""]
+    lines += ["| # | tier | metric | quality loss | bound | memory % | energy % | feasible |",
+              "|---|---|---|---|---|---|---|---|"]
     for c in report["candidates"]:
+        bound = c.get("quality_bound")
         lines.append(f"| {c['index']} | {c['tier']} | {c['metric']:.4f} | {c['quality_loss']:.4g} | "
+                     f"{'n/a' if bound is None else f'{bound:.4g}'} | "
                      f"{100 * c['memory_fraction']:.2f} | {100 * c['energy_fraction']:.2f} | "
                      f"{'yes' if c['feasible'] else 'no'} |")
     lines.append("")

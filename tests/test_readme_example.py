@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.handwritten import HandwrittenSpikingClassifier, make_data, train
@@ -32,17 +33,18 @@ def test_your_own_model_example_runs(tmp_path, monkeypatch, capsys):
     code = example("Your own model")
     assert "qslm.Task(" in code and "qslm.search(" in code and "qslm.load_quantized(" in code
     torch.manual_seed(0)
-    ids, labels = make_data(n=288)
+    ids, labels = make_data(n=1920)
     model = train(HandwrittenSpikingClassifier(), ids[:160], labels[:160], steps=120)
-    batches = [(ids[i:i + 32], labels[i:i + 32]) for i in range(0, 288, 32)]
+    batches = [(ids[i:i + 32], labels[i:i + 32]) for i in range(0, 1920, 32)]
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QSLM_CACHE_DIR", str(tmp_path / "cache"))
-    namespace = {"model": model, "MyModel": HandwrittenSpikingClassifier, "accuracy": accuracy,
-                 "train_batches": batches[:5], "val_batches": batches[5:7], "test_batches": batches[7:]}
+    namespace = {"model": model, "MyModel": HandwrittenSpikingClassifier,
+                 "train_batches": batches[:5], "val_batches": batches[5:35], "test_batches": batches[35:]}
     exec(compile(code, str(README), "exec"), namespace)
     result, packed = namespace["result"], namespace["packed"]
     assert result.report["status"] == "feasible"
     assert result.out == Path("out/mine") and (tmp_path / "out" / "mine" / "model.safetensors").is_file()
-    assert str(result.report["baseline"]["memory_bytes"]) in capsys.readouterr().out
+    assert result.report["headline"][0] in capsys.readouterr().out
     assert result.report["final"]["memory_bytes"] <= 0.25 * result.report["baseline"]["memory_bytes"]
-    assert accuracy(packed, batches[7:]) == result.report["final"]["metric"]
+    assert result.report["quality"]["bounded"] and result.report["quality"]["confidence"] == 0.9
+    assert accuracy(packed, batches[35:]) == pytest.approx(result.report["final"]["metric"])

@@ -7,6 +7,7 @@ import sys
 
 from ..errors import QslmError
 from ..quant.quantizer import SCALE_DTYPES
+from ..search.confidence import DEFAULT_CONFIDENCE
 from ..search.config import BASE_SPEC, DEFAULT_BLOCK_CACHE_MB, SENSITIVITY_TABLES
 from ..search.strategies import strategy_names
 from ..tasks.presets import DEFAULT_SIZES
@@ -58,6 +59,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                              "e.g. 0.03 for +3%%")
     parser.add_argument("--max-ppl-increase", dest="max_relative_increase", type=float, default=None,
                         help=argparse.SUPPRESS)  # the former name, kept so existing commands still run
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                        help="a quality limit holds when the upper bound of the loss at this confidence is within "
+                             f"it, on per-example scores (default {DEFAULT_CONFIDENCE}; 0.5: the estimate alone)")
     parser.add_argument("--max-memory", default=None,
                         help="max memory: a fraction of FP32 in (0, 1] (0.125), a percentage (12.5%%) or a size "
                              "with a unit (3MB, 3MiB, 512kB, 3145728B)")
@@ -116,6 +120,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
+    from ..search.confidence import check_confidence
     from ..search.limits import parse_energy_limit, parse_memory_limit, parse_quality_limit
     from ..search.objective import Constraints, parse_weights
 
@@ -123,7 +128,8 @@ def options_from_args(args: argparse.Namespace) -> dict:
     constraints = Constraints(parse_quality_limit(args.max_drop, "--max-drop"),
                               parse_quality_limit(args.max_relative_increase, "--max-relative-increase"),
                               parse_memory_limit(args.max_memory, "--max-memory"),
-                              parse_energy_limit(args.max_energy, "--max-energy"))
+                              parse_energy_limit(args.max_energy, "--max-energy"),
+                              check_confidence(args.confidence, "--confidence"))
     return dict(
         constraints=constraints,
         weights=parse_weights(args.weights), bit_choices=parse_bits(args.bits), strategy=args.strategy,
@@ -143,8 +149,9 @@ def print_summary(result) -> None:
     hib = report["higher_is_better"]
     base, final = report["baseline"], report.get("final")
     if final is None:
-        print(f"no plan meets the constraints ({report['status']}); closest plans are listed in "
-              f"{result.out / 'report.md'}")
+        for line in report["headline"]:
+            print(line.replace("**", ""))
+        print(f"closest plans are listed in {result.out / 'report.md'}")
         return
     split = final["split"] + (f", first {report['reported_limit']}" if report.get("reported_limit") else "")
     rows = [
@@ -158,9 +165,8 @@ def print_summary(result) -> None:
          f"{-final['quality_loss']:+.4g}" if hib else f"{100 * final['quality_loss']:+.2f}%"],
     ]
     print_table(rows, ["", "FP32", "QSLM", "change"])
-    if not final["quality_within_limit"]:
-        print(f"warning: the plan met the quality constraint on the validation slice but loses "
-              f"{final['quality_loss']:.3g} on {split}, over the limit", file=sys.stderr)
+    for line in report["headline"]:
+        print(line.replace("**", ""), file=sys.stdout if final["quality_within_limit"] else sys.stderr)
     print(f"{len(report['candidates'])} candidates evaluated in {report['seconds']['total']:.0f} s; "
           f"model and report written to {result.out}")
 

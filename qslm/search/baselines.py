@@ -163,7 +163,7 @@ def nsga2_search(problem: SearchProblem, evaluations: int, seed: int) -> Candida
     def constrain(trial, candidate: Candidate) -> tuple[float, float]:
         # Optuna treats values <= 0 as satisfied.
         quality_limit = problem.constraints.quality_limit(problem.baseline.higher_is_better)
-        trial.set_constraint("quality", candidate.score.quality_loss - quality_limit
+        trial.set_constraint("quality", candidate.score.judged_loss - quality_limit
                              if quality_limit is not None else 0.0)
         trial.set_constraint("memory", (candidate.memory_bytes - memory_limit) / memory_limit
                              if memory_limit else 0.0)

@@ -40,6 +40,7 @@ from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache, default_cache_dir, model_hash
 from ..checkpoint import load_quantized, write_quantized_files
 from ..errors import QslmError
+from ..headline import headline
 from ..outputs import OutputFolder, check_writable_folder
 from ..quant.apply import WeightCache
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
@@ -55,8 +56,11 @@ from .journal import Journal, assignment_key
 from .measure import Measurements, SensitivityTable, cache_file
 from .measure import task_metric as _metric
 from .methods import BytesByWidth, MethodChoice, output_errors, record_context
+from ..tasks.scores import check_same_examples
+from .confidence import QualityJudge
 from .objective import Baseline, Constraints
 from .problem import SearchProblem
+from .selection import confirmed_choice
 from .strategies import StrategyContext, run_strategy
 
 JOURNAL_FILE = "journal.jsonl"
@@ -130,9 +134,11 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         raise QslmError(f"{label} is already quantized; search starts from a float model")
     groups, units = hierarchy.groups(), dict(hierarchy.units)
     op_counts = _profile(model, task, hierarchy)
-    baseline_metric = _metric(task.evaluate, model, "evaluate")
+    float_measured = _metric(task.evaluate, model, "evaluate", task.scores_are_nll)
+    judge = QualityJudge(float_measured, task.higher_is_better, task.scores_are_nll, constraints.confidence,
+                         config.seed)
     fixed = fixed_bytes(model) + sum(unit_bytes(u, None) for n, u in all_units.items() if n not in units)
-    baseline = Baseline(baseline_metric, task.higher_is_better, fixed + sum(unit_bytes(u, None) for u in units.values()),
+    baseline = Baseline(float_measured.metric, task.higher_is_better, fixed + sum(unit_bytes(u, None) for u in units.values()),
                         energy_per_inference(op_counts, None, profile).total_pj,
                         latency_per_inference(op_counts, None, profile))
     seconds["profile"] = time.perf_counter() - t0
@@ -167,7 +173,8 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
                    if journal.get(k) is None and k not in ahead}
         ahead.update({k: p.result() for k, p in pending.items()})
         checked.append({"bits": next(iter(chosen.values())).bits, "measured": len(pending)})
-        ours, theirs = (journal.get(k)["metric"] if journal.get(k) is not None else ahead[k][0] for k in keys)
+        ours, theirs = (journal.get(k)["metric"] if journal.get(k) is not None else ahead[k][0].metric
+                        for k in keys)
         return ours >= theirs if task.higher_is_better else ours <= theirs
 
     # each width's methods chosen when the search first needs that width, all units together
@@ -205,7 +212,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         latency_s=lambda a: latency_per_inference(op_counts, a, profile),
         sensitivity=lambda members, bits: sensitivity.measure(tuple(members), bits)["damage"],
         measure_sensitivities=lambda jobs: sensitivity.measure_together(jobs, progress),
-        baseline=baseline,
+        baseline=baseline, judge=judge,
         constraints=constraints, weights=config.weights, journal=journal,
         max_evaluations=config.max_evaluations, progress=progress)
 
@@ -216,7 +223,8 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
             (weight_cache.dequantized(u, weights[u], spec_of(u, b), context) - weights[u]).detach().pow(2).sum())
 
     run_strategy(config.strategy, problem, StrategyContext(config.seed, config.budget, hawq_omega))
-    best = problem.best()
+    selection = confirmed_choice(problem)
+    best = selection.chosen
     measured_in_search = sensitivity.seconds - measured_before_search  # sensitivities the strategy asked for
     seconds["sensitivity"] += measured_in_search
     seconds["search"] = time.perf_counter() - t0 - measured_in_search
@@ -226,7 +234,8 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     t0 = time.perf_counter()
     test = task.test or task.evaluate
     split = task.test_split if task.test is not None else "validation"
-    reported_metric = _metric(test, model, "test")
+    float_reported = _metric(test, model, "test" if task.test is not None else "evaluate", task.scores_are_nll)
+    reported_metric = float_reported.metric
     report = {
         **notes, "model": label, "model_hash": digest, "task": task.name, "metric_name": task.metric_name,
         "higher_is_better": task.higher_is_better,
@@ -249,8 +258,12 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     }
     plan, packed, model_files = None, None, {}
     staging = folder.staging()
+    quality = {**judge.describe(), "limit": constraints.quality_limit(task.higher_is_better),
+               "selection": selection.to_dict()}
+    report["quality"] = quality
     if best is None:
         report.update(status="infeasible", closest=[c.to_dict() for c in problem.closest()], final=None, chosen=None)
+        quality["certifiable"] = _certifiable(problem, judge, quality["limit"])
     else:
         plan = measurements.plan(best.assignment)
         model_files = write_quantized_files(model, plan, staging, context=context)
@@ -258,26 +271,46 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
             write(staging / name)
             model_files[name] = staging / name
         packed = load_quantized(copy.deepcopy(model), staging)  # every final figure comes from what was written
-        final_metric = _metric(test, packed, "test")
+        final_measured = _metric(test, packed, "test" if task.test is not None else "evaluate",
+                                 task.scores_are_nll)
+        check_same_examples(final_measured, float_reported, "Task.test" if task.test is not None else "Task.evaluate")
+        final_metric = final_measured.metric
+        test_loss = judge.whole(final_measured, float_reported)
         final_ops = _profile(packed, task)
         stored = {u: bytes_table[u][b] for u, b in best.assignment.items()}
         final_energy = energy_per_inference(final_ops, best.assignment, profile, unit_bytes=stored).total_pj
-        loss = (reported_metric - final_metric) if task.higher_is_better else final_metric / reported_metric - 1
-        limit = constraints.quality_limit(task.higher_is_better)
+        loss = test_loss.estimate
+        limit = quality["limit"]
+        quality.update(search=judge.search(best.measured).to_dict(), validation=judge.whole(best.measured).to_dict(),
+                       test=test_loss.to_dict() | {"split": split},
+                       test_within_limit=limit is None or loss <= limit + 1e-12)
+        # "feasible": a plan met the constraints on the validation data; the headline and
+        # quality.test_within_limit say whether the limit also held on the test split
         report.update(status="feasible", chosen=best.to_dict(), final={
             "split": split, "metric": final_metric, "quality_loss": loss,
-            "quality_within_limit": limit is None or loss <= limit,
+            "quality_within_limit": quality["test_within_limit"],
             "memory_bytes": safetensors_tensor_bytes(model_files[WEIGHTS_FILE]),
             "memory_bytes_predicted": best.memory_bytes, "energy_pj": final_energy,
             "power_mw": power_mw(final_energy, profile), "latency_s": _latency(packed, task),
             "modelled_latency_s": latency_per_inference(final_ops, best.assignment, profile, unit_bytes=stored),
             "plan_file": PLAN_FILE})
+    report["headline"] = headline(report)
     seconds["verify"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     report["seconds"] = seconds
     report_files = write_report(report, staging)
     folder.commit(model_files, last=report_files)
     return SearchResult(out, report, plan, packed)
+
+
+def _certifiable(problem: SearchProblem, judge: QualityJudge, limit: float | None) -> dict | None:
+    """When no plan held the quality limit with confidence: what the validation data can certify, from the
+    candidate with the lowest bound (None without a limit or a bound)."""
+    bounded = [c for c in problem.candidates if c.score.quality_bound is not None]
+    if limit is None or not bounded or any(problem.quality_ok(c) for c in problem.candidates):
+        return None
+    least = min(bounded, key=lambda c: (c.score.quality_bound, c.index))
+    return {"candidate": least.index, **judge.certifiable(judge.search(least.measured), limit)}
 
 
 def _specs_key(specs: Mapping[str, QuantSpec | None]) -> str:

@@ -32,6 +32,7 @@ from ..errors import QslmError
 from ..quant.plan import QuantPlan
 from ..quant.quantizer import QuantSpec
 from ..tasks.base import model_device
+from ..tasks.scores import Measured
 from .measure import Measurements
 
 T = TypeVar("T")
@@ -61,7 +62,7 @@ class Executor(Protocol):
 
     def damage(self, specs: dict[str, QuantSpec]) -> Pending[dict]: ...
 
-    def metric(self, plan: QuantPlan) -> Pending[tuple[float, float]]: ...
+    def metric(self, plan: QuantPlan) -> Pending[tuple[Measured, float]]: ...
 
     def completed(self, pending: Sequence[Pending]) -> Iterator[int]:
         """Positions in ``pending`` as each result is ready (each exactly once)."""
@@ -81,7 +82,7 @@ class InProcess:
         specs = dict(specs)
         return Deferred(lambda: self.measurements.damage_of(specs))
 
-    def metric(self, plan: QuantPlan) -> Deferred[tuple[float, float]]:
+    def metric(self, plan: QuantPlan) -> Deferred[tuple[Measured, float]]:
         return Deferred(lambda: self.measurements.metric_of(plan))
 
     def completed(self, pending: Sequence[Pending]) -> Iterator[int]:
@@ -103,7 +104,7 @@ class Replica:
     def damage(self, specs: dict[str, QuantSpec]) -> dict:
         return self.measurements.damage_of(specs)
 
-    def metric(self, plan: QuantPlan) -> tuple[float, float]:
+    def metric(self, plan: QuantPlan) -> tuple[Measured, float]:
         return self.measurements.metric_of(plan)
 
     def pid(self) -> int:

@@ -1,12 +1,19 @@
 """Append-only journal of candidate evaluations: a crash or Ctrl-C loses at most the evaluation
-in flight, and re-running the same search replays finished evaluations instead of redoing them."""
+in flight, and re-running the same search replays finished evaluations instead of redoing them.
+An entry holds the plan's metric and, when the task gives them, its per-example scores (float64,
+little-endian, base64), so a rerun with another confidence judges the same measurements anew."""
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import QslmError
+from ..tasks.scores import Measured
 
 
 def assignment_key(assignment: dict[str, int]) -> str:
@@ -34,6 +41,20 @@ def _parse_line(raw: bytes, path: Path, line_no: int) -> object:
         return TORN
 
 
+def entry_of(key: str, measured: Measured, seconds: float) -> dict:
+    entry = {"key": key, "metric": measured.metric, "latency_s": seconds}
+    if measured.scores is not None:
+        entry["scores"] = base64.b64encode(measured.scores.astype("<f8").tobytes()).decode("ascii")
+    return entry
+
+
+def measured_of(entry: dict) -> Measured:
+    """The measurement an entry (checked by ``check_entry``) records."""
+    scores = entry.get("scores")
+    return Measured(entry["metric"], None if scores is None else np.frombuffer(
+        base64.b64decode(scores), dtype="<f8").astype(np.float64))
+
+
 def check_entry(entry: object, path: Path, line_no: int) -> dict:
     """An evaluation entry as ``add`` writes it: an object with a string ``key`` and numeric results."""
     where = f"journal {path}:{line_no}"
@@ -47,6 +68,15 @@ def check_entry(entry: object, path: Path, line_no: int) -> dict:
         if not _is_number(entry.get(name)):
             raise QslmError(f"{where}: {name!r} must be a number, got {entry.get(name)!r:.60}; the journal is "
                             f"corrupt, remove it to start over")
+    scores = entry.get("scores")
+    if scores is not None:
+        try:
+            raw = base64.b64decode(scores, validate=True) if isinstance(scores, str) else None
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None or not raw or len(raw) % 8:
+            raise QslmError(f"{where}: 'scores' must be base64 of float64 values, got {str(scores)!r:.60}; the "
+                            "journal is corrupt, remove it to start over")
     return entry
 
 

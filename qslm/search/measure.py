@@ -8,7 +8,6 @@ depends on where or in which order the measurements ran.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -29,6 +28,7 @@ from ..quant.apply import QuantContext, WeightCache, fake_quantized
 from ..quant.plan import FLOAT_BITS, QuantPlan
 from ..quant.quantizer import QuantSpec
 from ..tasks.base import Task, inputs_digest
+from ..tasks.scores import Measured, read_measurement
 from .config import SearchConfig
 from .methods import SpecOf, base_spec_of
 
@@ -36,15 +36,13 @@ if TYPE_CHECKING:
     from .executors import Executor
 
 
-def task_metric(function: Callable[[nn.Module], float], model: nn.Module, what: str) -> float:
-    """``function(model)`` without gradients, checked to be one finite number."""
+def task_metric(function: Callable[[nn.Module], object], model: nn.Module, what: str,
+                scores_are_nll: bool = False) -> Measured:
+    """``function(model)`` without gradients, read as the task's metric and its per-example scores
+    (``qslm.tasks.scores``); ``what`` names the call in errors (``evaluate``, ``test``)."""
     with torch.no_grad():
         value = function(model)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise QslmError(f"the task's {what} function must return a finite number, got {value!r}")
-    return float(value)
+    return read_measurement(value, f"Task.{what}", scores_are_nll)
 
 
 def block_routes(hierarchy: Hierarchy, method: str) -> dict[str, str]:
@@ -111,15 +109,15 @@ class Measurements:
             with self._reusing_blocks():
                 return self.reference.damage()
 
-    def metric(self, assignment: dict[str, int]) -> tuple[float, float]:
+    def metric(self, assignment: dict[str, int]) -> tuple[Measured, float]:
         """(the metric of ``assignment``, seconds it took)."""
         return self.metric_of(self.plan(assignment))  # the plan first: choosing a method measures
 
-    def metric_of(self, plan: QuantPlan) -> tuple[float, float]:
+    def metric_of(self, plan: QuantPlan) -> tuple[Measured, float]:
         self._fresh_state()
         with fake_quantized(self.model, plan, self.weights, self.context), \
                 self._reusing_blocks(store_first=True):
-            return timed(lambda: task_metric(self.task.evaluate, self.model, "evaluate"))
+            return timed(lambda: task_metric(self.task.evaluate, self.model, "evaluate", self.task.scores_are_nll))
 
     def _reusing_blocks(self, store_first: bool = False):
         return self.block_cache.serving(store_first) if self.block_cache is not None else nullcontext()

@@ -1,6 +1,7 @@
 """Constraints and the multi-objective cost that every search strategy shares.
 
-Quality is measured against the float model on the same data:
+Quality is measured against the float model on the same data, example by example where the task gives
+per-example scores, and judged by the upper bound of the loss at ``confidence`` (``qslm.search.confidence``):
   * higher-is-better metrics: absolute drop in the metric's own units (``max_drop``; the built-in
     classification tasks report accuracy in percent, so 1.0 is one point),
   * lower-is-better metrics (perplexity, loss): relative increase (``max_relative_increase``,
@@ -22,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import QslmError
+from .confidence import DEFAULT_CONFIDENCE, Bound, check_confidence
 from .limits import Limit, parse_energy_limit, parse_memory_limit, parse_quality_limit
 
 OBJECTIVE_TERMS = ("quality", "memory", "energy", "latency")
@@ -36,6 +38,7 @@ class Constraints:
     max_relative_increase: float | None = None  # relative, lower-is-better metrics
     max_memory: Limit | float | str | None = None
     max_energy: Limit | float | str | None = None
+    confidence: float = DEFAULT_CONFIDENCE
 
     def __post_init__(self):
         # frozen: normalised once, here, so every reader sees numbers and Limits
@@ -43,6 +46,7 @@ class Constraints:
             object.__setattr__(self, name, parse_quality_limit(getattr(self, name), f"constraint {name}"))
         object.__setattr__(self, "max_memory", parse_memory_limit(self.max_memory, "constraint max_memory"))
         object.__setattr__(self, "max_energy", parse_energy_limit(self.max_energy, "constraint max_energy"))
+        object.__setattr__(self, "confidence", check_confidence(self.confidence, "constraint confidence"))
 
     def quality_limit(self, higher_is_better: bool) -> float | None:
         return self.max_drop if higher_is_better else self.max_relative_increase
@@ -57,7 +61,8 @@ class Constraints:
         """What was asked (JSON-ready), and with the FP32 figures, the limits in bytes and pJ."""
         asked = {"max_drop": self.max_drop, "max_relative_increase": self.max_relative_increase,
                  "max_memory": None if self.max_memory is None else self.max_memory.asked,
-                 "max_energy": None if self.max_energy is None else self.max_energy.asked}
+                 "max_energy": None if self.max_energy is None else self.max_energy.asked,
+                 "confidence": self.confidence}
         if fp32_bytes is not None:
             asked["memory_limit_bytes"] = self.memory_limit_bytes(fp32_bytes)
         if fp32_pj is not None:
@@ -99,30 +104,32 @@ class Baseline:
 
 @dataclass
 class Score:
-    quality_loss: float  # accuracy points dropped, or relative perplexity increase
+    quality_loss: float  # accuracy points dropped, or relative perplexity increase (the search part's estimate)
     memory_fraction: float
     energy_fraction: float
     latency_fraction: float
     feasible: bool
     violations: list[str] = field(default_factory=list)
     objective: float = 0.0
+    quality_bound: float | None = None  # its upper bound at the constraints' confidence (None: one number)
+
+    @property
+    def judged_loss(self) -> float:
+        """What the quality limit is checked against: the bound, or the estimate without one."""
+        return self.quality_loss if self.quality_bound is None else self.quality_bound
 
 
-def quality_loss(metric: float, baseline: Baseline) -> float:
-    """Higher-is-better metrics lose absolutely, in their own units; lower-is-better ones relatively."""
-    if baseline.higher_is_better:
-        return baseline.metric - metric
-    return metric / baseline.metric - 1.0
-
-
-def score(metric: float, memory_bytes: int, energy_pj: float, latency_s: float, baseline: Baseline,
+def score(quality: Bound, memory_bytes: int, energy_pj: float, latency_s: float, baseline: Baseline,
           constraints: Constraints, weights: dict[str, float]) -> Score:
-    loss = quality_loss(metric, baseline)
+    """``quality``: the plan's loss against the float model (``QualityJudge.search``)."""
+    loss = quality.estimate
     violations = []
     quality_limit = constraints.quality_limit(baseline.higher_is_better)
-    if quality_limit is not None and loss > quality_limit + 1e-12:
+    if quality_limit is not None and quality.judged > quality_limit + 1e-12:
         unit = "points" if baseline.higher_is_better else "relative"
-        violations.append(f"quality loss {loss:.4g} > {quality_limit:g} {unit}")
+        what = (f"quality loss bound {quality.upper:.4g} (at {constraints.confidence:g} confidence)"
+                if quality.bounded else f"quality loss {loss:.4g}")
+        violations.append(f"{what} > {quality_limit:g} {unit}")
     memory_limit = constraints.memory_limit_bytes(baseline.memory_bytes)
     if memory_limit is not None and memory_bytes > memory_limit:
         violations.append(f"memory {memory_bytes} B > {memory_limit:.0f} B")
@@ -132,7 +139,8 @@ def score(metric: float, memory_bytes: int, energy_pj: float, latency_s: float, 
     default_scale = 1.0 if baseline.higher_is_better else 0.01
     quality_term = max(loss, 0.0) / (quality_limit or default_scale)
     result = Score(loss, memory_bytes / baseline.memory_bytes, energy_pj / baseline.energy_pj,
-                   latency_s / baseline.latency_s if baseline.latency_s else 1.0, not violations, violations)
+                   latency_s / baseline.latency_s if baseline.latency_s else 1.0, not violations, violations,
+                   quality_bound=quality.upper)
     result.objective = (weights["quality"] * quality_term + weights["memory"] * result.memory_fraction
                         + weights["energy"] * result.energy_fraction + weights["latency"] * result.latency_fraction)
     return result

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from ..tasks.scores import Measured, check_same_examples
+from .confidence import Bound, QualityJudge
 from .executors import Deferred, Pending
-from .journal import Journal, assignment_key
+from .journal import Journal, assignment_key, entry_of, measured_of
 from .objective import Baseline, Constraints, Score, score
 
 Assignment = dict[str, int]
@@ -33,6 +35,7 @@ class Candidate:
     measured_latency_s: float  # wall-clock seconds of the validation run: reported only (it is noisy)
     score: Score
     resumed: bool = False
+    measured: Measured | None = None  # the metric and its per-example scores, when the task gave them
 
     def to_dict(self) -> dict:
         return {"index": self.index, "tier": self.tier, "metric": self.metric, "memory_bytes": self.memory_bytes,
@@ -40,6 +43,7 @@ class Candidate:
                 "measured_latency_s": self.measured_latency_s, "quality_loss": self.score.quality_loss,
                 "memory_fraction": self.score.memory_fraction, "energy_fraction": self.score.energy_fraction,
                 "latency_fraction": self.score.latency_fraction, "objective": self.score.objective,
+                "quality_bound": self.score.quality_bound,
                 "feasible": self.score.feasible, "violations": self.score.violations, "resumed": self.resumed,
                 "assignment": self.assignment}
 
@@ -47,7 +51,9 @@ class Candidate:
 @dataclass
 class SearchProblem:
     """``groups`` maps each block (and each top-level unit, as its own group) to its units, in model order.
-    ``measure_metric(assignment) -> (metric, seconds)`` runs the fake-quantized model on the validation slice.
+    ``measure_metric(assignment) -> (Measured, seconds)`` runs the fake-quantized model on the validation
+    slice; ``judge`` turns a measurement into its quality loss against the float model (on the search part
+    of the examples, with its confidence bound).
     ``unit_bytes[unit][bits]`` and ``fixed_bytes`` give exact memory; ``energy_pj(assignment)`` the energy and
     ``latency_s(assignment)`` the modelled latency per inference (deterministic: the measured seconds
     are only recorded, so noisy timings never change which plan wins).
@@ -58,19 +64,20 @@ class SearchProblem:
     ``Pending``); ``speculation`` is how many plans a strategy may have measured ahead of need."""
     groups: dict[str, list[str]]
     bit_choices: list[int]
-    measure_metric: Callable[[Assignment], tuple[float, float]]
+    measure_metric: Callable[[Assignment], tuple[Measured, float]]
     unit_bytes: dict[str, dict[int, int]]
     fixed_bytes: int
     energy_pj: Callable[[Assignment], float]
     latency_s: Callable[[Assignment], float]
     sensitivity: Callable[[tuple[str, ...], int], float]
     baseline: Baseline
+    judge: QualityJudge
     constraints: Constraints
     weights: dict[str, float]
     journal: Journal
     max_evaluations: int | None = None
     progress: bool = True
-    submit_metric: Callable[[Assignment], Pending[tuple[float, float]]] | None = None
+    submit_metric: Callable[[Assignment], Pending[tuple[Measured, float]]] | None = None
     speculation: int = 1
     measure_sensitivities: Callable[[list[tuple[tuple[str, ...], int]]], object] | None = None
     # what identifies a plan's measurement in the journal (by default its bit-widths)
@@ -78,7 +85,7 @@ class SearchProblem:
     candidates: list[Candidate] = field(default_factory=list)
     _seen: dict[str, Candidate] = field(default_factory=dict)
     # measurements submitted ahead of need: not candidates (nor journaled) until ``evaluate`` asks for them
-    _pending: dict[str, Pending[tuple[float, float]]] = field(default_factory=dict)
+    _pending: dict[str, Pending[tuple[Measured, float]]] = field(default_factory=dict)
 
     @property
     def units(self) -> list[str]:
@@ -135,7 +142,7 @@ class SearchProblem:
             candidates.append(self.evaluate(assignment, tier))
         return candidates
 
-    def _submit(self, assignment: Assignment) -> Pending[tuple[float, float]]:
+    def _submit(self, assignment: Assignment) -> Pending[tuple[Measured, float]]:
         if self.submit_metric is not None:
             return self.submit_metric(assignment)
         assignment = dict(assignment)
@@ -150,15 +157,20 @@ class SearchProblem:
         resumed = entry is not None
         if entry is None:
             pending = self._pending.pop(key, None) or self._submit(assignment)
-            metric, seconds = pending.result()
-            entry = {"key": key, "metric": metric, "latency_s": seconds}  # journal key: measured seconds
+            measured, seconds = pending.result()
+            check_same_examples(measured, self.judge.reference, "Task.evaluate")
+            entry = entry_of(key, measured, seconds)  # latency_s: the measured seconds
             self.journal.add(entry)
+        else:
+            measured = measured_of(entry)
+            check_same_examples(measured, self.judge.reference, f"journal {self.journal.path} entry")
         memory = self.memory_bytes(assignment)
         energy = self.energy_pj(assignment)
         latency = self.latency_s(assignment)
-        result = score(entry["metric"], memory, energy, latency, self.baseline, self.constraints, self.weights)
-        candidate = Candidate(len(self.candidates), tier, dict(assignment), entry["metric"], memory, energy,
-                              latency, entry["latency_s"], result, resumed)
+        result = score(self.judge.search(measured), memory, energy, latency, self.baseline, self.constraints,
+                       self.weights)
+        candidate = Candidate(len(self.candidates), tier, dict(assignment), measured.metric, memory, energy,
+                              latency, entry["latency_s"], result, resumed, measured)
         self.candidates.append(candidate)
         self._seen[key] = candidate
         return candidate
@@ -171,7 +183,7 @@ class SearchProblem:
         total = 0.0
         limit = self.constraints.quality_limit(self.baseline.higher_is_better)
         if limit is not None:
-            total += max(0.0, candidate.score.quality_loss - limit) / max(limit, 1e-9)
+            total += max(0.0, candidate.score.judged_loss - limit) / max(limit, 1e-9)
         memory_limit = self.constraints.memory_limit_bytes(self.baseline.memory_bytes)
         if memory_limit is not None:
             total += max(0.0, candidate.memory_bytes - memory_limit) / memory_limit
@@ -193,6 +205,14 @@ class SearchProblem:
         if not feasible:
             return None
         return min(feasible, key=lambda c: (c.score.objective, c.index))
+
+    def feasible_in_order(self) -> list[Candidate]:
+        """The feasible candidates, best (lowest objective) first."""
+        return sorted((c for c in self.candidates if c.score.feasible), key=lambda c: (c.score.objective, c.index))
+
+    def confirmation(self, candidate: Candidate) -> Bound | None:
+        """``candidate``'s loss on the validation examples that took no part in choosing (None: no scores)."""
+        return self.judge.confirmation(candidate.measured)
 
     def closest(self, n: int = 3) -> list[Candidate]:
         return sorted(self.candidates, key=lambda c: (self.violation(c), c.score.objective, c.index))[:n]

@@ -1,12 +1,17 @@
 """A task: the user's data and metric, which is all the search engine knows of them.
 
     task = qslm.Task(
-        evaluate=my_eval,          # callable(model) -> float: the metric on the user's validation data
+        evaluate=my_eval,          # callable(model) -> per-example scores (or one float) on the validation data
         calibration=my_batches,    # re-iterable of model inputs: a tensor, a tuple (positional) or a dict (keyword)
         higher_is_better=True,
         test=my_test_eval,         # optional: run once on the chosen plan, the reported figure
         quantizer_calibration=more_batches,  # optional: what GPTQ and the codebook fit to (default: calibration)
     )
+
+``evaluate`` and ``test`` return one score per example (a 1-D tensor, array or sequence: e.g. 100.0/0.0
+correctness per sentence, or per-token NLL with ``scores_are_nll=True``) or one number; the metric is the
+scores' mean (``qslm.tasks.scores``). Only per-example scores let a limit be judged with confidence,
+paired with the float model example by example; for one number no bound can be applied.
 
 ``max_drop`` limits a higher-is-better metric absolutely, in the metric's own units; a lower-is-better
 metric (perplexity, loss) is limited relatively (``max_relative_increase``).
@@ -26,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import QslmError
+from .scores import read_measurement
 
 DAMAGE_MEASURES = ("auto", "kl", "mse")
 ModelInput = torch.Tensor | tuple | list | Mapping
@@ -33,10 +39,10 @@ ModelInput = torch.Tensor | tuple | list | Mapping
 
 @dataclass
 class Task:
-    evaluate: Callable[[nn.Module], float]
+    evaluate: Callable[[nn.Module], object]  # -> per-example scores, or one float
     calibration: Iterable[ModelInput]
     higher_is_better: bool = True
-    test: Callable[[nn.Module], float] | None = None
+    test: Callable[[nn.Module], object] | None = None
     # outputs -> the tensor whose damage is measured (default: see the module docstring)
     output: Callable[[object], torch.Tensor] | None = None
     # "kl": the compared tensor holds logits over its last dimension; "mse": any values, error normalised
@@ -55,17 +61,27 @@ class Task:
     # identifies the validation data and metric in a search's journal, so a resumed search never mixes in
     # measurements of other data (default: the evaluate function's qualified name and the calibration inputs)
     fingerprint: str | None = None
+    # True: the per-example scores are negative log-likelihoods (nats) and the metric is their perplexity,
+    # exp(mean); a lower-is-better metric. Scale each NLL by tokens/words for word-level perplexity.
+    scores_are_nll: bool = False
 
     def __post_init__(self):
         if not callable(self.evaluate):
-            raise QslmError(f"Task.evaluate must be a callable(model) -> float, got {type(self.evaluate).__name__}")
+            raise QslmError(f"Task.evaluate must be a callable(model) -> per-example scores or a float, got "
+                            f"{type(self.evaluate).__name__}")
         if self.test is not None and not callable(self.test):
-            raise QslmError(f"Task.test must be a callable(model) -> float or None, got {type(self.test).__name__}")
+            raise QslmError(f"Task.test must be a callable(model) -> per-example scores or a float, or None, got "
+                            f"{type(self.test).__name__}")
         if self.output is not None and not callable(self.output):
             raise QslmError(f"Task.output must be a callable(outputs) -> tensor or None, got "
                             f"{type(self.output).__name__}")
         if not isinstance(self.higher_is_better, bool):
             raise QslmError(f"Task.higher_is_better must be True or False, got {self.higher_is_better!r}")
+        if not isinstance(self.scores_are_nll, bool):
+            raise QslmError(f"Task.scores_are_nll must be True or False, got {self.scores_are_nll!r}")
+        if self.scores_are_nll and self.higher_is_better:
+            raise QslmError("Task.scores_are_nll=True makes the metric a perplexity (lower is better); "
+                            "set higher_is_better=False")
         if self.damage not in DAMAGE_MEASURES:
             raise QslmError(f"Task.damage must be one of {list(DAMAGE_MEASURES)}, got {self.damage!r}")
         self.calibration = _reiterable(self.calibration, "calibration")
@@ -73,6 +89,11 @@ class Task:
             self.profile_inputs = _reiterable(self.profile_inputs, "profile_inputs")
         if self.quantizer_calibration is not None:
             self.quantizer_calibration = _reiterable(self.quantizer_calibration, "quantizer_calibration")
+
+    def metric_of(self, value, what: str = "Task.evaluate") -> float:
+        """The metric of what ``evaluate`` or ``test`` returned (the mean of per-example scores, exp of it
+        for NLLs, or the one number given)."""
+        return read_measurement(value, what, self.scores_are_nll).metric
 
     @property
     def profiling(self) -> list[ModelInput]:

@@ -1,4 +1,5 @@
-"""Language modeling as a ``Task``: word-level perplexity of text (lower is better).
+"""Language modeling as a ``Task``: word-level perplexity of text (lower is better), scored per token
+(``word_scaled_nll``) so the search can bound a plan's relative increase with confidence.
 
     task = language_modeling.task(model, tokenizer, validation_text, test_text)
 
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 
+import torch
 from tokenizers import Tokenizer
 from torch import nn
 
 from ..analysis.sensitivity import lm_calibration
 from ..data.text import first_lines
 from ..errors import QslmError
-from ..evaluate import LANGUAGE_MODELING, evaluate_lm, lm_windows
+from ..data.text import word_count
+from ..evaluate import LANGUAGE_MODELING, lm_token_nll, lm_windows
 from .base import Task, check_positive
 
 PROFILE_LINES = 40
@@ -34,6 +37,13 @@ def leading_words(text: str, words: int) -> str:
         if count >= words:
             break
     return "".join(lines)
+
+
+def word_scaled_nll(model: nn.Module, tokenizer: Tokenizer, text: str) -> torch.Tensor:
+    """Each token's NLL times tokens / words of ``text``: exp of their mean is the word-level perplexity,
+    and the search pairs them token by token with the float model's."""
+    nll = lm_token_nll(model, tokenizer, text).double()
+    return nll * (len(nll) / word_count(text))
 
 
 def profile_inputs(tokenizer: Tokenizer, text: str, ctx_len: int) -> list:
@@ -72,15 +82,18 @@ def task(model: nn.Module, tokenizer: Tokenizer, validation_text: str, test_text
         raise QslmError(f"the first {profile_lines} lines of the calibration text are blank; profile more lines")
     validation = leading_words(validation_text, validation_words)
 
-    def perplexity(m: nn.Module) -> float:
-        return evaluate_lm(m, tokenizer, validation, "validation", task=name).perplexity
+    test = None if test_text is None else first_lines(test_text, test_limit)
 
-    def test_perplexity(m: nn.Module) -> float:
-        return evaluate_lm(m, tokenizer, first_lines(test_text, test_limit), test_split, task=name).perplexity
+    def validation_nll(m: nn.Module) -> torch.Tensor:
+        return word_scaled_nll(m, tokenizer, validation)
 
-    return Task(evaluate=perplexity, calibration=[ids for ids, _, _ in calibration.batches],
+    def test_nll(m: nn.Module) -> torch.Tensor:
+        return word_scaled_nll(m, tokenizer, test)
+
+    return Task(evaluate=validation_nll, calibration=[ids for ids, _, _ in calibration.batches],
                 quantizer_calibration=[ids for ids, _, _ in fitted.batches],
-                higher_is_better=False, test=test_perplexity if test_text is not None else None, damage="kl",
+                higher_is_better=False, test=test_nll if test_text is not None else None, damage="kl",
+                scores_are_nll=True,
                 profile_inputs=profile_inputs(tokenizer, profiled, ctx_len), name=name, metric_name=METRIC,
                 test_split=test_split,
-                fingerprint=f"{name}:{METRIC}:{hashlib.sha256(validation.encode()).hexdigest()}")
+                fingerprint=f"{name}:{METRIC} of per-token NLL:{hashlib.sha256(validation.encode()).hexdigest()}")

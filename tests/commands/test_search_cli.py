@@ -15,7 +15,7 @@ from qslm.tasks.presets import DEFAULT_SIZES as DEFAULTS
 
 
 def small_options(small_data_dir, cache_dir) -> list[str]:
-    return ["--data-dir", str(small_data_dir), "--calibration-size", "32", "--validation-size", "64",
+    return ["--data-dir", str(small_data_dir), "--confidence", "0.5", "--calibration-size", "32", "--validation-size", "64",
             "--cache-dir", str(cache_dir), "--device", "cpu"]
 
 
@@ -181,6 +181,6 @@ def test_demo_applies_its_default_constraints(tiny_classifier, small_data_dir, c
     assert "max accuracy drop 1.0 points and max memory 0.125 of FP32" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["constraints"] == {"max_drop": 1.0, "max_relative_increase": None, "max_memory": 0.125,
-                                     "max_energy": None, "energy_limit_pj": None,
+                                     "max_energy": None, "energy_limit_pj": None, "confidence": 0.5,
                                      "memory_limit_bytes": 0.125 * report["baseline"]["memory_bytes"]}
     assert report["final"]["memory_bytes"] <= 0.125 * report["baseline"]["memory_bytes"]

@@ -12,10 +12,12 @@ import random
 
 import pytest
 
+from qslm.search.confidence import QualityJudge
 from qslm.search.executors import Deferred
 from qslm.search.journal import Journal
 from qslm.search.objective import Baseline, Constraints, parse_weights
 from qslm.search.problem import SearchProblem
+from qslm.tasks.scores import Measured
 
 BITS = [2, 4, 8]
 PARAMS = {"a": 1000, "b": 4000, "c": 2000}
@@ -63,10 +65,10 @@ class Synthetic:
     def loss_points(self, assignment: dict[str, int]) -> float:
         return sum(self.loss[unit][bits] for unit, bits in assignment.items())
 
-    def measure(self, assignment: dict[str, int]) -> tuple[float, float]:
+    def measure(self, assignment: dict[str, int]) -> tuple[Measured, float]:
         self.measured.append(dict(assignment))
         seconds = 0.01 if self.timings is None else self.timings.uniform(0.001, 1.0)
-        return BASE_ACCURACY - self.loss_points(assignment), seconds
+        return Measured(BASE_ACCURACY - self.loss_points(assignment)), seconds
 
     def sensitivity(self, units, bits: int) -> float:
         return sum(self.loss[unit][bits] for unit in units)
@@ -87,6 +89,7 @@ class Synthetic:
             unit_bytes={u: {b: unit_bytes(u, b) for b in bits} for u in UNIT_PARAMS}, fixed_bytes=FIXED,
             energy_pj=energy, latency_s=latency, sensitivity=self.sensitivity,
             baseline=Baseline(BASE_ACCURACY, True, FP32_BYTES, FP32_ENERGY, FP32_LATENCY),
+            judge=QualityJudge(Measured(BASE_ACCURACY), True, False, constraints.confidence, seed=0),
             constraints=constraints, weights=parse_weights(weights),
             journal=Journal(self.tmp_path / f"journal-{self.problems}.jsonl", {"problem": self.problems}),
             max_evaluations=max_evaluations, progress=False, speculation=speculation,

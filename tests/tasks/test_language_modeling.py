@@ -43,10 +43,10 @@ def test_evaluate_and_test_are_word_perplexities(loaded, text, small_data_dir):
                                   test_limit=7)
     head = language_modeling.leading_words(text, 300)
     assert 300 <= sum(len(line.split()) + 1 for line in head.splitlines()) < 300 + 200
-    assert task.evaluate(loaded.model) == pytest.approx(
+    assert task.scores_are_nll and task.metric_of(task.evaluate(loaded.model)) == pytest.approx(
         evaluate_lm(loaded.model, loaded.tokenizer, head, "validation").perplexity)
     first = "".join(test_text.splitlines(keepends=True)[:7])
-    assert task.test(loaded.model) == pytest.approx(evaluate_lm(loaded.model, loaded.tokenizer, first, "t").perplexity)
+    assert task.metric_of(task.test(loaded.model)) == pytest.approx(evaluate_lm(loaded.model, loaded.tokenizer, first, "t").perplexity)
 
 
 def test_profile_inputs_are_the_windows_of_the_first_lines(loaded, text):

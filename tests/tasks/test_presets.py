@@ -68,14 +68,14 @@ def test_sst2_matches_the_search_data(classifier, small_data_dir):
         return torch.cat([lp.argmax(-1) == labels for lp, (_, _, labels)
                           in zip(output_log_probs(m, validation), validation.batches)]).float()
 
-    assert task.evaluate(model) == pytest.approx(100 * float(correct(model).mean()))
+    assert torch.equal(task.evaluate(model), 100 * correct(model).double())  # per example, in percent
     other = copy.deepcopy(model)
     with torch.no_grad():
         other.classifier.weight.mul_(-1)
-    lost = correct(model) - correct(other)
-    assert task.evaluate(other) == pytest.approx(100 * float(correct(other).mean() - lost.std() / len(lost) ** 0.5))
+    assert torch.equal(task.evaluate(other), 100 * correct(other).double())
     dev = evaluate_classification(model, tokenizer, sst2.load_sst2("dev", small_data_dir)[:30], "dev")
-    assert task.test(model) == pytest.approx(100 * dev.accuracy)
+    assert task.test(model).shape == (30,)
+    assert task.metric_of(task.test(model)) == pytest.approx(100 * dev.accuracy)
 
     today = fed_inputs(model, lambda: evaluate_classification(model, tokenizer, held[:64], "c", batch_size=1))
     assert same(task.profiling, today)
@@ -98,10 +98,10 @@ def test_wikitext2_matches_the_search_data(lm, small_data_dir):
     held = wikitext.calibration_text(small_data_dir)
     calibration = lm_calibration(tokenizer, held, lm.config.ctx_len, 2048)
     assert same([(ids,) for ids in task.calibration], [(ids,) for ids, _, _ in calibration.batches])
-    assert task.evaluate(model) == pytest.approx(
+    assert task.metric_of(task.evaluate(model)) == pytest.approx(
         evaluate_lm(model, tokenizer, language_modeling.leading_words(held, 500), "validation").perplexity)
     test_text = wikitext.first_lines(wikitext.load_wikitext("test", small_data_dir), 9)
-    assert task.test(model) == pytest.approx(evaluate_lm(model, tokenizer, test_text, "test").perplexity)
+    assert task.metric_of(task.test(model)) == pytest.approx(evaluate_lm(model, tokenizer, test_text, "test").perplexity)
     today = fed_inputs(model, lambda: evaluate_lm(model, tokenizer, wikitext.first_lines(held, 40), "c", batch_size=1))
     assert same([(ids,) for ids in task.profiling], today)
 
@@ -122,7 +122,7 @@ def test_file_kinds(classifier, lm, tmp_path, small_data_dir):
     assert (task.name, task.test_split) == ("text-classification", "test")
     assert sum(ids.shape[0] for ids, _ in task.calibration) == 12 and len(task.profiling) == 12
     assert same(task.quantizer_inputs, task.calibration)  # no calibration file: both read the validation file
-    assert 0 <= task.test(classifier.model) <= 100
+    assert 0 <= task.metric_of(task.test(classifier.model)) <= 100
     text = tmp_path / "corpus.txt"
     text.write_text(wikitext.load_wikitext("valid", small_data_dir))
     lm_task = presets.build_task("language-modeling", lm, {"validation": text})

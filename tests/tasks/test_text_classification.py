@@ -47,22 +47,18 @@ def test_calibration_is_the_longest_examples_shortest_first(loaded, examples):
     assert min(words[:70]) >= max(words[70:])  # the 70 longest by word count
 
 
-def test_evaluate_is_paired_accuracy_in_percent(loaded, examples):
+def test_evaluate_is_correctness_per_example_in_percent(loaded, examples):
     task = text_classification.task(loaded.model, loaded.tokenizer, examples, validation_size=80)
     kept = sorted(examples, key=lambda ex: -len(ex.sentence.split()))[:80]
     float_result = evaluate_classification(loaded.model, loaded.tokenizer, kept, "validation")
-    assert task.evaluate(loaded.model) == pytest.approx(100 * float_result.accuracy)
+    assert task.metric_of(task.evaluate(loaded.model)) == pytest.approx(100 * float_result.accuracy)
     other = perturbed(loaded.model)
-    float_logits = torch.cat([loaded.model(ids, mask) for ids, mask in _batches(loaded, kept)])
     other_logits = torch.cat([other(ids, mask) for ids, mask in _batches(loaded, kept)])
     labels = torch.tensor([ex.label for ex in kept])
-    correct_float = (float_logits.argmax(-1) == labels).float()
-    correct_other = (other_logits.argmax(-1) == labels).float()
-    assert not torch.equal(correct_float, correct_other)  # the penalty is not zero
-    lost = correct_float - correct_other
-    expected = 100 * float(correct_other.mean() - lost.std() / len(lost) ** 0.5)
-    assert task.evaluate(other) == pytest.approx(expected, abs=1e-4)
-    assert task.evaluate(other) < 100 * float(correct_other.mean())
+    correct_other = 100 * (other_logits.argmax(-1) == labels).double()
+    scores = task.evaluate(other)  # one per example, in the order the validation batches hold them
+    assert scores.shape == (80,) and set(scores.tolist()) <= {0.0, 100.0}
+    assert float(scores.sum()) == float(correct_other.sum())
     assert task.test is None
 
 
@@ -76,7 +72,7 @@ def _batches(loaded, examples):
 def test_test_is_plain_accuracy_of_the_first_examples(loaded, examples):
     task = text_classification.task(loaded.model, loaded.tokenizer, examples, examples[::-1], test_limit=25)
     expected = evaluate_classification(loaded.model, loaded.tokenizer, examples[::-1][:25], "test").accuracy
-    assert task.test(loaded.model) == pytest.approx(100 * expected)
+    assert task.metric_of(task.test(loaded.model)) == pytest.approx(100 * expected)
 
 
 def test_profile_inputs_are_single_examples_in_length_order(loaded, examples):

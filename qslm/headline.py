@@ -1,0 +1,66 @@
+"""The headline of a search report, in words: whether the quality limit held, on the validation data and
+on the test split, each with its 95% interval, and with what confidence. ``report.md`` opens with it and
+``qslm search`` prints it, so neither ever shows "feasible" above a broken limit.
+"""
+from __future__ import annotations
+
+def format_loss(value: float | None, higher_is_better: bool) -> str:
+    if value is None:
+        return "n/a"
+    return f"{-value:+.3g} points" if higher_is_better else f"{100 * value:+.2f}%"
+
+
+def _interval(bound: dict | None, higher_is_better: bool) -> str:
+    """A loss with its 95% interval, in the metric's terms (a drop as a negative change)."""
+    if bound is None:
+        return "n/a"
+    text = format_loss(bound["estimate"], higher_is_better)
+    if bound.get("interval95") is None:
+        return text
+    low, high = bound["interval95"]
+    ends = (format_loss(high, True), format_loss(low, True)) if higher_is_better else (
+        format_loss(low, False), format_loss(high, False))
+    return f"{text} (95% interval {ends[0]} to {ends[1]}; {bound['examples']} examples)"
+
+
+def headline(report: dict) -> list[str]:
+    """Sentences, most important first."""
+    hib, quality = report["higher_is_better"], report.get("quality") or {}
+    limit, confidence = quality.get("limit"), quality.get("confidence")
+    limit_text = None if limit is None else (f"a drop of {limit:g} points" if hib else f"+{100 * limit:g}%")
+    final = report.get("final")
+    lines = []
+    if final is None:
+        lines.append("Status: **infeasible**: no plan met the constraints.")
+        certifiable = quality.get("certifiable")
+        if certifiable is not None:
+            needed = certifiable.get("examples_needed")
+            bound = certifiable["certifiable_loss"]
+            what = f"a drop of {bound:.3g} points" if hib else f"an increase of {100 * bound:+.2f}%"
+            needed = certifiable.get("examples_needed")
+            lines.append(f"The validation data cannot certify {limit_text} at {confidence:g} confidence: the least "
+                         f"damaging plan measured (candidate {certifiable['candidate']}) is bounded at {what}"
+                         + (f"; the asked limit needs about {needed:,} validation examples." if needed else
+                            "; its estimated loss alone reaches the limit, so more data will not do."))
+    else:
+        split = final["split"]
+        if final["quality_within_limit"]:
+            lines.append(f"Status: **feasible**: {100 * final['memory_bytes'] / report['baseline']['memory_bytes']:.2f}% "
+                         f"of FP32 memory" + ("" if limit_text is None else f", within {limit_text} on {split}") + ".")
+        else:
+            lines.append(f"Status: **over the limit on {split}**: the plan lost {format_loss(final['quality_loss'], hib)} "
+                         f"on {split}, beyond {limit_text}, though it held the limit on the validation data.")
+        lines.append(f"Quality change on validation: {_interval(quality.get('validation'), hib)}; on {split}: "
+                     f"{_interval(quality.get('test'), hib)}.")
+    if quality and not quality.get("bounded"):
+        lines.append("No confidence bound could be applied: the task's metric gave one number, not per-example "
+                     "scores, so the limit was checked on the estimate alone.")
+    elif quality and limit is not None:
+        lines.append(f"Plans were judged by the upper bound of their loss at {confidence:g} confidence on "
+                     f"{quality['search_examples']} validation examples, and the chosen plan confirmed on "
+                     f"{quality['confirmation_examples']} others that took no part in choosing it.")
+    for turned in (quality.get("selection") or {}).get("turned_down", []):
+        lines.append(f"Candidate {turned['index']} ({100 * turned['memory_fraction']:.2f}% of FP32) failed "
+                     f"confirmation (bound {format_loss(turned['confirmation']['upper'], hib)} beyond the limit); "
+                     "the next best plan that passes stands in.")
+    return lines
