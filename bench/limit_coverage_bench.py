@@ -1,0 +1,405 @@
+"""Do quality limits hold on data that did not choose the plan? Many searches per setting, each judged by
+the loss of its chosen plan on a test split it never saw, against the limit it was given.
+
+Models: the three bundled ones (spikegpt-sst2 and spiking-encoder-sst2 on SST-2, spikegpt-wt2 on
+WikiText-2) and the three of bench/own_models_bench.py (hand-written, snnTorch and SpikingJelly classifiers
+on the synthetic token task, trained with its recipe). Each data set is one pool of examples unseen in
+training, re-split (seeded) into validation and test for every search:
+
+* SST-2: the preset's held-out training sentences plus dev (1,672 sentences), 600 validation, the rest
+  test; 100.0/0.0 correctness per sentence. Calibration, quantizer calibration and profile inputs come
+  from the training sentences (``qslm.tasks.text_classification.task``), never from the pool.
+* WikiText-2: the start of the test text cut into segments of whole lines (~300 words each), each scored
+  alone (per-token NLL, scaled by one pool-wide tokens/words factor so exp(mean) is about word
+  perplexity); half the segments validation, half test. Calibration from the preset (valid tail,
+  quantizers on the head of valid).
+* Own models: ``make_data(seed=1, n=2400)`` (the rule of tests/handwritten.py), 600 validation, 1,800 test.
+
+Settings: "today" (the behaviour before per-example scores: evaluate returns one number, so no bound and no
+confirmation part; on the bundled SST-2 models the old preset's metric, accuracy minus one standard error
+of the paired difference to the float model; elsewhere the plain metric) and confidence 0.5, 0.9 (the
+default) and 0.95 with per-example scores. Each model's per-example scores on its whole pool are computed
+once per distinct model state (keyed by a digest of all parameters and buffers: qslm fake-quantizes by
+writing weights in place), so re-splits, limits and settings re-index cached scores.
+
+Limits: SST-2 models max_drop 1.0 / 2.0 at max_memory 12.5%; own models max_drop 1.0 / 3.0 at 25%;
+spikegpt-wt2 max_relative_increase 0.03 / 0.05 at 13.5%. 3 re-splits per (model, limit) for the
+classifiers, 2 for spikegpt-wt2 (``--splits N`` sets both to N): 34 searches per setting. Every search
+uses ``SearchConfig(methods=("rtn",), block_cache_mb=0)``.
+
+One JSON line per finished search goes to ``<out>/runs.jsonl``; a rerun skips the searches already there.
+
+    QSLM_DATA_DIR=../shared/data nice -n 10 python bench/limit_coverage_bench.py [--out bench-out/limit-coverage]
+        [--models spikegpt-sst2,handwritten,...] [--settings today,0.5,0.9,0.95] [--splits N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import xxhash
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import qslm  # noqa: E402
+from qslm.search.confidence import DEFAULT_CONFIDENCE  # noqa: E402
+
+SST2_MODELS = ("spikegpt-sst2", "spiking-encoder-sst2")
+WT2_MODELS = ("spikegpt-wt2",)
+OWN_MODELS = ("handwritten", "snntorch", "spikingjelly")
+MODELS = SST2_MODELS + WT2_MODELS + OWN_MODELS
+FAMILY = {**{m: "bundled SST-2" for m in SST2_MODELS}, **{m: "WikiText-2" for m in WT2_MODELS},
+          **{m: "own models" for m in OWN_MODELS}}
+SETTINGS = {"today": None, "0.5": 0.5, "0.9": 0.9, "0.95": 0.95}  # name -> confidence (None: one number)
+# (limits, max_memory, re-splits)
+PLAN = {"bundled SST-2": ((1.0, 2.0), "12.5%", 3), "own models": ((1.0, 3.0), "25%", 3),
+        "WikiText-2": ((0.03, 0.05), "13.5%", 2)}
+SST2_VALIDATION = 600
+OWN_POOL, OWN_VALIDATION = 2400, 600
+WT2_SEGMENTS, WT2_SEGMENT_WORDS = 22, 300
+CONFIG = qslm.SearchConfig(methods=("rtn",), block_cache_mb=0)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """xxh3-128 of every parameter and persistent buffer (names, dtypes, shapes, bytes): a plan's identity,
+    as qslm fake-quantizes by writing dequantized weights into the parameters. Non-persistent buffers are
+    run-time state (snnTorch keeps its membrane in one), rewritten by every forward."""
+    h = xxhash.xxh3_128()
+    h.update(type(model).__qualname__.encode())
+    buffers = [(f"{prefix}.{name}" if prefix else name, b) for prefix, module in model.named_modules()
+               for name, b in module._buffers.items()
+               if b is not None and name not in module._non_persistent_buffers_set]
+    for name, tensor in [*model.named_parameters(), *buffers]:
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class Pool:
+    """Per-example scores of one model on a whole pool, memoized per model state."""
+
+    def __init__(self, score: Callable[[torch.nn.Module], np.ndarray]):
+        self.score, self.cache, self.hits, self.misses, self.seconds = score, {}, 0, 0, 0.0
+
+    def __call__(self, model: torch.nn.Module) -> np.ndarray:
+        key = state_digest(model)
+        if key in self.cache:
+            self.hits += 1
+        else:
+            self.misses += 1
+            started = time.perf_counter()
+            with torch.no_grad():
+                self.cache[key] = np.asarray(self.score(model), dtype=np.float64)
+            self.seconds += time.perf_counter() - started
+        return self.cache[key]
+
+
+@dataclass
+class Subject:
+    """A model, its pool and the split-independent parts of its tasks."""
+    name: str
+    model: torch.nn.Module
+    pool: Pool
+    size: int  # examples (scores) in the pool
+    splits: Callable[[int], tuple[np.ndarray, np.ndarray]]  # split seed -> (validation, test) indices
+    task_parts: dict  # calibration, quantizer_calibration, profile_inputs, damage
+    nll: bool = False
+    old_preset_metric: bool = False  # "today" on bundled SST-2: accuracy minus one paired standard error
+    notes: dict = field(default_factory=dict)
+
+
+def dealt(size: int, validation: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(size)
+    return np.sort(order[:validation]), np.sort(order[validation:])
+
+
+# ---------------------------------------------------------------- the subjects
+
+def sst2_subject(name: str, data_dir) -> Subject:
+    from qslm.evaluate import classification_logits
+    from qslm.tasks import text_classification
+    from qslm.tasks.datasets.sst2 import load_sst2, train_and_held_out
+
+    loaded = qslm.load(name)
+    training, held_out = train_and_held_out(data_dir)
+    examples = list(held_out) + list(load_sst2("dev", data_dir))
+    built = text_classification.task(loaded.model, loaded.tokenizer, held_out, None,
+                                     calibration_examples=training, quantizer_examples=training)
+
+    def score(m):
+        logits, labels = classification_logits(m, loaded.tokenizer, examples, batch_size=128)
+        return (100 * (logits.argmax(-1) == labels).double()).numpy()
+
+    return Subject(name, loaded.model, Pool(score), len(examples),
+                   lambda seed: dealt(len(examples), SST2_VALIDATION, seed),
+                   dict(calibration=built.calibration, quantizer_calibration=built.quantizer_calibration,
+                        profile_inputs=built.profile_inputs, damage="kl"), old_preset_metric=True,
+                   notes={"pool": f"{len(held_out)} held-out train + {len(examples) - len(held_out)} dev sentences"})
+
+
+def wt2_subject(name: str, data_dir) -> Subject:
+    from qslm.data.text import word_count
+    from qslm.evaluate import lm_token_nll
+    from qslm.tasks import presets
+    from qslm.tasks.datasets.wikitext import load_wikitext
+
+    loaded = qslm.load(name)
+    segments, lines, words = [], [], 0
+    for line in load_wikitext("test", data_dir).splitlines(keepends=True):
+        if not lines and not line.strip():
+            continue  # a segment starts on text
+        lines.append(line)
+        words += len(line.split()) + 1
+        if words >= WT2_SEGMENT_WORDS:
+            segments.append("".join(lines))
+            lines, words = [], 0
+            if len(segments) == WT2_SEGMENTS:
+                break
+    preset = presets.wikitext2(loaded, data_dir)
+    with torch.no_grad():
+        lengths = [len(lm_token_nll(loaded.model, loaded.tokenizer, s)) for s in segments]
+    factor = sum(lengths) / sum(word_count(s) for s in segments)  # tokens per word, pool-wide
+    starts = np.cumsum([0, *lengths])
+
+    def score(m):
+        return torch.cat([lm_token_nll(m, loaded.tokenizer, s).double() for s in segments]).numpy() * factor
+
+    def splits(seed):
+        order = np.random.default_rng(seed).permutation(len(segments))
+        half = len(segments) // 2
+        pick = lambda chosen: np.concatenate([np.arange(starts[i], starts[i + 1]) for i in sorted(chosen)])  # noqa: E731
+        return pick(order[:half]), pick(order[half:])
+
+    return Subject(name, loaded.model, Pool(score), int(starts[-1]), splits,
+                   dict(calibration=preset.calibration, quantizer_calibration=preset.quantizer_calibration,
+                        profile_inputs=preset.profile_inputs, damage="kl"), nll=True,
+                   notes={"pool": f"{len(segments)} segments, {sum(word_count(s) for s in segments)} words, "
+                                  f"{int(starts[-1])} tokens of the test text; NLL x {factor:.4f} tokens/word"})
+
+
+def own_subject(name: str) -> Subject:
+    import torch.nn.functional as F  # noqa: F401
+
+    from bench.own_models_bench import train
+    from tests.handwritten import HandwrittenSpikingClassifier, make_data
+    from tests.search.test_engine import SnnTorchClassifier, SpikingJellyClassifier
+
+    reset = None
+    if name == "spikingjelly":
+        from spikingjelly.activation_based import functional
+        reset = functional.reset_net
+    make = {"handwritten": HandwrittenSpikingClassifier, "snntorch": SnnTorchClassifier,
+            "spikingjelly": SpikingJellyClassifier}[name]
+    torch.manual_seed(0)
+    ids, labels = make_data(n=960)
+    torch.manual_seed(0)
+    model = train(make(), ids[:640], labels[:640], steps=150, reset=reset)
+    pool_ids, pool_labels = make_data(seed=1, n=OWN_POOL)
+
+    def score(m):
+        if reset:
+            reset(m)
+        correct = m(pool_ids).argmax(-1) == pool_labels
+        if reset:
+            reset(m)
+        return (100 * correct.double()).numpy()
+
+    return Subject(name, model, Pool(score), OWN_POOL, lambda seed: dealt(OWN_POOL, OWN_VALIDATION, seed),
+                   dict(calibration=[ids[i:i + 64] for i in range(0, 256, 64)],
+                        profile_inputs=[ids[i:i + 1] for i in range(32)]),
+                   notes={"pool": f"make_data(seed=1, n={OWN_POOL})"})
+
+
+def subject(name: str, data_dir) -> Subject:
+    if name in SST2_MODELS:
+        return sst2_subject(name, data_dir)
+    if name in WT2_MODELS:
+        return wt2_subject(name, data_dir)
+    return own_subject(name)
+
+
+# ---------------------------------------------------------------- one search
+
+def build_task(s: Subject, split_seed: int, setting: str) -> qslm.Task:
+    validation, test = s.splits(split_seed)
+    one_number = SETTINGS[setting] is None
+
+    def per_example(m, indices):
+        return s.pool(m)[indices]
+
+    if not one_number:
+        evaluate = lambda m: per_example(m, validation)  # noqa: E731
+    elif s.old_preset_metric:
+        float_correct = s.pool(s.model)[validation] / 100  # the float model (its state before any plan)
+
+        def evaluate(m):
+            correct = torch.from_numpy(per_example(m, validation) / 100)
+            lost = torch.from_numpy(float_correct) - correct
+            return 100 * float(correct.mean() - lost.std() / len(lost) ** 0.5)
+    elif s.nll:
+        evaluate = lambda m: math.exp(float(per_example(m, validation).mean()))  # noqa: E731
+    else:
+        evaluate = lambda m: float(per_example(m, validation).mean())  # noqa: E731
+    if one_number and s.nll:
+        # perplexity of one number: Task(scores_are_nll=True) takes scores only, so test gives the perplexity
+        # too; its relative increase is exp(mean(plan - float)) - 1 all the same
+        test_fn = lambda m: math.exp(float(per_example(m, test).mean()))  # noqa: E731
+    else:
+        test_fn = lambda m: per_example(m, test)  # noqa: E731
+    return qslm.Task(evaluate=evaluate, test=test_fn, higher_is_better=not s.nll,
+                     scores_are_nll=s.nll and not one_number, name=f"coverage-{s.name}",
+                     fingerprint=f"limit-coverage:{s.name}:split {split_seed}:{setting}", **s.task_parts)
+
+
+def run_one(s: Subject, limit: float, max_memory: str, split_seed: int, setting: str, out: Path) -> dict:
+    confidence = SETTINGS[setting]
+    quality = {"max_relative_increase": limit} if s.nll else {"max_drop": limit}
+    constraints = qslm.Constraints(**quality, max_memory=max_memory,
+                                   confidence=DEFAULT_CONFIDENCE if confidence is None else confidence)
+    task = build_task(s, split_seed, setting)
+    folder = out / "runs" / s.name / f"limit-{limit:g}" / f"split-{split_seed}" / setting
+    hits, misses = s.pool.hits, s.pool.misses
+    started = time.perf_counter()
+    result = qslm.search(s.model, task, out=folder, constraints=constraints, config=CONFIG,
+                         cache_dir=out / "cache", progress=False, overwrite=True)
+    seconds = time.perf_counter() - started
+    report = result.report
+    final = report["final"]
+    loss = None if final is None else final["quality_loss"]
+    turned = (report["quality"].get("selection") or {}).get("turned_down", [])
+    return {"model": s.name, "family": FAMILY[s.name], "limit": limit, "max_memory": max_memory,
+            "split": split_seed, "setting": setting, "status": report["status"],
+            "memory_pct": None if final is None else 100 * final["memory_bytes"] / report["baseline"]["memory_bytes"],
+            "validation_float": report["baseline"]["metric_validation"],
+            "validation_metric": None if final is None else report["chosen"]["metric"],
+            "test_float": report["baseline"].get(f"metric_{task.test_split}"),
+            "test_metric": None if final is None else final["metric"],
+            "test_loss": loss, "exceeded": loss is not None and loss > limit + 1e-12,
+            "evaluations": report["evaluations"]["total"], "turned_down": len(turned),
+            "pool_hits": s.pool.hits - hits, "pool_misses": s.pool.misses - misses, "seconds": round(seconds, 2)}
+
+
+# ---------------------------------------------------------------- tables
+
+def pct(k: int, n: int) -> str:
+    return f"{k}/{n} ({100 * k / n:.0f}%)" if n else "0/0"
+
+
+def summary_rows(rows: list[dict], settings: list[str]) -> list[str]:
+    lines = []
+    for setting in settings:
+        these = [r for r in rows if r["setting"] == setting]
+        if not these:
+            continue
+        planned = [r for r in these if r["status"] == "feasible"]
+        exceeded = sum(r["exceeded"] for r in these)
+        memory = f"{np.mean([r['memory_pct'] for r in planned]):.2f}" if planned else "n/a"
+        loss = [r["test_loss"] / r["limit"] for r in planned]
+        lines.append(f"| {setting} | {len(these)} | {len(these) - len(planned)} | {pct(exceeded, len(these))} | "
+                     f"{pct(exceeded, len(planned))} | {memory} | "
+                     f"{(f'{np.mean(loss):.2f}' if loss else 'n/a')} |")
+    return lines
+
+
+def print_tables(rows: list[dict], settings: list[str]) -> None:
+    head = ("| setting | searches | no plan | test loss > limit (of searches) | (of plans) | "
+            "mean memory % of FP32 (plans) | mean test loss / limit |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("\n### All models\n")
+    print(head)
+    print("\n".join(summary_rows(rows, settings)))
+    for family in dict.fromkeys(FAMILY.values()):
+        these = [r for r in rows if r["family"] == family]
+        if these:
+            print(f"\n### {family} ({', '.join(sorted({r['model'] for r in these}))})\n")
+            print(head)
+            print("\n".join(summary_rows(these, settings)))
+    print("\n### Bundled SST-2 models at the README limit (drop 1.0, 12.5%): memory of the guard\n")
+    print("| model | setting | searches | no plan | exceed | mean memory % of FP32 |\n|---|---|---:|---:|---:|---:|")
+    default = f"{DEFAULT_CONFIDENCE:g}"
+    for model in SST2_MODELS:
+        for setting in ("today", default):
+            these = [r for r in rows if r["model"] == model and r["limit"] == 1.0 and r["setting"] == setting]
+            if not these:
+                continue
+            planned = [r["memory_pct"] for r in these if r["status"] == "feasible"]
+            print(f"| {model} | {setting} | {len(these)} | {len(these) - len(planned)} | "
+                  f"{pct(sum(r['exceeded'] for r in these), len(these))} | "
+                  f"{(f'{np.mean(planned):.2f}' if planned else 'n/a')} |")
+    print("\n### Per model and limit (exceed k/n, no plan, mean memory %)\n")
+    present = [s for s in settings if any(r["setting"] == s for r in rows)]
+    print("| model | limit | " + " | ".join(present) + " |\n|---|---:|" + "---|" * len(present))
+    for model in MODELS:
+        for limit in sorted({r["limit"] for r in rows if r["model"] == model}):
+            cells = []
+            for setting in present:
+                these = [r for r in rows if r["model"] == model and r["limit"] == limit and r["setting"] == setting]
+                planned = [r["memory_pct"] for r in these if r["status"] == "feasible"]
+                cells.append(f"{sum(r['exceeded'] for r in these)}/{len(these)}, {len(these) - len(planned)} none, "
+                             + (f"{np.mean(planned):.1f}%" if planned else "n/a"))
+            print(f"| {model} | {limit:g} | " + " | ".join(cells) + " |")
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench-out/limit-coverage")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
+    parser.add_argument("--splits", type=int, default=None, help="re-splits per (model, limit) (default 3, wt2 2)")
+    parser.add_argument("--data-dir", default=None, help="default $QSLM_DATA_DIR")
+    args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    settings = [s for s in args.settings.split(",") if s]
+    bad = [m for m in models if m not in MODELS] + [s for s in settings if s not in SETTINGS]
+    if bad:
+        parser.error(f"unknown models or settings {bad}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "runs.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    done = {(r["model"], r["limit"], r["split"], r["setting"]) for r in rows}
+    started = time.perf_counter()
+    for name in models:
+        limits, max_memory, splits = PLAN[FAMILY[name]]
+        splits = args.splits or splits
+        todo = [(limit, seed, setting) for limit in limits for seed in range(1, splits + 1) for setting in settings
+                if (name, limit, seed, setting) not in done]
+        if not todo:
+            continue
+        t0 = time.perf_counter()
+        s = subject(name, args.data_dir)
+        float_scores = s.pool(s.model)
+        print(f"[{time.perf_counter() - started:7.0f}s] {name}: {s.notes['pool']}; float pool metric "
+              f"{(math.exp(float_scores.mean()) if s.nll else float_scores.mean()):.3f}; set up in "
+              f"{time.perf_counter() - t0:.0f}s; {len(todo)} searches", flush=True)
+        for limit, seed, setting in todo:
+            row = run_one(s, limit, max_memory, seed, setting, out)
+            with log.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            rows.append(row)
+            print(f"[{time.perf_counter() - started:7.0f}s] {name} limit {limit:g} split {seed} {setting}: "
+                  f"{row['status']}" + ("" if row["memory_pct"] is None else
+                                        f", {row['memory_pct']:.2f}% FP32, test loss {row['test_loss']:.4g}"
+                                        f"{' EXCEEDS' if row['exceeded'] else ''}")
+                  + f"; {row['evaluations']} evals, pool {row['pool_hits']} hits / {row['pool_misses']} misses; "
+                  f"{row['seconds']:.0f}s", flush=True)
+        print(f"  {name}: pool scored {s.pool.misses} times ({s.pool.seconds:.0f}s), {s.pool.hits} hits",
+              flush=True)
+    print(f"\nwall time this run: {time.perf_counter() - started:.0f}s; searches recorded: {len(rows)}")
+    print_tables([r for r in rows if r["model"] in models], settings)
+
+
+if __name__ == "__main__":
+    main()
