@@ -51,7 +51,7 @@ def main() -> None:
         context = record_context(model, task.quantizer_inputs, METHODS, reset_neuron_states)
         fp32 = plan_bytes(model, QuantPlan())
         started = time.perf_counter()
-        print(f"| {name} | 32 | float | 100.0 | {task.test(model):.2f} | {time.perf_counter() - started:.0f} |",
+        print(f"| {name} | 32 | float | 100.0 | {task.metric_of(task.test(model), "Task.test"):.2f} | {time.perf_counter() - started:.0f} |",
               flush=True)
         for bits in bits_list:
             for method in METHODS:
@@ -61,7 +61,7 @@ def main() -> None:
                 plan = QuantPlan(specs)
                 started = time.perf_counter()
                 with torch.no_grad(), fake_quantized(model, plan, context=context):
-                    metric = task.test(model)
+                    metric = task.metric_of(task.test(model), "Task.test")
                 print(f"| {name} | {bits} | {method} | {100 * plan_bytes(model, plan) / fp32:.2f} | {metric:.2f} | "
                       f"{time.perf_counter() - started:.0f} |", flush=True)
 

@@ -37,9 +37,9 @@ def metrics(model, task, plan, context) -> tuple[float, float]:
     """(validation metric, reported metric) of ``plan``, each from reset neuron states."""
     with torch.no_grad(), fake_quantized(model, plan, context=context):
         reset_neuron_states(model)
-        validation = task.evaluate(model)
+        validation = task.metric_of(task.evaluate(model))
         reset_neuron_states(model)
-        return validation, task.test(model)
+        return validation, task.metric_of(task.test(model), "Task.test")
 
 
 def main() -> None:

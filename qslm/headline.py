@@ -10,6 +10,10 @@ def format_loss(value: float | None, higher_is_better: bool) -> str:
     return f"{-value:+.3g} points" if higher_is_better else f"{100 * value:+.2f}%"
 
 
+def loss_in_words(value: float, higher_is_better: bool) -> str:
+    return f"a drop of {value:.3g} points" if higher_is_better else f"an increase of {100 * value:+.2f}%"
+
+
 def _interval(bound: dict | None, higher_is_better: bool) -> str:
     """A loss with its 95% interval, in the metric's terms (a drop as a negative change)."""
     if bound is None:
@@ -35,8 +39,7 @@ def headline(report: dict) -> list[str]:
         certifiable = quality.get("certifiable")
         if certifiable is not None:
             needed = certifiable.get("examples_needed")
-            bound = certifiable["certifiable_loss"]
-            what = f"a drop of {bound:.3g} points" if hib else f"an increase of {100 * bound:+.2f}%"
+            what = loss_in_words(certifiable["certifiable_loss"], hib)
             needed = certifiable.get("examples_needed")
             lines.append(f"The validation data cannot certify {limit_text} at {confidence:g} confidence: the least "
                          f"damaging plan measured (candidate {certifiable['candidate']}) is bounded at {what}"
@@ -61,6 +64,6 @@ def headline(report: dict) -> list[str]:
                      f"{quality['confirmation_examples']} others that took no part in choosing it.")
     for turned in (quality.get("selection") or {}).get("turned_down", []):
         lines.append(f"Candidate {turned['index']} ({100 * turned['memory_fraction']:.2f}% of FP32) failed "
-                     f"confirmation (bound {format_loss(turned['confirmation']['upper'], hib)} beyond the limit); "
+                     f"confirmation (bounded there at {loss_in_words(turned['confirmation']['upper'], hib)}); "
                      "the next best plan that passes stands in.")
     return lines

@@ -155,8 +155,8 @@ class QualityJudge:
     def _limits(self, estimate: float, error: float, parts: int) -> tuple[float, float, float]:
         """(low, high) of the two-sided reported interval and the one-sided upper bound at the confidence."""
         freedom = max(1, parts - 1)
-        half = student_t.ppf(0.5 + REPORTED_INTERVAL / 2, freedom) * error
-        return estimate - half, estimate + half, estimate + student_t.ppf(self.confidence, freedom) * error
+        half = float(student_t.ppf(0.5 + REPORTED_INTERVAL / 2, freedom)) * error
+        return estimate - half, estimate + half, estimate + float(student_t.ppf(self.confidence, freedom)) * error
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray, parts: list[np.ndarray]) -> tuple[float, float, int]:

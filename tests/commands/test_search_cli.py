@@ -85,6 +85,8 @@ def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, c
     (["--max-memory", "3 lots"], "unknown unit 'lots'"),
     (["--methods", "rtn,awq"], "methods must be distinct names among ['rtn', 'gptq', 'codebook'], got ['rtn', 'awq']"),
     (["--methods", ","], "methods must be distinct names"),
+    (["--max-drop", "1", "--confidence", "1.0"], "--confidence must be a number in [0.5, 1)"),
+    (["--max-drop", "1", "--confidence", "0.2"], "--confidence must be a number in [0.5, 1)"),
 ])
 def test_bad_options_exit_2(tiny_classifier, tmp_path, capsys, argv, message):
     code = main(["search", str(tiny_classifier), "--task", "sst2", "--out", str(tmp_path / "out"), *argv])

@@ -1,0 +1,75 @@
+"""The kept plan holds its limit on the confirmation part too; when the best plan fails there, the
+next best that passes stands in, and the report's headline says which was turned down."""
+from __future__ import annotations
+
+import numpy as np
+
+from qslm.headline import headline
+from qslm.search.confidence import QualityJudge
+from qslm.search.journal import Journal
+from qslm.search.objective import Baseline, Constraints, parse_weights
+from qslm.search.problem import SearchProblem
+from qslm.search.selection import confirmed_choice
+from qslm.tasks.scores import Measured
+
+UNITS = ["a", "b"]
+EXAMPLES = 400
+
+
+def problem_with(tmp_path, scores_of, confidence=0.9) -> SearchProblem:
+    base = np.tile([100.0, 100.0, 100.0, 0.0], EXAMPLES // 4)
+    reference = Measured(float(base.mean()), base)
+    judge = QualityJudge(reference, True, False, confidence, seed=0)
+    return SearchProblem(
+        groups={"g": UNITS}, bit_choices=[2, 4, 8],
+        measure_metric=lambda a: (Measured(float(scores_of(a, base, judge).mean()), scores_of(a, base, judge)), 0.0),
+        unit_bytes={u: {b: 100 * b for b in (2, 4, 8)} for u in UNITS}, fixed_bytes=0,
+        energy_pj=lambda a: 1.0, latency_s=lambda a: 1.0, sensitivity=lambda units, bits: 0.0,
+        baseline=Baseline(reference.metric, True, 6400, 1.0, 1.0), judge=judge,
+        constraints=Constraints(max_drop=1.0, confidence=confidence), weights=parse_weights(None),
+        journal=Journal(tmp_path / "journal.jsonl", {"test": 1}), progress=False)
+
+
+def lost_on_confirmation(assignment, base, judge) -> np.ndarray:
+    """2-bit plans lose 10% of the confirmation examples and nothing on the search part; 4-bit ones
+    lose nothing anywhere."""
+    scores = base.copy()
+    if assignment["a"] == 2:
+        held = np.concatenate(judge.confirmation_blocks)
+        scores[held[::10]] = 0.0
+    return scores
+
+
+def test_a_plan_that_fails_confirmation_gives_way_to_the_next_best(tmp_path):
+    problem = problem_with(tmp_path, lost_on_confirmation)
+    small, wider = (problem.evaluate(problem.uniform(bits), "global") for bits in (2, 4))
+    assert small.score.feasible and wider.score.feasible and problem.best() is small
+    selection = confirmed_choice(problem)
+    assert selection.chosen is wider and [c for c, _ in selection.turned_down] == [small]
+    assert selection.turned_down[0][1].estimate > 1.0 and selection.confirmation.upper == 0.0
+    recorded = selection.to_dict()
+    assert recorded["chosen"] == wider.index and recorded["turned_down"][0]["index"] == small.index
+
+
+def test_no_plan_that_passes_confirmation_means_none(tmp_path):
+    problem = problem_with(tmp_path, lost_on_confirmation)
+    problem.evaluate(problem.uniform(2), "global")
+    selection = confirmed_choice(problem)
+    assert selection.chosen is None and len(selection.turned_down) == 1
+
+
+def test_the_headline_names_a_plan_turned_down():
+    report = {"higher_is_better": True, "baseline": {"memory_bytes": 100}, "final": {
+        "split": "test", "quality_within_limit": True, "quality_loss": 0.2, "memory_bytes": 10},
+        "quality": {"limit": 1.0, "confidence": 0.9, "bounded": True, "search_examples": 200,
+                    "confirmation_examples": 200,
+                    "validation": {"estimate": 0.1, "interval95": [-0.5, 0.7], "examples": 400},
+                    "test": {"estimate": 0.2, "interval95": [-0.4, 0.8], "examples": 800},
+                    "selection": {"turned_down": [{"index": 3, "memory_fraction": 0.08,
+                                                   "confirmation": {"upper": 1.7}}]}}}
+    lines = headline(report)
+    assert lines[0] == "Status: **feasible**: 10.00% of FP32 memory, within a drop of 1 points on test."
+    assert lines[1] == ("Quality change on validation: -0.1 points (95% interval -0.7 points to +0.5 points; 400 "
+                        "examples); on test: -0.2 points (95% interval -0.8 points to +0.4 points; 800 examples).")
+    assert "at 0.9 confidence on 200 validation examples" in lines[2]
+    assert lines[3].startswith("Candidate 3 (8.00% of FP32) failed confirmation (bounded there at a drop of 1.7 points)")
