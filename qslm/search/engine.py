@@ -56,8 +56,8 @@ from .journal import Journal, assignment_key
 from .measure import Measurements, SensitivityTable, cache_file
 from .measure import task_metric as _metric
 from .methods import BytesByWidth, MethodChoice, output_errors, record_context
-from ..tasks.scores import check_same_examples
-from .confidence import QualityJudge
+from ..tasks.scores import Measured, check_same_examples
+from .confidence import Bound, QualityJudge
 from .objective import Baseline, Constraints
 from .problem import SearchProblem
 from .selection import confirmed_choice
@@ -232,9 +232,8 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
 
     # ---- verify the chosen plan on the packed model, report; the run's files are committed together
     t0 = time.perf_counter()
-    test = task.test or task.evaluate
     split = task.test_split if task.test is not None else "validation"
-    float_reported = _metric(test, model, "test" if task.test is not None else "evaluate", task.scores_are_nll)
+    float_reported = _reported(task, model)
     reported_metric = float_reported.metric
     report = {
         **notes, "model": label, "model_hash": digest, "task": task.name, "metric_name": task.metric_name,
@@ -271,23 +270,16 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
             write(staging / name)
             model_files[name] = staging / name
         packed = load_quantized(copy.deepcopy(model), staging)  # every final figure comes from what was written
-        final_measured = _metric(test, packed, "test" if task.test is not None else "evaluate",
-                                 task.scores_are_nll)
-        check_same_examples(final_measured, float_reported, "Task.test" if task.test is not None else "Task.evaluate")
+        final_measured = _reported(task, packed, float_reported)
         final_metric = final_measured.metric
-        test_loss = judge.whole(final_measured, float_reported)
+        test_loss = _quality_verified(quality, judge, best, final_measured, float_reported, split)
         final_ops = _profile(packed, task)
         stored = {u: bytes_table[u][b] for u, b in best.assignment.items()}
         final_energy = energy_per_inference(final_ops, best.assignment, profile, unit_bytes=stored).total_pj
-        loss = test_loss.estimate
-        limit = quality["limit"]
-        quality.update(search=judge.search(best.measured).to_dict(), validation=judge.whole(best.measured).to_dict(),
-                       test=test_loss.to_dict() | {"split": split},
-                       test_within_limit=limit is None or loss <= limit + 1e-12)
         # "feasible": a plan met the constraints on the validation data; the headline and
         # quality.test_within_limit say whether the limit also held on the test split
         report.update(status="feasible", chosen=best.to_dict(), final={
-            "split": split, "metric": final_metric, "quality_loss": loss,
+            "split": split, "metric": final_metric, "quality_loss": test_loss.estimate,
             "quality_within_limit": quality["test_within_limit"],
             "memory_bytes": safetensors_tensor_bytes(model_files[WEIGHTS_FILE]),
             "memory_bytes_predicted": best.memory_bytes, "energy_pj": final_energy,
@@ -301,6 +293,28 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     report_files = write_report(report, staging)
     folder.commit(model_files, last=report_files)
     return SearchResult(out, report, plan, packed)
+
+
+def _reported(task: Task, model: nn.Module, float_reported: Measured | None = None) -> Measured:
+    """The task's test measurement of ``model`` (its validation one without a test), checked to pair with
+    the float model's ``float_reported`` when given."""
+    what = "test" if task.test is not None else "evaluate"
+    measured = _metric(task.test or task.evaluate, model, what, task.scores_are_nll)
+    if float_reported is not None:
+        check_same_examples(measured, float_reported, f"Task.{what}")
+    return measured
+
+
+def _quality_verified(quality: dict, judge: QualityJudge, best, final: Measured, float_reported: Measured,
+                      split: str) -> Bound:
+    """Record the chosen plan's loss on the search part, the whole validation data and the test split
+    (with 95% intervals) in ``quality``; returns the test loss."""
+    test_loss = judge.whole(final, float_reported)
+    limit = quality["limit"]
+    quality.update(search=judge.search(best.measured).to_dict(), validation=judge.whole(best.measured).to_dict(),
+                   test=test_loss.to_dict() | {"split": split},
+                   test_within_limit=limit is None or test_loss.estimate <= limit + 1e-12)
+    return test_loss
 
 
 def _certifiable(problem: SearchProblem, judge: QualityJudge, limit: float | None) -> dict | None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from qslm.errors import QslmError
-from qslm.search.journal import Journal, assignment_key
+from qslm.search.journal import Journal, assignment_key, entry_of, measured_of
+from qslm.tasks.scores import Measured
 
 HEADER = {"model": "abc", "task": "sst2", "bits": [2, 4, 8]}
 
@@ -92,6 +94,9 @@ def test_header_that_is_not_a_header_object(tmp_path, first_line):
     ('{"key": "[]", "metric": "0.5", "latency_s": 0.1}', "'metric' must be a number, got '0.5'"),
     ('{"key": "[]", "metric": true, "latency_s": 0.1}', "'metric' must be a number, got True"),
     ('{"key": "[]", "metric": 0.5}', "'latency_s' must be a number, got None"),
+    ('{"key": "[]", "metric": 0.5, "latency_s": 0.1, "scores": "not base64!"}', "'scores' must be base64 of float64"),
+    ('{"key": "[]", "metric": 0.5, "latency_s": 0.1, "scores": "AAAA"}', "'scores' must be base64 of float64"),
+    ('{"key": "[]", "metric": 0.5, "latency_s": 0.1, "scores": [1.0]}', "'scores' must be base64 of float64"),
 ])
 def test_entries_of_the_wrong_shape_name_the_line(tmp_path, line, message):
     path = tmp_path / "journal.jsonl"
@@ -117,3 +122,12 @@ def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
         handle.write(b'{"key": "\xff"}\n')
     with pytest.raises(QslmError, match=f"journal {path}:3 is not UTF-8 text"):
         Journal(path, HEADER)
+
+
+def test_per_example_scores_round_trip_exactly(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    scores = np.array([100.0, 0.0, 1 / 3, -2.5e-300])
+    Journal(path, HEADER).add(entry_of(assignment_key({"a": 2}), Measured(25.0, scores), 0.1))
+    read = measured_of(Journal(path, HEADER).get(assignment_key({"a": 2})))
+    assert read.metric == 25.0 and read.scores.dtype == np.float64 and np.array_equal(read.scores, scores)
+    assert measured_of(entry({"a": 4}, 0.5)).scores is None
