@@ -52,7 +52,7 @@ from ..report import write_report
 from ..tasks.base import Task, inferences_in, run_inputs
 from .config import SearchConfig
 from .executors import Deferred, ExecutorChoice, InProcess
-from .journal import Journal, assignment_key
+from .journal import Journal, assignment_key, measured_of
 from .measure import Measurements, SensitivityTable, cache_file
 from .measure import task_metric as _metric
 from .methods import BytesByWidth, MethodChoice, output_errors, record_context
@@ -173,9 +173,10 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
                    if journal.get(k) is None and k not in ahead}
         ahead.update({k: p.result() for k, p in pending.items()})
         checked.append({"bits": next(iter(chosen.values())).bits, "measured": len(pending)})
-        ours, theirs = (journal.get(k)["metric"] if journal.get(k) is not None else ahead[k][0].metric
-                        for k in keys)
-        return ours >= theirs if task.higher_is_better else ours <= theirs
+        # compared on the search part only: the confirmation part takes no part in any choice
+        ours, theirs = (judge.search(measured_of(journal.get(k)) if journal.get(k) is not None else ahead[k][0])
+                        .estimate for k in keys)
+        return ours <= theirs
 
     # each width's methods chosen when the search first needs that width, all units together
     stored_bytes = lambda name, spec: unit_bytes(units[name], spec)  # noqa: E731
