@@ -25,6 +25,7 @@ from qslm.quant.apply import fake_quantized  # noqa: E402
 from qslm.quant.plan import QuantPlan  # noqa: E402
 from qslm.quant.units import quantizable_units  # noqa: E402
 from qslm.search.config import BASE_SPEC  # noqa: E402
+from qslm.search.confidence import blocks  # noqa: E402
 from qslm.tasks.datasets import wikitext  # noqa: E402
 from qslm.tasks.language_modeling import leading_words  # noqa: E402
 
@@ -77,10 +78,12 @@ def main() -> None:
     print("|---|---:|---:|")
     rows = [("tokens independent", float(every.std(ddof=1) / math.sqrt(len(every))))]
     root = round(math.sqrt(len(every)))
-    for size in (10, 50, len(every) // root, 500):
-        rows.append((f"batch means, blocks of {size} tokens" + (" (≈ sqrt(n) blocks: qslm)" if size == len(every) // root
-                                                                  else ""), batch_means_error(every, size)))
-    rows.append((f"moving-block bootstrap, blocks of {len(every) // root}", bootstrap_error(every, len(every) // root)))
+    ours = len(blocks(len(every)))
+    for size in sorted({10, 50, len(every) // root, 500, len(every) // ours}):
+        note = " (sqrt(n) blocks)" if size == len(every) // root else ""
+        note += f" ({ours} blocks: qslm)" if size == len(every) // ours else ""
+        rows.append((f"batch means, blocks of {size} tokens{note}", batch_means_error(every, size)))
+    rows.append((f"moving-block bootstrap, blocks of {len(every) // ours}", bootstrap_error(every, len(every) // ours)))
     rows.append((f"spread of the mean over {args.stretches} disjoint stretches", truth))
     for name, value in rows:
         print(f"| {name} | {value:.5f} | {value / truth:.2f} |")

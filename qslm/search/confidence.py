@@ -14,7 +14,7 @@ inside the limit: the one whose validation figure was luckiest. Two guards, both
   also be within the limit at the same confidence on the confirmation part; if it is not, the best plan
   that is stands in, and the report says so.
 
-Examples are grouped into about sqrt(n) contiguous blocks: the standard error comes from the blocks'
+Examples are grouped into about sqrt(n) contiguous blocks (at most ``MAX_BLOCKS``): the standard error comes from the blocks'
 totals (batch means, a cluster-robust variance), and parts are dealt block by block. Per-sentence
 scores are independent, and blocks cost them little; per-token NLLs are not (neighbouring tokens share
 context), and whole blocks carry that dependence into the error and keep it out of the split. The
@@ -35,6 +35,11 @@ DEFAULT_CONFIDENCE = 0.9  # chosen by bench/limit_coverage_bench.py: docs/benchm
 REPORTED_INTERVAL = 0.95  # two-sided intervals in reports
 CONFIRMATION_FRACTION = 0.5  # of the validation blocks, held out of the choosing
 MIN_EXAMPLES = 8  # fewer per-example scores cannot be split into parts with a spread each
+# Blocks: about sqrt(n), at least 4, at most MAX_BLOCKS. The cap keeps blocks long where scores are many
+# and dependent (tokens: a quantized model's error varies from article to article, so short blocks
+# understate it; bench/nll_error_bench.py), at little cost where they are independent (t on ~15 degrees
+# of freedom per part instead of more).
+MAX_BLOCKS = 32
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,9 @@ def check_confidence(value, name: str = "confidence") -> float:
 
 
 def blocks(examples: int) -> list[np.ndarray]:
-    """The example positions cut into about sqrt(n) contiguous blocks of near-equal size (at least 4)."""
-    count = min(examples, max(4, round(math.sqrt(examples))))
+    """The example positions cut into contiguous blocks of near-equal size: about sqrt(n) of them, at least
+    4 and at most ``MAX_BLOCKS``."""
+    count = min(examples, max(4, min(MAX_BLOCKS, round(math.sqrt(examples)))))
     return [np.asarray(part) for part in np.array_split(np.arange(examples), count)]
 
 

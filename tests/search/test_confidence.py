@@ -18,7 +18,7 @@ def test_blocks_are_contiguous_near_equal_and_about_sqrt_n():
     cut = blocks(100)
     assert len(cut) == 10 and all(len(b) == 10 for b in cut)
     assert np.array_equal(np.concatenate(cut), np.arange(100))
-    assert len(blocks(8)) == 4 and len(blocks(1000)) == 32
+    assert len(blocks(8)) == 4 and len(blocks(900)) == 30 and len(blocks(1000)) == 32 and len(blocks(10_000)) == 32
 
 
 def test_the_split_is_seeded_and_disjoint():
