@@ -65,7 +65,7 @@ PLAN = {"bundled SST-2": ((1.0, 2.0), "12.5%", 3), "own models": ((1.0, 3.0), "2
         "WikiText-2": ((0.03, 0.05), "13.5%", 2)}
 SST2_VALIDATION = 600
 OWN_POOL, OWN_VALIDATION = 2400, 600
-WT2_SEGMENTS, WT2_SEGMENT_WORDS = 22, 300
+WT2_SEGMENTS, WT2_SEGMENT_WORDS = 20, 250  # about 330 words each: ~6,600 words
 CONFIG = qslm.SearchConfig(methods=("rtn",), block_cache_mb=0)
 
 
@@ -87,22 +87,31 @@ def state_digest(model: torch.nn.Module) -> str:
 
 
 class Pool:
-    """Per-example scores of one model on a whole pool, memoized per model state."""
+    """Per-example scores of one model on a pool of items (sentences, or text segments scored alone),
+    memoized per model state and item: a call scores only the items not yet scored in that state, so a
+    plan costs what its validation part costs, and a re-split or another setting that meets the same plan
+    again scores only the items it has not seen."""
 
-    def __init__(self, score: Callable[[torch.nn.Module], np.ndarray]):
-        self.score, self.cache, self.hits, self.misses, self.seconds = score, {}, 0, 0, 0.0
+    def __init__(self, items: int, score: Callable[[torch.nn.Module, list[int]], list[np.ndarray]]):
+        self.items, self.score = items, score
+        self.cache: dict[str, list[np.ndarray | None]] = {}
+        self.hits = self.misses = self.scored = 0
+        self.seconds = 0.0
 
-    def __call__(self, model: torch.nn.Module) -> np.ndarray:
-        key = state_digest(model)
-        if key in self.cache:
-            self.hits += 1
-        else:
+    def __call__(self, model: torch.nn.Module, items) -> np.ndarray:
+        known = self.cache.setdefault(state_digest(model), [None] * self.items)
+        missing = [int(i) for i in items if known[i] is None]
+        if missing:
             self.misses += 1
+            self.scored += len(missing)
             started = time.perf_counter()
             with torch.no_grad():
-                self.cache[key] = np.asarray(self.score(model), dtype=np.float64)
+                for i, scores in zip(missing, self.score(model, missing)):
+                    known[i] = np.asarray(scores, dtype=np.float64).reshape(-1)
             self.seconds += time.perf_counter() - started
-        return self.cache[key]
+        else:
+            self.hits += 1
+        return np.concatenate([known[i] for i in items])
 
 
 @dataclass
@@ -111,17 +120,17 @@ class Subject:
     name: str
     model: torch.nn.Module
     pool: Pool
-    size: int  # examples (scores) in the pool
-    splits: Callable[[int], tuple[np.ndarray, np.ndarray]]  # split seed -> (validation, test) indices
+    splits: Callable[[int], tuple[list[int], list[int]]]  # split seed -> (validation, test) items, in pool order
     task_parts: dict  # calibration, quantizer_calibration, profile_inputs, damage
     nll: bool = False
     old_preset_metric: bool = False  # "today" on bundled SST-2: accuracy minus one paired standard error
     notes: dict = field(default_factory=dict)
 
 
-def dealt(size: int, validation: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(size)
-    return np.sort(order[:validation]), np.sort(order[validation:])
+def dealt(items: int, validation: int, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded re-split of a pool's items: ``validation`` of them, and the rest, each in pool order."""
+    order = np.random.default_rng(seed).permutation(items)
+    return sorted(order[:validation].tolist()), sorted(order[validation:].tolist())
 
 
 # ---------------------------------------------------------------- the subjects
@@ -134,14 +143,15 @@ def sst2_subject(name: str, data_dir) -> Subject:
     loaded = qslm.load(name)
     training, held_out = train_and_held_out(data_dir)
     examples = list(held_out) + list(load_sst2("dev", data_dir))
+    # calibration, quantizer calibration and profile inputs from the training sentences, never the pool
     built = text_classification.task(loaded.model, loaded.tokenizer, held_out, None,
                                      calibration_examples=training, quantizer_examples=training)
 
-    def score(m):
-        logits, labels = classification_logits(m, loaded.tokenizer, examples, batch_size=128)
-        return (100 * (logits.argmax(-1) == labels).double()).numpy()
+    def score(m, items):
+        logits, labels = classification_logits(m, loaded.tokenizer, [examples[i] for i in items], batch_size=128)
+        return list((100 * (logits.argmax(-1) == labels).double()).numpy())
 
-    return Subject(name, loaded.model, Pool(score), len(examples),
+    return Subject(name, loaded.model, Pool(len(examples), score),
                    lambda seed: dealt(len(examples), SST2_VALIDATION, seed),
                    dict(calibration=built.calibration, quantizer_calibration=built.quantizer_calibration,
                         profile_inputs=built.profile_inputs, damage="kl"), old_preset_metric=True,
@@ -166,31 +176,26 @@ def wt2_subject(name: str, data_dir) -> Subject:
             lines, words = [], 0
             if len(segments) == WT2_SEGMENTS:
                 break
+    # calibration (valid tail), quantizer calibration (head of valid) and profile inputs: the preset's
     preset = presets.wikitext2(loaded, data_dir)
-    with torch.no_grad():
-        lengths = [len(lm_token_nll(loaded.model, loaded.tokenizer, s)) for s in segments]
-    factor = sum(lengths) / sum(word_count(s) for s in segments)  # tokens per word, pool-wide
-    starts = np.cumsum([0, *lengths])
+    tokens = [len(loaded.tokenizer.encode("\n" + s).ids) - 1 for s in segments]  # = len(lm_token_nll(...))
+    total_words = sum(word_count(s) for s in segments)
+    factor = sum(tokens) / total_words  # tokens per word, pool-wide: exp(mean NLL x factor) ~ word perplexity
 
-    def score(m):
-        return torch.cat([lm_token_nll(m, loaded.tokenizer, s).double() for s in segments]).numpy() * factor
+    def score(m, items):
+        return [lm_token_nll(m, loaded.tokenizer, segments[i]).double().numpy() * factor for i in items]
 
     def splits(seed):
-        order = np.random.default_rng(seed).permutation(len(segments))
-        half = len(segments) // 2
-        pick = lambda chosen: np.concatenate([np.arange(starts[i], starts[i + 1]) for i in sorted(chosen)])  # noqa: E731
-        return pick(order[:half]), pick(order[half:])
+        return dealt(len(segments), len(segments) // 2, seed)
 
-    return Subject(name, loaded.model, Pool(score), int(starts[-1]), splits,
+    return Subject(name, loaded.model, Pool(len(segments), score), splits,
                    dict(calibration=preset.calibration, quantizer_calibration=preset.quantizer_calibration,
                         profile_inputs=preset.profile_inputs, damage="kl"), nll=True,
-                   notes={"pool": f"{len(segments)} segments, {sum(word_count(s) for s in segments)} words, "
-                                  f"{int(starts[-1])} tokens of the test text; NLL x {factor:.4f} tokens/word"})
+                   notes={"pool": f"{len(segments)} segments of the test text's start, {total_words} words, "
+                                  f"{sum(tokens)} tokens; NLL x {factor:.4f} tokens/word"})
 
 
 def own_subject(name: str) -> Subject:
-    import torch.nn.functional as F  # noqa: F401
-
     from bench.own_models_bench import train
     from tests.handwritten import HandwrittenSpikingClassifier, make_data
     from tests.search.test_engine import SnnTorchClassifier, SpikingJellyClassifier
@@ -207,18 +212,18 @@ def own_subject(name: str) -> Subject:
     model = train(make(), ids[:640], labels[:640], steps=150, reset=reset)
     pool_ids, pool_labels = make_data(seed=1, n=OWN_POOL)
 
-    def score(m):
+    def score(m, items):
         if reset:
             reset(m)
-        correct = m(pool_ids).argmax(-1) == pool_labels
+        correct = m(pool_ids[items]).argmax(-1) == pool_labels[items]
         if reset:
             reset(m)
-        return (100 * correct.double()).numpy()
+        return list((100 * correct.double()).numpy())
 
-    return Subject(name, model, Pool(score), OWN_POOL, lambda seed: dealt(OWN_POOL, OWN_VALIDATION, seed),
+    return Subject(name, model, Pool(OWN_POOL, score), lambda seed: dealt(OWN_POOL, OWN_VALIDATION, seed),
                    dict(calibration=[ids[i:i + 64] for i in range(0, 256, 64)],
                         profile_inputs=[ids[i:i + 1] for i in range(32)]),
-                   notes={"pool": f"make_data(seed=1, n={OWN_POOL})"})
+                   notes={"pool": f"make_data(seed=1, n={OWN_POOL}) (training: make_data(n=960)[:640])"})
 
 
 def subject(name: str, data_dir) -> Subject:
@@ -234,29 +239,25 @@ def subject(name: str, data_dir) -> Subject:
 def build_task(s: Subject, split_seed: int, setting: str) -> qslm.Task:
     validation, test = s.splits(split_seed)
     one_number = SETTINGS[setting] is None
-
-    def per_example(m, indices):
-        return s.pool(m)[indices]
-
     if not one_number:
-        evaluate = lambda m: per_example(m, validation)  # noqa: E731
+        evaluate = lambda m: s.pool(m, validation)  # noqa: E731
     elif s.old_preset_metric:
-        float_correct = s.pool(s.model)[validation] / 100  # the float model (its state before any plan)
+        float_correct = torch.from_numpy(s.pool(s.model, validation) / 100)  # the float model, before any plan
 
         def evaluate(m):
-            correct = torch.from_numpy(per_example(m, validation) / 100)
-            lost = torch.from_numpy(float_correct) - correct
+            correct = torch.from_numpy(s.pool(m, validation) / 100)
+            lost = float_correct - correct  # +1 lost, -1 gained, per example
             return 100 * float(correct.mean() - lost.std() / len(lost) ** 0.5)
     elif s.nll:
-        evaluate = lambda m: math.exp(float(per_example(m, validation).mean()))  # noqa: E731
+        evaluate = lambda m: math.exp(float(s.pool(m, validation).mean()))  # noqa: E731
     else:
-        evaluate = lambda m: float(per_example(m, validation).mean())  # noqa: E731
+        evaluate = lambda m: float(s.pool(m, validation).mean())  # noqa: E731
     if one_number and s.nll:
-        # perplexity of one number: Task(scores_are_nll=True) takes scores only, so test gives the perplexity
-        # too; its relative increase is exp(mean(plan - float)) - 1 all the same
-        test_fn = lambda m: math.exp(float(per_example(m, test).mean()))  # noqa: E731
+        # Task(scores_are_nll=True) takes scores only, so "today" on perplexity gives test as one number too;
+        # its relative increase, ppl(plan) / ppl(float) - 1, is exp(mean(plan - float)) - 1 all the same
+        test_fn = lambda m: math.exp(float(s.pool(m, test).mean()))  # noqa: E731
     else:
-        test_fn = lambda m: per_example(m, test)  # noqa: E731
+        test_fn = lambda m: s.pool(m, test)  # noqa: E731
     return qslm.Task(evaluate=evaluate, test=test_fn, higher_is_better=not s.nll,
                      scores_are_nll=s.nll and not one_number, name=f"coverage-{s.name}",
                      fingerprint=f"limit-coverage:{s.name}:split {split_seed}:{setting}", **s.task_parts)
@@ -359,7 +360,10 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
     parser.add_argument("--splits", type=int, default=None, help="re-splits per (model, limit) (default 3, wt2 2)")
     parser.add_argument("--data-dir", default=None, help="default $QSLM_DATA_DIR")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on 2 shared cores, 2 threads ran 4-15x slower)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     models = [m for m in args.models.split(",") if m]
     settings = [s for s in args.settings.split(",") if s]
     bad = [m for m in models if m not in MODELS] + [s for s in settings if s not in SETTINGS]
@@ -380,9 +384,7 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         s = subject(name, args.data_dir)
-        float_scores = s.pool(s.model)
-        print(f"[{time.perf_counter() - started:7.0f}s] {name}: {s.notes['pool']}; float pool metric "
-              f"{(math.exp(float_scores.mean()) if s.nll else float_scores.mean()):.3f}; set up in "
+        print(f"[{time.perf_counter() - started:7.0f}s] {name}: {s.notes['pool']}; set up in "
               f"{time.perf_counter() - t0:.0f}s; {len(todo)} searches", flush=True)
         for limit, seed, setting in todo:
             row = run_one(s, limit, max_memory, seed, setting, out)
@@ -395,8 +397,8 @@ def main() -> None:
                                         f"{' EXCEEDS' if row['exceeded'] else ''}")
                   + f"; {row['evaluations']} evals, pool {row['pool_hits']} hits / {row['pool_misses']} misses; "
                   f"{row['seconds']:.0f}s", flush=True)
-        print(f"  {name}: pool scored {s.pool.misses} times ({s.pool.seconds:.0f}s), {s.pool.hits} hits",
-              flush=True)
+        print(f"  {name}: pool scoring missed {s.pool.misses} times ({s.pool.scored} items, {s.pool.seconds:.0f}s), "
+              f"hit {s.pool.hits} times", flush=True)
     print(f"\nwall time this run: {time.perf_counter() - started:.0f}s; searches recorded: {len(rows)}")
     print_tables([r for r in rows if r["model"] in models], settings)
 
