@@ -40,6 +40,7 @@ from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache, default_cache_dir, model_hash
 from ..checkpoint import load_quantized, write_quantized_files
 from ..errors import QslmError
+from ..environment import environment
 from ..headline import headline
 from ..outputs import OutputFolder, check_writable_folder
 from ..quant.apply import WeightCache
@@ -240,7 +241,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         **notes, "model": label, "model_hash": digest, "task": task.name, "metric_name": task.metric_name,
         "higher_is_better": task.higher_is_better,
         "constraints": constraints.to_dict(baseline.memory_bytes, baseline.energy_pj), "config": config.to_dict(),
-        "hardware": profile.name, "calibration_batches": len(task.calibration),
+        "hardware": profile.name, "environment": environment(), "calibration_batches": len(task.calibration),
         "calibration_size": sum(inferences_in(item) for item in task.calibration), "damage_measure": reference.measure,
         "quantizer_calibration_size": (sum(inferences_in(item) for item in task.quantizer_inputs)
                                        if context is not None else None),

@@ -45,6 +45,7 @@ def test_per_example_scores_are_bounded_end_to_end_and_resume(classifier, tmp_pa
     report, quality = result.report, result.report["quality"]
     assert report["status"] == "feasible"
     assert quality["bounded"] and quality["confidence"] == 0.9 and quality["limit"] == 2.0
+    assert report["environment"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert quality["search_examples"] + quality["confirmation_examples"] == 800
     chosen = report["chosen"]
     assert chosen["quality_bound"] <= 2.0 and chosen["quality_bound"] > chosen["quality_loss"]
