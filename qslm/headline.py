@@ -62,8 +62,11 @@ def headline(report: dict) -> list[str]:
         lines.append(f"Plans were judged by the upper bound of their loss at {confidence:g} confidence on "
                      f"{quality['search_examples']} validation examples, and the chosen plan confirmed on "
                      f"{quality['confirmation_examples']} others that took no part in choosing it.")
-    for turned in (quality.get("selection") or {}).get("turned_down", []):
-        lines.append(f"Candidate {turned['index']} ({100 * turned['memory_fraction']:.2f}% of FP32) failed "
-                     f"confirmation (bounded there at {loss_in_words(turned['confirmation']['upper'], hib)}); "
-                     "the next best plan that passes stands in.")
+    selection = quality.get("selection") or {}
+    turned = [f"candidate {t['index']} ({100 * t['memory_fraction']:.2f}% of FP32, bounded there at "
+              f"{loss_in_words(t['confirmation']['upper'], hib)})" for t in selection.get("turned_down", [])]
+    if turned:
+        kept = ("none passed, so no plan is kept" if selection.get("chosen") is None
+                else f"candidate {selection['chosen']}, the best plan that passes, stands in")
+        lines.append(f"Failed confirmation: {'; '.join(turned)}; {kept}.")
     return lines

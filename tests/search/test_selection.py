@@ -65,11 +65,12 @@ def test_the_headline_names_a_plan_turned_down():
                     "confirmation_examples": 200,
                     "validation": {"estimate": 0.1, "interval95": [-0.5, 0.7], "examples": 400},
                     "test": {"estimate": 0.2, "interval95": [-0.4, 0.8], "examples": 800},
-                    "selection": {"turned_down": [{"index": 3, "memory_fraction": 0.08,
+                    "selection": {"chosen": 5, "turned_down": [{"index": 3, "memory_fraction": 0.08,
                                                    "confirmation": {"upper": 1.7}}]}}}
     lines = headline(report)
     assert lines[0] == "Status: **feasible**: 10.00% of FP32 memory, within a drop of 1 points on test."
     assert lines[1] == ("Quality change on validation: -0.1 points (95% interval -0.7 points to +0.5 points; 400 "
                         "examples); on test: -0.2 points (95% interval -0.8 points to +0.4 points; 800 examples).")
     assert "at 0.9 confidence on 200 validation examples" in lines[2]
-    assert lines[3].startswith("Candidate 3 (8.00% of FP32) failed confirmation (bounded there at a drop of 1.7 points)")
+    assert lines[3] == ("Failed confirmation: candidate 3 (8.00% of FP32, bounded there at a drop of 1.7 points); "
+                        "candidate 5, the best plan that passes, stands in.")
