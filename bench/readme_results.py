@@ -56,7 +56,7 @@ def row(name: str, report: dict) -> str:
     base, final, quality = report["baseline"], report["final"], report["quality"]
     hib = report["higher_is_better"]
     if final is None:
-        return f"| `{report['model']}` | {limit} | no plan | | | | `qslm {' '.join(command)}` |"
+        return f"| `{report['model']}` | {limit} | no plan: {why_no_plan(report)} | | | | `qslm {' '.join(command)}` |"
     split = final["split"]
     metric = "SST-2 dev" if hib else "WikiText-2 test word perplexity"
     return (f"| `{report['model']}` | {limit} | {100 * final['memory_bytes'] / base['memory_bytes']:.2f}% "
@@ -64,6 +64,25 @@ def row(name: str, report: dict) -> str:
             f"{100 * final['energy_pj'] / base['energy_pj']:.1f}% | "
             f"{metric} {base['metric_' + split]:.2f} → {final['metric']:.2f} ({change(quality['test'], hib)}) | "
             f"{change(quality['validation'], hib)} | `qslm {' '.join(command)}` |")
+
+
+def why_no_plan(report: dict) -> str:
+    quality, higher_is_better = report["quality"], report["higher_is_better"]
+    turned = (quality.get("selection") or {}).get("turned_down", [])
+    if turned:
+        sizes = sorted(100 * t["memory_fraction"] for t in turned)
+        return (f"the {len(turned)} plans within the limit on the search half ({sizes[0]:.2f}–{sizes[-1]:.2f}% of "
+                "FP32) failed it on the confirmation half")
+    certifiable = quality.get("certifiable")
+    if certifiable:
+        bound = certifiable["certifiable_loss"]
+        return ("the validation data certify no less than "
+                + (f"a drop of {bound:.2f} points" if higher_is_better else f"{100 * bound:+.2f}%"))
+    within = [c["memory_fraction"] for c in report["candidates"]
+              if not any(v.startswith("quality") for v in c["violations"])]
+    if within:
+        return f"every plan within the quality limit was over the memory limit (the smallest {100 * min(within):.2f}%)"
+    return "see the report"
 
 
 HEADER = ("| model | limits | memory (% of FP32) | energy (% of FP32) | reported split: FP32 → QSLM (change, 95% "
