@@ -51,7 +51,7 @@ def headline(report: dict) -> list[str]:
             lines.append(f"Status: **feasible**: {100 * final['memory_bytes'] / report['baseline']['memory_bytes']:.2f}% "
                          f"of FP32 memory" + ("" if limit_text is None else f", within {limit_text} on {split}") + ".")
         else:
-            lines.append(f"Status: **over the limit on {split}**: the plan lost {format_loss(final['quality_loss'], hib)} "
+            lines.append(f"Status: **over the limit on {split}**: the plan shows {loss_in_words(final['quality_loss'], hib)} "
                          f"on {split}, beyond {limit_text}, though it held the limit on the validation data.")
         lines.append(f"Quality change on validation: {_interval(quality.get('validation'), hib)}; on {split}: "
                      f"{_interval(quality.get('test'), hib)}.")

@@ -87,7 +87,7 @@ def test_a_test_split_that_breaks_the_limit_is_named_in_the_headline(classifier,
     task = task_of(model, ids, labels, test=lambda m: right if m is model else wrong)
     report = search(model, task, tmp_path / "out", tmp_path / "cache", max_drop=2.0).report
     assert report["final"]["quality_within_limit"] is False and report["quality"]["test_within_limit"] is False
-    assert report["headline"][0].startswith("Status: **over the limit on test**: the plan lost -10 points on test")
+    assert report["headline"][0].startswith("Status: **over the limit on test**: the plan shows a drop of 10 points on test")
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "**feasible**" not in markdown and "over the limit on test" in markdown.splitlines()[2]
 
