@@ -30,7 +30,8 @@ def test_search_prints_fp32_vs_qslm_table(tiny_classifier, small_data_dir, cache
     capsys.readouterr()
     assert main(["search", str(tiny_classifier), "--task", "sst2", "--max-drop", "1", "--max-memory", "50%",
                  "--out", str(out), *small_options(small_data_dir, cache_dir)]) == 0
-    printed = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    printed = captured.out.splitlines()
     header = next(line for line in printed if "FP32" in line)
     assert header.split() == ["FP32", "QSLM", "change"]
     rows = {line.split("  ")[0]: line for line in printed}
@@ -41,6 +42,11 @@ def test_search_prints_fp32_vs_qslm_table(tiny_classifier, small_data_dir, cache
     assert f"{100 * fraction:.1f}% of FP32" in rows["memory (MB)"]
     assert f"model and report written to {out}" in printed[-1]
     assert report["config"]["strategy"] == "tiered"
+    # the preset scores every sentence: the limit was judged per example, and the headline is printed
+    assert report["quality"]["bounded"] and report["quality"]["confidence"] == 0.5
+    assert report["quality"]["search_examples"] + report["quality"]["confirmation_examples"] == 64
+    # (on stderr when the reported split broke the limit, as on these 200 dev sentences)
+    assert report["headline"][1] in (printed if report["final"]["quality_within_limit"] else captured.err.splitlines())
     # what was asked, and the limit it means for this model
     assert report["constraints"]["max_memory"] == "50%"
     assert report["constraints"]["memory_limit_bytes"] == 0.5 * report["baseline"]["memory_bytes"]
