@@ -74,3 +74,16 @@ def test_the_headline_names_a_plan_turned_down():
     assert "at 0.9 confidence on 200 validation examples" in lines[2]
     assert lines[3] == ("Failed confirmation: candidate 3 (8.00% of FP32, bounded there at a drop of 1.7 points); "
                         "candidate 5, the best plan that passes, stands in.")
+
+
+def test_an_infeasible_report_says_which_closest_plans_failed_confirmation():
+    from qslm.report import markdown
+
+    closest = {"index": 4, "tier": "module", "memory_fraction": 0.073, "quality_loss": -0.25, "violations": []}
+    report = {"model": "m", "task": "t", "higher_is_better": True, "status": "infeasible", "final": None,
+              "closest": [closest], "baseline": {"memory_bytes": 100}, "metric_name": "accuracy",
+              "quality": {"limit": 1.0, "confidence": 0.9, "bounded": True, "search_examples": 4,
+                          "confirmation_examples": 4, "selection": {"chosen": None, "turned_down": []}},
+              "constraints": {}, "config": {"strategy": "tiered"}, "candidates": [], "seconds": {"total": 1.0}}
+    assert ("- candidate 4 (module): memory 7.3% of FP32, quality loss -0.25; within the limits on the search "
+            "half, failed on the confirmation half") in markdown(report)
