@@ -4,6 +4,7 @@ on the test split, each with its 95% interval, and with what confidence. ``repor
 """
 from __future__ import annotations
 
+
 def format_loss(value: float | None, higher_is_better: bool) -> str:
     if value is None:
         return "n/a"
@@ -38,7 +39,6 @@ def headline(report: dict) -> list[str]:
         lines.append("Status: **infeasible**: no plan met the constraints.")
         certifiable = quality.get("certifiable")
         if certifiable is not None:
-            needed = certifiable.get("examples_needed")
             what = loss_in_words(certifiable["certifiable_loss"], hib)
             needed = certifiable.get("examples_needed")
             lines.append(f"The validation data cannot certify {limit_text} at {confidence:g} confidence: the least "

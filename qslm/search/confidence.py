@@ -119,7 +119,7 @@ class QualityJudge:
     def search(self, measured: Measured) -> Bound:
         """The loss on the search part (the whole metric when it is one number)."""
         if not self.bounded:
-            return Bound(loss_of(measured.metric, self.reference.metric, self.higher_is_better))
+            return self.whole(measured)
         return self._bound(measured, self.search_blocks)
 
     def confirmation(self, measured: Measured) -> Bound | None:
@@ -145,16 +145,17 @@ class QualityJudge:
     def _bound(self, measured: Measured, parts: list[np.ndarray], reference: Measured | None = None) -> Bound:
         reference = reference or self.reference
         plan, base = measured.scores, reference.scores
+        count = int(sum(len(p) for p in parts))
         if self.scores_are_nll or self.higher_is_better:
             # the mean of paired differences: dropped points, or the log of the perplexity ratio
             differences = base - plan if self.higher_is_better else plan - base
-            estimate, error, count = _ratio(differences, np.ones_like(differences), parts)
+            estimate, error = _ratio(differences, np.ones_like(differences), parts)
             low, high, upper = self._limits(estimate, error, len(parts))
-            transform = (lambda x: x) if self.higher_is_better else (lambda x: math.expm1(x))
+            transform = (lambda x: x) if self.higher_is_better else math.expm1
             return Bound(transform(estimate), transform(upper), (transform(low), transform(high)), count)
         # a mean ratio: linearised by the delta method around the estimated ratio
-        ratio, _, count = _ratio(plan, base, parts)
-        estimate, error, _ = _ratio(plan - ratio * base, base, parts)
+        ratio, _ = _ratio(plan, base, parts)
+        _, error = _ratio(plan - ratio * base, base, parts)
         low, high, upper = self._limits(0.0, error, len(parts))
         return Bound(ratio - 1.0, ratio - 1.0 + upper, (ratio - 1.0 + low, ratio - 1.0 + high), count)
 
@@ -165,15 +166,14 @@ class QualityJudge:
         return estimate - half, estimate + half, estimate + float(student_t.ppf(self.confidence, freedom)) * error
 
 
-def _ratio(numerator: np.ndarray, denominator: np.ndarray, parts: list[np.ndarray]) -> tuple[float, float, int]:
-    """(sum numerator / sum denominator over ``parts``, its batch-means standard error, examples)."""
+def _ratio(numerator: np.ndarray, denominator: np.ndarray, parts: list[np.ndarray]) -> tuple[float, float]:
+    """(sum numerator / sum denominator over ``parts``, its batch-means standard error)."""
     top = np.array([numerator[p].sum() for p in parts])
     bottom = np.array([denominator[p].sum() for p in parts])
     total = float(bottom.sum())
     value = float(top.sum()) / total
     count = len(parts)
     if count < 2:
-        return value, 0.0, int(sum(len(p) for p in parts))
+        return value, 0.0
     residual = top - value * bottom  # each block's deviation, weighted by its share
-    error = math.sqrt(float((residual ** 2).sum()) * count / (count - 1)) / total
-    return value, error, int(sum(len(p) for p in parts))
+    return value, math.sqrt(float((residual ** 2).sum()) * count / (count - 1)) / total

@@ -51,13 +51,13 @@ from ..quant.quantizer import QuantSpec
 from ..quant.units import find_units, unit_tensor
 from ..report import write_report
 from ..tasks.base import Task, inferences_in, run_inputs
+from ..tasks.scores import Measured, check_same_examples
 from .config import SearchConfig
 from .executors import Deferred, ExecutorChoice, InProcess
 from .journal import Journal, assignment_key, measured_of
 from .measure import Measurements, SensitivityTable, cache_file
 from .measure import task_metric as _metric
 from .methods import BytesByWidth, MethodChoice, output_errors, record_context
-from ..tasks.scores import Measured, check_same_examples
 from .confidence import Bound, QualityJudge
 from .objective import Baseline, Constraints
 from .problem import SearchProblem
