@@ -20,7 +20,7 @@ def _refuse_duplicate_keys(source: str):
     return build
 
 
-def parse_json(text: str, source: str) -> object:
+def parse_json(text: str | bytes, source: str) -> object:
     """``text`` parsed as JSON; ``source`` names it in errors."""
     try:
         return json.loads(text, object_pairs_hook=_refuse_duplicate_keys(source))

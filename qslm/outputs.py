@@ -35,6 +35,7 @@ from pathlib import Path
 
 from .atomic import ordinary_file_permissions, write_text_atomically
 from .errors import QslmError
+from .jsonfile import read_json_file
 
 MANIFEST_FILE = ".qslm-output.json"
 MANIFEST_VERSION = 1
@@ -72,9 +73,11 @@ def read_manifest(folder: Path) -> Manifest | None:
         return None
     expected = f'expected {{"version": {MANIFEST_VERSION}, "kind": one of {list(KINDS)}, "files": [names]}}'
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raw = read_json_file(path)
+    except OSError as err:
         raise QslmError(f"{path} is not a readable qslm output manifest ({err}); {expected}") from None
+    except QslmError as err:
+        raise QslmError(f"{err}; {expected}") from None
     if (not isinstance(raw, dict) or raw.get("version") != MANIFEST_VERSION or raw.get("kind") not in KINDS
             or not isinstance(raw.get("files"), list) or not isinstance(raw.get("kept", []), list)
             or not all(_is_plain_name(n) for n in raw["files"] + raw.get("kept", []))):

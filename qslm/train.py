@@ -33,6 +33,7 @@ from .data.paths import resolve_data_dir
 from .data.text import load_text
 from .data.tokenizer import load_tokenizer, pad_id, train_tokenizer
 from .errors import QslmError
+from .jsonfile import read_json_file
 from .evaluate import classification_logits, evaluate_classification, evaluate_lm, masked_lm_loss, max_input_len
 from .models.zoo import ARCHITECTURES, LANGUAGE_MODEL_TASK, build_model, evaluation_task
 from .tasks.datasets import sst2, wikitext
@@ -84,7 +85,7 @@ def tokenizer_corpus(options: TrainOptions, sst2_training: list[sst2.Example] | 
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json_file(path) if path.is_file() else None
 
 
 def lr_at(step: int, options: TrainOptions) -> float:

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from .errors import QslmError
+from .jsonfile import parse_json
 
 STATE_FILE = "state.safetensors"
 # Work-folder files of earlier qslm versions: pickles, which can run code when loaded, so they are refused.
@@ -97,7 +98,7 @@ def read_state(path: Path, work: Path) -> TrainingState:
     """The state written by ``write_state``; a file that is not one is refused, naming ``work`` to delete."""
     tensors, metadata = read_tensors(path, work)
     try:
-        document = json.loads(metadata[METADATA_KEY])
+        document = parse_json(metadata[METADATA_KEY], f"{path} metadata")
         if document["format"] != FORMAT_VERSION:
             raise ValueError(f"format {document['format']!r}, expected {FORMAT_VERSION}")
         state = TrainingState(
@@ -106,7 +107,7 @@ def read_state(path: Path, work: Path) -> TrainingState:
             history=list(document["history"]), seconds=float(document["seconds"]), options=document["options"],
             python_rng=_python_rng_state(document["python_rng"]), torch_rng=tensors["torch_rng"],
             epoch_batches=[[int(i) for i in batch] for batch in document["epoch_batches"]])
-    except (KeyError, TypeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+    except (KeyError, TypeError, ValueError, QslmError) as err:  # QslmError: not JSON, or a key twice
         raise QslmError(f"{path} is not a qslm training state ({type(err).__name__}: {err}); "
                         f"delete {work} to start over") from None
     if state.torch_rng.dtype != torch.uint8:

@@ -93,6 +93,12 @@ def test_a_broken_manifest_is_named_and_refused(tmp_path):
     assert folder.manifest.files == []  # nothing a broken manifest names is ever removed
 
 
+def test_a_manifest_with_a_key_twice_is_refused(tmp_path):
+    (tmp_path / MANIFEST_FILE).write_text('{"version": 1, "kind": "quantize", "files": [], "files": ["x"]}')
+    with pytest.raises(QslmError, match=f"{MANIFEST_FILE}: key 'files' appears more than once"):
+        OutputFolder.claim(tmp_path, "quantize")
+
+
 def test_a_read_only_place_is_refused_up_front():
     # /sys refuses new folders even to root, where permission bits would not.
     with pytest.raises(QslmError, match="cannot create output folder /sys/qslm-out"):

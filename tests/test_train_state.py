@@ -94,6 +94,18 @@ def test_a_malformed_python_random_state_is_refused(tmp_path):
         read_state(path, tmp_path)
 
 
+def test_state_metadata_with_a_key_twice_is_refused(tmp_path):
+    state = trained_state()[0]
+    path = tmp_path / train_state.STATE_FILE
+    write_state(path, state)
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as file:
+        text = file.metadata()[METADATA_KEY]
+    save_file(tensors, str(path), {METADATA_KEY: text.replace("{", '{"step": 99, ', 1)})
+    with pytest.raises(QslmError, match="is not a qslm training state.*key 'step' appears more than once"):
+        read_state(path, tmp_path)
+
+
 def test_legacy_files_are_refused(tmp_path):
     refuse_legacy_files(tmp_path)  # an empty folder is fine
     (tmp_path / "checkpoint.pt").write_bytes(b"")

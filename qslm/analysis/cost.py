@@ -60,7 +60,6 @@ is the same on every run and machine; ``measure_latency`` times the real model, 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -75,6 +74,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import QslmError
+from ..jsonfile import read_json_file
 from ..quant.units import matmul_ops, quantizable_units, unit_tensor, weight_view_ops
 from .hierarchy import is_binary
 
@@ -253,10 +253,7 @@ def load_hardware_profile(name_or_path: str | os.PathLike | HardwareProfile = DE
             raise QslmError(f"hardware profile {str(name_or_path)!r} is neither a JSON file nor a bundled profile "
                             f"(bundled: {', '.join(list_hardware_profiles())})")
         path = bundled
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise QslmError(f"hardware profile {path} is not valid JSON: {err}") from None
+    raw = read_json_file(path)
     return hardware_profile_from_dict(raw, str(path))
 
 

@@ -7,6 +7,7 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import QslmError
+from ..jsonfile import parse_json
 
 PAD_TOKEN = "<pad>"
 MASK_TOKEN = "<mask>"  # the input at positions a masked language model must predict
@@ -27,7 +28,12 @@ def load_tokenizer(path: Path) -> Tokenizer:
     if not path.is_file():
         raise QslmError(f"missing tokenizer {path}: expected a Hugging Face tokenizer.json")
     try:
-        return Tokenizer.from_file(str(path))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise QslmError(f"{path} is not UTF-8 text ({err}); expected a Hugging Face tokenizer.json") from None
+    parse_json(text, str(path))  # tokenizers itself keeps the last of a key given twice
+    try:
+        return Tokenizer.from_str(text)
     except Exception as err:  # tokenizers raises a bare Exception on bad JSON
         raise QslmError(f"{path} is not a valid tokenizer.json: {err}") from None
 

@@ -8,7 +8,6 @@ Neuron-state fixed point changes run-time state, not stored weights, so it costs
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..jsonfile import parse_json
 from .pack import PLAN_FILE, stored_weight_bytes, unique_state
 from .plan import QuantPlan
 from .quantizer import QuantSpec
@@ -63,7 +63,7 @@ def plan_bytes(model: nn.Module, plan: QuantPlan) -> int:
 def safetensors_tensor_bytes(path: str | os.PathLike) -> int:
     """Sum of tensor bytes in a safetensors file, read from its header (the header itself not counted)."""
     with open(path, "rb") as handle:
-        header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+        header = parse_json(handle.read(struct.unpack("<Q", handle.read(8))[0]), f"{path} header")
     return sum(end - start for key, entry in header.items() if key != "__metadata__"
                for start, end in [entry["data_offsets"]])
 

@@ -8,12 +8,12 @@ A table (TSV, CSV) has a header row; a JSON-lines file holds one object a line. 
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..data.examples import Example
 from ..errors import QslmError
+from ..jsonfile import parse_json
 
 TABLE_DELIMITERS = {".tsv": "\t", ".csv": ","}
 EXAMPLE_SUFFIXES = (*TABLE_DELIMITERS, ".jsonl")
@@ -147,10 +147,7 @@ def _json_records(path: Path, text: str) -> Iterator[tuple[int, dict]]:
     for line, row in enumerate(text.splitlines(), start=1):
         if not row.strip():
             continue
-        try:
-            record = json.loads(row)
-        except json.JSONDecodeError as err:
-            raise QslmError(f"{path}:{line}: not valid JSON ({err.msg}); expected one JSON object a line") from None
+        record = parse_json(row, f"{path}:{line}")
         if not isinstance(record, dict):
             raise QslmError(f"{path}:{line}: a JSON {type(record).__name__}; expected one JSON object a line")
         yield line, record

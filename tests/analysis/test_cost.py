@@ -204,6 +204,14 @@ def test_unreadable_or_unknown_profile(tmp_path):
         load_hardware_profile("tpu")
 
 
+def test_a_profile_with_a_key_twice_is_refused(tmp_path):
+    path = tmp_path / "twice.json"
+    text = (HARDWARE_DIR / "default_45nm.json").read_text()
+    path.write_text(text.replace("{", '{"name": "a", ', 1))
+    with pytest.raises(QslmError, match="twice.json: key 'name' appears more than once"):
+        load_hardware_profile(path)
+
+
 def test_bad_bits_and_unknown_units(tiny_ops):
     with pytest.raises(QslmError, match=r"unknown units \['head'\]"):
         energy_per_inference(tiny_ops, {"head": 8})

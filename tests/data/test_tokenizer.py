@@ -64,6 +64,14 @@ def test_missing_tokenizer(tmp_path):
 def test_bad_tokenizer_json(tmp_path, content):
     path = tmp_path / "tokenizer.json"
     path.write_text(content)
-    with pytest.raises(QslmError, match="is not a valid tokenizer.json") as info:
+    with pytest.raises(QslmError, match="is not (a )?valid (tokenizer.json|JSON)") as info:
         load_tokenizer(path)
     assert str(path) in str(info.value)
+
+
+def test_a_tokenizer_with_a_key_twice_is_refused(tokenizer, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+    path.write_text(path.read_text().replace("{", '{"added_tokens": [], ', 1))
+    with pytest.raises(QslmError, match="key 'added_tokens' appears more than once"):
+        load_tokenizer(path)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from qslm.checkpoint import export_quantized, load_model
+from qslm.errors import QslmError
 from qslm.quant.memory import (
     fixed_bytes,
     memory_report,
@@ -102,3 +103,13 @@ def test_report_of_a_quantized_folder(tiny_encoder, tmp_path):
     assert rows["blocks.0.mlp.fc2"]["spec"] == "fp32"
     assert report["bytes"] == plan_bytes(loaded.model, plan)
     assert report["neurons"] == {"blocks.1.mlp.hidden_lif": "fixed8 range +-2*v_th"}
+
+
+def test_a_safetensors_header_with_a_key_twice_is_refused(tmp_path):
+    # Two entries for one name: counting either would be a guess at what a loader keeps.
+    header = b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, ' \
+             b'"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}'
+    path = tmp_path / "twice.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    with pytest.raises(QslmError, match="twice.safetensors header: key 'w' appears more than once"):
+        safetensors_tensor_bytes(path)
