@@ -9,7 +9,8 @@ and measures the current (fake-quantized) model against them:
 The compared tensor is picked from whatever the model returns (a tensor, or the floating tensors of a
 tuple / list / dict), or by the task's ``output`` function.
 Results are cached on disk keyed by model hash + calibration digest + units + spec, so re-runs and
-resumed searches do not recompute them.
+resumed searches do not recompute them; each cache line carries a digest of its key and value
+(``qslm.digest_lines``), so an edited or damaged line is measured again rather than trusted.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from ..data.batching import classification_batches, encode_examples, length_order
 from ..data.tokenizer import pad_id
+from ..digest_lines import Damaged, NotJson, digested_line, dropped_note, read_digested
 from ..errors import QslmError
 from ..tasks.base import call_model
 
@@ -182,28 +184,55 @@ class OutputReference:
         return total
 
 
+CACHE_CONTEXT = "qslm sensitivity cache"  # digested with each line: the key already names the model and data
+
+
 class SensitivityCache:
-    """JSON-lines file of measured damages; one line per (model, calibration, units, spec)."""
+    """JSON-lines file of measured damages; one line per (model, calibration, units, spec), each
+    ``{"key": ..., "value": {...}, "digest": ...}``. A line that is JSON but whose digest is missing or
+    does not match (an edit, a value moved to another key, a line from before digests), or that repeats
+    a field, is dropped and measured again; ``dropped_lines`` lists those no valid line replaces."""
 
     def __init__(self, path: Path | None):
         self.path = Path(path) if path else None
         self.entries: dict[str, dict] = {}
+        self.dropped_lines: list[int] = []
         # A last line cut short by a crash: the next entry must start on a line of its own, or it is lost.
+        # The torn part stays in the file (several searches may share a cache, so it is never truncated).
         self._torn_tail = False
         if self.path and self.path.is_file():
-            text = self.path.read_text()
-            self._torn_tail = bool(text) and not text.endswith("\n")
-            for line in text.splitlines():
+            data = self.path.read_bytes()
+            self._torn_tail = bool(data) and not data.endswith(b"\n")
+            damaged: list[tuple[int, str | None]] = []
+            for line_no, line in enumerate(data.splitlines(), start=1):
                 try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash
+                    entry = read_digested(line.decode("utf-8"), CACHE_CONTEXT)
+                except UnicodeDecodeError:  # qslm writes only ASCII
+                    entry = Damaged(None)
+                if isinstance(entry, NotJson):
+                    continue  # not JSON: a line cut short by a crash, left behind a later entry's newline
+                if isinstance(entry, Damaged) or set(entry) != {"key", "value"} or not isinstance(
+                        entry["key"], str) or not isinstance(entry["value"], dict):
+                    damaged.append((line_no, entry.key if isinstance(entry, Damaged) else None))
+                    continue
                 self.entries[entry["key"]] = entry["value"]
+            # damaged lines whose key a valid line holds (measured again by an earlier run) cost nothing
+            self.dropped_lines = [n for n, key in damaged if key is None or key not in self.entries]
 
     @staticmethod
     def key(model_digest: str, calibration_digest: str, units: tuple[str, ...], spec: str) -> str:
         raw = json.dumps([model_digest, calibration_digest, sorted(units), spec])
         return hashlib.sha256(raw.encode()).hexdigest()
+
+    @property
+    def dropped(self) -> int:
+        """Damaged lines dropped whose sensitivities are measured again."""
+        return len(self.dropped_lines)
+
+    def note(self) -> str | None:
+        """One line for the user when damaged lines were dropped, else None."""
+        return dropped_note(self.path, "sensitivity cache", self.dropped_lines,
+                            "those sensitivities are measured again")
 
     def get(self, key: str) -> dict | None:
         return self.entries.get(key)
@@ -213,7 +242,8 @@ class SensitivityCache:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as handle:
-                handle.write(("\n" if self._torn_tail else "") + json.dumps({"key": key, "value": value}) + "\n")
+                handle.write(("\n" if self._torn_tail else "") + digested_line({"key": key, "value": value},
+                                                                                CACHE_CONTEXT))
                 self._torn_tail = False
                 handle.flush()
                 os.fsync(handle.fileno())

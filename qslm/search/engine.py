@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,8 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     measurements = Measurements(model, task, hierarchy, config, reference=reference, weights=weight_cache,
                                 context=context)
     executor = executors.start(measurements)
-    sensitivity = SensitivityTable(measurements, SensitivityCache(cache_file(cache_dir, digest)), digest, executor)
+    cache = SensitivityCache(cache_file(cache_dir, digest))
+    sensitivity = SensitivityTable(measurements, cache, digest, executor)
     # ---- a journal entry (one plan's metric) depends only on the header and its key, so a rerun with other
     # constraints, weights, strategy or budget reuses every measurement already made (with several
     # methods the key names each unit's method too: a memory limit that changes a unit's method at the
@@ -164,6 +166,10 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         header["methods"] = list(config.methods)
         header["quantizer_calibration"] = sensitivity.quantizer_digest
     journal = _journal(folder, header)
+    # damaged journal or cache lines were dropped, not trusted: said once, now and in the report
+    dropped = [note for note in (journal.note(), cache.note()) if note is not None]
+    for note in dropped:
+        tqdm.write(f"note: {note}", file=sys.stderr)
     # plans the choice of methods measured (every unit at one width): the search takes them from here
     ahead: dict[str, tuple[float, float]] = {}
     checked: list[dict] = []  # each width whose equal-bytes choices were checked, and the plans it measured
@@ -250,6 +256,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         "candidates": [c.to_dict() for c in problem.candidates],
         "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
         "method_checks": checked,
+        "dropped_lines": dropped,
         "workers": executor.workers,
         "block_cache": _block_cache_report(measurements, in_process=isinstance(executor, InProcess)),
         "baseline": {"metric_validation": baseline.metric, f"metric_{split}": reported_metric,

@@ -18,6 +18,7 @@ from qslm.analysis.sensitivity import (
     model_hash,
 )
 from qslm.checkpoint import load_model
+from qslm.digest_lines import digested_line
 from qslm.errors import QslmError
 from qslm.tasks.datasets import sst2, wikitext
 
@@ -101,12 +102,62 @@ def test_cache_persists_and_skips_corrupt_lines(tmp_path):
     assert SensitivityCache(path).get(key) == {"kl": 0.5, "loss_increase": 0.1}
     with open(path, "a") as handle:
         handle.write("garbage\n")
-        handle.write(json.dumps({"key": "other", "value": {"kl": 1.0}}) + "\n")
+        handle.write(json.dumps({"key": "other", "value": {"kl": 1.0}}) + "\n")  # no digest: not trusted
         handle.write('{"key": "torn", "val')  # a crash mid-line
     reloaded = SensitivityCache(path)
-    assert reloaded.get(key) == {"kl": 0.5, "loss_increase": 0.1} and reloaded.get("other") == {"kl": 1.0}
+    assert reloaded.get(key) == {"kl": 0.5, "loss_increase": 0.1} and reloaded.get("other") is None
+    assert reloaded.dropped_lines == [3]  # lines that are not JSON (a crash's torn line) are skipped silently
     reloaded.put("after", {"kl": 2.0})  # what a resumed run adds after the torn line stays readable
-    assert SensitivityCache(path).get("after") == {"kl": 2.0}
+    again = SensitivityCache(path)
+    assert again.get("after") == {"kl": 2.0} and again.dropped_lines == [3]
+
+
+def test_swapped_cache_values_are_both_dropped(tmp_path):
+    """Moving one measurement's damage to another key (which would move units to other widths) is caught."""
+    path = tmp_path / "sensitivity.jsonl"
+    cache = SensitivityCache(path)
+    cache.put("low", {"damage": 0.001, "measure": "kl"})
+    cache.put("high", {"damage": 5.0, "measure": "kl"})
+    cache.put("kept", {"damage": 0.5, "measure": "kl"})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines[0]["value"], lines[1]["value"] = lines[1]["value"], lines[0]["value"]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    reloaded = SensitivityCache(path)
+    assert reloaded.entries == {"kept": {"damage": 0.5, "measure": "kl"}}
+    assert reloaded.dropped == 2
+    assert reloaded.note() == (f"sensitivity cache {path}: 2 damaged lines dropped (lines 1, 2: edited, corrupt, "
+                               "or written before qslm gave each line a digest); those sensitivities are measured "
+                               "again")
+    reloaded.put("low", {"damage": 0.001, "measure": "kl"})  # measured again: appended, read back, nothing to say
+    again = SensitivityCache(path)
+    assert again.get("low") == {"damage": 0.001, "measure": "kl"} and again.get("high") is None
+    assert again.dropped_lines == [2] and again.note().startswith(f"sensitivity cache {path}: 1 damaged line ")
+
+
+@pytest.mark.parametrize("line", [
+    '[1, 2]', '5', 'null', '"key"', '{"value": {"damage": 1.0}}', '{"key": 3, "value": {}}', '{"key": "k"}',
+    '{"key": "k", "value": 1.0}', '{"key": "k", "value": {"damage": 1.0}, "value": {"damage": 2.0}}',
+    digested_line({"key": "k", "value": 1.0}, "qslm sensitivity cache").rstrip("\n"),
+    digested_line({"key": "k", "value": {}, "extra": 1}, "qslm sensitivity cache").rstrip("\n"),
+    digested_line({"key": "k", "value": {"damage": 1.0}}, "another context").rstrip("\n"),
+])
+def test_cache_lines_that_are_not_entries_are_dropped_and_counted(tmp_path, line):
+    """JSON that is not a cache entry with a matching digest: dropped and counted, never a raw KeyError."""
+    path = tmp_path / "sensitivity.jsonl"
+    SensitivityCache(path).put("kept", {"damage": 0.5})
+    with open(path, "a") as handle:
+        handle.write(line + "\n")
+    reloaded = SensitivityCache(path)
+    assert reloaded.entries == {"kept": {"damage": 0.5}} and reloaded.dropped_lines == [2]
+
+
+def test_cache_bytes_that_are_not_utf8_are_a_dropped_line(tmp_path):
+    path = tmp_path / "sensitivity.jsonl"
+    SensitivityCache(path).put("kept", {"damage": 0.5})
+    with open(path, "ab") as handle:
+        handle.write(b'{"key": "\xff"}\n')
+    reloaded = SensitivityCache(path)
+    assert reloaded.entries == {"kept": {"damage": 0.5}} and reloaded.dropped_lines == [2]
 
 
 def test_cache_without_path_stays_in_memory(tmp_path):

@@ -10,10 +10,11 @@ import pytest
 from safetensors import safe_open
 
 import qslm
-from qslm.analysis.sensitivity import model_hash
+from qslm.analysis.sensitivity import SensitivityCache, model_hash
 from qslm.cli import main
+from qslm.digest_lines import dropped_note
 from qslm.errors import QslmError
-from qslm.search.journal import assignment_key
+from qslm.search.journal import Journal, assignment_key
 from qslm.search.objective import Constraints
 from tests.search.interrupting import interrupt_at
 
@@ -114,6 +115,46 @@ def test_rerun_resumes_without_new_evaluations(base, tiny_classifier, small_data
     assert all(c["resumed"] for c in again.report["candidates"])
     assert (out / "quant_plan.json").read_bytes() == (base.out / "quant_plan.json").read_bytes()
     assert len((out / "journal.jsonl").read_text().splitlines()) == 1 + base.report["evaluations"]["total"]
+
+
+def test_rerun_measures_edited_journal_and_cache_lines_again(base, tiny_classifier, small_data_dir, tmp_path_factory,
+                                                             capsys):
+    """Every journal metric set to 99.0 and two cached sensitivities swapped: the rerun trusts none of them,
+    measures them again, says so once, and finds the untampered run's plan with its metrics."""
+    root = tmp_path_factory.mktemp("tampered")
+    out, cache = root / "out", root / "cache"
+    shutil.copytree(base.out, out)
+    shutil.copytree(shared_cache(tmp_path_factory), cache)
+    journal = out / "journal.jsonl"
+    header, *entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    journal.write_text("".join(json.dumps(line) + "\n" for line in [header] + [{**e, "metric": 99.0} for e in entries]))
+    cache_path = next(cache.glob(f"sensitivity-{base.report['model_hash'][:16]}.jsonl"))
+    cached = [json.loads(line) for line in cache_path.read_text().splitlines()]
+    first, second = next((i, j) for i in range(len(cached)) for j in range(i + 1, len(cached))
+                         if cached[i]["value"] != cached[j]["value"])
+    cached[first]["value"], cached[second]["value"] = cached[second]["value"], cached[first]["value"]
+    cache_path.write_text("".join(json.dumps(line) + "\n" for line in cached))
+    capsys.readouterr()
+
+    again = search(tiny_classifier, out, small_data_dir, cache, config=qslm.SearchConfig(sensitivity_table="full"))
+    total = base.report["evaluations"]["total"]
+    assert again.report["evaluations"] == {"total": total, "new": total}
+    assert (out / "quant_plan.json").read_bytes() == (base.out / "quant_plan.json").read_bytes()
+    assert again.report["chosen"]["assignment"] == base.report["chosen"]["assignment"]
+    strip = lambda report: [(c["tier"], c["metric"], c["assignment"]) for c in report["candidates"]]  # noqa: E731
+    assert strip(again.report) == strip(base.report) and again.report["sensitivity"] == base.report["sensitivity"]
+    assert again.report["final"]["metric"] == base.report["final"]["metric"]
+    notes = [dropped_note(journal, "journal", list(range(2, total + 2)), "those plans are measured again"),
+             f"sensitivity cache {cache_path}: 2 damaged lines dropped (lines {first + 1}, {second + 1}: edited, "
+             "corrupt, or written before qslm gave each line a digest); those sensitivities are measured again"]
+    assert again.report["dropped_lines"] == notes and base.report["dropped_lines"] == []
+    assert capsys.readouterr().err.splitlines() == [f"note: {note}" for note in notes]  # said once, on stderr
+    # the measurements made again were appended: a next rerun replays them and has nothing to say
+    assert len(journal.read_text().splitlines()) == 1 + 2 * total
+    reread = Journal(journal, header["header"])
+    assert reread.dropped == 0 and [reread.get(e["key"])["metric"] for e in entries] == [
+        c["metric"] for c in base.report["candidates"]]
+    assert SensitivityCache(cache_path).dropped == 0
 
 
 def test_interrupted_search_reuses_its_journal(tiny_classifier, small_data_dir, tmp_path_factory, monkeypatch):
