@@ -24,13 +24,16 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from .data.tokenizer import load_tokenizer
+from .diskspace import FILE_SLACK, native_write, require_free_space
 from .errors import QslmError
 from .jsonfile import read_json_file
+from .models.neurons import lif_modules
 from .models.shapes import state_shapes
 from .models.weights import check_finite, header_problems, read_header, read_state_dict
 from .models.zoo import CONFIG_FILE, build_model, config_from_dict, resolve_model_path
 from .outputs import OutputFolder
 from .quant.apply import QuantContext, check_context
+from .quant.memory import plan_bytes
 from .quant.pack import (
     PLAN_FILE,
     WEIGHTS_FILE,
@@ -41,11 +44,12 @@ from .quant.pack import (
     write_packed,
 )
 from .quant.plan import QuantPlan
+from .quant.units import quantizable_units
 
 TOKENIZER_FILE = "tokenizer.json"
 __all__ = ["CONFIG_FILE", "PLAN_FILE", "TOKENIZER_FILE", "WEIGHTS_FILE", "LoadedModel", "export_quantized",
-           "load_model", "load_quantized", "read_config", "read_state_dict", "save_model", "write_config",
-           "write_quantized_files"]
+           "load_model", "load_quantized", "quantized_files_bytes", "read_config", "read_state_dict", "save_model",
+           "write_config", "write_quantized_files"]
 
 
 @dataclass
@@ -126,8 +130,9 @@ def save_model(out: str | os.PathLike, model: nn.Module, tokenizer: Tokenizer, e
         staging = folder.staging()
         write_config(staging, model.config)
         state = {k: v.detach().cpu().contiguous() for k, v in unique_state(model).items()}  # a tied tensor once
-        save_file(state, str(staging / WEIGHTS_FILE))
-        tokenizer.save(str(staging / TOKENIZER_FILE))
+        with native_write(staging / WEIGHTS_FILE):
+            save_file(state, str(staging / WEIGHTS_FILE))
+        save_tokenizer(tokenizer, staging / TOKENIZER_FILE)
         for name, content in (extra_files or {}).items():
             (staging / name).write_text(content)
         folder.commit({name: staging / name for name in [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, *(extra_files or {})]})
@@ -146,9 +151,45 @@ def write_quantized_files(model: nn.Module, plan: QuantPlan, folder: Path, token
         files[CONFIG_FILE] = folder / CONFIG_FILE
     files.update(write_packed(model, plan, folder, context))
     if tokenizer is not None:
-        tokenizer.save(str(folder / TOKENIZER_FILE))
+        save_tokenizer(tokenizer, folder / TOKENIZER_FILE)
         files[TOKENIZER_FILE] = folder / TOKENIZER_FILE
     return files
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
+    with native_write(path):  # tokenizers reports a full disk as a bare Exception
+        tokenizer.save(str(path))
+
+
+# Bounds on what the files add to the tensors' bytes: a safetensors header entry per tensor (its name,
+# dtype, shape and offsets as JSON: about 70 bytes besides the name) and a plan entry per unit (a spec
+# with every field: about 230 bytes besides the name) and per neuron (about 60).
+HEADER_BYTES_PER_TENSOR = 160
+PLAN_BYTES_PER_UNIT = 320
+PLAN_BYTES_PER_NEURON = 96
+PACKED_BUFFERS = 4  # a quantized unit stores at most codes, scale, scale exponent and zero-point
+QUANTIZED_FILES = 4  # model.safetensors, quant_plan.json, config.json, tokenizer.json
+
+
+def quantized_files_overhead(model: nn.Module, tokenizer: Tokenizer | None = None) -> int:
+    """A bound above on what ``write_quantized_files`` writes besides the plan's tensor bytes, under any
+    plan: the weights file's header, quant_plan.json, config.json and tokenizer.json, each file's last
+    block."""
+    units = quantizable_units(model)
+    header = sum(len(name) + HEADER_BYTES_PER_TENSOR for name in unique_state(model))
+    header += sum(PACKED_BUFFERS * (len(unit.path) + HEADER_BYTES_PER_TENSOR) for unit in units.values())
+    plan = (sum(len(name) + PLAN_BYTES_PER_UNIT for name in units)
+            + sum(len(name) + PLAN_BYTES_PER_NEURON for name in lif_modules(model)))
+    config = getattr(model, "config", None)
+    config_bytes = len(json.dumps(dataclasses.asdict(config), indent=2)) + 1 if hasattr(config, "arch") else 0
+    tokenizer_bytes = 0 if tokenizer is None else len(tokenizer.to_str(pretty=True).encode())
+    return header + plan + config_bytes + tokenizer_bytes + QUANTIZED_FILES * FILE_SLACK
+
+
+def quantized_files_bytes(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | None = None) -> int:
+    """A bound above on the disk ``write_quantized_files(model, plan, ..., tokenizer)`` takes: the plan's
+    tensors to the byte, and ``quantized_files_overhead``."""
+    return plan_bytes(model, plan) + quantized_files_overhead(model, tokenizer)
 
 
 def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | None, out_dir: str | os.PathLike,
@@ -161,6 +202,7 @@ def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | N
     plan.validate(model)  # a bad plan is refused before the folder is touched
     check_context(plan, context)
     with OutputFolder.claim(out_dir, "quantize", overwrite=overwrite, protect=protect) as folder:
+        require_free_space(folder.path, quantized_files_bytes(model, plan, tokenizer), "the quantized model")
         folder.commit(write_quantized_files(model, plan, folder.staging(), tokenizer, context))
     return Path(out_dir)
 

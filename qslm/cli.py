@@ -4,13 +4,44 @@ from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .errors import QslmError
 
 # Errors that only a write can raise: the message says so.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 COMMAND_MODULES = ("train", "eval", "info", "data", "quantize", "profile", "search", "demo", "convert")
+SIGTERM_EXIT = 128 + signal.SIGTERM  # 143, what a shell reports for a process the signal ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, as Ctrl-C's KeyboardInterrupt is: the same ``finally`` blocks
+    and ``with`` exits run (an output folder's claim is undone, a journal keeps what it holds)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    # a second SIGTERM during the cleanup the first one started would cut that cleanup short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises ``Terminated``; the previous handler is put back after. Code that sets
+    its own handler meanwhile (training saves a checkpoint on SIGTERM) takes precedence until it puts
+    this one back. Signal handlers can only be set in the main thread: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +73,20 @@ def describe_os_error(err: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with sigterm_as_interrupt():
+        try:
+            return _run(argv)
+        except Terminated:  # in the moment between _run's handlers and here
+            print("qslm: terminated", file=sys.stderr)
+            return SIGTERM_EXIT
+
+
+def _run(argv: list[str] | None) -> int:
     try:  # the command modules import torch: seconds in which a Ctrl-C must still be one line
         parser = build_parser()
+    except Terminated:
+        print("qslm: terminated", file=sys.stderr)
+        return SIGTERM_EXIT
     except KeyboardInterrupt:
         print("qslm: interrupted", file=sys.stderr)
         return 130
@@ -56,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # permission denied, disk full, not a directory: the path, not a traceback
         print(f"qslm {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
+    except Terminated:  # SIGTERM (a scheduler, kill): cleaned up as after Ctrl-C, one line
+        print(f"qslm {args.command}: terminated", file=sys.stderr)
+        return SIGTERM_EXIT
     except KeyboardInterrupt:
         print(f"qslm {args.command}: interrupted", file=sys.stderr)
         return 130

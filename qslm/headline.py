@@ -4,10 +4,14 @@ on the test split, each with its 95% interval, and with what confidence. ``repor
 """
 from __future__ import annotations
 
+import math
+
 
 def format_loss(value: float | None, higher_is_better: bool) -> str:
     if value is None:
         return "n/a"
+    if not math.isfinite(value):
+        return "not finite"
     return f"{-value:+.3g} points" if higher_is_better else f"{100 * value:+.2f}%"
 
 
@@ -47,9 +51,17 @@ def headline(report: dict) -> list[str]:
                             "; its estimated loss alone reaches the limit, so more data will not do."))
     else:
         split = final["split"]
-        if final["quality_within_limit"]:
-            lines.append(f"Status: **feasible**: {100 * final['memory_bytes'] / report['baseline']['memory_bytes']:.2f}% "
-                         f"of FP32 memory" + ("" if limit_text is None else f", within {limit_text} on {split}") + ".")
+        memory = f"{100 * final['memory_bytes'] / report['baseline']['memory_bytes']:.2f}% of FP32 memory"
+        not_finite = quality.get("test_not_finite")
+        if not_finite:
+            lines.append(f"Status: **feasible** on the validation data: {memory}"
+                         + ("" if limit_text is None else f", within {limit_text} there")
+                         + f"; the {split} {'value' if len(not_finite) == 1 else 'values'} of the "
+                         f"{' and the '.join(not_finite)} {'was' if len(not_finite) == 1 else 'were'} not finite, "
+                         f"so the limit could not be checked on {split}.")
+        elif final["quality_within_limit"]:
+            lines.append(f"Status: **feasible**: {memory}"
+                         + ("" if limit_text is None else f", within {limit_text} on {split}") + ".")
         else:
             lines.append(f"Status: **over the limit on {split}**: the plan shows {loss_in_words(final['quality_loss'], hib)} "
                          f"on {split}, beyond {limit_text}, though it held the limit on the validation data.")

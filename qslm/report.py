@@ -113,7 +113,9 @@ def plot_sensitivity(report: dict, path: Path) -> None:
 
 
 def _fmt_metric(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}" if math.isfinite(value) else "not finite"
 
 
 def markdown(report: dict) -> str:
@@ -136,7 +138,8 @@ def markdown(report: dict) -> str:
             ("Power (mW)", f"{base['power_mw']:.3f}", f"{final['power_mw']:.3f}",
              f"{100 * (1 - final['power_mw'] / base['power_mw']):.1f}% less"),
             (f"{metric_name} ({split})", _fmt_metric(base[f"metric_{split}"]), _fmt_metric(final["metric"]),
-             (f"{final['metric'] - base[f'metric_{split}']:+.4g}" if hib
+             ("n/a" if not math.isfinite(final["metric"] - base[f"metric_{split}"])
+              else f"{final['metric'] - base[f'metric_{split}']:+.4g}" if hib
               else f"{100 * (final['metric'] / base[f'metric_{split}'] - 1):+.2f}%")),
             ("Latency per batch on this machine (ms)", f"{1e3 * base['latency_s']:.1f}",
              f"{1e3 * final['latency_s']:.1f}", f"x{final['latency_s'] / base['latency_s']:.2f}"),

@@ -93,7 +93,8 @@ def quantize(model_ref: str | os.PathLike, bits: int | None = None, granularity:
     ``out`` must be new, empty, or an earlier quantize output (see ``qslm.outputs``); ``overwrite``
     writes into another folder too, replacing only the files quantize writes. The input model's folder,
     or one above it, is always refused."""
-    from ..checkpoint import load_model, write_quantized_files  # model folders build on quant
+    from ..checkpoint import load_model, quantized_files_bytes, write_quantized_files  # model folders build on quant
+    from ..diskspace import require_free_space
     from ..models.zoo import resolve_model_path
     from ..outputs import OutputFolder
 
@@ -106,6 +107,8 @@ def quantize(model_ref: str | os.PathLike, bits: int | None = None, granularity:
         loaded = load_model(source)
         final_plan = build_plan(loaded.model, bits, granularity, group_size, symmetric, observer, percentile,
                                 plan, neuron_bits, strict, scale_dtype)
+        require_free_space(folder.path, quantized_files_bytes(loaded.model, final_plan, loaded.tokenizer),
+                           "the quantized model")
         folder.commit(write_quantized_files(loaded.model, final_plan, folder.staging(), loaded.tokenizer))
     return QuantizeResult(Path(out), final_plan, plan_bytes(loaded.model, final_plan),
                           plan_bytes(loaded.model, QuantPlan()))

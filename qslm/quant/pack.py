@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from ..diskspace import native_write
 from ..errors import QslmError
 from ..models.neurons import lif_modules
 from .codebook import CodebookTensor, dequantize_codebook
@@ -340,7 +341,9 @@ def write_packed(model: nn.Module, plan: QuantPlan, folder: Path, context: "Quan
     """``model.safetensors`` (packed) and ``quant_plan.json`` of ``model`` under ``plan`` into ``folder``;
     returns name -> path."""
     state = packed_state_dict(model, plan, context)
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: safetensors orders several at random
+    with native_write(folder / WEIGHTS_FILE):  # a full disk as an OSError naming the file
+        # one metadata key: safetensors orders several at random
+        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     (folder / PLAN_FILE).write_text(plan.to_json())
     return {WEIGHTS_FILE: folder / WEIGHTS_FILE, PLAN_FILE: folder / PLAN_FILE}
 

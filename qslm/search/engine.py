@@ -16,6 +16,8 @@ set or architecture it serves.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import os
 import sys
 import time
@@ -39,7 +41,8 @@ from ..analysis.hessian import hutchinson_traces
 from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
 from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache, default_cache_dir, model_hash
-from ..checkpoint import load_quantized, write_quantized_files
+from ..checkpoint import load_quantized, quantized_files_bytes, quantized_files_overhead, write_quantized_files
+from ..diskspace import native_write, require_free_space
 from ..errors import QslmError
 from ..environment import environment
 from ..headline import headline
@@ -49,7 +52,7 @@ from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
 from ..quant.pack import PLAN_FILE, WEIGHTS_FILE
 from ..quant.plan import FLOAT_BITS, QuantPlan
 from ..quant.quantizer import QuantSpec
-from ..quant.units import find_units, unit_tensor
+from ..quant.units import Unit, find_units, unit_tensor
 from ..report import write_report
 from ..tasks.base import Task, inferences_in, run_inputs
 from ..tasks.scores import Measured, check_same_examples
@@ -66,6 +69,9 @@ from .selection import confirmed_choice
 from .strategies import StrategyContext, run_strategy
 
 JOURNAL_FILE = "journal.jsonl"
+# Room kept for report.json, report.md and the three plots: under 0.5 MB on the bundled models
+# (docs/results), growing with the candidates measured.
+REPORT_BYTES = 2 * 2 ** 20
 
 
 @dataclass
@@ -135,6 +141,16 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     if any(u.packed is not None for u in all_units.values()):
         raise QslmError(f"{label} is already quantized; search starts from a float model")
     groups, units = hierarchy.groups(), dict(hierarchy.units)
+    # ---- room for the run's files, checked before any measurement rather than after the search: the
+    # companions are staged now (their bytes then on the disk already), the rest bounded from above
+    staging = folder.staging()
+    companion_files = {}
+    for name, write in companions.items():
+        with native_write(staging / name):
+            write(staging / name)
+        companion_files[name] = staging / name
+    require_free_space(out, _largest_export_bytes(model, all_units, units, config, constraints) + REPORT_BYTES,
+                       "the largest model and report this search may write")
     op_counts = _profile(model, task, hierarchy)
     float_measured = _metric(task.evaluate, model, "evaluate", task.scores_are_nll)
     judge = QualityJudge(float_measured, task.higher_is_better, task.scores_are_nll, constraints.confidence,
@@ -265,7 +281,6 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
                      "modelled_latency_s": baseline.latency_s},
     }
     plan, packed, model_files = None, None, {}
-    staging = folder.staging()
     quality = {**judge.describe(), "limit": constraints.quality_limit(task.higher_is_better),
                "selection": selection.to_dict()}
     report["quality"] = quality
@@ -274,10 +289,10 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         quality["certifiable"] = _certifiable(problem, judge, quality["limit"])
     else:
         plan = measurements.plan(best.assignment)
-        model_files = write_quantized_files(model, plan, staging, context=context)
-        for name, write in companions.items():
-            write(staging / name)
-            model_files[name] = staging / name
+        require_free_space(out, quantized_files_bytes(model, plan) + REPORT_BYTES,
+                           "the chosen plan's model and report",
+                           then="the journal keeps every measurement: free some space and rerun to resume")
+        model_files = {**write_quantized_files(model, plan, staging, context=context), **companion_files}
         packed = load_quantized(copy.deepcopy(model), staging)  # every final figure comes from what was written
         final_measured = _reported(task, packed, float_reported)
         final_metric = final_measured.metric
@@ -304,11 +319,38 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     return SearchResult(out, report, plan, packed)
 
 
+def _largest_export_bytes(model: nn.Module, all_units: dict[str, Unit], units: dict[str, Unit],
+                          config: SearchConfig, constraints: Constraints) -> int:
+    """A bound above on the model files a search may write: every searched unit at the width and method
+    that store the most (or float), the other units float, capped by the memory limit (a plan over it is
+    never written), plus the files' headers and JSON."""
+    fp32 = fixed_bytes(model) + sum(unit_bytes(unit, None) for unit in all_units.values())
+    largest = fp32 + sum(_largest_unit_bytes(unit, config) - unit_bytes(unit, None) for unit in units.values())
+    limit = constraints.memory_limit_bytes(fp32)
+    tensors = largest if limit is None else min(largest, math.floor(limit))
+    return tensors + quantized_files_overhead(model)
+
+
+def _largest_unit_bytes(unit: Unit, config: SearchConfig) -> int:
+    """The most bytes ``unit`` may store in a plan of this search (scales can outweigh codes: 16 bits in
+    groups of 2 store more than float)."""
+    stored = [unit_bytes(unit, None)]
+    for bits in config.bit_choices:
+        for method in config.methods:
+            try:
+                stored.append(unit_bytes(unit, dataclasses.replace(config.base_spec, bits=bits, method=method)))
+            except QslmError:
+                continue  # a width the method does not take (codebook at 16 bits) is never chosen
+    return max(stored)
+
+
 def _reported(task: Task, model: nn.Module, float_reported: Measured | None = None) -> Measured:
     """The task's test measurement of ``model`` (its validation one without a test), checked to pair with
     the float model's ``float_reported`` when given."""
     what = "test" if task.test is not None else "evaluate"
-    measured = _metric(task.test or task.evaluate, model, what, task.scores_are_nll)
+    # a test figure decides nothing, so a non-finite one is reported (as null), not refused
+    measured = _metric(task.test or task.evaluate, model, what, task.scores_are_nll,
+                       allow_non_finite=task.test is not None)
     if float_reported is not None:
         check_same_examples(measured, float_reported, f"Task.{what}")
     return measured
@@ -317,12 +359,16 @@ def _reported(task: Task, model: nn.Module, float_reported: Measured | None = No
 def _quality_verified(quality: dict, judge: QualityJudge, best, final: Measured, float_reported: Measured,
                       split: str) -> Bound:
     """Record the chosen plan's loss on the search part, the whole validation data and the test split
-    (with 95% intervals) in ``quality``; returns the test loss."""
-    test_loss = judge.whole(final, float_reported)
+    (with 95% intervals) in ``quality``; returns the test loss. A test figure that is not finite (the
+    float model's or the plan's) leaves the test loss NaN and whether the limit held there unknown (None),
+    and ``quality["test_not_finite"]`` names whose figure it was."""
+    not_finite = [who for who, measured in (("float model", float_reported), ("quantized model", final))
+                  if not measured.finite]
+    test_loss = Bound(math.nan) if not_finite else judge.whole(final, float_reported)
     limit = quality["limit"]
     quality.update(search=judge.search(best.measured).to_dict(), validation=judge.whole(best.measured).to_dict(),
-                   test=test_loss.to_dict() | {"split": split},
-                   test_within_limit=limit is None or test_loss.estimate <= limit + 1e-12)
+                   test=test_loss.to_dict() | {"split": split}, test_not_finite=not_finite,
+                   test_within_limit=None if not_finite else limit is None or test_loss.estimate <= limit + 1e-12)
     return test_loss
 
 

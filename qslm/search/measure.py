@@ -37,12 +37,12 @@ if TYPE_CHECKING:
 
 
 def task_metric(function: Callable[[nn.Module], object], model: nn.Module, what: str,
-                scores_are_nll: bool = False) -> Measured:
+                scores_are_nll: bool = False, allow_non_finite: bool = False) -> Measured:
     """``function(model)`` without gradients, read as the task's metric and its per-example scores
     (``qslm.tasks.scores``); ``what`` names the call in errors (``evaluate``, ``test``)."""
     with torch.no_grad():
         value = function(model)
-    return read_measurement(value, f"Task.{what}", scores_are_nll)
+    return read_measurement(value, f"Task.{what}", scores_are_nll, allow_non_finite)
 
 
 def block_routes(hierarchy: Hierarchy, method: str) -> dict[str, str]:

@@ -7,6 +7,10 @@ per-token negative log-likelihoods. The metric of scores is their mean, or with
 ``Task(scores_are_nll=True)`` exp of their mean (the perplexity of NLLs in nats). Only per-example scores
 let the search compare a plan with the float model example by example and bound its loss with
 confidence (``qslm.search.confidence``); one number cannot be bounded.
+
+Validation values must be finite: they decide which plans are feasible. A test value, only reported,
+may not be (a diverged model's perplexity): it is read as it is, ``Measured.finite`` says so, and the
+report writes it as null.
 """
 from __future__ import annotations
 
@@ -30,19 +34,24 @@ class Measured:
     def examples(self) -> int | None:
         return None if self.scores is None else len(self.scores)
 
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.metric) and (self.scores is None or bool(np.isfinite(self.scores).all()))
+
 
 def metric_of_scores(scores: np.ndarray, scores_are_nll: bool) -> float:
     mean = float(np.mean(scores))
     return math.exp(mean) if scores_are_nll else mean
 
 
-def read_measurement(value, what: str, scores_are_nll: bool = False) -> Measured:
+def read_measurement(value, what: str, scores_are_nll: bool = False, allow_non_finite: bool = False) -> Measured:
     """``value`` returned by the task's ``what`` call (e.g. ``"Task.evaluate"``) as a ``Measured``: one finite
-    number, or a non-empty 1-D array of finite per-example scores."""
+    number, or a non-empty 1-D array of finite per-example scores (NaN and infinities too when
+    ``allow_non_finite``: a figure that is only reported)."""
     array = _as_array(value, what)
     if array.ndim == 0:
         number = float(array)
-        if not math.isfinite(number):
+        if not math.isfinite(number) and not allow_non_finite:
             raise QslmError(f"{what} must return a finite number or per-example scores, got {number!r}")
         if scores_are_nll:
             raise QslmError(f"{what} returned one number, but Task(scores_are_nll=True) says it returns "
@@ -54,7 +63,7 @@ def read_measurement(value, what: str, scores_are_nll: bool = False) -> Measured
     if len(array) == 0:
         raise QslmError(f"{what} returned no scores (shape (0,)); expected one score per example")
     bad = np.flatnonzero(~np.isfinite(array))
-    if len(bad):
+    if len(bad) and not allow_non_finite:
         raise QslmError(f"{what} returned {len(bad)} non-finite scores of {len(array)} (shape {tuple(array.shape)}; "
                         f"the first at position {int(bad[0])}: {array[bad[0]]!r}); every score must be finite")
     return Measured(metric_of_scores(array, scores_are_nll), array)

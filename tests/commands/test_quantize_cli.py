@@ -209,6 +209,55 @@ def test_a_late_os_error_is_one_line_naming_the_path(tiny_lm, tmp_path, capsys, 
     assert not out.exists()  # the folder this run created goes with it
 
 
+def folder_bytes(folder) -> dict:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_full_disk_in_safetensors_is_one_line_and_keeps_the_previous_run(tiny_lm, tmp_path, capsys,
+                                                                            monkeypatch):
+    import qslm.quant.pack
+    from safetensors import SafetensorError
+
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_lm), "--bits", "4", "--out", str(out)]) == 0
+    previous = folder_bytes(out)
+
+    def disk_full(state, filename, metadata=None):  # what safetensors raises on a full tmpfs
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(qslm.quant.pack, "save_file", disk_full)
+    capsys.readouterr()
+    assert main(["quantize", str(tiny_lm), "--bits", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"qslm quantize: error: cannot write {out}/.qslm-staging-")
+    assert err.endswith("/model.safetensors: No space left on device\n") and len(err.splitlines()) == 1
+    assert folder_bytes(out) == previous  # the previous run's files, byte for byte, and no staging folder
+
+
+def test_too_little_free_space_is_refused_before_writing(tiny_lm, tmp_path, capsys, monkeypatch):
+    import qslm.quant.pack
+    from tests.test_diskspace import fake_free_space
+
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_lm), "--bits", "4", "--out", str(out)]) == 0
+    previous = folder_bytes(out)
+    fake_free_space(monkeypatch, 50_000)  # the tiny model's files take about 100 kB
+
+    def no_writing(*args, **kwargs):
+        raise AssertionError("the model was written without room for it")
+
+    monkeypatch.setattr(qslm.quant.pack, "save_file", no_writing)
+    capsys.readouterr()
+    assert main(["quantize", str(tiny_lm), "--bits", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"qslm quantize: error: not enough free space in {out} for the quantized model: ")
+    assert err.endswith(" kB) needed, 50,000 bytes (50.0 kB) free; free some space or choose another output folder\n")
+    assert len(err.splitlines()) == 1
+    assert folder_bytes(out) == previous
+    assert main(["quantize", str(tiny_lm), "--bits", "8", "--out", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()  # a folder this run created goes with it
+
+
 @pytest.mark.parametrize("raised,code,message", [
     (PermissionError(errno.EACCES, "Permission denied", "/data/x"), 2, "error: /data/x: Permission denied"),
     (NotADirectoryError(errno.ENOTDIR, "Not a directory", "a/b"), 2, "error: a/b: Not a directory"),

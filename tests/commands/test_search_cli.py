@@ -163,6 +163,76 @@ def test_out_is_checked_before_any_work(tiny_classifier, tiny_lm, tmp_path, caps
     assert not (tmp_path / "out").exists()  # the folder claimed for this run goes with it
 
 
+def messages(err: str) -> list[str]:
+    """What a run printed on stderr, without the progress bars drawn over themselves there."""
+    return [line.rsplit("\r", 1)[-1] for line in err.split("\n") if line.rsplit("\r", 1)[-1].strip()]
+
+
+def test_too_little_room_is_refused_before_the_search(tiny_classifier, small_data_dir, cache_dir, tmp_path, capsys,
+                                                     monkeypatch):
+    from qslm.search.measure import Measurements
+    from tests.test_diskspace import fake_free_space
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("a plan was measured without room for the search's files")
+
+    monkeypatch.setattr(Measurements, "metric_of", no_measuring)
+    fake_free_space(monkeypatch, 100_000)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["search", str(tiny_classifier), "--task", "sst2", "--max-drop", "1", "--out", str(out),
+                 *small_options(small_data_dir, cache_dir)]) == 2
+    [err] = messages(capsys.readouterr().err)
+    # the bound: the largest plan without a memory limit, headers, plan and report
+    assert err.startswith(f"qslm search: error: not enough free space in {out} for the largest model and report "
+                          f"this search may write: ")
+    assert err.endswith(" MB) needed, 100,000 bytes (100.0 kB) free; free some space or choose another output "
+                        "folder")
+    assert not out.exists()
+
+
+def test_a_full_disk_at_the_export_is_one_line_and_keeps_the_previous_run(tiny_classifier, small_data_dir, cache_dir,
+                                                                          tmp_path, capsys, monkeypatch):
+    import qslm.quant.pack
+    from safetensors import SafetensorError
+
+    from tests.commands.test_quantize_cli import folder_bytes
+    from tests.test_diskspace import DiskUsage
+
+    out = tmp_path / "out"
+    argv = ["search", str(tiny_classifier), "--task", "sst2", "--max-drop", "1", "--max-memory", "50%",
+            "--out", str(out), *small_options(small_data_dir, cache_dir)]
+    assert main(argv) == 0
+    previous = folder_bytes(out)
+
+    free = iter([10 ** 9, 1000])  # room enough when the search starts, too little when the chosen plan is known
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: DiskUsage(2 * 10 ** 9, 0, next(free)))
+    capsys.readouterr()
+    assert main(argv) == 2
+    [err] = messages(capsys.readouterr().err)
+    assert err.startswith(f"qslm search: error: not enough free space in {out} for the chosen plan's model and "
+                          "report: ")
+    assert err.endswith("needed, 1,000 bytes (1.0 kB) free; the journal keeps every measurement: free some space "
+                        "and rerun to resume")
+    assert next(free, None) is None and folder_bytes(out) == previous
+    monkeypatch.undo()
+
+    # the file system fills up while the model is written (safetensors' own exception)
+    def disk_full(state, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(qslm.quant.pack, "save_file", disk_full)
+    assert main(argv) == 2
+    [err] = messages(capsys.readouterr().err)
+    assert err.startswith(f"qslm search: error: cannot write {out}/.qslm-staging-")
+    assert err.endswith("/model.safetensors: No space left on device")
+    assert folder_bytes(out) == previous  # byte for byte, journal included, and no staging folder left
+    monkeypatch.undo()
+
+    assert main(argv) == 0  # room again: the journal answers every plan
+    assert json.loads((out / "report.json").read_text())["evaluations"]["new"] == 0
+
+
 @pytest.mark.parametrize("command", ["search", "demo"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -84,6 +84,26 @@ def test_export_replaces_an_existing_folder_atomically(tiny_lm, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
 
 
+@pytest.mark.parametrize("fixture", ["tiny_lm", "tiny_encoder"])
+def test_room_checked_before_an_export_holds_its_files(fixture, request, tmp_path, monkeypatch):
+    from qslm.checkpoint import quantized_files_bytes
+    from tests.test_diskspace import fake_free_space
+
+    loaded = load_model(request.getfixturevalue(fixture))
+    plan = mixed_plan(loaded.model)
+    bound = quantized_files_bytes(loaded.model, plan, loaded.tokenizer)
+    out = export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path / "q")
+    files = [path for path in out.iterdir() if path.name != MANIFEST_FILE]
+    written = sum(path.stat().st_size for path in files)
+    on_disk = sum(path.stat().st_blocks * 512 for path in files)
+    assert max(written, on_disk) <= bound < written + 64 * 1024  # a bound, and not a loose one
+    fake_free_space(monkeypatch, bound - 1)
+    with pytest.raises(QslmError, match=f"not enough free space in {tmp_path / 'new'} for the quantized model: "
+                                        f"{bound:,} bytes"):
+        export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
 def test_export_into_a_folder_of_other_files_needs_overwrite_and_keeps_them(tiny_lm, tmp_path):
     loaded = load_model(tiny_lm)
     plan = QuantPlan.uniform(loaded.model, QuantSpec(4))

@@ -131,6 +131,63 @@ def test_ignored_units_stay_float(handwritten, tmp_path):
     assert ignored.report["final"]["split"] == "validation"  # no test function: the validation metric
 
 
+def is_packed(model: nn.Module) -> bool:
+    return any(unit.packed is not None for unit in find_units(model).values())
+
+
+@pytest.mark.parametrize("returns", ["nan", "scores with a nan"])
+def test_a_test_figure_that_is_not_finite_is_reported_as_null(handwritten, tmp_path, returns):
+    """A test figure decides nothing: the model and report are written, the figure is null and the headline
+    says why the limit was not checked on it."""
+    model, ids, labels = handwritten
+    test_ids, test_labels = ids[144:], labels[144:]
+
+    def test(m):
+        if returns == "nan":  # for the float model and the quantized one
+            return float("nan")
+        with torch.no_grad():
+            scores = 100.0 * (m(test_ids).argmax(-1) == test_labels).double()
+        if is_packed(m):  # only the quantized model's scores
+            scores[3] = float("nan")
+        return scores
+
+    task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:144], labels[96:144]), calibration=[ids[:32], ids[32:64]],
+                     test=test, profile_inputs=[ids[i:i + 1] for i in range(6)])
+    out = tmp_path / "out"
+    result = qslm.search(model, task, out=out, constraints=qslm.Constraints(max_drop=10.0, max_memory=0.4),
+                         progress=False, cache_dir=tmp_path / "cache")
+    assert result.report["status"] == "feasible" and (out / "model.safetensors").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["final"]["metric"] is None and report["final"]["quality_loss"] is None
+    assert report["final"]["quality_within_limit"] is None and report["quality"]["test_within_limit"] is None
+    assert report["quality"]["test"]["estimate"] is None
+    assert {"final.metric", "final.quality_loss", "quality.test.estimate"} <= set(report["non_finite"])
+    whose = ["float model", "quantized model"] if returns == "nan" else ["quantized model"]
+    assert report["quality"]["test_not_finite"] == whose
+    if returns == "nan":
+        assert report["baseline"]["metric_test"] is None and "baseline.metric_test" in report["non_finite"]
+    else:
+        assert report["baseline"]["metric_test"] == pytest.approx(accuracy(model, test_ids, test_labels))
+    assert report["headline"][0].startswith("Status: **feasible** on the validation data: ")
+    assert report["headline"][0].endswith(
+        "; the test values of the float model and the quantized model were not finite, so the limit could not be "
+        "checked on test." if returns == "nan" else
+        "; the test value of the quantized model was not finite, so the limit could not be checked on test.")
+    assert "| metric (test) | " + ("not finite" if returns == "nan" else "") in (out / "report.md").read_text()
+    assert report["headline"][1].endswith("; on test: not finite.")
+    assert report["headline"][0] in (out / "report.md").read_text()
+    assert qslm.load_quantized(HandwrittenSpikingClassifier(), out) is not None
+
+
+def test_a_validation_figure_that_is_not_finite_is_an_error(handwritten, tmp_path):
+    """It decides which plans are feasible: refused before anything is written."""
+    model, ids, _ = handwritten
+    task = qslm.Task(evaluate=lambda m: float("nan"), calibration=[ids[:32]])
+    with pytest.raises(qslm.QslmError, match="Task.evaluate must return a finite number"):
+        qslm.search(model, task, out=tmp_path / "out", progress=False, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "out").exists()
+
+
 def test_tuple_and_dict_outputs_are_measured_by_normalised_mse(handwritten, tmp_path):
     model, ids, _ = handwritten
 

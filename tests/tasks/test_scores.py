@@ -59,3 +59,15 @@ def test_scores_must_pair_with_the_float_models():
         check_same_examples(Measured(50.0, np.array([100.0, 0.0, 0.0])), reference, "Task.evaluate")
     with pytest.raises(QslmError, match="returned one number for a quantized model but 4 scores"):
         check_same_examples(Measured(50.0), reference, "Task.evaluate")
+
+
+@pytest.mark.parametrize("value, metric", [(float("nan"), math.nan), (float("inf"), math.inf),
+                                           (torch.tensor([1.0, float("nan"), 2.0]), math.nan),
+                                           (np.array([1.0, np.inf]), math.inf)])
+def test_a_reported_figure_may_be_non_finite(value, metric):
+    """A test figure decides nothing: read as it is, and said to be not finite; validation keeps refusing it."""
+    measured = read_measurement(value, "Task.test", allow_non_finite=True)
+    assert not measured.finite and (math.isnan(measured.metric) if math.isnan(metric) else measured.metric == metric)
+    assert read_measurement([1.0, 2.0], "Task.test", allow_non_finite=True).finite
+    with pytest.raises(QslmError, match="non-finite|finite number"):
+        read_measurement(value, "Task.evaluate")
