@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import fnmatch
 import hashlib
 import json
 import math
@@ -89,6 +90,9 @@ class Case:
     # (moment, signal): Ctrl-C or a kill after ``moment`` seconds, or once a file matching the glob ``moment``
     # appears in the case folder
     interrupt: tuple[float | str, int] | None = None
+    program: str = "qslm"  # "python": ``args`` are a script in the case folder and its arguments
+    cleanup: Prepare | None = None  # runs after the command, whatever happened (a mount, a process)
+    needs_root: bool = False  # skipped (not counted) when the probe is not root
 
     def __post_init__(self) -> None:
         if self.args[0] in ("search", "demo"):
@@ -816,8 +820,11 @@ def determinism_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return (output_folder_cases() + pickle_cases() + limit_cases() + quantize_cases() + model_file_cases()
-            + data_file_cases() + convert_cases() + fetch_cases() + determinism_cases())
+    from hostile_reliability import reliability_cases  # it builds its cases from this module's parts
+
+    cases = (output_folder_cases() + pickle_cases() + limit_cases() + quantize_cases() + model_file_cases()
+             + data_file_cases() + convert_cases() + fetch_cases() + determinism_cases() + reliability_cases())
+    return [c for c in cases if not c.needs_root or os.geteuid() == 0]
 
 
 # --- running and classifying ----------------------------------------------------------------------------
@@ -880,8 +887,9 @@ def run_case(case: Case, index: int, fixtures: Fixtures, python: str, timeout: f
     shutil.copytree(fixtures.models, folder / "models")
     if case.prepare:
         case.prepare(folder, fixtures)
-    exempt = {str(folder / name) for name in case.replaced}
     before = snapshot(folder, fixtures.data)
+    # ``replaced`` names files or globs (``out/*``) the command may rewrite
+    exempt = {path for path in before if any(fnmatch.fnmatch(path, str(folder / name)) for name in case.replaced)}
     env = {**os.environ, "HOME": str(folder / "home"), "QSLM_CACHE_DIR": str(folder / "cache"),
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": str(SEED),
            "PYTHONPATH": str(fixtures.package), "QSLM_DATA_DIR": "", **case.env}
@@ -892,7 +900,8 @@ def run_case(case: Case, index: int, fixtures: Fixtures, python: str, timeout: f
     started = time.monotonic()
     for repeat in range(case.repeat):
         paths = {**fixtures.paths(folder), "run": str(repeat)}
-        argv = [python, "-m", "qslm.cli", *[arg.format(**paths) for arg in case.args]]
+        command = [python] if case.program == "python" else [python, "-m", "qslm.cli"]
+        argv = [*command, *[arg.format(**paths) for arg in case.args]]
         out = out_argument(argv, folder)
         if out is not None and not out.exists():
             new_outputs.append(out)
@@ -902,6 +911,8 @@ def run_case(case: Case, index: int, fixtures: Fixtures, python: str, timeout: f
         stderrs.append(stderr)
         if code is None:
             break
+    if case.cleanup:
+        case.cleanup(folder, fixtures)
     run = CaseRun(case, folder, codes, stdouts, stderrs, time.monotonic() - started)
     after = snapshot(folder, fixtures.data)
     changed = sorted(path for path, digest in before.items() if path not in exempt and after.get(path) != digest)
