@@ -17,7 +17,8 @@ from .common import add_model_argument, add_overwrite_argument, print_json
 def run(args: argparse.Namespace) -> int:
     from ..quant.api import quantize
 
-    result = quantize(args.model, bits=args.bits, granularity=args.granularity, symmetric=args.symmetric,
+    result = quantize(args.model, bits=args.bits, granularity=args.granularity,
+                      symmetric=True if args.signed else args.symmetric, all_levels=args.signed or None,
                       observer=args.observer, percentile=args.percentile, scale_dtype=args.scale_dtype, plan=args.plan,
                       neuron_bits=args.neuron_bits, strict=args.strict, out=args.out,
                       overwrite=args.overwrite)
@@ -45,7 +46,10 @@ def add_parser(subparsers) -> None:
                         help="one scale per output channel (default), per tensor, or per G input values")
     symmetry = parser.add_mutually_exclusive_group()
     symmetry.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
-                          help="codes centred on 0, no zero-point (default)")
+                          help="codes centred on 0, no zero-point, 2**bits - 1 levels (default)")
+    symmetry.add_argument("--signed", action="store_true",
+                          help="no zero-point, every code used: [-2**(bits-1), 2**(bits-1) - 1] x scale "
+                               "(2-bit: -2, -1, 0, +1)")
     symmetry.add_argument("--asymmetric", dest="symmetric", action="store_false",
                           help="min/max range with an integer zero-point per group")
     parser.add_argument("--observer", default=None, choices=["mse", "minmax", "percentile"],

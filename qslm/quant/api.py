@@ -49,13 +49,15 @@ def read_plan(plan: QuantPlan | dict | str | os.PathLike | None) -> QuantPlan:
 def build_plan(model: nn.Module, bits: int | None = None, granularity: str | None = None,
                group_size: int | None = None, symmetric: bool | None = None, observer: str | None = None,
                percentile: float | None = None, plan: QuantPlan | dict | str | os.PathLike | None = None,
-               neuron_bits: int | None = None, strict: bool = False, scale_dtype: str | None = None) -> QuantPlan:
+               neuron_bits: int | None = None, strict: bool = False, scale_dtype: str | None = None,
+               all_levels: bool | None = None) -> QuantPlan:
     """The plan ``quantize`` applies: ``plan``'s entries, then ``bits`` & co. for every unit it leaves
     out, ``neuron_bits`` for every neuron it leaves out. Options that would have no effect are errors."""
     base = read_plan(plan)
     if bits is None:
         unused = {"granularity": granularity, "group_size": group_size, "symmetric": symmetric,
-                  "observer": observer, "percentile": percentile, "scale_dtype": scale_dtype}
+                  "observer": observer, "percentile": percentile, "scale_dtype": scale_dtype,
+                  "all_levels": all_levels}
         given = sorted(key for key, value in unused.items() if value is not None)
         if given:
             raise QslmError(f"{', '.join(given)} given without bits: they only shape the default spec that "
@@ -70,7 +72,7 @@ def build_plan(model: nn.Module, bits: int | None = None, granularity: str | Non
             granularity, group_size = parse_granularity(granularity)
         spec = QuantSpec(bits, granularity or "per-channel", group_size,
                          True if symmetric is None else symmetric, observer or "mse", percentile,
-                         scale_dtype=scale_dtype or DEFAULT_SCALE_DTYPE)
+                         scale_dtype=scale_dtype or DEFAULT_SCALE_DTYPE, all_levels=bool(all_levels))
         units = {name: spec for name in quantizable_units(model)}
         units.update(base.units)  # unknown names stay, so validation names them
     neurons = dict(base.neurons)
@@ -86,9 +88,11 @@ def quantize(model_ref: str | os.PathLike, bits: int | None = None, granularity:
              group_size: int | None = None, symmetric: bool | None = None, observer: str | None = None,
              percentile: float | None = None, plan: QuantPlan | dict | str | os.PathLike | None = None,
              neuron_bits: int | None = None, strict: bool = False, out: str | os.PathLike | None = None,
-             overwrite: bool = False, scale_dtype: str | None = None) -> QuantizeResult:
+             overwrite: bool = False, scale_dtype: str | None = None, all_levels: bool | None = None
+             ) -> QuantizeResult:
     """Quantize a float model folder and write the packed result to ``out``. Defaults when ``bits`` is
-    given: per-channel, symmetric, MSE clipping, float16 scales. ``granularity`` may be ``group:G``.
+    given: per-channel, symmetric, MSE clipping, float16 scales. ``granularity`` may be ``group:G``;
+    ``all_levels=True`` makes the symmetric grid signed, using every code (2-bit: -2, -1, 0, +1).
 
     ``out`` must be new, empty, or an earlier quantize output (see ``qslm.outputs``); ``overwrite``
     writes into another folder too, replacing only the files quantize writes. The input model's folder,
@@ -106,7 +110,7 @@ def quantize(model_ref: str | os.PathLike, bits: int | None = None, granularity:
     with OutputFolder.claim(out, "quantize", overwrite=overwrite, protect=[source]) as folder:
         loaded = load_model(source)
         final_plan = build_plan(loaded.model, bits, granularity, group_size, symmetric, observer, percentile,
-                                plan, neuron_bits, strict, scale_dtype)
+                                plan, neuron_bits, strict, scale_dtype, all_levels)
         require_free_space(folder.path, quantized_files_bytes(loaded.model, final_plan, loaded.tokenizer),
                            "the quantized model")
         folder.commit(write_quantized_files(loaded.model, final_plan, folder.staging(), loaded.tokenizer))

@@ -13,6 +13,10 @@ Codes are unsigned, ``0 <= code < 2**bits``, and dequantize as ``(code - zero_po
 * symmetric:  zero_point = 2**(bits-1) for every group (implicit, never stored), codes restricted to
   ``[1, 2**bits - 1]`` so the grid is symmetric about 0 (2-bit symmetric is ternary);
   ``scale = clip / (2**(bits-1) - 1)`` with ``clip`` the clipping magnitude;
+* signed (symmetric with ``all_levels``): the same implicit zero-point and scale, but every code
+  ``[0, 2**bits - 1]`` is used, so the values are ``[-2**(bits-1), 2**(bits-1) - 1] * scale`` (2-bit:
+  -2, -1, 0, +1): one more level below zero for the same bytes, which the MSE observer's scale search
+  puts to use;
 * asymmetric: the clipping range ``[lo, hi]`` is widened to contain 0 (so 0 is exact),
   ``scale = (hi - lo) / (2**bits - 1)``, integer ``zero_point = round(-lo / scale)`` in ``[0, 2**bits - 1]``.
 
@@ -92,6 +96,8 @@ class QuantSpec:
     percentile: float | None = None  # only with observer "percentile"; None means DEFAULT_PERCENTILE
     method: str = "rtn"  # after the fields above, so their positional construction keeps working
     scale_dtype: str = "float32"  # not used by codebook, whose levels are float16 (normalised to the default)
+    # symmetric only: use code 0 too (value -2**(bits-1) * scale), so no code of the b bits is wasted
+    all_levels: bool = False
 
     def __post_init__(self):
         # 4.0 == 4 and True == 1: the type is checked too, or a plan saying 4.0 would pass as int4.
@@ -120,9 +126,16 @@ class QuantSpec:
             raise QslmError(f"unknown method {self.method!r}; expected one of {list(METHODS)}")
         if self.scale_dtype not in SCALE_DTYPES:
             raise QslmError(f"unknown scale_dtype {self.scale_dtype!r}; expected one of {list(SCALE_DTYPES)}")
+        if not isinstance(self.all_levels, bool):
+            raise QslmError(f"all_levels must be true or false, got {self.all_levels!r}")
         if self.method == "codebook":
             self._check_codebook()
-            object.__setattr__(self, "scale_dtype", "float32")  # one spec per codebook, whatever the template
+            # one spec per codebook, whatever the template: its levels are free floats either way
+            object.__setattr__(self, "scale_dtype", "float32")
+            object.__setattr__(self, "all_levels", False)
+        elif self.all_levels and not self.symmetric:
+            raise QslmError("all_levels=true is for the symmetric grid; an asymmetric grid already uses every "
+                            "code (drop all_levels, or make it symmetric)")
 
     def _check_codebook(self) -> None:
         if self.bits not in CODEBOOK_BITS:
@@ -146,15 +159,18 @@ class QuantSpec:
         if self.method == "codebook":
             return f"int{self.bits} {layout} codebook"
         observer = f"percentile{self.clip_percentile:g}" if self.observer == "percentile" else self.observer
-        text = f"int{self.bits} {layout} {'sym' if self.symmetric else 'asym'} {observer}"
+        grid = "signed" if self.all_levels else "sym" if self.symmetric else "asym"
+        text = f"int{self.bits} {layout} {grid} {observer}"
         if self.method != "rtn":
             text += f" {self.method}"
         return text + (" fp16-scales" if self.scale_dtype == "float16" else "")
 
     def to_dict(self) -> dict:
-        """JSON form; ``method`` rtn and ``scale_dtype`` float32 are left out, so such plans read exactly
-        as before those fields existed."""
+        """JSON form; ``method`` rtn, ``scale_dtype`` float32 and ``all_levels`` false are left out, so
+        such plans read exactly as before those fields existed."""
         raw = asdict(self)
+        if not raw["all_levels"]:
+            del raw["all_levels"]
         if raw["method"] == "rtn":
             del raw["method"]
         if raw["scale_dtype"] == "float32":
@@ -254,7 +270,7 @@ def with_stored_scales(quantized: QuantizedTensor) -> QuantizedTensor:
 
 def code_range(spec: QuantSpec) -> tuple[int, int]:
     """Smallest and largest code the spec uses."""
-    return (1 if spec.symmetric else 0), 2 ** spec.bits - 1
+    return (1 if spec.symmetric and not spec.all_levels else 0), 2 ** spec.bits - 1
 
 
 def dequantize_groups(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
@@ -269,7 +285,9 @@ def dequantize_groups(codes: torch.Tensor, scale: torch.Tensor, zero_point: torc
 def _scale_and_zero_point(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec
                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """lo <= 0 <= hi per group ([n, 1]) -> scale [n, 1], zero_point [n, 1] (None when symmetric)."""
-    if spec.symmetric:
+    if spec.all_levels:  # 2**(bits-1) steps below zero, one fewer above
+        scale = torch.maximum(-lo / 2 ** (spec.bits - 1), hi / (2 ** (spec.bits - 1) - 1))
+    elif spec.symmetric:
         scale = torch.maximum(-lo, hi) / (2 ** (spec.bits - 1) - 1)
     else:
         scale = (hi - lo) / (2 ** spec.bits - 1)
@@ -289,11 +307,13 @@ def grid_codes(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | 
 
 
 def _observed_range(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipping range [lo, hi] per group ([n, 1] each) before any MSE shrinking; contains 0."""
+    """Clipping range [lo, hi] per group ([n, 1] each) before any MSE shrinking; contains 0. The signed
+    grid keeps the two tails apart: its scale lets the longer negative one use the extra level."""
+    mirrored = spec.symmetric and not spec.all_levels
     if spec.observer == "percentile":
         n = x.shape[1]
         k_high = min(n, max(1, math.ceil(spec.clip_percentile / 100.0 * n)))
-        if spec.symmetric:
+        if mirrored:
             hi = x.abs().kthvalue(k_high, dim=1, keepdim=True).values
             lo = -hi
         else:
@@ -302,7 +322,7 @@ def _observed_range(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, tor
     else:
         lo = x.amin(dim=1, keepdim=True)
         hi = x.amax(dim=1, keepdim=True)
-        if spec.symmetric:
+        if mirrored:
             hi = torch.maximum(-lo, hi)
             lo = -hi
     return lo.clamp(max=0.0), hi.clamp(min=0.0)

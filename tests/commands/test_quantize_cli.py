@@ -55,6 +55,19 @@ def test_quantize_classifiers_with_all_options(tiny_classifier, tiny_encoder, sm
     assert set(encoder_plan.neurons.values()) == {NeuronSpec(8)}
 
 
+def test_quantize_signed_uses_every_code(tiny_lm, small_data_dir, tmp_path, capsys):
+    out = tmp_path / "signed"
+    assert main(["quantize", str(tiny_lm), "--bits", "2", "--signed", "--out", str(out)]) == 0
+    assert "int2 per-channel signed mse fp16-scales" in capsys.readouterr().out
+    plan = QuantPlan.load(out / PLAN_FILE)
+    assert set(plan.units.values()) == {QuantSpec(2, scale_dtype="float16", all_levels=True)}
+    evaluation = run_json(capsys, ["eval", str(out), "--task", "wikitext2", "--limit", "5",
+                                   "--data-dir", str(small_data_dir), "--device", "cpu"])
+    assert evaluation["perplexity"] > 1
+    with pytest.raises(SystemExit):  # one grid at a time
+        main(["quantize", str(tiny_lm), "--bits", "2", "--signed", "--asymmetric", "--out", str(tmp_path / "x")])
+
+
 def test_plan_file_with_default_bits_for_the_rest(tiny_lm, tmp_path, capsys):
     plan_path = tmp_path / "plan.json"
     QuantPlan({"head": QuantSpec(8), "emb": None}, {"blocks.0.lif1": NeuronSpec(12)}).save(plan_path)

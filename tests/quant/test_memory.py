@@ -27,6 +27,8 @@ PLANS = {
     "int3 group16 asym": lambda m: QuantPlan.uniform(m, QuantSpec(3, "group", 16, False), neuron_bits=8),
     "int2/5/6/16 mixed": lambda m: QuantPlan.from_bits(
         {name: (2, 5, 6, 16, 32)[i % 5] for i, name in enumerate(quantizable_units(m))}, QuantSpec(4, "group", 8)),
+    "int2/3 signed per-channel mixed": lambda m: QuantPlan.from_bits(
+        {name: (2, 3, 32)[i % 3] for i, name in enumerate(quantizable_units(m))}, QuantSpec(2, all_levels=True)),
     "gptq and codebook": methods_plan,
     "codebook 2/3/4/8 mixed": lambda m: QuantPlan.from_bits(
         {name: (2, 3, 4, 8, 32)[i % 5] for i, name in enumerate(quantizable_units(m))},

@@ -33,9 +33,11 @@ def cases():
     for method in ("rtn", "gptq", "codebook"):
         for bits in CODEBOOK_BITS if method == "codebook" else BITS:
             for granularity, size in LAYOUTS:
-                for symmetric in (True,) if method == "codebook" else (True, False):
+                # (symmetric, all_levels): symmetric, signed (every code), asymmetric
+                grids = ((True, False),) if method == "codebook" else ((True, False), (True, True), (False, False))
+                for symmetric, all_levels in grids:
                     for scale_dtype in ("float32",) if method == "codebook" else SCALE_DTYPES:
-                        yield method, bits, granularity, size, symmetric, scale_dtype
+                        yield method, bits, granularity, size, symmetric, all_levels, scale_dtype
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +47,14 @@ def model_and_context():
     return model, QuantContext(record_hessians(model, inputs))
 
 
-@pytest.mark.parametrize("method, bits, granularity, size, symmetric, scale_dtype", list(cases()))
+@pytest.mark.parametrize("method, bits, granularity, size, symmetric, all_levels, scale_dtype", list(cases()))
 def test_packed_weights_equal_fake_quantized_ones(model_and_context, tmp_path, method, bits, granularity, size,
-                                                  symmetric, scale_dtype):
+                                                  symmetric, all_levels, scale_dtype):
     model, context = model_and_context
-    spec = QuantSpec(bits, granularity, size, symmetric, method=method, scale_dtype=scale_dtype)
+    spec = QuantSpec(bits, granularity, size, symmetric, method=method, scale_dtype=scale_dtype, all_levels=all_levels)
     # gptq needs an input Hessian: the embedding has none, so it takes rtn at the same width and layout
-    embed_spec = spec if method != "gptq" else QuantSpec(bits, granularity, size, symmetric, scale_dtype=scale_dtype)
+    embed_spec = spec if method != "gptq" else QuantSpec(bits, granularity, size, symmetric, scale_dtype=scale_dtype,
+                                                         all_levels=all_levels)
     plan = QuantPlan({"embed": embed_spec, "proj": spec})
     with torch.no_grad(), fake_quantized(model, plan, WeightCache(), context):
         expected = {name: model.get_submodule(name).weight.detach().clone() for name in plan.units}

@@ -161,6 +161,8 @@ def test_group_size_must_divide_the_input_dim():
     ({"method": "codebook", "bits": 16}, "bits=16 is not supported by method 'codebook'"),
     ({"method": "codebook", "symmetric": False}, "symmetric=false makes no sense with method 'codebook'"),
     ({"method": "codebook", "observer": "minmax"}, "observer='minmax' makes no sense with method 'codebook'"),
+    ({"all_levels": 1}, "all_levels must be true or false"),
+    ({"all_levels": True, "symmetric": False}, "all_levels=true is for the symmetric grid"),
 ])
 def test_bad_specs_are_rejected(kwargs, message):
     with pytest.raises(QslmError, match=message):
@@ -187,6 +189,45 @@ def test_method_in_describe_and_json():
     assert QuantSpec.from_dict({"bits": 4}).method == "rtn"
     with pytest.raises(QslmError, match="unit 'x'.*unknown method 'GPTQ'"):
         QuantSpec.from_dict({"bits": 4, "method": "GPTQ"}, "unit 'x'")
+
+
+@pytest.mark.parametrize("bits", [b for b in BITS if b <= 8])
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
+def test_the_signed_grid_uses_every_code(bits, observer):
+    spec = QuantSpec(bits, observer=observer, all_levels=True)
+    assert code_range(spec) == (0, 2 ** bits - 1) and code_range(QuantSpec(bits)) == (1, 2 ** bits - 1)
+    w = torch.randn(16, 512, generator=torch.Generator().manual_seed(bits))
+    q = quantize_tensor(w, spec)
+    levels = q.codes.reshape(q.shape).double() - 2 ** (bits - 1)  # the multiple of the scale each weight takes
+    assert q.zero_point is None and torch.allclose(q.dequantize().double(), levels * element_scale(q).double())
+    assert levels.min() >= -2 ** (bits - 1) and levels.max() <= 2 ** (bits - 1) - 1
+    if observer == "mse" and bits <= 4:  # the scale search puts the extra level below zero to use
+        assert q.codes.unique().numel() == 2 ** bits
+    # A row whose longer tail is negative: without clipping, its most negative weight lands on code 0.
+    w[:, 0] = -w.abs().amax(1) * 2.5
+    q = quantize_tensor(w, spec)
+    if observer == "minmax":
+        assert bool((q.codes[:, 0] == 0).all()) and torch.allclose(q.dequantize()[:, 0], w[:, 0])
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_the_signed_grid_errs_less_than_the_symmetric_one(bits):
+    # The extra level costs no byte; with the MSE observer it must pay off on every row of Gaussian weights.
+    w = torch.randn(32, 256, generator=torch.Generator().manual_seed(0))
+    errors = {levels: (fake_quantize(w, QuantSpec(bits, all_levels=levels)) - w).square().sum(1)
+              for levels in (False, True)}
+    assert bool((errors[True] <= errors[False]).all())
+    assert errors[True].sum() < 0.85 * errors[False].sum() if bits == 2 else errors[True].sum() < errors[False].sum()
+
+
+def test_the_signed_grid_in_describe_and_json():
+    spec = QuantSpec(2, all_levels=True, method="gptq")
+    assert spec.describe() == "int2 per-channel signed mse gptq"
+    assert QuantSpec.from_dict(spec.to_dict()) == spec and spec.to_dict()["all_levels"] is True
+    assert "all_levels" not in QuantSpec(2).to_dict()  # plans without it read and write as before
+    assert QuantSpec.from_dict({"bits": 2}).all_levels is False
+    # a codebook's levels are free floats: the flag means nothing there and is dropped
+    assert QuantSpec(2, all_levels=True, method="codebook") == QuantSpec(2, method="codebook")
 
 
 def test_quantize_tensor_is_rtn_only():
