@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from ..analysis.sensitivity import lm_calibration
-from ..data.text import first_lines
+from ..data.text import budget_lines, first_lines
 from ..errors import QslmError
 from ..data.text import word_count
 from ..evaluate import LANGUAGE_MODELING, lm_token_nll, lm_windows
@@ -29,14 +29,15 @@ METRIC = "word perplexity"
 
 def leading_words(text: str, words: int) -> str:
     """The first whole lines of ``text`` holding at least ``words`` words (an end-of-line counts as one,
-    as in word perplexity), or all of it."""
-    lines, count = [], 0
-    for line in text.splitlines(keepends=True):
-        lines.append(line)
-        count += len(line.split()) + 1
+    as in word perplexity), or all of it. A line too long to be a paragraph is cut between words
+    (``budget_lines``): one line of a whole corpus is not read whole."""
+    pieces, count = [], 0
+    for piece, ends_line in budget_lines(text):
+        pieces.append(piece)
+        count += len(piece.split()) + ends_line
         if count >= words:
             break
-    return "".join(lines)
+    return "".join(pieces)
 
 
 def word_scaled_nll(model: nn.Module, tokenizer: Tokenizer, text: str) -> torch.Tensor:

@@ -78,3 +78,30 @@ def test_bad_input(loaded, text, options, message):
     arguments = {"validation_text": text, **options}
     with pytest.raises(QslmError, match=message):
         language_modeling.task(loaded.model, loaded.tokenizer, **arguments)
+
+
+def test_one_long_line_costs_what_its_words_cost_in_lines(loaded, text):
+    """A 100 KB line (a corpus without line breaks) is windowed like the same words in lines: the search
+    scores and profiles a slice of it, not the whole line."""
+    corpus = text.split()
+    words = (corpus * (100_000 // len(" ".join(corpus)) + 1))[:20_000]
+    one_line = " ".join(words) + "\n"
+    assert len(one_line) > 100_000
+    in_lines = "".join(" ".join(words[i:i + 100]) + "\n" for i in range(0, len(words), 100))
+    calls = []
+    handle = loaded.model.register_forward_pre_hook(lambda _m, inputs: calls.append(inputs[0].shape))
+    try:
+        costs = {}
+        for name, corpus_text in (("one line", one_line), ("lines", in_lines)):
+            task = language_modeling.task(loaded.model, loaded.tokenizer, corpus_text, validation_words=1500,
+                                          profile_lines=5)
+            calls.clear()
+            scores = task.evaluate(loaded.model)
+            costs[name] = (len(calls), len(scores), len(task.profiling))
+    finally:
+        handle.remove()
+    (line_calls, line_tokens, line_profile), (calls_in_lines, tokens_in_lines, profile_in_lines) = costs.values()
+    # the same 1500 words either way; the lines' 15 line breaks are the only extra tokens
+    assert abs(line_calls - calls_in_lines) <= 1 and abs(line_tokens - tokens_in_lines) <= 3 * 15
+    assert abs(line_profile - profile_in_lines) <= 2
+    assert line_tokens < len(loaded.tokenizer.encode(one_line).ids) / 5
