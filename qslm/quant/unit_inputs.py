@@ -26,7 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import QslmError
-from ..tasks.base import call_model
+from ..tasks.base import call_checked, check_in_memory, inputs_name
 from .quantizer import matrix_shape
 from .units import matmul_ops, quantizable_units, unit_tensor, weight_view_ops
 
@@ -136,13 +136,16 @@ class UnitInputRecorder(TorchFunctionMode):
 def record_hessians(model: nn.Module, batches, reset: Callable[[nn.Module], object] | None = None
                     ) -> dict[str, UnitHessian]:
     """Run ``model`` on each batch (a model input: a tensor, a tuple of positional or a dict of keyword
-    arguments; ``reset(model)`` before each, to clear neuron state) and return the Hessians."""
+    arguments; ``reset(model)`` before each, to clear neuron state) and return the Hessians. A batch the
+    model fails on is named in the error (``Task.quantizer_calibration[3]`` for a Task's, else ``batches[3]``)."""
+    name = inputs_name(batches, "batches")
+    check_in_memory(model, f"{name}[0]")
     with UnitInputRecorder(model) as recorder:
         seen = 0
         for batch in batches:
             if reset is not None:
                 reset(model)
-            call_model(model, batch)
+            call_checked(model, batch, f"{name}[{seen}]")
             seen += 1
     if not seen:
         raise QslmError("no calibration batches were given, so no unit inputs were recorded")

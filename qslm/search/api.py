@@ -6,6 +6,7 @@ import os
 
 from torch import nn
 
+from ..tasks.base import Task, check_in_memory, inputs_name
 from .engine import SearchResult
 from .engine import search as search_model
 
@@ -14,6 +15,8 @@ def search(model, task, out: str | os.PathLike, constraints=None, config=None, *
     """``search(my_model, qslm.Task(...), out, constraints, config)``, or
     ``search("spikegpt-sst2", "sst2", out, constraints, ...)`` for a model folder and a built-in task."""
     if isinstance(model, nn.Module) and not isinstance(task, str):
+        if isinstance(task, Task):  # before the search moves the model: a meta tensor cannot be moved
+            check_in_memory(model, f"{inputs_name(task.profiling, 'Task.calibration')}[0]")
         return search_model(model, task, out, constraints, config, **options)
     from .run import run_search  # model folders and built-in tasks
 

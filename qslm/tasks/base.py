@@ -24,8 +24,10 @@ floating tensor of a tuple, list or dict).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 from torch import nn
@@ -119,6 +121,20 @@ def check_positive(**sizes: int | None) -> None:
             raise QslmError(f"{name.replace('_', ' ')} must be positive, got {value}")
 
 
+class TaskInputs(list):
+    """A Task's model inputs, as a list that knows the field it came from (``name``, e.g.
+    ``Task.calibration``), so that an input the model fails on is named in the error."""
+
+    def __init__(self, items: Iterable[ModelInput] = (), name: str = "inputs"):
+        super().__init__(items)
+        self.name = name
+
+
+def inputs_name(inputs: Iterable[ModelInput], default: str) -> str:
+    """The field a Task's inputs came from, or ``default`` for inputs from elsewhere."""
+    return getattr(inputs, "name", default)
+
+
 def _reiterable(inputs, field: str) -> list[ModelInput]:
     """The inputs as a list: a generator would be used up by the first pass over it."""
     if isinstance(inputs, (torch.Tensor, Mapping)):
@@ -134,7 +150,7 @@ def _reiterable(inputs, field: str) -> list[ModelInput]:
         if not isinstance(item, (torch.Tensor, tuple, list, Mapping)):
             raise QslmError(f"Task.{field}[{index}] is a {type(item).__name__}; a model input is a tensor, "
                             "a tuple of positional arguments or a dict of keyword arguments")
-    return items
+    return TaskInputs(items, f"Task.{field}")
 
 
 def _to(value, device: torch.device):
@@ -163,6 +179,67 @@ def call_model(model: nn.Module, inputs: ModelInput):
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+def check_in_memory(model: nn.Module, what: str) -> None:
+    """Refuse, before ``what`` (an input, e.g. ``Task.calibration[0]``) is run, a model with a tensor on the
+    meta device: it has a shape and no values, so moving or running it fails deep inside torch."""
+    for name, tensor in chain(model.named_parameters(), model.named_buffers()):
+        if tensor.is_meta:
+            raise QslmError(f"{what}: cannot run the model, its tensor {name!r} is on the "
+                            "meta device (a shape without values); expected a model with its weights in memory "
+                            "(not on the meta device): load or initialise its weights first")
+
+
+def _look_up_ids(what: str, embedding: str) -> Callable:
+    """A forward pre-hook for the nn.Embedding named ``embedding``: ids it cannot look up are refused before
+    the look-up, whose own error names no input (and, on a GPU, is a device-side assert that ends the
+    process)."""
+    def check(module: nn.Embedding, args: tuple) -> None:
+        ids = args[0] if args else None
+        if not isinstance(ids, torch.Tensor):
+            return
+        size = module.num_embeddings
+        expected = f"expected integer token ids below the embedding size {size}"
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise QslmError(f"{what}: embedding {embedding} was given {str(ids.dtype).replace('torch.', '')} "
+                            f"values; {expected} (int64 or int32)")
+        if ids.numel():
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= size:
+                raise QslmError(f"{what}: embedding {embedding} was given token id {low if low < 0 else high}; "
+                                f"{expected}")
+    return check
+
+
+@contextmanager
+def _ids_checked(model: nn.Module, what: str) -> Iterator[None]:
+    # plain nn.Embedding only: a subclass with its own forward may take other inputs
+    handles = [module.register_forward_pre_hook(_look_up_ids(what, repr(name) if name else type(model).__name__))
+               for name, module in model.named_modules()
+               if isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def call_checked(model: nn.Module, inputs: ModelInput, what: str):
+    """``call_model`` on an input run for the first time, named ``what`` (e.g. ``Task.calibration[3]``):
+    ids an embedding cannot look up are refused before the look-up, and whatever else the model raises
+    becomes one QslmError naming the input, the exception and its first line."""
+    with _ids_checked(model, what):
+        try:
+            return call_model(model, inputs)
+        except (QslmError, MemoryError, torch.cuda.OutOfMemoryError):  # out of memory is no fault of the input
+            raise
+        except Exception as error:  # the user's model may raise anything on an input it does not accept
+            lines = str(error).strip().splitlines()
+            said = f" ({lines[0][:300]})" if lines else ""
+            raise QslmError(f"{what}: the model raised {type(error).__name__}{said}; expected an input the model "
+                            "accepts (a tensor is its one argument, a tuple its positional arguments, a dict "
+                            "its keyword arguments)") from error
 
 
 def first_tensor(value) -> torch.Tensor | None:
@@ -216,11 +293,18 @@ def inputs_digest(items: Iterable[ModelInput]) -> str:
 def run_inputs(model: nn.Module, inputs: Iterable[ModelInput], reset: Callable[[nn.Module], object] | None = None
                ) -> int:
     """Run ``model`` on every input (no gradients; ``reset(model)`` before each, to clear neuron state)
-    and return how many inferences they held."""
+    and return how many inferences they held. A Task's inputs (``TaskInputs``) are run checked
+    (``call_checked``), so an input the model fails on is named; others, e.g. a slice timed, are not."""
+    name = getattr(inputs, "name", None)
+    if name is not None:
+        check_in_memory(model, f"{name}[0]")
     count = 0
-    for item in inputs:
+    for index, item in enumerate(inputs):
         if reset is not None:
             reset(model)
-        call_model(model, item)
+        if name is None:
+            call_model(model, item)
+        else:
+            call_checked(model, item, f"{name}[{index}]")
         count += inferences_in(item)
     return count
