@@ -5,6 +5,7 @@ needs a class or function from the pickle is refused before it is called.
 """
 from __future__ import annotations
 
+import pickletools
 import warnings
 import zipfile
 from pathlib import Path
@@ -17,6 +18,8 @@ from ..errors import QslmError
 WRAPPER_KEYS = ("state_dict", "model")
 # torch.save's format before zip files: a protocol-2 pickle opening with the magic number 0x1950a86a20f9469cfc6c.
 LEGACY_TORCH_SAVE_PREFIX = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+# The pickles of the legacy format, in order: magic number, protocol version, system info, the object.
+LEGACY_PICKLES = 4
 # nn.DataParallel / DistributedDataParallel prefix every key with this when the wrapper itself is saved.
 PARALLEL_PREFIX = "module."
 
@@ -53,10 +56,39 @@ def _load_weights_only(path: Path):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch reports truncated or foreign files with many exception types
         if "Weights only load failed" in str(err):
+            # torch says so of any pickle its restricted unpickler stops on, garbage included
+            broken = _broken_pickle(path)
+            if broken:
+                raise QslmError(f"{path} is not a PyTorch checkpoint: {broken}") from None
             raise QslmError(f"{path} needs full unpickling (it stores Python objects, not only tensors), "
                             f"which could run arbitrary code; refused. Re-save it as a plain dict of "
                             f"tensors") from None
-        raise QslmError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
+        said = f": {err}" if str(err).strip() else ""
+        raise QslmError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}{said})") from None
+
+
+def _broken_pickle(path: Path) -> str | None:
+    """What is wrong with the pickle of a torch.save file when it is no pickle at all (random or empty
+    bytes), or None when it is one. Read with pickletools, which decodes opcodes and runs nothing."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                records = [name for name in archive.namelist() if name.rsplit("/", 1)[-1] == "data.pkl"]
+                if not records:
+                    return "its zip archive holds no data.pkl"
+                what = records[0]
+                with archive.open(what) as handle:
+                    for _ in pickletools.genops(handle):
+                        pass
+        else:
+            what = "pickle"
+            with open(path, "rb") as handle:
+                for _ in range(LEGACY_PICKLES):
+                    for _ in pickletools.genops(handle):
+                        pass
+    except Exception as err:  # pickletools raises ValueError and friends on bytes that are not a pickle
+        return f"its {what} is not a valid pickle ({err or type(err).__name__})"
+    return None
 
 
 def _looks_like_torch_save(path: Path) -> bool:

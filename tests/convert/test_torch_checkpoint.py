@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import pickle
+import random
+import re
+import zipfile
 
 import pytest
 import torch
@@ -74,3 +77,17 @@ def test_legacy_format_loads_and_is_guarded_the_same(hostile_checkpoint, tmp_pat
     with pytest.raises(QslmError, match="needs full unpickling"):
         load_state_dict(path, [])
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("data_pkl", [random.Random(0).randbytes(4096), b"", bytes(64)],
+                         ids=["random", "empty", "zeros"])
+def test_a_zip_whose_pickle_is_garbage_is_not_a_checkpoint(tmp_path, data_pkl):
+    """torch's restricted unpickler reports garbage as a pickle it will not load; it is no pickle at all."""
+    torch.save({"w": torch.ones(2)}, tmp_path / "good.pth")
+    path = tmp_path / "garbage.pth"
+    with zipfile.ZipFile(tmp_path / "good.pth") as source, zipfile.ZipFile(path, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, data_pkl if name.endswith("/data.pkl") else source.read(name))
+    with pytest.raises(QslmError, match=f"^{re.escape(str(path))} is not a PyTorch checkpoint") as err:
+        load_state_dict(path, [])
+    assert "unpickling" not in str(err.value) and ": )" not in str(err.value)  # no empty reason either
