@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from ..errors import QslmError
@@ -19,7 +20,23 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def require_file(path: Path, expected: str) -> Path:
-    if not path.is_file():
-        raise QslmError(f"missing data file {path}: expected {expected}")
-    return path
+# What a path that is not a regular file is, by its stat mode; a folder is told apart before these.
+OTHER_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                    (stat.S_ISBLK, "a block device"))
+
+
+def require_file(path: Path, expected: str, what: str = "data file") -> Path:
+    """``path`` when it is a regular file (or a link to one); else an error that says what it is. Only its
+    status is read: opening a FIFO to read would wait for a writer."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise QslmError(f"missing {what} {path}: expected {expected}") from None
+    except OSError as err:
+        raise QslmError(f"cannot read {what} {path} ({err.strerror or err}): expected {expected}") from None
+    if stat.S_ISREG(mode):
+        return path
+    if stat.S_ISDIR(mode):
+        raise QslmError(f"{path} is a folder, expected a {what}: {expected}")
+    kind = next((name for test, name in OTHER_FILE_KINDS if test(mode)), "a special file")
+    raise QslmError(f"{path} is not a regular file ({kind}), expected a {what}: {expected}")

@@ -7,6 +7,7 @@ from itertools import islice
 from pathlib import Path
 
 from ..errors import QslmError
+from .paths import require_file
 
 # Natural text keeps a paragraph to a line (WikiText-2's longest holds 481 words, the Brown corpus's 180).
 # A line of more words than LONG_LINE_WORDS is text without line breaks (text8 is one line of 17M words):
@@ -18,9 +19,7 @@ _WORD = re.compile(r"\S+")
 
 
 def load_text(path: str | Path, expected: str = "a UTF-8 plain-text file") -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise QslmError(f"missing text corpus {path}: expected {expected}")
+    path = require_file(Path(path), expected, "text corpus")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..data.examples import Example
+from ..data.paths import require_file
 from ..errors import QslmError
 from ..jsonfile import parse_json
 
@@ -24,9 +25,7 @@ DEFAULT_LABEL_COLUMN = "label"
 def read_text_file(path: str | Path) -> str:
     """A UTF-8 file's text (for a language model: one paragraph or sentence a line); an undecodable byte
     is reported with its line."""
-    path = Path(path)
-    if not path.is_file():
-        raise QslmError(f"missing data file {path}: expected a UTF-8 text file")
+    path = require_file(Path(path), "a UTF-8 text file")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")  # a byte-order mark (spreadsheet exports) is not part of the text

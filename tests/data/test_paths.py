@@ -1,6 +1,8 @@
 """Data folder resolution: --data-dir wins over $QSLM_DATA_DIR; errors say what to do."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from qslm.data.paths import DATA_DIR_ENV, require_file, resolve_data_dir
@@ -44,5 +46,12 @@ def test_require_file(tmp_path):
     assert require_file(tmp_path / "here.txt", "text") == tmp_path / "here.txt"
     with pytest.raises(QslmError, match=f"missing data file {tmp_path / 'gone.txt'}: expected a thing"):
         require_file(tmp_path / "gone.txt", "a thing")
-    with pytest.raises(QslmError, match="missing data file"):
+    with pytest.raises(QslmError, match=f"^{tmp_path} is a folder, expected a data file: a file, not a folder$"):
         require_file(tmp_path, "a file, not a folder")
+
+
+def test_a_fifo_is_named_and_never_opened(tmp_path):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer: the test would hang
+    with pytest.raises(QslmError, match=f"^{fifo} is not a regular file \\(a FIFO\\), expected a text corpus: text$"):
+        require_file(fifo, "text", "text corpus")

@@ -1,6 +1,8 @@
 """Readers of users' files: tables and JSON lines with their own column names, and every bad-file error."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from qslm.data.examples import Example
@@ -90,3 +92,14 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     path = tmp_path / "bom.csv"
     path.write_bytes("\ufefftext,label\ngood film,1\nbad film,0\n".encode("utf-8"))
     assert [(e.sentence, e.label) for e in read_examples(path)] == [("good film", 1), ("bad film", 0)]
+
+
+def test_a_folder_or_a_fifo_is_not_called_missing(tmp_path):
+    folder = tmp_path / "valid.txt"
+    folder.mkdir()
+    with pytest.raises(QslmError, match=f"^{folder} is a folder, expected a data file: a UTF-8 text file$"):
+        read_text_file(folder)
+    fifo = tmp_path / "pipe.tsv"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer: the test would hang
+    with pytest.raises(QslmError, match=f"^{fifo} is not a regular file \\(a FIFO\\), expected a data file"):
+        read_examples(fifo)
