@@ -22,13 +22,26 @@ the previous run's files other than the new model files (its report, plots, stal
 the new model files, then ``last`` (report and plots). A kill at any point leaves the previous
 consistent set, or model files without a report. Staging folders a crash leaves behind are removed by
 the next ``claim``.
+
+One job at a time: a claim holds an advisory lock (``flock``) on ``.qslm-lock`` inside the folder until the
+job ends (``release``, or leaving the ``with`` block), taken before the manifest is read, so a second job
+claiming the same folder meanwhile is refused with a line naming the holder (pid, host, start, command).
+The kernel drops the lock when the holding process dies, however it dies; an orderly release also removes
+the file. The lock file is never a user's file, nor one of the run's.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
+import stat
+import sys
 import tempfile
+import threading
+import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +55,9 @@ MANIFEST_VERSION = 1
 KINDS = ("quantize", "search", "train")
 STAGING_PREFIX = ".qslm-staging-"
 SHOWN_ENTRIES = 5  # of a refused folder's files, named in the message
+LOCK_FILE = ".qslm-lock"
+LOCK_ATTEMPTS = 5  # a finishing job may remove the lock file between our open and our flock: try again
+SHOWN_COMMAND = 200  # characters of the holder's command line, named in the message
 
 
 @dataclass
@@ -58,7 +74,12 @@ class Manifest:
 def _is_plain_name(name) -> bool:
     """A file directly inside the folder; a manifest naming anything else (``../x``, ``a/b``) is not trusted."""
     return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and name != MANIFEST_FILE and not _is_leftover(name))
+            and name not in (MANIFEST_FILE, LOCK_FILE) and not _is_leftover(name))
+
+
+def _is_ours(name: str) -> bool:
+    """Files qslm keeps in every output folder it holds, which are neither a user's nor a run's."""
+    return name in (MANIFEST_FILE, LOCK_FILE) or _is_leftover(name)
 
 
 def _is_leftover(name: str) -> bool:
@@ -146,6 +167,144 @@ def _refusal(path: Path, kind: str, previous: Manifest | None, entries: list[str
             f"into it (files qslm did not write are never deleted)")
 
 
+class FolderLock:
+    """The advisory lock (``flock``) on an output folder's ``LOCK_FILE``, held while one job writes there.
+
+    Claims of one folder nested in one thread (the command line claims ``--out`` before it loads anything,
+    then the library function it calls claims the folder again) share the lock; any other claim, in this
+    process or another, opens the file anew, which is a separate open file description, and is refused
+    while the lock is held."""
+
+    # held lock files by (device, inode, thread); an inode stays in use while its lock is open, so a key
+    # never names a deleted folder's lock
+    _held: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+    _guard = threading.Lock()
+
+    def __init__(self, path: Path, fd: int, key: tuple[int, int, int]):
+        self.path, self.fd, self.key, self.users = path, fd, key, 1
+
+    @classmethod
+    def acquire(cls, folder: Path) -> FolderLock:
+        """Lock ``folder`` for this job, or raise QslmError naming the job that holds it."""
+        path = folder / LOCK_FILE
+        try:
+            existing = os.stat(path)
+        except OSError:
+            existing = None
+        if existing is not None:
+            with cls._guard:
+                held = cls._held.get((existing.st_dev, existing.st_ino, threading.get_ident()))
+                if held is not None and held.fd is not None:
+                    held.users += 1
+                    return held
+        for _ in range(LOCK_ATTEMPTS):
+            fd = _open_lock_file(folder, path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise QslmError(f"output folder {folder} is in use by another qslm job ({holder}); wait for it "
+                                f"to end, or choose another folder") from None
+            except OSError as err:
+                os.close(fd)
+                raise QslmError(f"cannot lock output folder {folder}: {err.strerror or err}") from None
+            if _same_file(fd, path):
+                break
+            os.close(fd)  # the job that held it ended and removed this file after we opened it: lock anew
+        else:
+            raise QslmError(f"cannot lock output folder {folder}: its lock file {LOCK_FILE} keeps being replaced")
+        _write_holder(fd)
+        status = os.fstat(fd)
+        lock = cls(path, fd, (status.st_dev, status.st_ino, threading.get_ident()))
+        with cls._guard:
+            cls._held[lock.key] = lock
+        return lock
+
+    def release(self) -> None:
+        """One user fewer; the last removes the lock file while still holding the lock, then unlocks (a
+        job that opened the file meanwhile sees it is gone and locks a new one)."""
+        with self._guard:
+            self.users -= 1
+            if self.users > 0 or self.fd is None:
+                return
+            fd, self.fd = self.fd, None
+            self._held.pop(self.key, None)
+        try:
+            if _same_file(fd, self.path):
+                self.path.unlink()
+        except OSError:
+            pass  # the folder went read-only or away: the lock is dropped all the same
+        finally:
+            # unlocked explicitly: a forked child (a data loader worker) shares this open file and would
+            # otherwise keep the lock after the close below
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # a claim dropped without release (no ``with``): the lock goes with its last reference, the file
+        # stays and is taken over by the next claim
+        fd, self.fd = getattr(self, "fd", None), None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _open_lock_file(folder: Path, path: Path) -> int:
+    try:
+        # O_NOFOLLOW: a link planted under the lock file's name is never written through
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+    except OSError as err:
+        raise QslmError(f"output folder {folder} is not writable: {err.strerror or err}") from None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+    except OSError:
+        return False
+
+
+def _one_line(text: object, limit: int) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def _write_holder(fd: int) -> None:
+    """Who holds the lock, for the message a refused job prints: pid, host, start time, command line."""
+    status = os.fstat(fd)
+    if not (stat.S_ISREG(status.st_mode) and status.st_nlink == 1):
+        return  # not a plain file of its own (a hard link to some other file): never written
+    argv = sys.argv or ["python"]
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": _one_line(" ".join([os.path.basename(argv[0]), *argv[1:]]), SHOWN_COMMAND)}
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    except OSError:
+        pass  # a full disk: the lock holds without its note
+
+
+def _holder(fd: int) -> str:
+    """The job holding a lock, from what it wrote into the lock file."""
+    try:
+        raw = json.loads(os.pread(fd, 4096, 0).decode())
+        pid, host, started, command = (_one_line(raw[key], SHOWN_COMMAND)
+                                       for key in ("pid", "host", "started", "command"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return "which has not recorded its pid yet"
+    return f"pid {pid} on {host}, started {started}: {command}"
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass  # not empty (another job's files arrived meanwhile): it stays
+
+
 class OutputFolder:
     """A claimed output folder; see the module docstring for the rules and the commit order."""
 
@@ -156,12 +315,13 @@ class OutputFolder:
         self.had_manifest = had_manifest
         self.committed = False
         self._staging: list[Path] = []
+        self._lock: FolderLock | None = None
 
     @classmethod
     def claim(cls, path: str | os.PathLike, kind: str, overwrite: bool = False,
               protect: Iterable[str | os.PathLike] = ()) -> OutputFolder:
         """Check that ``path`` may take a ``kind`` output (QslmError naming the folder if not), create
-        it, clean up a crashed run's staging folders and write the manifest."""
+        it, lock it for this job, clean up a crashed run's staging folders and write the manifest."""
         if kind not in KINDS:
             raise ValueError(f"unknown output kind {kind!r}; expected one of {KINDS}")
         path = Path(path)
@@ -169,13 +329,29 @@ class OutputFolder:
         existed = path.is_dir()
         if not existed:
             _ensure_folder(path, "output folder")
+        lock = None
+        try:
+            # Locked before the manifest is read: a job refused here has touched nothing of the holder's.
+            lock = FolderLock.acquire(path)
+            folder = cls._claim_locked(path, kind, overwrite, existed)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            if not existed:
+                _remove_if_empty(path)  # a refused job leaves no folder behind
+            raise
+        folder._lock = lock
+        return folder
+
+    @classmethod
+    def _claim_locked(cls, path: Path, kind: str, overwrite: bool, existed: bool) -> OutputFolder:
         try:
             previous = read_manifest(path)
         except QslmError as err:
             if not overwrite:
                 raise QslmError(f"{err}; pass --overwrite to write into {path} anyway") from None
             previous = None  # unreadable: nothing in it counts as qslm's, so nothing is removed
-        entries = sorted(name for name in os.listdir(path) if name != MANIFEST_FILE and not _is_leftover(name))
+        entries = sorted(name for name in os.listdir(path) if not _is_ours(name))
         reason = _refusal(path, kind, previous, entries)
         if reason is not None and not overwrite:
             raise QslmError(reason)
@@ -246,22 +422,33 @@ class OutputFolder:
             on_disk = read_manifest(self.path)
         except QslmError:
             return
-        others = [name for name in os.listdir(self.path) if name != MANIFEST_FILE and not _is_leftover(name)]
+        others = [name for name in os.listdir(self.path) if not _is_ours(name)]
         if on_disk is None or on_disk.files or others:
             return  # the job wrote something: the manifest stays, so a re-run recognises the folder
         if not self.had_manifest:
             (self.path / MANIFEST_FILE).unlink(missing_ok=True)
         if self.created:
-            self.path.rmdir()
+            self.release()  # its lock file goes first, or the folder is not empty
+            _remove_if_empty(self.path)
+
+    def release(self) -> None:
+        """End this job's hold on the folder: another job may claim it from now on (leaving the ``with``
+        block releases it; so does the end of the process, however it ends)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     def __enter__(self) -> OutputFolder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abandon()
-        else:
-            self._remove_staging()
+        try:
+            if exc_type is not None:
+                self.abandon()
+            else:
+                self._remove_staging()
+        finally:
+            self.release()
 
     # ---- internals
 

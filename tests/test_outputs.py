@@ -2,15 +2,20 @@
 order that keeps a model beside its own report even when a commit is cut short."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import stat
+import subprocess
+import sys
+import threading
 
 import pytest
 
 from qslm import outputs
 from qslm.errors import QslmError
-from qslm.outputs import MANIFEST_FILE, STAGING_PREFIX, OutputFolder, check_writable_folder, read_manifest
+from qslm.outputs import LOCK_FILE, MANIFEST_FILE, STAGING_PREFIX, OutputFolder, check_writable_folder, read_manifest
 
 
 def stage(folder: OutputFolder, **contents: str) -> dict:
@@ -22,9 +27,9 @@ def stage(folder: OutputFolder, **contents: str) -> dict:
 
 def run_once(path, tag: str, kind: str = "search", plots: tuple[str, ...] = ("plot_png",)) -> OutputFolder:
     """One run's output: a model and a report (and plots) that name the run."""
-    folder = OutputFolder.claim(path, kind)
-    staging = stage(folder, model_bin=tag, report_json=tag, **{p: tag for p in plots})
-    folder.commit({"model.bin": staging.pop("model.bin")}, last=staging)
+    with OutputFolder.claim(path, kind) as folder:
+        staging = stage(folder, model_bin=tag, report_json=tag, **{p: tag for p in plots})
+        folder.commit({"model.bin": staging.pop("model.bin")}, last=staging)
     return folder
 
 
@@ -36,9 +41,11 @@ def listing(path) -> list[str]:
 
 def test_a_new_folder_is_created_with_a_manifest(tmp_path):
     folder = OutputFolder.claim(tmp_path / "a" / "b", "quantize")
-    assert folder.path.is_dir() and listing(folder.path) == [MANIFEST_FILE]
+    assert folder.path.is_dir() and listing(folder.path) == [LOCK_FILE, MANIFEST_FILE]  # locked while held
     raw = json.loads((folder.path / MANIFEST_FILE).read_text())
     assert raw == {"version": 1, "kind": "quantize", "files": [], "kept": []}
+    folder.release()
+    assert listing(folder.path) == [MANIFEST_FILE]
 
 
 def test_an_empty_folder_and_a_same_kind_output_are_accepted(tmp_path):
@@ -134,20 +141,21 @@ def test_overwrite_replaces_only_what_qslm_writes_and_deletes_nothing_else(tmp_p
     folder = OutputFolder.claim(tmp_path, "search", overwrite=True)
     staging = stage(folder, model_bin="new", report_json="new")
     folder.commit({"model.bin": staging["model.bin"]}, last={"report.json": staging["report.json"]})
+    folder.release()
     assert (tmp_path / "thesis.tex").read_text() == "mine"
     assert (tmp_path / "model.bin").read_text() == "new"
     # a later run that writes fewer files still leaves the user's file alone
-    folder = OutputFolder.claim(tmp_path, "search")
-    folder.commit(stage(folder, report_json="infeasible"))
+    with OutputFolder.claim(tmp_path, "search") as folder:
+        folder.commit(stage(folder, report_json="infeasible"))
     assert listing(tmp_path) == [MANIFEST_FILE, "report.json", "thesis.tex"]
 
 
 def test_overwrite_of_another_kind_removes_that_kinds_stale_files_only(tmp_path):
-    folder = OutputFolder.claim(tmp_path, "train")
-    folder.commit(stage(folder, config_json="t", training_json="t"))
+    with OutputFolder.claim(tmp_path, "train") as folder:
+        folder.commit(stage(folder, config_json="t", training_json="t"))
     (tmp_path / "notes.txt").write_text("mine")
-    folder = OutputFolder.claim(tmp_path, "quantize", overwrite=True)
-    folder.commit(stage(folder, config_json="q"))
+    with OutputFolder.claim(tmp_path, "quantize", overwrite=True) as folder:
+        folder.commit(stage(folder, config_json="q"))
     assert listing(tmp_path) == [MANIFEST_FILE, "config.json", "notes.txt"]
     assert read_manifest(tmp_path).kind == "quantize"
 
@@ -178,10 +186,10 @@ def test_kept_files_survive_commits_and_count_as_qslms(tmp_path):
 def test_committed_files_follow_the_umask(tmp_path):
     previous = os.umask(0o022)
     try:
-        folder = OutputFolder.claim(tmp_path, "quantize")
-        staging = stage(folder, model_bin="x")
-        os.chmod(staging["model.bin"], 0o600)  # as safetensors leaves its file
-        folder.commit(staging)
+        with OutputFolder.claim(tmp_path, "quantize") as folder:
+            staging = stage(folder, model_bin="x")
+            os.chmod(staging["model.bin"], 0o600)  # as safetensors leaves its file
+            folder.commit(staging)
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "model.bin").stat().st_mode) == 0o644
@@ -244,7 +252,10 @@ def test_a_crashed_runs_staging_folders_go_at_the_next_claim(tmp_path):
     folder = OutputFolder.claim(tmp_path, "quantize")
     stage(folder, model_bin="half-written")  # a kill here leaves the staging folder
     (tmp_path / f".{MANIFEST_FILE}.abc.partial").write_text("{")
-    OutputFolder.claim(tmp_path, "quantize")
+    del folder  # as a killed job: the lock is dropped, its file stays
+    assert LOCK_FILE in listing(tmp_path)
+    with OutputFolder.claim(tmp_path, "quantize"):
+        assert listing(tmp_path) == [LOCK_FILE, MANIFEST_FILE]
     assert listing(tmp_path) == [MANIFEST_FILE]
 
 
@@ -271,3 +282,112 @@ def test_a_failed_job_keeps_the_manifest_once_it_wrote_files(tmp_path):
             raise RuntimeError("interrupted")
     assert listing(tmp_path / "out") == [MANIFEST_FILE, "journal.jsonl"]
     OutputFolder.claim(tmp_path / "out", "search")  # the re-run resumes there
+
+
+# ---- one job at a time
+
+HOLD = """
+import sys
+from qslm.outputs import OutputFolder
+folder = OutputFolder.claim(sys.argv[1], "search")
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes it (or kills this process)
+folder.release()
+"""
+
+
+def test_a_folder_another_process_holds_is_refused_naming_it(tmp_path):
+    out = tmp_path / "out"
+    run_once(out, "one")
+    before = {name: (out / name).read_bytes() for name in listing(out)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), "--out", str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        for kind in ("search", "quantize"):
+            with pytest.raises(QslmError) as refused:
+                OutputFolder.claim(out, kind, overwrite=True)
+            message = str(refused.value)
+            assert f"output folder {out} is in use by another qslm job (pid {holder.pid} on " \
+                   f"{socket.gethostname()}, started " in message and f"-c {out} --out {out})" in message
+            assert "\n" not in message and message.endswith("wait for it to end, or choose another folder")
+        # the holder's files are untouched (the manifest is read only under the lock)
+        assert {name: (out / name).read_bytes() for name in before} == before
+        holder.kill()  # killed: the kernel drops its lock, its lock file stays behind
+        holder.wait()
+        assert listing(out) == sorted([LOCK_FILE, *before])
+        run_once(out, "two")  # the stale lock file is neither a user's file nor in the way
+        assert listing(out) == sorted(before) and (out / "model.bin").read_text() == "two"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_held_through_another_open_file_in_this_process_refuses_a_claim(tmp_path):
+    (tmp_path / "out").mkdir()
+    fd = os.open(tmp_path / "out" / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, json.dumps({"pid": 4242, "host": "gpu7", "started": "2026-12-06 06:00:00",
+                                 "command": "qslm search m\n--out out"}).encode())
+        with pytest.raises(QslmError, match=r"in use by another qslm job \(pid 4242 on gpu7, started "
+                                             r"2026-12-06 06:00:00: qslm search m --out out\)"):
+            OutputFolder.claim(tmp_path / "out", "search")
+        assert listing(tmp_path / "out") == [LOCK_FILE]  # no manifest written: nothing of ours was touched
+        os.ftruncate(fd, 0)  # a holder that has not written who it is yet
+        with pytest.raises(QslmError, match=r"in use by another qslm job \(which has not recorded its pid yet\)"):
+            OutputFolder.claim(tmp_path / "out", "quantize")
+    finally:
+        os.close(fd)
+    with OutputFolder.claim(tmp_path / "out", "search"):
+        pass
+    assert listing(tmp_path / "out") == [MANIFEST_FILE]
+
+
+def test_nested_claims_in_one_thread_share_the_lock_and_other_threads_are_refused(tmp_path):
+    out = tmp_path / "out"
+    refused = []
+
+    def claim_elsewhere():
+        try:
+            OutputFolder.claim(out, "search")
+        except QslmError as err:
+            refused.append(str(err))
+
+    with OutputFolder.claim(out, "search") as outer:  # the command line claims --out ...
+        with OutputFolder.claim(out, "search") as inner:  # ... and the library it calls claims it again
+            inner.keep("journal.jsonl")
+        assert outer._lock is not None and (out / LOCK_FILE).exists()  # still held by the outer claim
+        thread = threading.Thread(target=claim_elsewhere)
+        thread.start()
+        thread.join()
+        assert len(refused) == 1 and f"pid {os.getpid()}" in refused[0]
+    assert listing(out) == [MANIFEST_FILE]  # released at the end of the job
+    with OutputFolder.claim(out, "search"):  # and free to take
+        pass
+
+
+def test_a_refused_or_failed_job_leaves_no_lock_file(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    with pytest.raises(QslmError, match="already holds files qslm did not write"):
+        OutputFolder.claim(tmp_path / "mine", "search")
+    assert listing(tmp_path / "mine") == ["thesis.tex"]
+    with pytest.raises(KeyboardInterrupt):
+        with OutputFolder.claim(tmp_path / "new", "search"):
+            raise KeyboardInterrupt  # Ctrl-C
+    assert listing(tmp_path) == ["mine"]
+
+
+def test_the_lock_file_is_never_a_runs_file_nor_followed_as_a_link(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / MANIFEST_FILE).write_text(json.dumps({"version": 1, "kind": "search",
+                                                             "files": [LOCK_FILE], "kept": []}))
+    with pytest.raises(QslmError, match="is not a qslm output manifest"):
+        OutputFolder.claim(tmp_path / "out", "search")
+    (tmp_path / "precious").write_text("mine")
+    (tmp_path / "linked").mkdir()
+    os.symlink(tmp_path / "precious", tmp_path / "linked" / LOCK_FILE)
+    with pytest.raises(QslmError, match="linked is not writable"):
+        OutputFolder.claim(tmp_path / "linked", "search", overwrite=True)
+    assert (tmp_path / "precious").read_text() == "mine"

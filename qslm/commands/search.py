@@ -176,12 +176,15 @@ def run(args: argparse.Namespace) -> int:
     from ..search.executors import ExecutorChoice
     from ..search.run import run_search
 
-    # Checked before any work: the search writes its model, reports and journal into --out.
-    with claim_output(args.out, "search", args.overwrite, inputs=[args.model]):
-        if args.cache_dir is not None:
-            check_writable_folder(args.cache_dir, "cache folder")
-        ExecutorChoice(args.workers, args.ray_address)  # e.g. --workers 2 without Ray installed
-        result = run_search(args.model, args.task, args.out, **options_from_args(args))
+    # Before --out is claimed: --workers 2 without Ray installed, a --ray-address where no cluster answers or
+    # lets this process join (the search then uses the cluster joined here).
+    with ExecutorChoice(args.workers, args.ray_address) as executors:
+        executors.connect()
+        # Checked before any work: the search writes its model, reports and journal into --out.
+        with claim_output(args.out, "search", args.overwrite, inputs=[args.model]):
+            if args.cache_dir is not None:
+                check_writable_folder(args.cache_dir, "cache folder")
+            result = run_search(args.model, args.task, args.out, **options_from_args(args))
     print_summary(result)
     return 0 if result.report.get("final") else 3
 

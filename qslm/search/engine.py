@@ -118,12 +118,13 @@ def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Co
     constraints, config = constraints or Constraints(), config or SearchConfig()
     _check(task, constraints)
     executors = ExecutorChoice(workers, ray_address)
-    cache_dir = check_writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
-    folder = OutputFolder.claim(out, "search", overwrite=overwrite, protect=protect)
-    with folder, executors:
-        result = _search(model, task, folder, constraints, config, resolve_device(device), progress,
-                         label or type(model).__name__, cache_dir, companion_files or {}, dict(notes or {}),
-                         started, seconds, executors)
+    with executors:
+        executors.connect()  # a cluster is joined before the folder is claimed: a wrong address costs nothing
+        cache_dir = check_writable_folder(cache_dir if cache_dir is not None else default_cache_dir(), "cache folder")
+        with OutputFolder.claim(out, "search", overwrite=overwrite, protect=protect) as folder:
+            result = _search(model, task, folder, constraints, config, resolve_device(device), progress,
+                             label or type(model).__name__, cache_dir, companion_files or {}, dict(notes or {}),
+                             started, seconds, executors)
     return result
 
 
@@ -274,6 +275,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
         "method_checks": checked,
         "dropped_lines": dropped,
         "workers": executor.workers,
+        "workers_note": "; ".join(executors.notes) or None,  # asked for more workers than there are CPUs/GPUs
         "block_cache": _block_cache_report(measurements, in_process=isinstance(executor, InProcess)),
         "baseline": {"metric_validation": baseline.metric, f"metric_{split}": reported_metric,
                      "memory_bytes": baseline.memory_bytes, "energy_pj": baseline.energy_pj,

@@ -3,8 +3,11 @@ option errors (exit code 2) and help."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 import shutil
+import time
 
 import pytest
 
@@ -231,6 +234,47 @@ def test_a_full_disk_at_the_export_is_one_line_and_keeps_the_previous_run(tiny_c
 
     assert main(argv) == 0  # room again: the journal answers every plan
     assert json.loads((out / "report.json").read_text())["evaluations"]["new"] == 0
+
+
+def test_a_ray_address_where_no_cluster_answers_fails_fast_before_out(tiny_classifier, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = time.monotonic()
+    code = main(["search", str(tiny_classifier), "--task", "sst2", "--max-drop", "1", "--ray-address", "127.0.0.1:1",
+                 "--out", str(tmp_path / "out")])
+    assert time.monotonic() - started < 5  # it used to retry for ever
+    assert code == 2 and capsys.readouterr().err == (
+        "qslm search: error: no Ray cluster answers at ray_address='127.0.0.1:1': Connection refused; check the "
+        "address, or start a cluster there with 'ray start --head'\n")
+    assert not (tmp_path / "out").exists()  # refused before --out was claimed
+
+
+def test_an_out_folder_another_search_holds_is_refused_naming_it(tiny_classifier, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the search ran in a folder another job holds")
+
+    monkeypatch.setattr(importlib.import_module("qslm.search.run"), "run_search", no_search)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "journal.jsonl").write_text("the other run's\n")
+    (out / ".qslm-output.json").write_text(json.dumps({"version": 1, "kind": "search", "files": ["journal.jsonl"],
+                                                       "kept": ["journal.jsonl"]}))
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    # another open file description of the lock file: a second job, as far as flock is concerned
+    holder = os.open(out / ".qslm-lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(holder, json.dumps({"pid": 31337, "host": "node1", "started": "2026-12-06 06:00:00",
+                                     "command": f"qslm search m --out {out}"}).encode())
+        assert main(["search", str(tiny_classifier), "--task", "sst2", "--max-drop", "1", "--out", str(out)]) == 2
+        assert capsys.readouterr().err == (
+            f"qslm search: error: output folder {out} is in use by another qslm job (pid 31337 on node1, started "
+            f"2026-12-06 06:00:00: qslm search m --out {out}); wait for it to end, or choose another folder\n")
+        assert {name: (out / name).read_bytes() for name in before} == before
+    finally:
+        os.close(holder)
 
 
 @pytest.mark.parametrize("command", ["search", "demo"])

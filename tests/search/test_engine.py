@@ -55,6 +55,27 @@ def test_every_weight_matrix_is_a_unit_and_a_tied_tensor_is_one(handwritten):
     assert "stages.body.0.gain" not in units  # a [1, 1, d] vector stays float
 
 
+def test_a_search_into_a_folder_another_job_holds_is_refused_before_any_work(handwritten, tmp_path, monkeypatch):
+    import fcntl
+    import os
+
+    from qslm.errors import QslmError
+    from qslm.outputs import LOCK_FILE
+
+    model, ids, labels = handwritten
+    monkeypatch.setattr(engine, "_search", lambda *args: pytest.fail("searched in a folder another job holds"))
+    (tmp_path / "out").mkdir()
+    holder = os.open(tmp_path / "out" / LOCK_FILE, os.O_RDWR | os.O_CREAT)  # a second open file: another job
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(holder, json.dumps({"pid": 4242, "host": "h", "started": "s", "command": "c"}).encode())
+        with pytest.raises(QslmError, match=r"output folder .*out is in use by another qslm job \(pid 4242 on h"):
+            run_search(model, ids, labels, tmp_path / "out", tmp_path / "cache", max_drop=10.0)
+    finally:
+        os.close(holder)
+    assert sorted(os.listdir(tmp_path / "out")) == [LOCK_FILE]  # no manifest, no journal
+
+
 def test_handwritten_model_end_to_end(handwritten, tmp_path):
     model, ids, labels = handwritten
     task, result = run_search(model, ids, labels, tmp_path / "out", tmp_path / "cache", max_drop=10.0,

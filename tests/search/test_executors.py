@@ -1,13 +1,18 @@
 """Measurements on Ray workers give what one process gives: the same sensitivity table, candidates, plan
 and model bytes; a dead worker's measurements are retried; an interrupted parallel run resumes; and
-without Ray, asking for workers is an error that names the extra to install. One local Ray (2 CPUs)
-serves the whole module."""
+without Ray, asking for workers is an error that names the extra to install. A cluster address where
+nothing answers fails in seconds, before any work; more workers than CPUs (GPUs) are cut to those, with a
+note. One local Ray (2 CPUs) serves the whole module."""
 from __future__ import annotations
 
 import builtins
 import json
 import os
 import signal
+import socket
+import threading
+import time
+import types
 
 import pytest
 import torch
@@ -205,8 +210,8 @@ def test_cli_workers_without_ray_is_one_line_and_exit_2(no_ray, tiny_classifier,
 class FakeRay:
     """Just enough of Ray's API to see what ``ExecutorChoice`` starts, joins and stops (no processes)."""
 
-    def __init__(self, initialized=False, cpus=3):
-        self.initialized, self.cpus, self.calls = initialized, cpus, []
+    def __init__(self, initialized=False, cpus=3, gpus=0):
+        self.initialized, self.cpus, self.gpus, self.calls = initialized, cpus, gpus, []
 
     def is_initialized(self):
         return self.initialized
@@ -220,7 +225,7 @@ class FakeRay:
         self.initialized = False
 
     def cluster_resources(self):
-        return {"CPU": float(self.cpus)}
+        return {"CPU": float(self.cpus), **({"GPU": float(self.gpus)} if self.gpus else {})}
 
     def put(self, value):
         return value
@@ -242,6 +247,7 @@ class FakeRay:
 def fake_ray(monkeypatch):
     fake = FakeRay()
     monkeypatch.setattr(executors, "import_ray", lambda why: fake)
+    monkeypatch.setattr(executors, "local_cpus", lambda: fake.cpus)  # as many as the fake cluster has
     return fake
 
 
@@ -258,10 +264,13 @@ def test_a_local_ray_is_started_on_loopback_and_stopped_after(fake_ray, classifi
     assert [name for name, _ in fake_ray.calls[2:]] == ["kill"] * 3 + ["shutdown"]
 
 
-def test_a_cluster_gets_one_actor_per_cpu_and_a_callers_ray_keeps_running(fake_ray, classifier):
+def test_a_cluster_gets_one_actor_per_cpu_and_a_callers_ray_keeps_running(fake_ray, classifier, monkeypatch):
     model, task = classifier
     measurements = Measurements(model, task, build_hierarchy(model, "m"), SearchConfig(bit_choices=(2, 4, 8)))
+    probed = []
+    monkeypatch.setattr(executors, "check_cluster_address", probed.append)
     with ExecutorChoice(ray_address="10.0.0.5:6379") as choice:
+        assert probed == ["10.0.0.5:6379"] and fake_ray.calls == []  # checked when made, joined later
         assert choice.start(measurements).workers == 3  # the cluster's CPUs
     assert fake_ray.calls[0] == ("init", {"address": "10.0.0.5:6379", "include_dashboard": False,
                                           "logging_level": 30})
@@ -271,3 +280,119 @@ def test_a_cluster_gets_one_actor_per_cpu_and_a_callers_ray_keeps_running(fake_r
     with ExecutorChoice(workers=2) as choice:
         choice.start(measurements)
     assert [name for name, _ in fake_ray.calls] == ["actor options", "kill", "kill"] and fake_ray.initialized
+
+
+# ---- a cluster that is not there, and more workers than there are CPUs
+
+@pytest.fixture
+def unstarted_ray(monkeypatch):
+    """The real Ray module as a process that has not started or joined one sees it (this module's local Ray
+    may be running)."""
+    ray = pytest.importorskip("ray")
+    view = types.SimpleNamespace(is_initialized=lambda: False, __version__=ray.__version__)
+    monkeypatch.setattr(executors, "import_ray", lambda why: view)
+    return view
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_a_cluster_address_where_nothing_listens_fails_in_seconds(unstarted_ray, address):
+    started = time.monotonic()
+    with pytest.raises(QslmError) as refused:
+        ExecutorChoice(ray_address=address)
+    assert time.monotonic() - started < executors.PROBE_SECONDS
+    assert str(refused.value) == (f"no Ray cluster answers at ray_address={address!r}: Connection refused; check "
+                                  "the address, or start a cluster there with 'ray start --head'")
+
+
+def test_auto_names_the_address_it_found_or_that_it_found_none(unstarted_ray, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(QslmError, match=r"no Ray cluster answers at ray_address='auto' \(127.0.0.1:1\): Connection "
+                                        r"refused"):
+        ExecutorChoice(ray_address="auto")
+    monkeypatch.delenv("RAY_ADDRESS")
+    from ray._private import services
+
+    def none_running(address):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address_or_die", none_running)
+    with pytest.raises(QslmError, match=r"ray_address='auto' finds no Ray cluster to join \(RAY_ADDRESS is not set "
+                                        r"and no cluster was started on this machine with 'ray start'\)"):
+        ExecutorChoice(ray_address="auto")
+
+
+@pytest.mark.parametrize("address", ["headnode", "headnode:port", "headnode:0", ":6379", "ray://:10001"])
+def test_a_cluster_address_without_host_and_port_is_refused(unstarted_ray, address):
+    with pytest.raises(QslmError, match=rf"ray_address {address!r} is not a Ray cluster address: expected 'auto', "
+                                        r"HOST:PORT"):
+        ExecutorChoice(ray_address=address)
+
+
+def test_a_cluster_that_answers_but_never_lets_this_process_in_costs_seconds(fake_ray, monkeypatch):
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts connections, never speaks Ray
+    never = threading.Event()
+    monkeypatch.setattr(fake_ray, "init", lambda **options: never.wait(30), raising=False)
+    monkeypatch.setattr(executors, "JOIN_SECONDS", 0.5)
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        started = time.monotonic()
+        with pytest.raises(QslmError, match=rf"the Ray cluster at ray_address={address!r} did not let this process "
+                                            r"join within 0.5 s"):
+            with ExecutorChoice(ray_address=address) as choice:
+                choice.connect()
+        assert time.monotonic() - started < 5
+        assert fake_ray.calls == []  # nothing to shut down: it never joined
+    finally:
+        never.set()
+        listener.close()
+
+    def refused(**options):
+        raise ConnectionError("GCS has gone away\nmore detail")
+    monkeypatch.setattr(fake_ray, "init", refused, raising=False)
+    monkeypatch.setattr(executors, "check_cluster_address", lambda address: None)
+    with pytest.raises(QslmError, match=r"^cannot join the Ray cluster at ray_address='10.0.0.5:6379': "
+                                        r"ConnectionError: GCS has gone away$"):
+        ExecutorChoice(ray_address="10.0.0.5:6379").connect()
+
+
+def test_more_workers_than_cpus_are_cut_to_them_before_any_work(fake_ray, classifier, monkeypatch, capsys):
+    monkeypatch.setattr(executors, "local_cpus", lambda: 2)
+    choice = ExecutorChoice(workers=64)
+    note = "workers=64 is more than the 2 CPUs this machine has: measuring on 2 workers"
+    assert choice.workers == 2 and choice.notes == [note] and fake_ray.calls == []  # before Ray is started
+    model, task = classifier
+    measurements = Measurements(model, task, build_hierarchy(model, "m"), SearchConfig(bit_choices=(2, 4, 8)))
+    with choice:
+        assert choice.start(measurements).workers == 2
+    assert fake_ray.calls[0][1]["num_cpus"] == 2
+    assert capsys.readouterr().err == f"note: {note}\n"  # said once
+    # a cluster's CPUs, and a CUDA model's GPUs, cut them the same way when it is joined
+    fake_ray.initialized, fake_ray.gpus = True, 1
+    with ExecutorChoice(workers=5) as choice:
+        assert choice.start(measurements).workers == 3
+    assert choice.notes == ["workers=5 is more than the 3 CPUs the Ray cluster has: measuring on 3 workers"]
+    monkeypatch.setattr(executors, "model_device", lambda model: torch.device("cuda"))
+    with ExecutorChoice(workers=2) as choice:
+        assert choice.start(measurements).workers == 1
+    assert choice.notes == ["workers=2 is more than the 1 GPU the Ray cluster has: measuring on 1 worker"]
+    fake_ray.gpus = 0
+    with pytest.raises(QslmError, match="the Ray cluster has no GPU for a worker"), ExecutorChoice(workers=2) as choice:
+        choice.start(measurements)
+
+
+def test_the_cpu_count_is_this_processs_share(unstarted_ray):
+    cpus = executors.local_cpus()
+    assert cpus == len(os.sched_getaffinity(0)) >= 1
+    assert ExecutorChoice(workers=cpus + 1).workers == cpus
+    assert ExecutorChoice(workers=cpus).notes == []
+
+
+@needs_ray
+def test_a_search_with_more_workers_than_cpus_runs_on_those_and_says_so(local_ray, sequential, classifier, tmp_path,
+                                                                         capsys):
+    cpus = int(local_ray.cluster_resources()["CPU"])
+    capsys.readouterr()
+    parallel = run(classifier, tmp_path / "out", tmp_path / "cache", workers=64)
+    note = f"workers=64 is more than the {cpus} CPUs the Ray cluster has: measuring on {cpus} workers"
+    assert parallel.report["workers"] == cpus and parallel.report["workers_note"] == note
+    assert capsys.readouterr().err.count(note) == 1
+    assert_same_plan(sequential, parallel)
