@@ -1,10 +1,10 @@
 """Uniform quantization of the bundled models with each method: size (% of FP32) and the task metric.
 
     python bench/methods_uniform_bench.py [--models spikegpt-sst2,spiking-encoder-sst2,spikegpt-wt2]
-        [--bits 2,3,4] [--test-limit N]
+        [--bits 2,3,4] [--test-limit N] [--methods rtn,gptq,codebook] [--grids sym,signed,asym]
 
 Every unit at one width and one method (rtn, gptq, codebook; per-channel, symmetric, MSE clipping for rtn
-and gptq). GPTQ's Hessians and the codebooks' weighting come from the task's quantizer calibration (the
+and gptq; ``--grids`` adds the signed grid that uses every code, and the asymmetric one). GPTQ's Hessians and the codebooks' weighting come from the task's quantizer calibration (the
 sst2 / wikitext2 presets: training sentences / text, as the search uses); the metric is measured on
 the reported split (SST-2 dev accuracy, WikiText-2 test word perplexity, or its first N examples / lines),
 which the calibration never saw. Embeddings have no input Hessian, so under gptq they are rtn-quantized.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from qslm.search.methods import applicable, record_context  # noqa: E402
 from qslm.tasks.presets import build_task, default_task  # noqa: E402
 
 METHODS = ("rtn", "gptq", "codebook")
+GRIDS = {"sym": ("sym", True, False), "signed": ("signed", True, True), "asym": ("asym", False, False)}
 
 
 def main() -> None:
@@ -40,10 +42,13 @@ def main() -> None:
     parser.add_argument("--bits", default="2,3,4")
     parser.add_argument("--test-limit", type=int, default=None, help="first N examples / lines of the reported split")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--grids", default="sym", help="of sym (2**b - 1 levels), signed (every code), asym")
     args = parser.parse_args()
     bits_list = [int(b) for b in args.bits.split(",")]
-    print("| model | bits | method | memory (% of FP32) | metric (reported split) | seconds |")
-    print("|---|---:|---|---:|---:|---:|")
+    grids = [GRIDS[g] for g in args.grids.split(",")]
+    print("| model | bits | method | grid | memory (% of FP32) | metric (reported split) | seconds |")
+    print("|---|---:|---|---|---:|---:|---:|")
     for name in args.models.split(","):
         loaded = load_model(name)
         model = loaded.model
@@ -51,19 +56,21 @@ def main() -> None:
         context = record_context(model, task.quantizer_inputs, METHODS, reset_neuron_states)
         fp32 = plan_bytes(model, QuantPlan())
         started = time.perf_counter()
-        print(f"| {name} | 32 | float | 100.0 | {task.metric_of(task.test(model), "Task.test"):.2f} | {time.perf_counter() - started:.0f} |",
+        print(f"| {name} | 32 | float | - | 100.0 | {task.metric_of(task.test(model), 'Task.test'):.2f} | {time.perf_counter() - started:.0f} |",
               flush=True)
-        for bits in bits_list:
-            for method in METHODS:
-                specs = {u: dataclasses.replace(BASE_SPEC, bits=bits,
-                                                method=method if applicable(u, bits, method, context) else "rtn")
-                         for u in quantizable_units(model)}
-                plan = QuantPlan(specs)
-                started = time.perf_counter()
-                with torch.no_grad(), fake_quantized(model, plan, context=context):
-                    metric = task.metric_of(task.test(model), "Task.test")
-                print(f"| {name} | {bits} | {method} | {100 * plan_bytes(model, plan) / fp32:.2f} | {metric:.2f} | "
-                      f"{time.perf_counter() - started:.0f} |", flush=True)
+        for bits, method, (grid, symmetric, all_levels) in itertools.product(
+                bits_list, args.methods.split(","), grids):
+            if method == "codebook" and grid != "sym":
+                continue  # a codebook's levels are free: no grid to choose
+            specs = {u: dataclasses.replace(BASE_SPEC, bits=bits, symmetric=symmetric, all_levels=all_levels,
+                                            method=method if applicable(u, bits, method, context) else "rtn")
+                     for u in quantizable_units(model)}
+            plan = QuantPlan(specs)
+            started = time.perf_counter()
+            with torch.no_grad(), fake_quantized(model, plan, context=context):
+                metric = task.metric_of(task.test(model), "Task.test")
+            print(f"| {name} | {bits} | {method} | {grid} | {100 * plan_bytes(model, plan) / fp32:.2f} | {metric:.2f} | "
+                  f"{time.perf_counter() - started:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

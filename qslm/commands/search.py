@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 
 from ..errors import QslmError
@@ -100,6 +101,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="quantizers a unit may use: rtn (round to nearest), gptq (error compensation from "
                              "calibration inputs), codebook (non-uniform levels per row); with several, each unit "
                              "takes per bit-width the one that damages its outputs least (default: all three)")
+    parser.add_argument("--signed", action="store_true",
+                        help="rtn and gptq use every code of a width: [-2**(b-1), 2**(b-1) - 1] x scale "
+                             "(2-bit: -2, -1, 0, +1) instead of the symmetric 2**b - 1 levels, in the same bytes")
     parser.add_argument("--scale-dtype", default=BASE_SPEC.scale_dtype, choices=list(SCALE_DTYPES),
                         help="how scales are stored: float16 under one power-of-two exponent per unit (default), "
                              "or float32 (2 more bytes per scale)")
@@ -139,9 +143,19 @@ def options_from_args(args: argparse.Namespace) -> dict:
         reported_limit=args.reported_limit, sensitivity_method=args.sensitivity,
         sensitivity_table=args.sensitivity_table, ignore=tuple(args.ignore),
         methods=parse_methods(args.methods),
-        base_spec=dataclasses.replace(BASE_SPEC, scale_dtype=args.scale_dtype), block_cache_mb=args.block_cache,
+        base_spec=dataclasses.replace(BASE_SPEC, scale_dtype=args.scale_dtype, all_levels=args.signed),
+        block_cache_mb=args.block_cache,
         device=args.device, overwrite=args.overwrite, workers=args.workers, ray_address=args.ray_address,
         **data_options(args))
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _figure(value, form: str) -> str:
+    """``value`` formatted, or "not finite" for a test figure the report holds as null (NaN, infinity)."""
+    return form.format(value) if value is not None and math.isfinite(value) else "not finite"
 
 
 def print_summary(result) -> None:
@@ -161,8 +175,10 @@ def print_summary(result) -> None:
          f"{100 * final['energy_pj'] / base['energy_pj']:.1f}% of FP32"],
         ["power (mW)", f"{base['power_mw']:.3f}", f"{final['power_mw']:.3f}",
          f"{100 * final['power_mw'] / base['power_mw']:.1f}% of FP32"],
-        [f"{report['metric_name']} ({split})", f"{base['metric_' + final['split']]:.4g}", f"{final['metric']:.4g}",
-         f"{-final['quality_loss']:+.4g}" if hib else f"{100 * final['quality_loss']:+.2f}%"],
+        [f"{report['metric_name']} ({split})", _figure(base['metric_' + final['split']], "{:.4g}"),
+         _figure(final['metric'], "{:.4g}"),
+         _figure(-_number(final['quality_loss']), "{:+.4g}") if hib
+         else _figure(100 * _number(final['quality_loss']), "{:+.2f}%")],
     ]
     print_table(rows, ["", "FP32", "QSLM", "change"])
     for line in report["headline"]:

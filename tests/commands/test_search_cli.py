@@ -133,6 +133,9 @@ def test_counts_and_limits_that_are_accepted():
     assert options_from_args(args)["base_spec"].scale_dtype == "float16"  # the default
     args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--scale-dtype", "float32"])
     assert options_from_args(args)["base_spec"] == dataclasses.replace(BASE_SPEC, scale_dtype="float32")
+    assert not options_from_args(args)["base_spec"].all_levels  # the symmetric grid unless --signed
+    args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--signed"])
+    assert options_from_args(args)["base_spec"] == dataclasses.replace(BASE_SPEC, all_levels=True)
     assert options_from_args(args)["sensitivity_table"] == "needed"
     args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--sensitivity-table", "full"])
     assert options_from_args(args)["sensitivity_table"] == "full"
@@ -306,3 +309,20 @@ def test_demo_applies_its_default_constraints(tiny_classifier, small_data_dir, c
                                      "max_energy": None, "energy_limit_pj": None, "confidence": 0.5,
                                      "memory_limit_bytes": 0.125 * report["baseline"]["memory_bytes"]}
     assert report["final"]["memory_bytes"] <= 0.125 * report["baseline"]["memory_bytes"]
+
+
+def test_summary_says_not_finite_for_a_null_test_figure(capsys, tmp_path):
+    from types import SimpleNamespace
+
+    from qslm.commands.search import print_summary
+
+    costs = {"memory_bytes": 1e6, "energy_pj": 1e6, "power_mw": 1.0}
+    report = {"higher_is_better": True, "metric_name": "accuracy", "reported_limit": None,
+              "baseline": {**costs, "metric_test": None},
+              "final": {**costs, "split": "test", "metric": None, "quality_loss": None, "quality_within_limit": None},
+              "headline": ["Status: **feasible** on the validation data"], "candidates": [{}],
+              "seconds": {"total": 1.0}}
+    print_summary(SimpleNamespace(report=report, out=tmp_path))
+    out = capsys.readouterr()
+    table = [line for line in out.out.splitlines() if line.startswith("accuracy")]
+    assert table and table[0].count("not finite") == 3 and "nan" not in (out.out + out.err).lower()

@@ -3,6 +3,7 @@ deterministic, resume and interruption replay the journal, infeasible constraint
 are clear. Each search configuration runs once per module and its result is shared by the tests."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -14,6 +15,8 @@ from qslm.analysis.sensitivity import SensitivityCache, model_hash
 from qslm.cli import main
 from qslm.digest_lines import dropped_note
 from qslm.errors import QslmError
+from qslm.quant.plan import QuantPlan
+from qslm.search.config import BASE_SPEC
 from qslm.search.journal import Journal, assignment_key
 from qslm.search.objective import Constraints
 from tests.search.interrupting import interrupt_at
@@ -256,6 +259,20 @@ def test_local_sensitivity_search(base, tiny_classifier, small_data_dir, tmp_pat
     assert report["sensitivity"]["emb"] == base.report["sensitivity"]["emb"]  # same exact measurement
     assert report["sensitivity"]["blocks.0"] != base.report["sensitivity"]["blocks.0"]
     assert report["status"] == "feasible" and report["chosen"]["memory_fraction"] <= 0.5
+
+
+def test_signed_grid_search(tiny_classifier, small_data_dir, tmp_path_factory):
+    """A base spec with the signed grid reaches every rtn and gptq unit of the plan, which the packed model
+    stores and a fresh load computes with; it is another search, so it has a journal of its own."""
+    root = tmp_path_factory.mktemp("signed")
+    base_spec = dataclasses.replace(BASE_SPEC, all_levels=True)
+    result = search(tiny_classifier, root / "out", small_data_dir, shared_cache(tmp_path_factory),
+                    config=qslm.SearchConfig(base_spec=base_spec, bit_choices=(2, 4, 8)))
+    plan = QuantPlan.load(root / "out" / "quant_plan.json")
+    specs = [spec for spec in plan.units.values() if spec is not None]
+    assert specs and all(spec.all_levels == (spec.method != "codebook") for spec in specs)
+    assert result.report["config"]["base_spec"]["all_levels"] is True
+    assert qslm.load(root / "out").model is not None
 
 
 def test_quantized_model_is_refused(base, small_data_dir, tmp_path):
