@@ -49,6 +49,7 @@ from tokenizers import Tokenizer
 from ..checkpoint import save_model
 from ..data.tokenizer import load_tokenizer
 from ..errors import QslmError
+from ..models.config_checks import MAX_LAYERS, MAX_MULT, MAX_VOCAB, MAX_WIDTH
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
 from .torch_checkpoint import load_state_dict, name_listing
 
@@ -164,17 +165,26 @@ def infer_config(state: dict[str, torch.Tensor], source: Path, *, ctx_len: int, 
     if emb.dim() != 2:
         raise QslmError(f"{source}: emb.weight has shape {list(emb.shape)}; expected [vocab, width]")
     vocab_size, width = emb.shape
+    # checked here, where the tensor they come from is known: every other shape is compared with these
+    if not (1 <= vocab_size <= MAX_VOCAB and 1 <= width <= MAX_WIDTH):
+        raise QslmError(f"{source}: emb.weight has shape {list(emb.shape)}; qslm's SpikeGPT takes [vocab, width] "
+                        f"with a vocabulary of 1 to {MAX_VOCAB} tokens and a width of 1 to {MAX_WIDTH}")
     indices = sorted({int(m.group(1)) for key in state if (m := BLOCK_KEY.match(key))})
     if not indices:
         raise QslmError(f"{source} has no blocks.N. keys; expected the blocks of a SpikeGPT")
+    if indices[-1] >= MAX_LAYERS:
+        raise QslmError(f"{source} has keys of blocks.{indices[-1]}; qslm's SpikeGPT takes at most {MAX_LAYERS} "
+                        f"blocks (blocks.0 to blocks.{MAX_LAYERS - 1})")
     if indices != list(range(len(indices))):
         missing = sorted(set(range(indices[-1] + 1)) - set(indices))
         raise QslmError(f"{source}: blocks {name_listing([str(i) for i in missing])} are missing "
                         f"(found blocks up to {indices[-1]})")
     ffn_key = required(state, "blocks.0.ffn.key.weight", source, "block 0's channel-mix key")
-    if ffn_key.dim() != 2 or ffn_key.shape[1] != width or ffn_key.shape[0] % width:
+    if ffn_key.dim() != 2 or ffn_key.shape[1] != width or ffn_key.shape[0] % width \
+            or not 1 <= ffn_key.shape[0] // width <= MAX_MULT:
         raise QslmError(f"{source}: blocks.0.ffn.key.weight has shape {list(ffn_key.shape)}; qslm's SpikeGPT "
-                        f"needs [k * {width}, {width}] (an FFN width that is a multiple of the model width)")
+                        f"needs [k * {width}, {width}] with k from 1 to {MAX_MULT} (an FFN width that is a "
+                        f"multiple of the model width {width}, from emb.weight)")
     return SpikeGPTConfig(vocab_size=int(vocab_size), n_embd=int(width), n_layer=len(indices), ctx_len=ctx_len,
                           ffn_mult=int(ffn_key.shape[0] // width), task="lm", tau=tau, v_threshold=v_threshold)
 

@@ -211,6 +211,23 @@ def test_malformed_checkpoints(upstream_spikegpt, word_tokenizer_file, tmp_path,
     assert expected in refusal(state, word_tokenizer_file(VOCAB), tmp_path)
 
 
+@pytest.mark.parametrize("shape", [(VOCAB, 10 ** 6), (10 ** 7, 8), (10 ** 7, 10 ** 6)])
+def test_a_huge_embedding_is_named_not_blamed_on_the_ffn(upstream_spikegpt, word_tokenizer_file, tmp_path, shape):
+    state = upstream_spikegpt(VOCAB, 8, 1)
+    state["emb.weight"] = torch.zeros(1, 1).expand(*shape)  # stride 0: a few bytes on disk, any shape loaded
+    message = refusal(state, word_tokenizer_file(VOCAB), tmp_path)
+    assert message.startswith(f"{tmp_path / 'bad.pth'}: emb.weight has shape {list(shape)}; qslm's SpikeGPT takes "
+                              "[vocab, width] with a vocabulary of 1 to 2097152 tokens and a width of 1 to 16384")
+    assert "ffn" not in message and "config field" not in message
+
+
+def test_an_ffn_too_wide_is_named_by_its_tensor(upstream_spikegpt, word_tokenizer_file, tmp_path):
+    state = upstream_spikegpt(VOCAB, 8, 1)
+    state["blocks.0.ffn.key.weight"] = torch.zeros(1, 1).expand(65 * 8, 8)
+    message = refusal(state, word_tokenizer_file(VOCAB), tmp_path)
+    assert "blocks.0.ffn.key.weight has shape [520, 8]; qslm's SpikeGPT needs [k * 8, 8] with k from 1 to 64" in message
+
+
 @pytest.mark.parametrize("options, expected", [
     ({"ctx_len": 0}, "ctx_len must be a positive"),
     ({"tau": 1.0}, "tau must be greater than 1"),
