@@ -221,11 +221,15 @@ def test_a_huge_embedding_is_named_not_blamed_on_the_ffn(upstream_spikegpt, word
     assert "ffn" not in message and "config field" not in message
 
 
-def test_an_ffn_too_wide_is_named_by_its_tensor(upstream_spikegpt, word_tokenizer_file, tmp_path):
+def test_an_ffn_too_wide_or_too_many_blocks_are_named_by_their_keys(upstream_spikegpt, word_tokenizer_file, tmp_path):
     state = upstream_spikegpt(VOCAB, 8, 1)
     state["blocks.0.ffn.key.weight"] = torch.zeros(1, 1).expand(65 * 8, 8)
     message = refusal(state, word_tokenizer_file(VOCAB), tmp_path)
     assert "blocks.0.ffn.key.weight has shape [520, 8]; qslm's SpikeGPT needs [k * 8, 8] with k from 1 to 64" in message
+    state = upstream_spikegpt(VOCAB, 8, 1)
+    state["blocks.256.ln1.weight"] = torch.ones(8)
+    message = refusal(state, word_tokenizer_file(VOCAB), tmp_path)
+    assert "has keys of blocks.256; qslm's SpikeGPT takes at most 256 blocks (blocks.0 to blocks.255)" in message
 
 
 @pytest.mark.parametrize("options, expected", [
