@@ -31,11 +31,12 @@ def load_tokenizer(path: Path) -> Tokenizer:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise QslmError(f"{path} is not UTF-8 text ({err}); expected a Hugging Face tokenizer.json") from None
-    parse_json(text, str(path))  # tokenizers itself keeps the last of a key given twice
     try:
-        return Tokenizer.from_str(text)
+        tokenizer = Tokenizer.from_str(text)
     except Exception as err:  # tokenizers raises a bare Exception on bad JSON
         raise QslmError(f"{path} is not a valid tokenizer.json: {err}") from None
+    parse_json(text, str(path))  # tokenizers itself keeps the last of a key given twice
+    return tokenizer
 
 
 def pad_id(tokenizer: Tokenizer) -> int:

@@ -64,7 +64,7 @@ def test_missing_tokenizer(tmp_path):
 def test_bad_tokenizer_json(tmp_path, content):
     path = tmp_path / "tokenizer.json"
     path.write_text(content)
-    with pytest.raises(QslmError, match="is not (a )?valid (tokenizer.json|JSON)") as info:
+    with pytest.raises(QslmError, match="is not a valid tokenizer.json") as info:
         load_tokenizer(path)
     assert str(path) in str(info.value)
 
