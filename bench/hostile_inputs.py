@@ -19,6 +19,7 @@ folder, with a timeout, and is classified as one of:
 * ``destroyed data``        a file that was there before the command changed or vanished;
 * ``ran pickled code``      a crafted pickle's ``__reduce__`` ran (it creates a marker file);
 * ``exit 2, output left behind``  refused, but the new ``--out`` folder it named was left there;
+* ``exit 2, message misses the point``  refused, but the message does not name what is wrong;
 * ``refused valid input``, ``other exit code``, ``timed out``: as named.
 
 Data destruction is found by hashing every file of the case's folder, the model folders and the data
@@ -54,7 +55,8 @@ TRACEBACK_OUTCOME, WRONG, DESTROYED = "raw traceback", "exit 0 while wrong", "de
 RAN_PICKLE, REFUSED_VALID, OTHER_EXIT, TIMED_OUT = ("ran pickled code", "refused valid input", "other exit code",
                                                     "timed out")
 LEFT_BEHIND = "exit 2, output left behind"
-OUTCOMES = (CLEAR, HANDLED, TRACEBACK_OUTCOME, WRONG, DESTROYED, RAN_PICKLE, LEFT_BEHIND, REFUSED_VALID,
+MISLEADING = "exit 2, message misses the point"
+OUTCOMES = (CLEAR, HANDLED, TRACEBACK_OUTCOME, WRONG, DESTROYED, RAN_PICKLE, LEFT_BEHIND, MISLEADING, REFUSED_VALID,
             OTHER_EXIT, TIMED_OUT)
 GOOD_OUTCOMES = (CLEAR, HANDLED)
 MARKER = "PICKLE_RAN"  # the file a crafted pickle creates in the case's folder when it is unpickled
@@ -93,9 +95,10 @@ class Case:
     program: str = "qslm"  # "python": ``args`` are a script in the case folder and its arguments
     cleanup: Prepare | None = None  # runs after the command, whatever happened (a mount, a process)
     needs_root: bool = False  # skipped (not counted) when the probe is not root
+    says: str | None = None  # text a refusal's message must hold (it names the right thing)
 
     def __post_init__(self) -> None:
-        if self.args[0] in ("search", "demo"):
+        if self.args[0] in ("search", "demo") and self.ok_codes == (0,):
             self.ok_codes = (0, 3)  # 3: the search ran and no plan met the limits
 
 
@@ -949,6 +952,8 @@ def classify(run: CaseRun, changed: list[str], pickle_ran: bool, left_behind: li
             return REFUSED_VALID, last_line(run.stderr)
         if left_behind:
             return LEFT_BEHIND, f"refused, but left {', '.join(left_behind)} behind: {last_line(run.stderr)}"
+        if case.says is not None and case.says not in run.stderr:
+            return MISLEADING, f"expected {case.says!r} in: {last_line(run.stderr)}"
         return CLEAR, last_line(run.stderr)
     return OTHER_EXIT, f"exit {run.code}: {last_line(run.stderr)}"
 

@@ -162,6 +162,16 @@ def long_line_file(relative: str, kilobytes: int) -> Prepare:
     return prepare
 
 
+def huge_embedding(shape: tuple[int, int]) -> Prepare:
+    """The upstream state dict with an embedding of ``shape`` (stride 0: a few bytes on disk)."""
+    def prepare(folder: Path, fixtures: Fixtures) -> None:
+        import torch
+        state = torch.load(fixtures.upstream, weights_only=True)
+        state["emb.weight"] = torch.zeros(1, 1).expand(*shape)
+        torch.save(state, folder / "src.pth")
+    return prepare
+
+
 def checkpoint_with_data_pkl(content: bytes) -> Prepare:
     """A zip in torch.save's layout whose ``data.pkl`` is ``content``."""
     def prepare(folder: Path, fixtures: Fixtures) -> None:
@@ -207,9 +217,10 @@ API_SCRIPT = textwrap.dedent('''\
 ''')
 
 
-def api_case(name: str, change: str, expect: str = "error", check: Check | None = None) -> Case:
+def api_case(name: str, change: str, expect: str = "error", check: Check | None = None, says: str | None = None
+             ) -> Case:
     return Case(name, CATEGORY, ["search.py"], expect=expect, program="python",
-                prepare=write("search.py", API_SCRIPT.format(change=change)), check=check, ok_codes=(0, 3))
+                prepare=write("search.py", API_SCRIPT.format(change=change)), check=check, ok_codes=(0, 3), says=says)
 
 
 def test_figure_is_null(run: CaseRun) -> str | None:
@@ -233,24 +244,29 @@ def reliability_cases() -> list[Case]:
              prepare=earlier_search(cache_values_swapped), check=same_plan_as_before, replaced=("out/*", "cache/*")),
         Case("eval text-classification on a JSONL line with a key twice", CATEGORY,
              ["eval", "{cls}", "--task", "text-classification", "--data-files", "test=t.jsonl"],
-             prepare=write("t.jsonl", '{"text": "fine", "label": 0}\n{"text": "bad", "label": 0, "label": 1}\n')),
+             prepare=write("t.jsonl", '{"text": "fine", "label": 0}\n{"text": "bad", "label": 0, "label": 1}\n'),
+             says="t.jsonl:2: key 'label' appears more than once"),
         Case("quantize --plan with a key twice", CATEGORY, ["quantize", "{cls}", "--plan", "plan.json", "--out", "q"],
-             prepare=write("plan.json", '{"default": {"bits": 4}, "default": {"bits": 8}}')),
+             prepare=write("plan.json", '{"default": {"bits": 4}, "default": {"bits": 8}}'),
+             says="key 'default' appears more than once"),
         # Hangs.
         Case("search --ray-address to a closed port", CATEGORY, search("{cls}", "--ray-address", "127.0.0.1:1"),
-             timeout=60),
+             timeout=60, says="127.0.0.1:1"),
         Case("search --workers 64 on this machine", CATEGORY, search("{cls}", "--workers", "64"), expect="either",
              check=report_is_sound(), timeout=240),
         # One line for every fault.
         Case("quantize into a full disk (a 64 KiB tmpfs)", CATEGORY,
              ["quantize", "{cls}", "--bits", "4", "--out", "full/q"], prepare=small_tmpfs("full", "64k"),
-             cleanup=unmount("full"), needs_root=True),
+             cleanup=unmount("full"), needs_root=True, says="free"),
         Case("search into a full disk (a 64 KiB tmpfs)", CATEGORY, search("{cls}", out="full/out"),
-             prepare=small_tmpfs("full", "64k"), cleanup=unmount("full"), needs_root=True),
-        api_case("API: calibration token ids as float32", "calibration = [ids[:8].float()]"),
-        api_case("API: calibration token ids as int8", "calibration = [ids[:8].to(torch.int8)]"),
-        api_case("API: calibration token ids beyond the embedding", "calibration = [ids[:8] + 1000]"),
-        api_case("API: a model on the meta device", "model = model.to('meta')"),
+             prepare=small_tmpfs("full", "64k"), cleanup=unmount("full"), needs_root=True, says="free"),
+        api_case("API: calibration token ids as float32", "calibration = [ids[:8].float()]",
+                 says="Task.calibration[0]"),
+        api_case("API: calibration token ids as int8", "calibration = [ids[:8].to(torch.int8)]",
+                 says="Task.calibration[0]"),
+        api_case("API: calibration token ids beyond the embedding", "calibration = [ids[:8] + 1000]",
+                 says="Task.calibration[0]"),
+        api_case("API: a model on the meta device", "model = model.to('meta')", says="meta device"),
         Case("search, SIGTERM once the journal exists", CATEGORY, TIERED, expect="ok", ok_codes=(143,),
              interrupt=("out/journal.jsonl", signal.SIGTERM), check=one_line_and_journal_kept),
         # Wrong refusals and slow paths.
@@ -267,20 +283,23 @@ def reliability_cases() -> list[Case]:
              ["eval", "{lm}", "--task", "language-modeling", "--data-files", "test=t.txt", "--limit", "200"],
              expect="either", prepare=long_line_file("t.txt", 5000), timeout=120),
         Case("search into a folder another search holds", CATEGORY, TIERED, prepare=holding_the_lock,
-             cleanup=stop_holder, replaced=("out/*", "cache/*"), timeout=120),
+             cleanup=stop_holder, replaced=("out/*", "cache/*"), timeout=120, says="in use by another qslm job"),
         # Messages that name the right thing.
         Case("convert a checkpoint whose data.pkl is random bytes", CATEGORY,
              ["convert", "spikegpt", "src.pth", "--tokenizer", "{tok}", "--out", "converted"],
-             prepare=checkpoint_with_data_pkl(random_bytes(64))),
+             prepare=checkpoint_with_data_pkl(random_bytes(64)), says="not a PyTorch checkpoint"),
         Case("convert a checkpoint whose data.pkl is empty", CATEGORY,
              ["convert", "spikegpt", "src.pth", "--tokenizer", "{tok}", "--out", "converted"],
-             prepare=checkpoint_with_data_pkl(b"")),
+             prepare=checkpoint_with_data_pkl(b""), says="not a PyTorch checkpoint"),
+        Case("convert a checkpoint with a huge embedding", CATEGORY,
+             ["convert", "spikegpt", "src.pth", "--tokenizer", "{tok}", "--out", "converted"],
+             prepare=huge_embedding((300, 10 ** 6)), says="emb.weight has shape [300, 1000000]"),
         Case("eval text-classification on a FIFO", CATEGORY,
              ["eval", "{cls}", "--task", "text-classification", "--data-files", "test=t.csv"], prepare=fifo("t.csv"),
-             timeout=60),
+             timeout=60, says="(a FIFO)"),
         Case("eval text-classification on a folder", CATEGORY,
              ["eval", "{cls}", "--task", "text-classification", "--data-files", "test=t.csv"],
-             prepare=lambda folder, fixtures: (folder / "t.csv").mkdir()),
+             prepare=lambda folder, fixtures: (folder / "t.csv").mkdir(), says="is a folder, expected a data file"),
     ]
 
 
@@ -289,6 +308,6 @@ def one_line_and_journal_kept(run: CaseRun) -> str | None:
     journal = run.folder / "out" / "journal.jsonl"
     if not journal.is_file():
         return "the journal is gone"
-    if not lines or "terminated" not in lines[-1]:
-        return f"no 'terminated' line on stderr: {lines[-1:]}"
+    if not any(line.startswith("qslm search: terminated") for line in lines):
+        return f"no 'qslm search: terminated' line on stderr: {lines[-3:]}"
     return None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import sys
 import threading
@@ -45,6 +46,7 @@ T = TypeVar("T")
 RAY_EXTRA = "pip install 'qslm[ray]'"
 RETRIES = 3  # restarts of a dead worker, and retries of each measurement it held
 PROBE_SECONDS = 5.0  # the TCP connect to a cluster's address, before any work
+OBJECT_STORE_MIN_BYTES = 78 * 2 ** 20  # Ray refuses a smaller object store
 JOIN_SECONDS = 15.0  # ray.init to a cluster that answered the probe; Ray itself would retry for ever
 CLIENT_PORT = 10001  # Ray Client's port, for 'ray://HOST'
 
@@ -205,7 +207,16 @@ def start_local_ray(ray, cpus: int) -> None:
     package_root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": path}})
+             logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": path}},
+             object_store_memory=object_store_bytes())
+
+
+def object_store_bytes() -> int | None:
+    """The local object store's size: Ray's own choice (None), unless this process runs under an
+    address-space limit (``ulimit -v``), where Ray's default store cannot be mapped and the raylet dies with
+    ``mmap failed``; then a quarter of the limit, which holds a model's weights many times over."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if limit == resource.RLIM_INFINITY else max(OBJECT_STORE_MIN_BYTES, limit // 4)
 
 
 def check_workers(workers: object) -> int:

@@ -396,3 +396,16 @@ def test_a_search_with_more_workers_than_cpus_runs_on_those_and_says_so(local_ra
     assert parallel.report["workers"] == cpus and parallel.report["workers_note"] == note
     assert capsys.readouterr().err.count(note) == 1
     assert_same_plan(sequential, parallel)
+
+
+def test_the_object_store_fits_an_address_space_limit(monkeypatch):
+    import resource
+
+    from qslm.search import executors
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert executors.object_store_bytes() is None  # Ray's own choice
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (8 * 2 ** 30, resource.RLIM_INFINITY))
+    assert executors.object_store_bytes() == 2 * 2 ** 30  # ulimit -v 8 GiB: Ray's default store would not map
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (2 ** 28, resource.RLIM_INFINITY))
+    assert executors.object_store_bytes() == executors.OBJECT_STORE_MIN_BYTES
