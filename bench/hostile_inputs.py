@@ -1024,6 +1024,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data_dir:
         parser.error("no data folder: pass --data-dir or set QSLM_DATA_DIR")
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+    # A probe started in the background (``&``, nohup) ignores SIGINT, and its cases would inherit that and
+    # never see their Ctrl-C: a handled SIGINT is reset to the default in every command it starts.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     package = args.package.resolve()
     sys.path.insert(0, str(package))  # the fixtures are made with the probed copy's own functions
     root = Path(tempfile.mkdtemp(prefix="qslm-hostile-"))
