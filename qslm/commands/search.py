@@ -177,7 +177,8 @@ def print_summary(result) -> None:
          f"{100 * final['power_mw'] / base['power_mw']:.1f}% of FP32"],
         [f"{report['metric_name']} ({split})", _figure(base['metric_' + final['split']], "{:.4g}"),
          _figure(final['metric'], "{:.4g}"),
-         _figure(-_number(final['quality_loss']), "{:+.4g}") if hib
+         # 0.0 - loss: a loss of exactly 0 reads +0, where -loss would print -0
+         _figure(0.0 - _number(final["quality_loss"]), "{:+.4g}") if hib
          else _figure(100 * _number(final['quality_loss']), "{:+.2f}%")],
     ]
     print_table(rows, ["", "FP32", "QSLM", "change"])

@@ -326,3 +326,8 @@ def test_summary_says_not_finite_for_a_null_test_figure(capsys, tmp_path):
     out = capsys.readouterr()
     table = [line for line in out.out.splitlines() if line.startswith("accuracy")]
     assert table and table[0].count("not finite") == 3 and "nan" not in (out.out + out.err).lower()
+    report["baseline"]["metric_test"] = 82.22
+    report["final"].update(metric=82.22, quality_loss=0.0, quality_within_limit=True)
+    print_summary(SimpleNamespace(report=report, out=tmp_path))
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("accuracy")]
+    assert table[0].split()[-1] == "+0"  # no loss reads +0, not -0
