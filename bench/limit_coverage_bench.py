@@ -64,7 +64,17 @@ OWN_MODELS = ("handwritten", "snntorch", "spikingjelly")
 MODELS = SST2_MODELS + WT2_MODELS + OWN_MODELS
 FAMILY = {**{m: "bundled SST-2" for m in SST2_MODELS}, **{m: "WikiText-2" for m in WT2_MODELS},
           **{m: "own models" for m in OWN_MODELS}}
-SETTINGS = {"today": None, "0.5": 0.5, "0.9": 0.9, "0.95": 0.95}  # name -> confidence (None: one number)
+SETTINGS = ("today", "0.5", "0.9", "0.95")  # the default; any confidence in [0.5, 1) may be named
+
+
+def confidence_of(setting: str) -> float | None:
+    """The confidence a setting names; None for "today" (one number a plan, no bound)."""
+    if setting == "today":
+        return None
+    value = float(setting)
+    if not 0.5 <= value < 1:
+        raise ValueError(f"confidence {setting} is not in [0.5, 1)")
+    return value
 # (limits, max_memory, re-splits)
 PLAN = {"bundled SST-2": ((1.0, 2.0), "12.5%", 3), "own models": ((1.0, 3.0), "25%", 3),
         "WikiText-2": ((0.03, 0.05), "13.5%", 2)}
@@ -246,7 +256,7 @@ def subject(name: str, data_dir) -> Subject:
 
 def build_task(s: Subject, split_seed: int, setting: str) -> qslm.Task:
     validation, test = s.splits(split_seed)
-    one_number = SETTINGS[setting] is None
+    one_number = confidence_of(setting) is None
     if not one_number:
         evaluate = lambda m: s.pool(m, validation)  # noqa: E731
     elif s.old_preset_metric:
@@ -272,7 +282,7 @@ def build_task(s: Subject, split_seed: int, setting: str) -> qslm.Task:
 
 
 def run_one(s: Subject, limit: float, max_memory: str, split_seed: int, setting: str, out: Path) -> dict:
-    confidence = SETTINGS[setting]
+    confidence = confidence_of(setting)
     quality = {"max_relative_increase": limit} if s.nll else {"max_drop": limit}
     constraints = qslm.Constraints(**quality, max_memory=max_memory,
                                    confidence=DEFAULT_CONFIDENCE if confidence is None else confidence)
@@ -364,11 +374,20 @@ def print_tables(rows: list[dict], settings: list[str]) -> None:
 
 # ---------------------------------------------------------------- main
 
+def _valid_setting(setting: str) -> bool:
+    try:
+        confidence_of(setting)
+    except ValueError:
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-out/limit-coverage")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help="comma-separated: today, or confidences in [0.5, 1) (default today,0.5,0.9,0.95)")
     parser.add_argument("--splits", type=int, default=None, help="re-splits per (model, limit) (default 3, wt2 2)")
     parser.add_argument("--data-dir", default=None, help="default $QSLM_DATA_DIR")
     parser.add_argument("--threads", type=int, default=1,
@@ -377,7 +396,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     models = [m for m in args.models.split(",") if m]
     settings = [s for s in args.settings.split(",") if s]
-    bad = [m for m in models if m not in MODELS] + [s for s in settings if s not in SETTINGS]
+    bad = [m for m in models if m not in MODELS] + [s for s in settings if not _valid_setting(s)]
     if bad:
         parser.error(f"unknown models or settings {bad}")
     out = Path(args.out)
