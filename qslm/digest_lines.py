@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .jsonfile import DuplicateKey, unique_keys
+
 DIGEST_FIELD = "digest"
 SHOWN_LINES = 5  # line numbers a note names before "..."
 
@@ -31,19 +33,6 @@ class NotJson:
 
 
 NOT_JSON = NotJson()
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    result: dict = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
 
 
 def digest_of(content: Mapping[str, object], context: object) -> str:
@@ -63,8 +52,8 @@ def parse_strict(text: str) -> object:
     """The JSON value of ``text``; ``Damaged`` for a key repeated in one object, or nesting deeper than
     the parser goes; ``NOT_JSON`` when ``text`` is not JSON."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
-    except _DuplicateKey:
+        return json.loads(text, object_pairs_hook=unique_keys("line"))
+    except DuplicateKey:
         return Damaged(_named_key(text))
     except json.JSONDecodeError:
         return NOT_JSON
@@ -93,6 +82,12 @@ def read_digested(text: str, context: object) -> dict | Damaged | NotJson:
     if value.get(DIGEST_FIELD) != digest_of(content, context):
         return Damaged(content["key"] if isinstance(content.get("key"), str) else None)
     return content
+
+
+def lines_measured_again(damaged: list[tuple[int, str | None]], valid_keys) -> list[int]:
+    """Of the ``damaged`` lines (line number, the key it names or None), those whose measurement no valid
+    line holds: a damaged line whose key a valid line has (measured again by an earlier run) costs nothing."""
+    return [line for line, key in damaged if key is None or key not in valid_keys]
 
 
 def dropped_note(path: Path, what: str, lines: list[int], again: str) -> str | None:

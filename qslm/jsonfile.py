@@ -8,13 +8,22 @@ from pathlib import Path
 from .errors import QslmError
 
 
-def _refuse_duplicate_keys(source: str):
+class DuplicateKey(QslmError):
+    """A key given twice in one JSON object; ``key`` is that key."""
+
+    def __init__(self, source: str, key: str):
+        super().__init__(f"{source}: key {key!r} appears more than once in one object; expected each key once")
+        self.key = key
+
+
+def unique_keys(source: str):
+    """An ``object_pairs_hook`` for ``json.loads`` that raises ``DuplicateKey`` (naming ``source``) for a
+    key given twice, where plain JSON would keep the last."""
     def build(pairs: list[tuple[str, object]]) -> dict:
         result: dict = {}
         for key, value in pairs:
             if key in result:
-                raise QslmError(f"{source}: key {key!r} appears more than once in one object; "
-                                f"expected each key once")
+                raise DuplicateKey(source, key)
             result[key] = value
         return result
     return build
@@ -23,7 +32,7 @@ def _refuse_duplicate_keys(source: str):
 def parse_json(text: str | bytes, source: str) -> object:
     """``text`` parsed as JSON; ``source`` names it in errors."""
     try:
-        return json.loads(text, object_pairs_hook=_refuse_duplicate_keys(source))
+        return json.loads(text, object_pairs_hook=unique_keys(source))
     # ValueError covers JSONDecodeError and integers longer than Python converts; RecursionError, nesting
     # deeper than the parser goes.
     except (ValueError, RecursionError) as err:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data.batching import classification_batches, encode_examples, length_order
 from ..data.tokenizer import pad_id
-from ..digest_lines import Damaged, NotJson, digested_line, dropped_note, read_digested
+from ..digest_lines import Damaged, NotJson, digested_line, dropped_note, lines_measured_again, read_digested
 from ..errors import QslmError
 from ..tasks.base import call_checked, call_model, check_in_memory, inputs_name
 
@@ -219,8 +219,7 @@ class SensitivityCache:
                     damaged.append((line_no, entry.key if isinstance(entry, Damaged) else None))
                     continue
                 self.entries[entry["key"]] = entry["value"]
-            # damaged lines whose key a valid line holds (measured again by an earlier run) cost nothing
-            self.dropped_lines = [n for n, key in damaged if key is None or key not in self.entries]
+            self.dropped_lines = lines_measured_again(damaged, self.entries)
 
     @staticmethod
     def key(model_digest: str, calibration_digest: str, units: tuple[str, ...], spec: str) -> str:

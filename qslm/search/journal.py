@@ -16,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..digest_lines import Damaged, NotJson, digested_line, dropped_note, parse_strict, read_digested
+from ..digest_lines import (
+    Damaged,
+    NotJson,
+    digested_line,
+    dropped_note,
+    lines_measured_again,
+    parse_strict,
+    read_digested,
+)
 from ..errors import QslmError
 from ..tasks.scores import Measured
 
@@ -104,9 +112,7 @@ class Journal:
                     damaged.append((line_no, entry.key if isinstance(entry, Damaged) else None))
                     continue
                 self.entries[entry["key"]] = entry  # a later valid line for a key is the newer measurement
-            # A damaged line whose plan a valid line holds costs nothing (e.g. it was measured again after an
-            # earlier run dropped it): only the others are measured again, and reported.
-            self.dropped_lines = [n for n, key in damaged if key is None or key not in self.entries]
+            self.dropped_lines = lines_measured_again(damaged, self.entries)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._append(json.dumps({"header": header}) + "\n")
