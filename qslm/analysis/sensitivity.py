@@ -28,7 +28,7 @@ from ..data.batching import classification_batches, encode_examples, length_orde
 from ..data.tokenizer import pad_id
 from ..digest_lines import Damaged, NotJson, digested_line, dropped_note, lines_measured_again, read_digested
 from ..errors import QslmError
-from ..tasks.base import call_checked, call_model, check_in_memory, inputs_name
+from ..tasks.base import call_model, run_checked
 
 
 @dataclass
@@ -128,14 +128,7 @@ class OutputReference:
     @torch.no_grad()
     def _raw_outputs(self) -> list:
         # the first run of these inputs: an input the model fails on is named (e.g. Task.calibration[3])
-        name = inputs_name(self.inputs, "inputs")
-        check_in_memory(self.model, f"{name}[0]")
-        outputs = []
-        for index, item in enumerate(self.inputs):
-            if self.reset is not None:
-                self.reset(self.model)
-            outputs.append(call_checked(self.model, item, f"{name}[{index}]"))
-        return outputs
+        return [output for _, output in run_checked(self.model, self.inputs, self.reset)]
 
     def _select(self, outputs) -> list[torch.Tensor]:
         chosen = self.output(outputs) if self.output is not None else outputs

@@ -26,7 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import QslmError
-from ..tasks.base import call_checked, check_in_memory, inputs_name
+from ..tasks.base import run_checked
 from .quantizer import matrix_shape
 from .units import matmul_ops, quantizable_units, unit_tensor, weight_view_ops
 
@@ -138,15 +138,8 @@ def record_hessians(model: nn.Module, batches, reset: Callable[[nn.Module], obje
     """Run ``model`` on each batch (a model input: a tensor, a tuple of positional or a dict of keyword
     arguments; ``reset(model)`` before each, to clear neuron state) and return the Hessians. A batch the
     model fails on is named in the error (``Task.quantizer_calibration[3]`` for a Task's, else ``batches[3]``)."""
-    name = inputs_name(batches, "batches")
-    check_in_memory(model, f"{name}[0]")
     with UnitInputRecorder(model) as recorder:
-        seen = 0
-        for batch in batches:
-            if reset is not None:
-                reset(model)
-            call_checked(model, batch, f"{name}[{seen}]")
-            seen += 1
+        seen = sum(1 for _ in run_checked(model, batches, reset, "batches"))
     if not seen:
         raise QslmError("no calibration batches were given, so no unit inputs were recorded")
     return recorder.hessians()

@@ -290,21 +290,30 @@ def inputs_digest(items: Iterable[ModelInput]) -> str:
 
 
 @torch.no_grad()
+def run_checked(model: nn.Module, inputs: Iterable[ModelInput], reset: Callable[[nn.Module], object] | None = None,
+                default_name: str = "inputs") -> Iterator[tuple[ModelInput, object]]:
+    """Each input and the model's output on it, for inputs run for the first time: ``reset(model)`` before
+    each (to clear neuron state), and an input the model cannot run is named in the error
+    (``Task.calibration[3]`` for a Task's, else ``{default_name}[3]``; ``call_checked``)."""
+    name = inputs_name(inputs, default_name)
+    check_in_memory(model, f"{name}[0]")
+    for index, item in enumerate(inputs):
+        if reset is not None:
+            reset(model)
+        yield item, call_checked(model, item, f"{name}[{index}]")
+
+
 def run_inputs(model: nn.Module, inputs: Iterable[ModelInput], reset: Callable[[nn.Module], object] | None = None
                ) -> int:
     """Run ``model`` on every input (no gradients; ``reset(model)`` before each, to clear neuron state)
     and return how many inferences they held. A Task's inputs (``TaskInputs``) are run checked
-    (``call_checked``), so an input the model fails on is named; others, e.g. a slice timed, are not."""
-    name = getattr(inputs, "name", None)
-    if name is not None:
-        check_in_memory(model, f"{name}[0]")
+    (``run_checked``), so an input the model fails on is named; others, e.g. a slice timed, are not."""
+    if isinstance(inputs, TaskInputs):
+        return sum(inferences_in(item) for item, _ in run_checked(model, inputs, reset))
     count = 0
-    for index, item in enumerate(inputs):
+    for item in inputs:
         if reset is not None:
             reset(model)
-        if name is None:
-            call_model(model, item)
-        else:
-            call_checked(model, item, f"{name}[{index}]")
+        call_model(model, item)
         count += inferences_in(item)
     return count
