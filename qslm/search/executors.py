@@ -365,11 +365,11 @@ class ExecutorChoice:
             else:
                 self._cap(local_cpus(), "CPU", "this machine has")
 
-    def _cap(self, available: int, resource: str, where: str) -> None:
+    def _cap(self, available: int, kind: str, where: str) -> None:
         """Cut the workers to ``available``: each takes one, and the rest would wait for ever."""
         if self.workers > available:
             plural = "s" if available != 1 else ""
-            self.notes.append(f"workers={self.workers} is more than the {available} {resource}{plural} {where}: "
+            self.notes.append(f"workers={self.workers} is more than the {available} {kind}{plural} {where}: "
                               f"measuring on {available} worker{plural}")
             self.workers = available
 
@@ -391,14 +391,14 @@ class ExecutorChoice:
             self._started_ray = True
             start_local_ray(ray, self.workers)
         cuda = model_device(measurements.model).type == "cuda"
-        resource = "GPU" if cuda else "CPU"
-        available = int(ray.cluster_resources().get(resource, 0))
+        kind = "GPU" if cuda else "CPU"  # what each worker takes one of
+        available = int(ray.cluster_resources().get(kind, 0))
         if available < 1:
-            raise QslmError(f"the Ray cluster has no {resource} for a worker"
+            raise QslmError(f"the Ray cluster has no {kind} for a worker"
                             + (" (each worker of a CUDA model takes one GPU)" if cuda else ""))
         if self.workers == 1:  # only with a ray_address: one worker per CPU (GPU) of the cluster
             self.workers = available
-        self._cap(available, resource, "the Ray cluster has")
+        self._cap(available, kind, "the Ray cluster has")
         for note in self.notes:
             print(f"note: {note}", file=sys.stderr)
         self._executor = RayExecutor(ray, measurements, self.workers)
