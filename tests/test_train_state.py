@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,27 +82,26 @@ def test_a_safetensors_file_without_the_state_is_refused(tmp_path):
         read_state(path, tmp_path)
 
 
-def test_a_malformed_python_random_state_is_refused(tmp_path):
-    state = trained_state()[0]
+def state_with_metadata(tmp_path, edit) -> Path:
+    """A written state file whose JSON metadata text is then replaced by ``edit(text)``."""
     path = tmp_path / train_state.STATE_FILE
-    write_state(path, state)
+    write_state(path, trained_state()[0])
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as file:
-        document = json.loads(file.metadata()[METADATA_KEY])
-    document["python_rng"] = [3, [1, 2, 3], None]
-    save_file(tensors, str(path), {METADATA_KEY: json.dumps(document)})
+        text = file.metadata()[METADATA_KEY]
+    save_file(tensors, str(path), {METADATA_KEY: edit(text)})
+    return path
+
+
+def test_a_malformed_python_random_state_is_refused(tmp_path):
+    path = state_with_metadata(tmp_path, lambda text: json.dumps({**json.loads(text),
+                                                                  "python_rng": [3, [1, 2, 3], None]}))
     with pytest.raises(QslmError, match="is not a qslm training state"):
         read_state(path, tmp_path)
 
 
 def test_state_metadata_with_a_key_twice_is_refused(tmp_path):
-    state = trained_state()[0]
-    path = tmp_path / train_state.STATE_FILE
-    write_state(path, state)
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as file:
-        text = file.metadata()[METADATA_KEY]
-    save_file(tensors, str(path), {METADATA_KEY: text.replace("{", '{"step": 99, ', 1)})
+    path = state_with_metadata(tmp_path, lambda text: text.replace("{", '{"step": 99, ', 1))
     with pytest.raises(QslmError, match="is not a qslm training state.*key 'step' appears more than once"):
         read_state(path, tmp_path)
 
