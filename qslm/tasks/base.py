@@ -289,7 +289,6 @@ def inputs_digest(items: Iterable[ModelInput]) -> str:
     return h.hexdigest()
 
 
-@torch.no_grad()
 def run_checked(model: nn.Module, inputs: Iterable[ModelInput], reset: Callable[[nn.Module], object] | None = None,
                 default_name: str = "inputs") -> Iterator[tuple[ModelInput, object]]:
     """Each input and the model's output on it, for inputs run for the first time: ``reset(model)`` before
@@ -303,6 +302,7 @@ def run_checked(model: nn.Module, inputs: Iterable[ModelInput], reset: Callable[
         yield item, call_checked(model, item, f"{name}[{index}]")
 
 
+@torch.no_grad()
 def run_inputs(model: nn.Module, inputs: Iterable[ModelInput], reset: Callable[[nn.Module], object] | None = None
                ) -> int:
     """Run ``model`` on every input (no gradients; ``reset(model)`` before each, to clear neuron state)
