@@ -3,7 +3,6 @@ when quantized), read and written in one place, and a user's own model's packed 
 
     loaded = load_model("spikegpt-sst2")          # or a folder path
     save_model("runs/mine", model, tokenizer)
-    export_quantized(model, plan, tokenizer, "out/int4")
     load_quantized(MyModel(), "out/mine")         # a searched user model: weights + plan, no config
 
 Loading checks the weights file's names, shapes and dtypes against the config (and plan) before
@@ -47,7 +46,7 @@ from .quant.plan import QuantPlan
 from .quant.units import quantizable_units
 
 TOKENIZER_FILE = "tokenizer.json"
-__all__ = ["CONFIG_FILE", "PLAN_FILE", "TOKENIZER_FILE", "WEIGHTS_FILE", "LoadedModel", "export_quantized",
+__all__ = ["CONFIG_FILE", "PLAN_FILE", "TOKENIZER_FILE", "WEIGHTS_FILE", "LoadedModel",
            "load_model", "load_quantized", "quantized_files_bytes", "read_config", "read_state_dict", "save_model",
            "write_config", "write_quantized_files"]
 
@@ -192,19 +191,25 @@ def quantized_files_bytes(model: nn.Module, plan: QuantPlan, tokenizer: Tokenize
     return plan_bytes(model, plan) + quantized_files_overhead(model, tokenizer)
 
 
-def export_quantized(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | None, out_dir: str | os.PathLike,
-                     overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = (),
-                     context: "QuantContext | None" = None) -> Path:
+def write_quantized_folder(model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | None, out_dir: str | os.PathLike,
+                           overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = (),
+                           context: "QuantContext | None" = None) -> Path:
     """Write a quantized model into output folder ``out_dir`` (a ``quantize`` output, see
-    ``qslm.outputs``: new, empty, or an earlier quantize output unless ``overwrite``). The model is left
-    as it was. ``context`` carries the calibration Hessians gptq units need (see ``qslm.quant.apply``)."""
-
+    ``qslm.outputs``: new, empty, or an earlier quantize output unless ``overwrite``), the writer behind
+    ``qslm.quantize``. The model is left as it was. ``context`` carries the calibration Hessians gptq units
+    need (see ``qslm.quant.apply``)."""
     plan.validate(model)  # a bad plan is refused before the folder is touched
     check_context(plan, context)
     with OutputFolder.claim(out_dir, "quantize", overwrite=overwrite, protect=protect) as folder:
-        require_free_space(folder.path, quantized_files_bytes(model, plan, tokenizer), "the quantized model")
-        folder.commit(write_quantized_files(model, plan, folder.staging(), tokenizer, context))
+        commit_quantized(folder, model, plan, tokenizer, context)
     return Path(out_dir)
+
+
+def commit_quantized(folder: OutputFolder, model: nn.Module, plan: QuantPlan, tokenizer: Tokenizer | None = None,
+                     context: "QuantContext | None" = None) -> None:
+    """Write a quantized model's files into a claimed output folder, after checking there is room for them."""
+    require_free_space(folder.path, quantized_files_bytes(model, plan, tokenizer), "the quantized model")
+    folder.commit(write_quantized_files(model, plan, folder.staging(), tokenizer, context))
 
 
 def load_quantized(model: nn.Module, folder: str | os.PathLike) -> nn.Module:

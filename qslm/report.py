@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
+from .analysis.cost import power_mw
+from .environment import environment
 from .headline import headline
 from .quant.plan import FLOAT_BITS
+from .tasks.base import inferences_in
 
 
 def _figure(**kwargs):
@@ -236,3 +240,45 @@ def write_report(report: dict, folder: Path) -> dict[str, Path]:
     plot_sensitivity(report, folder / PLOTS["sensitivity"])
     names = ["report.json", "report.md", *PLOTS.values()]
     return {name: folder / name for name in names if (folder / name).is_file()}
+
+
+def search_report(*, label: str, task, constraints, config, notes: Mapping, profile, stack, problem, selection,
+                  quality: dict, float_reported, float_latency: float, verified, workers_notes: list[str],
+                  seconds: dict) -> dict:
+    """The report of one search (``report.json``'s schema): what ran, what was measured, and the chosen
+    plan's final figures from the packed model (``verified``; None when no plan met the limits)."""
+    hardware, baseline = profile.hardware, profile.baseline
+    split = task.test_split if task.test is not None else "validation"
+    report = {
+        **notes, "model": label, "model_hash": stack.digest, "task": task.name, "metric_name": task.metric_name,
+        "higher_is_better": task.higher_is_better,
+        "constraints": constraints.to_dict(baseline.memory_bytes, baseline.energy_pj), "config": config.to_dict(),
+        "hardware": hardware.name, "environment": environment(), "calibration_batches": len(task.calibration),
+        "calibration_size": sum(inferences_in(item) for item in task.calibration),
+        "damage_measure": stack.reference.measure,
+        "quantizer_calibration_size": (sum(inferences_in(item) for item in task.quantizer_inputs)
+                                       if stack.context is not None else None),
+        "hierarchy": profile.hierarchy.to_dict(), "sensitivity": stack.asked_table(),
+        "methods": {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in stack.choice.decided().items()},
+        "candidates": [c.to_dict() for c in problem.candidates],
+        "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
+        "method_checks": stack.check.checked,
+        "dropped_lines": stack.dropped,
+        "workers": stack.executor.workers,
+        "workers_note": "; ".join(workers_notes) or None,  # asked for more workers than there are CPUs/GPUs
+        "block_cache": stack.block_cache_report(),
+        "baseline": {"metric_validation": baseline.metric, f"metric_{split}": float_reported.metric,
+                     "memory_bytes": baseline.memory_bytes, "energy_pj": baseline.energy_pj,
+                     "power_mw": power_mw(baseline.energy_pj, hardware), "latency_s": float_latency,
+                     "modelled_latency_s": baseline.latency_s},
+        "quality": quality,
+    }
+    if verified is None:
+        report.update(status="infeasible", closest=[c.to_dict() for c in problem.closest()], final=None, chosen=None)
+    else:
+        # "feasible": a plan met the constraints on the validation data; the headline and
+        # quality.test_within_limit say whether the limit also held on the test split
+        report.update(status="feasible", chosen=selection.chosen.to_dict(), final=verified.final)
+    report["headline"] = headline(report)
+    report["seconds"] = seconds
+    return report

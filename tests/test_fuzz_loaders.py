@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qslm.checkpoint import WEIGHTS_FILE, export_quantized, load_model, save_model
+from qslm.checkpoint import WEIGHTS_FILE, write_quantized_folder, load_model, save_model
 from qslm.data.tokenizer import train_tokenizer
 from qslm.errors import QslmError
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
@@ -136,7 +136,7 @@ def quantized_folder(model_folder, tmp_path_factory) -> Path:
     loaded = load_model(model_folder)
     plan = QuantPlan({"emb": QuantSpec(4), "classifier": QuantSpec(3, "group", 4, False)},
                      {"blocks.0.lif1": NeuronSpec(8)})
-    return export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path_factory.mktemp("fuzz") / "quantized")
+    return write_quantized_folder(loaded.model, plan, loaded.tokenizer, tmp_path_factory.mktemp("fuzz") / "quantized")
 
 
 def loaded_ok(loaded) -> None:

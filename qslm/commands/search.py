@@ -9,11 +9,14 @@ import sys
 from ..errors import QslmError
 from ..quant.quantizer import SCALE_DTYPES
 from ..search.confidence import DEFAULT_CONFIDENCE
-from ..search.config import BASE_SPEC, DEFAULT_BLOCK_CACHE_MB, SENSITIVITY_TABLES
+from ..search.config import SENSITIVITY_METHODS, SENSITIVITY_TABLES, SearchConfig
 from ..search.strategies import strategy_names
 from ..tasks.presets import DEFAULT_SIZES
 from .common import add_device_argument, add_model_argument, add_overwrite_argument, claim_output, print_table
 from .task_options import add_task_arguments, data_options
+
+
+DEFAULTS = SearchConfig()  # the flags' defaults are the config's, written once there
 
 
 def parse_bits(text: str) -> list[int]:
@@ -72,31 +75,37 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None,
                         help="objective weights, default quality=1,memory=1,energy=0.5,latency=0 (latency: "
                              "modelled from the hardware profile)")
-    parser.add_argument("--bits", default="2,3,4,5,6,8", help="candidate bit-widths (default 2,3,4,5,6,8)")
-    parser.add_argument("--strategy", default="tiered", choices=strategy_names())
-    parser.add_argument("--sensitivity", default="exact", choices=("exact", "local"),
-                        help="exact: whole model per measurement; local: each block alone with a Fisher "
-                             "estimate, time linear in depth (for deep models)")
+    parser.add_argument("--bits", default=None,
+                        help=f"candidate bit-widths (default {','.join(map(str, DEFAULTS.bit_choices))})")
+    parser.add_argument("--strategy", default=None, choices=strategy_names(),
+                        help=f"default {DEFAULTS.strategy}")
+    parser.add_argument("--sensitivity", default=None, choices=SENSITIVITY_METHODS,
+                        help=f"exact (default {DEFAULTS.sensitivity}): whole model per measurement; local: each "
+                             "block alone with a Fisher estimate, time linear in depth (for deep models)")
     parser.add_argument("--max-evals", type=positive_int, default=None,
                         help="candidate evaluation budget (random/nsga2 default: 60)")
-    parser.add_argument("--sensitivity-table", default="needed", choices=list(SENSITIVITY_TABLES),
-                        help="needed (default): measure each sensitivity when the search first asks for it; full: "
-                             "every unit and block at every bit-width first, all in the report (same plan)")
+    parser.add_argument("--sensitivity-table", default=None, choices=list(SENSITIVITY_TABLES),
+                        help=f"needed (default {DEFAULTS.sensitivity_table}): measure each sensitivity when the "
+                             "search first asks for it; full: every unit and block at every bit-width first, all in the report (same plan)")
     parser.add_argument("--calibration-size", type=positive_int, default=None,
-                        help="sensitivity calibration: examples (sst2, default 128) or tokens (wikitext2, default 2048)")
+                        help=f"sensitivity calibration: examples (sst2, default {DEFAULT_SIZES['sst2']['calibration']}) "
+                             f"or tokens (wikitext2, default {DEFAULT_SIZES['wikitext2']['calibration']})")
     parser.add_argument("--quantizer-calibration-size", type=positive_int, default=None,
                         help="what gptq and codebook fit to: training examples (sst2, default "
                              f"{DEFAULT_SIZES['sst2']['quantizer']}) or tokens of training text (wikitext2, default "
                              f"{DEFAULT_SIZES['wikitext2']['quantizer']}); for your files, of the calibration file "
                              "(default: the validation file)")
     parser.add_argument("--validation-size", type=positive_int, default=None,
-                        help="candidate checks: held-out whole sentences (sst2, default 800) or words (wikitext2, default 8000)")
-    parser.add_argument("--hardware", default="default_45nm",
-                        help="energy and latency profile: bundled name (default_45nm, neuromorphic) or JSON path")
+                        help="candidate checks: held-out whole sentences (sst2, default "
+                             f"{DEFAULT_SIZES['sst2']['validation']}) or words (wikitext2, default "
+                             f"{DEFAULT_SIZES['wikitext2']['validation']})")
+    parser.add_argument("--hardware", default=None,
+                        help="energy and latency profile: bundled name (default_45nm, neuromorphic) or JSON path "
+                             f"(default {DEFAULTS.hardware})")
     parser.add_argument("--reported-limit", type=positive_int, default=None,
                         help="verify on the first N examples (sst2) / lines (wikitext2) of the reported split only "
                              "(default: all of it)")
-    parser.add_argument("--seed", type=integer_at_least(0), default=0)
+    parser.add_argument("--seed", type=integer_at_least(0), default=None, help=f"default {DEFAULTS.seed}")
     parser.add_argument("--methods", default=None, metavar="M,...",
                         help="quantizers a unit may use: rtn (round to nearest), gptq (error compensation from "
                              "calibration inputs), codebook (non-uniform levels per row); with several, each unit "
@@ -104,15 +113,15 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signed", action="store_true",
                         help="rtn and gptq use every code of a width: [-2**(b-1), 2**(b-1) - 1] x scale "
                              "(2-bit: -2, -1, 0, +1) instead of the symmetric 2**b - 1 levels, in the same bytes")
-    parser.add_argument("--scale-dtype", default=BASE_SPEC.scale_dtype, choices=list(SCALE_DTYPES),
+    parser.add_argument("--scale-dtype", default=None, choices=list(SCALE_DTYPES),
                         help="how scales are stored: float16 under one power-of-two exponent per unit (default), "
                              "or float32 (2 more bytes per scale)")
     parser.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                         help="keep units matching this glob float (unit names or parameter paths, e.g. '*.pos'; "
                              "repeatable)")
-    parser.add_argument("--block-cache", type=integer_at_least(0), default=DEFAULT_BLOCK_CACHE_MB, metavar="MIB",
+    parser.add_argument("--block-cache", type=integer_at_least(0), default=None, metavar="MIB",
                         help="memory for block outputs reused between measurements, in MiB (default "
-                             f"{DEFAULT_BLOCK_CACHE_MB}; 0: none); the results are the same either way")
+                             f"{DEFAULTS.block_cache_mb}; 0: none); the results are the same either way")
     parser.add_argument("--cache-dir", default=None, help="sensitivity cache (default: $QSLM_CACHE_DIR or ~/.cache/qslm)")
     parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
                         help="measure on N Ray workers on this machine, each with a model replica (default 1: in "
@@ -124,9 +133,12 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
+    """``run_search``'s keyword arguments: the constraints, one ``SearchConfig`` (the flags given; the rest
+    its defaults), one ``DataConfig``, and where measurements run."""
     from ..search.confidence import check_confidence
     from ..search.limits import parse_energy_limit, parse_memory_limit, parse_quality_limit
     from ..search.objective import Constraints, parse_weights
+    from ..tasks.data_config import DataConfig
 
     # Parsed here with the flags' names, so a bad value is reported as the option the user typed.
     constraints = Constraints(parse_quality_limit(args.max_drop, "--max-drop"),
@@ -134,19 +146,20 @@ def options_from_args(args: argparse.Namespace) -> dict:
                               parse_memory_limit(args.max_memory, "--max-memory"),
                               parse_energy_limit(args.max_energy, "--max-energy"),
                               check_confidence(args.confidence, "--confidence"))
-    return dict(
-        constraints=constraints,
-        weights=parse_weights(args.weights), bit_choices=parse_bits(args.bits), strategy=args.strategy,
-        max_evaluations=args.max_evals, calibration_size=args.calibration_size,
-        quantizer_calibration_size=args.quantizer_calibration_size,
-        validation_size=args.validation_size, hardware=args.hardware, seed=args.seed, cache_dir=args.cache_dir,
-        reported_limit=args.reported_limit, sensitivity_method=args.sensitivity,
-        sensitivity_table=args.sensitivity_table, ignore=tuple(args.ignore),
-        methods=parse_methods(args.methods),
-        base_spec=dataclasses.replace(BASE_SPEC, scale_dtype=args.scale_dtype, all_levels=args.signed),
-        block_cache_mb=args.block_cache,
-        device=args.device, overwrite=args.overwrite, workers=args.workers, ray_address=args.ray_address,
-        **data_options(args))
+    spec = DEFAULTS.base_spec
+    base_spec = dataclasses.replace(spec, scale_dtype=args.scale_dtype or spec.scale_dtype, all_levels=args.signed)
+    given = dict(weights=None if args.weights is None else parse_weights(args.weights),
+                 bit_choices=None if args.bits is None else tuple(parse_bits(args.bits)), strategy=args.strategy,
+                 max_evaluations=args.max_evals, hardware=args.hardware, seed=args.seed,
+                 sensitivity=args.sensitivity, sensitivity_table=args.sensitivity_table,
+                 ignore=tuple(args.ignore), methods=parse_methods(args.methods), base_spec=base_spec,
+                 block_cache_mb=args.block_cache)
+    data = DataConfig(calibration_size=args.calibration_size,
+                      quantizer_calibration_size=args.quantizer_calibration_size,
+                      validation_size=args.validation_size, reported_limit=args.reported_limit, **data_options(args))
+    return dict(constraints=constraints, config=SearchConfig(**{k: v for k, v in given.items() if v is not None}),
+                data=data, cache_dir=args.cache_dir, device=args.device, overwrite=args.overwrite,
+                workers=args.workers, ray_address=args.ray_address)
 
 
 def _number(value) -> float:

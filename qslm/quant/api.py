@@ -1,8 +1,9 @@
-"""``quantize``: one call from a float model folder (or bundled name) to a packed quantized folder.
+"""``quantize``: one call from a float model (any ``nn.Module``, a model folder or bundled name) to a
+packed quantized folder, as torchao's ``quantize_(model, config)``.
 
-    from qslm.quant.api import quantize
-    quantize("spikegpt-wikitext2", bits=4, out="spikegpt-int4")
-    quantize("spikegpt-sst2", plan="plan.json", bits=8, neuron_bits=8, out="mixed")
+    qslm.quantize(my_module, bits=4, out="mine-int4")        # then qslm.load_quantized(MyModel(), "mine-int4")
+    qslm.quantize("spikegpt-wt2", bits=4, out="spikegpt-int4")
+    qslm.quantize("spikegpt-sst2", plan="out/sst2/quant_plan.json", calibration=batches, out="mixed")
 
 A plan file sets units one by one; ``bits`` (with granularity, symmetry and observer) applies to every
 unit the plan does not mention, and ``neuron_bits`` to every LIF neuron it does not mention.
@@ -13,15 +14,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import QslmError
+from ..models.neuron_state import reset_neuron_states
 from ..models.neurons import lif_modules
+from .apply import QuantContext, check_context
 from .memory import plan_bytes
 from .pack import PLAN_FILE
 from .plan import QuantPlan
 from .quantizer import DEFAULT_SCALE_DTYPE, NeuronSpec, QuantSpec, parse_granularity
-from .units import quantizable_units
+from .unit_inputs import record_hessians
+from .units import find_units, quantizable_units
 
 
 @dataclass
@@ -84,35 +89,60 @@ def build_plan(model: nn.Module, bits: int | None = None, granularity: str | Non
     return merged
 
 
-def quantize(model_ref: str | os.PathLike, bits: int | None = None, granularity: str | None = None,
+def quantize(model: str | os.PathLike | nn.Module, bits: int | None = None, granularity: str | None = None,
              group_size: int | None = None, symmetric: bool | None = None, observer: str | None = None,
              percentile: float | None = None, plan: QuantPlan | dict | str | os.PathLike | None = None,
              neuron_bits: int | None = None, strict: bool = False, out: str | os.PathLike | None = None,
-             overwrite: bool = False, scale_dtype: str | None = None, all_levels: bool | None = None
-             ) -> QuantizeResult:
-    """Quantize a float model folder and write the packed result to ``out``. Defaults when ``bits`` is
-    given: per-channel, symmetric, MSE clipping, float16 scales. ``granularity`` may be ``group:G``;
-    ``all_levels=True`` makes the symmetric grid signed, using every code (2-bit: -2, -1, 0, +1).
+             overwrite: bool = False, scale_dtype: str | None = None, all_levels: bool | None = None,
+             calibration: list | None = None) -> QuantizeResult:
+    """Quantize a float model, any ``nn.Module`` or a model folder (or bundled name), and write the packed
+    result to ``out``: ``model.safetensors`` and ``quant_plan.json`` (plus the folder's config and
+    tokenizer), which ``qslm.load_quantized(MyModel(), out)`` (or ``qslm.load(out)``) reads back.
+    Defaults when ``bits`` is given: per-channel, symmetric, MSE clipping, float16 scales. ``granularity``
+    may be ``group:G``; ``all_levels=True`` makes the symmetric grid signed, using every code (2-bit:
+    -2, -1, 0, +1). ``calibration`` (model inputs: tensors, tuples or dicts) is what gptq and codebook
+    units of a plan fit to; gptq units need it.
 
     ``out`` must be new, empty, or an earlier quantize output (see ``qslm.outputs``); ``overwrite``
     writes into another folder too, replacing only the files quantize writes. The input model's folder,
     or one above it, is always refused."""
-    from ..checkpoint import load_model, quantized_files_bytes, write_quantized_files  # model folders build on quant
-    from ..diskspace import require_free_space
+    from ..checkpoint import commit_quantized, load_model  # model folders build on quant
     from ..models.zoo import resolve_model_path
     from ..outputs import OutputFolder
 
     if out is None:
         raise QslmError("quantize needs an output folder (out=...)")
-    source = resolve_model_path(model_ref)
-    if (source / PLAN_FILE).is_file():
-        raise QslmError(f"{source} is already quantized ({PLAN_FILE} present); quantize the float model")
-    with OutputFolder.claim(out, "quantize", overwrite=overwrite, protect=[source]) as folder:
-        loaded = load_model(source)
-        final_plan = build_plan(loaded.model, bits, granularity, group_size, symmetric, observer, percentile,
+    if isinstance(model, nn.Module):
+        source = None
+        if any(unit.packed is not None for unit in find_units(model).values()):
+            raise QslmError(f"this {type(model).__name__} is already quantized; quantize the float model")
+    else:
+        source = resolve_model_path(model)
+        if (source / PLAN_FILE).is_file():
+            raise QslmError(f"{source} is already quantized ({PLAN_FILE} present); quantize the float model")
+    # the folder is claimed first: an output that cannot be written costs no loading
+    with OutputFolder.claim(out, "quantize", overwrite=overwrite, protect=[] if source is None else [source]) as folder:
+        float_model, tokenizer = (model, None) if source is None else _loaded(load_model(source))
+        final_plan = build_plan(float_model, bits, granularity, group_size, symmetric, observer, percentile,
                                 plan, neuron_bits, strict, scale_dtype, all_levels)
-        require_free_space(folder.path, quantized_files_bytes(loaded.model, final_plan, loaded.tokenizer),
-                           "the quantized model")
-        folder.commit(write_quantized_files(loaded.model, final_plan, folder.staging(), loaded.tokenizer))
-    return QuantizeResult(Path(out), final_plan, plan_bytes(loaded.model, final_plan),
-                          plan_bytes(loaded.model, QuantPlan()))
+        context = _calibration_context(float_model, final_plan, calibration)
+        commit_quantized(folder, float_model, final_plan, tokenizer, context)
+    return QuantizeResult(Path(out), final_plan, plan_bytes(float_model, final_plan),
+                          plan_bytes(float_model, QuantPlan()))
+
+
+def _loaded(loaded) -> tuple[nn.Module, object]:
+    return loaded.model, loaded.tokenizer
+
+
+def _calibration_context(model: nn.Module, plan: QuantPlan, calibration: list | None) -> QuantContext | None:
+    """The unit-input Hessians gptq and codebook units fit to, from ``calibration``; a gptq unit without
+    them is refused before anything is written."""
+    context = None
+    if calibration is not None:
+        if isinstance(calibration, (torch.Tensor, dict)) or not calibration:
+            raise QslmError("calibration must be a non-empty list of model inputs (tensors, tuples or dicts), "
+                            f"got {type(calibration).__name__}")
+        context = QuantContext(record_hessians(model, list(calibration), reset_neuron_states))
+    check_context(plan, context)
+    return context

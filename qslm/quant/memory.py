@@ -3,7 +3,7 @@ packed zero-points, or a codebook unit's indices and float16 levels; float32 eve
 without exporting, and the per-unit report ``qslm info`` prints.
 
 ``plan_bytes(model, plan)`` equals the sum of tensor bytes in the ``model.safetensors`` that
-``export_quantized(model, plan, ...)`` writes, to the byte (the file adds only its JSON header).
+``write_quantized_folder(model, plan, ...)`` writes, to the byte (the file adds only its JSON header).
 Neuron-state fixed point changes run-time state, not stored weights, so it costs no bytes here.
 """
 from __future__ import annotations

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import QslmError
+from ..export.targets import DEFAULT_TARGET
 from ..quant.quantizer import BITS, DEFAULT_SCALE_DTYPE, METHODS, QuantSpec
 from .objective import DEFAULT_WEIGHTS, parse_weights
 
@@ -54,6 +55,7 @@ class SearchConfig:
     # Results are the same either way, bit for bit.
     block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB
     sensitivity_table: str = "needed"
+    export_target: str = DEFAULT_TARGET  # where the chosen plan is written (qslm.export)
 
     def __post_init__(self):
         from .strategies import strategy_names  # strategies register themselves on import
@@ -98,6 +100,8 @@ class SearchConfig:
         object.__setattr__(self, "methods", methods)
         if isinstance(self.block_cache_mb, bool) or not isinstance(self.block_cache_mb, int) or self.block_cache_mb < 0:
             raise QslmError(f"block_cache_mb must be a whole number of MiB >= 0 (0: no cache), got {self.block_cache_mb!r}")
+        if not isinstance(self.export_target, str) or not self.export_target:
+            raise QslmError(f"export_target must be a registered target's name, got {self.export_target!r}")
         if self.sensitivity_table not in SENSITIVITY_TABLES:
             raise QslmError(f"unknown sensitivity_table {self.sensitivity_table!r}; expected one of "
                             f"{list(SENSITIVITY_TABLES)}")
@@ -130,3 +134,34 @@ class SearchConfig:
             if key in values and isinstance(values[key], list):
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+# Former keyword names of settings, still accepted where users may have written them
+SETTING_ALIASES = {"sensitivity_method": "sensitivity"}
+
+
+def config_from(config: SearchConfig | None, settings: dict) -> SearchConfig:
+    """The search's one ``SearchConfig``: ``config``, or one built from keyword ``settings`` (its field
+    names, or a former name in ``SETTING_ALIASES``). Giving both, or one setting under two names, is an
+    error that names both: a setting is given in one place."""
+    fields = [f.name for f in dataclasses.fields(SearchConfig)]
+    unknown = sorted(key for key in settings if key not in fields and key not in SETTING_ALIASES)
+    if unknown:
+        raise QslmError(f"unknown search setting {', '.join(f'{k}=' for k in unknown)}; the settings are "
+                        f"{', '.join(fields)} (SearchConfig's fields)")
+    canonical: dict = {}
+    given_as: dict[str, str] = {}
+    for key, value in settings.items():
+        field_name = SETTING_ALIASES.get(key, key)
+        if field_name in canonical:
+            old, new = sorted((key, given_as[field_name]), key=lambda k: k == field_name)
+            raise QslmError(f"{old}= and {new}= both set the {field_name} setting: give one "
+                            f"({old} is its former name)")
+        canonical[field_name], given_as[field_name] = value, key
+    if config is not None and canonical:
+        key = next(iter(settings))
+        raise QslmError(f"config= and {key}= both set search settings: give {key} in one place, "
+                        f"SearchConfig(..., {SETTING_ALIASES.get(key, key)}=...) or the keyword without config=")
+    if config is not None and not isinstance(config, SearchConfig):
+        raise QslmError(f"config must be a qslm.SearchConfig, got {type(config).__name__}")
+    return config if config is not None else SearchConfig(**canonical)

@@ -12,7 +12,7 @@ same way); the driver alone writes the journal and the sensitivity cache.
 
     with ExecutorChoice(workers=2) as choice:
         executor = choice.start(measurements)
-        pending = [executor.metric(measurements.plan(a)) for a in assignments]
+        pending = [executor.metric(plans.plan(a)) for a in assignments]  # plans: qslm.search.plans.PlanSpecs
         metrics = [p.result() for p in pending]
 
 Ray is imported only when asked for; a dead worker's measurements are retried on its restarted

@@ -23,14 +23,13 @@ from ..analysis.hierarchy import Hierarchy
 from ..analysis.local_sensitivity import BlockLocalSensitivity
 from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache
-from ..errors import QslmError
 from ..quant.apply import QuantContext, WeightCache, fake_quantized
-from ..quant.plan import FLOAT_BITS, QuantPlan
+from ..quant.plan import QuantPlan
 from ..quant.quantizer import QuantSpec
 from ..tasks.base import Task, inputs_digest
 from ..tasks.scores import Measured, read_measurement
 from .config import SearchConfig
-from .methods import SpecOf, base_spec_of
+from .methods import SpecOf
 
 if TYPE_CHECKING:
     from .executors import Executor
@@ -54,9 +53,7 @@ def block_routes(hierarchy: Hierarchy, method: str) -> dict[str, str]:
 
 class Measurements:
     """The measurements of a search on one model replica, uncached: ``damage_of(specs)`` (the sensitivity
-    of quantizing only those units with those specs) and ``metric_of(plan)`` (the task's metric of a plan);
-    ``damage(members, bits)`` and ``metric(assignment)`` take each unit's spec at a width from ``spec_of``
-    (the base spec's settings at that width, or the search's choice of method: ``qslm.search.methods``).
+    of quantizing only those units with those specs) and ``metric_of(plan)`` (the task's metric of a plan).
 
     Each starts from the same random state (``config.seed``) and from reset neuron states, so its value
     depends only on its arguments, never on which measurements ran before it on this replica: a
@@ -64,11 +61,10 @@ class Measurements:
 
     def __init__(self, model: nn.Module, task: Task, hierarchy: Hierarchy, config: SearchConfig, *,
                  reference: OutputReference | None = None, weights: WeightCache | None = None,
-                 spec_of: SpecOf | None = None, context: QuantContext | None = None):
+                 context: QuantContext | None = None):
         self.model, self.task, self.hierarchy, self.seed = model, task, hierarchy, config.seed
         self.config, self.base_spec = config, config.base_spec
         self.context = context  # calibration Hessians, when a method needs them
-        self.spec_of = spec_of or base_spec_of(config.base_spec)
         self.reference = reference or OutputReference(model, task.calibration, task.damage, task.output,
                                                       reset=reset_neuron_states)
         self.weights = weights if weights is not None else WeightCache()
@@ -79,9 +75,6 @@ class Measurements:
                                                    config.block_cache_mb * 2 ** 20)
                             if config.block_cache_mb else None)
 
-    def plan(self, assignment: dict[str, int]) -> QuantPlan:
-        return QuantPlan({u: None if b == FLOAT_BITS else self.spec_of(u, b) for u, b in assignment.items()})
-
     def block_holding(self, members: tuple[str, ...]) -> str | None:
         """The block whose local measurement covers ``members``, or None: measured on the whole model."""
         owners = {self.routes.get(u) for u in members}
@@ -90,12 +83,6 @@ class Measurements:
     def _fresh_state(self) -> None:
         torch.manual_seed(self.seed)
         reset_neuron_states(self.model)
-
-    def damage(self, members: tuple[str, ...], bits: int) -> dict:
-        return self.damage_of(self.specs(members, bits))
-
-    def specs(self, members: tuple[str, ...], bits: int) -> dict[str, QuantSpec]:
-        return {u: self.spec_of(u, bits) for u in members}
 
     def damage_of(self, specs: dict[str, QuantSpec]) -> dict:
         """The damage of quantizing exactly these units with these specs, everything else float."""
@@ -109,11 +96,8 @@ class Measurements:
             with self._reusing_blocks():
                 return self.reference.damage()
 
-    def metric(self, assignment: dict[str, int]) -> tuple[Measured, float]:
-        """(the metric of ``assignment``, seconds it took)."""
-        return self.metric_of(self.plan(assignment))  # the plan first: choosing a method measures
-
     def metric_of(self, plan: QuantPlan) -> tuple[Measured, float]:
+        """(the metric of ``plan``, seconds it took)."""
         self._fresh_state()
         with fake_quantized(self.model, plan, self.weights, self.context), \
                 self._reusing_blocks(store_first=True):
@@ -123,10 +107,10 @@ class Measurements:
         return self.block_cache.serving(store_first) if self.block_cache is not None else nullcontext()
 
 
-class SensitivityTable:
-    """Damage of quantizing ``members`` (one unit, or a whole group) to ``bits``, everything else float,
-    measured exactly (whole model) or block-locally by ``executor``, and cached in ``cache`` across runs.
-    Only this object writes the cache, and only with finished measurements."""
+class Damages:
+    """Damage of quantizing some units with given specs, everything else float, measured exactly (whole
+    model) or block-locally by ``executor``, and cached in ``cache`` across runs. Only this object writes
+    the cache, and only with finished measurements."""
 
     def __init__(self, measurements: Measurements, cache: SensitivityCache, model_digest: str,
                  executor: Executor):
@@ -135,8 +119,7 @@ class SensitivityTable:
         # what gptq and codebook fitted the weights to, for the keys of their measurements
         self.quantizer_digest = (inputs_digest(measurements.task.quantizer_inputs)
                                  if measurements.context is not None else None)
-        self.asked: dict[tuple[tuple[str, ...], int], dict] = {}  # every (members, bits) asked for, in order
-        self.seconds = 0.0  # spent in measure_all: measuring, or waiting for workers to
+        self.seconds = 0.0  # spent in measure_specs: measuring, or waiting for workers to
 
     def _key_of(self, specs: dict[str, QuantSpec]) -> tuple[str, str]:
         members = tuple(specs)
@@ -150,20 +133,9 @@ class SensitivityTable:
         key = SensitivityCache.key(self.digest, calibration, members, spec_key)
         return key, "local" if block is not None else "exact"  # units outside blocks: measured exactly
 
-    def measure(self, members: tuple[str, ...], bits: int) -> dict:
-        return self.measure_all([(members, bits)])[0]
-
-    def measure_all(self, jobs: list[tuple[tuple[str, ...], int]], bar: tqdm | None = None) -> list[dict]:
-        """Each (members, bits) of ``jobs``, in order, each unit with its spec at that width; those not
-        cached are submitted together and cached as they finish (``bar`` advances as each finishes)."""
-        specs = [self.measurements.specs(members, bits) for members, bits in jobs]  # may choose methods first
-        results = self.measure_specs(specs, bar)
-        for job, result in zip(jobs, results):
-            self.asked.setdefault((tuple(job[0]), job[1]), result)
-        return results
-
     def measure_specs(self, jobs: list[dict[str, QuantSpec]], bar: tqdm | None = None) -> list[dict]:
-        """The damage of each job (these units with these specs, everything else float), as ``measure_all``."""
+        """The damage of each job (these units with these specs, everything else float), in order; those not
+        cached are submitted together and cached as they finish (``bar`` advances as each finishes)."""
         started = time.perf_counter()
         keyed = [self._key_of(specs) for specs in jobs]
         values = [self.cache.get(key) for key, _ in keyed]
@@ -179,6 +151,27 @@ class SensitivityTable:
                 bar.update(1)
         self.seconds += time.perf_counter() - started
         return [{**value, "method": method} for value, (_, method) in zip(values, keyed)]
+
+
+class SensitivityTable:
+    """Damage of quantizing ``members`` (one unit, or a whole group) to ``bits``, everything else float,
+    each unit with its spec at that width (``spec_of``: the search's method choice, which may measure
+    first), and every (members, bits) asked for, for the report."""
+
+    def __init__(self, damages: Damages, spec_of: SpecOf):
+        self.damages, self.spec_of = damages, spec_of
+        self.asked: dict[tuple[tuple[str, ...], int], dict] = {}  # every (members, bits) asked for, in order
+
+    def measure(self, members: tuple[str, ...], bits: int) -> dict:
+        return self.measure_all([(members, bits)])[0]
+
+    def measure_all(self, jobs: list[tuple[tuple[str, ...], int]], bar: tqdm | None = None) -> list[dict]:
+        """Each (members, bits) of ``jobs``, in order, as ``Damages.measure_specs``."""
+        specs = [{u: self.spec_of(u, bits) for u in members} for members, bits in jobs]  # may choose methods first
+        results = self.damages.measure_specs(specs, bar)
+        for job, result in zip(jobs, results):
+            self.asked.setdefault((tuple(job[0]), job[1]), result)
+        return results
 
     def measure_together(self, jobs: list[tuple[tuple[str, ...], int]], progress: bool) -> None:
         """Have ``jobs`` measured now, together (in parallel on workers), with a progress bar."""

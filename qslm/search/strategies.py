@@ -37,9 +37,13 @@ def strategy_names() -> list[str]:
     return list(_STRATEGIES)
 
 
-def run_strategy(name: str, problem: SearchProblem, context: StrategyContext) -> None:
+def check_strategy(name: str) -> None:
     if name not in _STRATEGIES:
         raise QslmError(f"unknown strategy {name!r}; expected one of {', '.join(_STRATEGIES)}")
+
+
+def run_strategy(name: str, problem: SearchProblem, context: StrategyContext) -> None:
+    check_strategy(name)
     _STRATEGIES[name](problem, context)
 
 

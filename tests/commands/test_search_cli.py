@@ -13,7 +13,7 @@ import pytest
 
 from qslm.cli import main
 from qslm.commands.search import options_from_args
-from qslm.search.config import BASE_SPEC
+from qslm.search.config import BASE_SPEC, SearchConfig
 from qslm.tasks.presets import DEFAULT_SIZES as DEFAULTS
 
 
@@ -130,18 +130,18 @@ def test_counts_and_limits_that_are_accepted():
     assert (args.seed, args.max_evals, args.max_relative_increase) == (0, 1, 0.02)  # the old name still works
     constraints = options_from_args(args)["constraints"]
     assert constraints.max_relative_increase == 0.02 and constraints.memory_limit_bytes(10 ** 9) == 3 * 2 ** 20
-    assert options_from_args(args)["base_spec"].scale_dtype == "float16"  # the default
+    assert options_from_args(args)["config"].base_spec.scale_dtype == "float16"  # the default
     args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--scale-dtype", "float32"])
-    assert options_from_args(args)["base_spec"] == dataclasses.replace(BASE_SPEC, scale_dtype="float32")
-    assert not options_from_args(args)["base_spec"].all_levels  # the symmetric grid unless --signed
+    assert options_from_args(args)["config"].base_spec == dataclasses.replace(BASE_SPEC, scale_dtype="float32")
+    assert not options_from_args(args)["config"].base_spec.all_levels  # the symmetric grid unless --signed
     args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--signed"])
-    assert options_from_args(args)["base_spec"] == dataclasses.replace(BASE_SPEC, all_levels=True)
-    assert options_from_args(args)["sensitivity_table"] == "needed"
+    assert options_from_args(args)["config"].base_spec == dataclasses.replace(BASE_SPEC, all_levels=True)
+    assert options_from_args(args)["config"].sensitivity_table == "needed"
     args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--sensitivity-table", "full"])
-    assert options_from_args(args)["sensitivity_table"] == "full"
-    assert options_from_args(args)["methods"] is None  # the search's default: every method
+    assert options_from_args(args)["config"].sensitivity_table == "full"
+    assert options_from_args(args)["config"].methods == SearchConfig().methods  # the search's default
     args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--methods", "rtn, gptq"])
-    assert options_from_args(args)["methods"] == ("rtn", "gptq")
+    assert options_from_args(args)["config"].methods == ("rtn", "gptq")
 
 
 def test_out_is_checked_before_any_work(tiny_classifier, tiny_lm, tmp_path, capsys, monkeypatch):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from qslm.checkpoint import TOKENIZER_FILE, WEIGHTS_FILE, export_quantized, load_model, save_model
+from qslm.checkpoint import TOKENIZER_FILE, WEIGHTS_FILE, load_model, save_model
+from qslm.quant.api import quantize
 from qslm.errors import QslmError
 from qslm.models import zoo
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
@@ -272,8 +273,7 @@ def test_non_finite_weights_are_refused(model_copy, bad):
 
 
 def test_packed_folder_header_is_checked_against_config_and_plan(tiny_lm, tmp_path):
-    loaded = load_model(tiny_lm)
-    out = export_quantized(loaded.model, QuantPlan({"head": QuantSpec(4)}), loaded.tokenizer, tmp_path / "q")
+    out = quantize(tiny_lm, plan=QuantPlan({"head": QuantSpec(4)}), out=tmp_path / "q").path
     def truncate_codes(state):
         state["head.weight_codes"] = state["head.weight_codes"][:-1].clone()
     rewrite_weights(out, truncate_codes)

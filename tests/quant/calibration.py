@@ -19,10 +19,15 @@ def model_inputs(loaded, n: int = 12, seed: int = 0) -> tuple:
     return (ids,) if loaded.config.task == "lm" else (ids, mask)
 
 
+def calibration_batches(loaded) -> list:
+    """Two batches of model inputs, other than the test inputs."""
+    return [model_inputs(loaded, seed=seed) for seed in (10, 11)]
+
+
 def calibration_context(loaded) -> QuantContext:
     """The loaded model's unit Hessians on two batches (other than the test inputs), act-order on."""
-    batches = [model_inputs(loaded, seed=seed) for seed in (10, 11)]
-    return QuantContext(record_hessians(loaded.model, batches), GptqOptions(act_order=True, block_size=16))
+    return QuantContext(record_hessians(loaded.model, calibration_batches(loaded)),
+                        GptqOptions(act_order=True, block_size=16))
 
 
 def methods_plan(model) -> QuantPlan:

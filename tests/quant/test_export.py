@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qslm.checkpoint import export_quantized, load_model
+from qslm.checkpoint import write_quantized_folder, load_model
 from qslm.errors import QslmError
 from qslm.outputs import MANIFEST_FILE
 from qslm.quant.apply import applied_plan, apply_plan, fake_quantized, restore
@@ -39,7 +39,7 @@ def test_loaded_model_equals_fake_quantized(fixture, request, tmp_path):
     plan = mixed_plan(model)
     with fake_quantized(model, plan):
         expected = model(*inputs(loaded))
-        out = export_quantized(model, plan, loaded.tokenizer, tmp_path / "q")  # from the float originals
+        out = write_quantized_folder(model, plan, loaded.tokenizer, tmp_path / "q")  # from the float originals
     assert applied_plan(model) is None
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE, "config.json", "model.safetensors", PLAN_FILE,
                                                      "tokenizer.json"]
@@ -57,7 +57,7 @@ def test_loaded_model_equals_fake_quantized(fixture, request, tmp_path):
 
 def test_weights_stay_packed_in_memory(tiny_lm, tmp_path):
     loaded = load_model(tiny_lm)
-    export_quantized(loaded.model, QuantPlan.uniform(loaded.model, QuantSpec(4)), loaded.tokenizer, tmp_path / "q")
+    write_quantized_folder(loaded.model, QuantPlan.uniform(loaded.model, QuantSpec(4)), loaded.tokenizer, tmp_path / "q")
     model = load_model(tmp_path / "q").model
     assert isinstance(model.emb, torch.nn.Embedding) and isinstance(model.blocks[0].att.key, torch.nn.Linear)
     key = model.blocks[0].att.key
@@ -74,12 +74,12 @@ def test_weights_stay_packed_in_memory(tiny_lm, tmp_path):
 def test_export_replaces_an_existing_folder_atomically(tiny_lm, tmp_path):
     loaded = load_model(tiny_lm)
     out = tmp_path / "q"
-    export_quantized(loaded.model, QuantPlan.uniform(loaded.model, QuantSpec(8)), loaded.tokenizer, out)
-    export_quantized(loaded.model, QuantPlan.uniform(loaded.model, QuantSpec(2)), loaded.tokenizer, out)
+    write_quantized_folder(loaded.model, QuantPlan.uniform(loaded.model, QuantSpec(8)), loaded.tokenizer, out)
+    write_quantized_folder(loaded.model, QuantPlan.uniform(loaded.model, QuantSpec(2)), loaded.tokenizer, out)
     assert QuantPlan.load(out / PLAN_FILE).units["head"].bits == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no temporary folders left
     with pytest.raises(QslmError, match="closest units"):
-        export_quantized(loaded.model, QuantPlan({"hed": QuantSpec(4)}), loaded.tokenizer, out)
+        write_quantized_folder(loaded.model, QuantPlan({"hed": QuantSpec(4)}), loaded.tokenizer, out)
     assert QuantPlan.load(out / PLAN_FILE).units["head"].bits == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
 
@@ -92,7 +92,7 @@ def test_room_checked_before_an_export_holds_its_files(fixture, request, tmp_pat
     loaded = load_model(request.getfixturevalue(fixture))
     plan = mixed_plan(loaded.model)
     bound = quantized_files_bytes(loaded.model, plan, loaded.tokenizer)
-    out = export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path / "q")
+    out = write_quantized_folder(loaded.model, plan, loaded.tokenizer, tmp_path / "q")
     files = [path for path in out.iterdir() if path.name != MANIFEST_FILE]
     written = sum(path.stat().st_size for path in files)
     on_disk = sum(path.stat().st_blocks * 512 for path in files)
@@ -100,7 +100,7 @@ def test_room_checked_before_an_export_holds_its_files(fixture, request, tmp_pat
     fake_free_space(monkeypatch, bound - 1)
     with pytest.raises(QslmError, match=f"not enough free space in {tmp_path / 'new'} for the quantized model: "
                                         f"{bound:,} bytes"):
-        export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path / "new")
+        write_quantized_folder(loaded.model, plan, loaded.tokenizer, tmp_path / "new")
     assert not (tmp_path / "new").exists()
 
 
@@ -109,19 +109,19 @@ def test_export_into_a_folder_of_other_files_needs_overwrite_and_keeps_them(tiny
     plan = QuantPlan.uniform(loaded.model, QuantSpec(4))
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(QslmError, match="already holds files qslm did not write"):
-        export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path)
+        write_quantized_folder(loaded.model, plan, loaded.tokenizer, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-    export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path, overwrite=True)
+    write_quantized_folder(loaded.model, plan, loaded.tokenizer, tmp_path, overwrite=True)
     assert (tmp_path / "notes.txt").read_text() == "mine" and load_model(tmp_path).model is not None
     with pytest.raises(QslmError, match="is the input model"):
-        export_quantized(loaded.model, plan, loaded.tokenizer, tiny_lm, overwrite=True, protect=(tiny_lm,))
+        write_quantized_folder(loaded.model, plan, loaded.tokenizer, tiny_lm, overwrite=True, protect=(tiny_lm,))
 
 
 def test_export_does_not_disturb_a_fake_quantized_model(tiny_lm, tmp_path):
     loaded = load_model(tiny_lm)
     fake = QuantPlan({"head": QuantSpec(2)})
     apply_plan(loaded.model, fake)
-    export_quantized(loaded.model, QuantPlan({"head": QuantSpec(8)}), loaded.tokenizer, tmp_path / "q")
+    write_quantized_folder(loaded.model, QuantPlan({"head": QuantSpec(8)}), loaded.tokenizer, tmp_path / "q")
     assert applied_plan(loaded.model) == fake
     restore(loaded.model)
     packed = load_model(tmp_path / "q").model
@@ -131,7 +131,7 @@ def test_export_does_not_disturb_a_fake_quantized_model(tiny_lm, tmp_path):
 
 def test_mismatched_plan_and_weights_are_clear_errors(tiny_lm, tmp_path):
     loaded = load_model(tiny_lm)
-    out = export_quantized(loaded.model, QuantPlan({"head": QuantSpec(4)}), loaded.tokenizer, tmp_path / "q")
+    out = write_quantized_folder(loaded.model, QuantPlan({"head": QuantSpec(4)}), loaded.tokenizer, tmp_path / "q")
     (out / PLAN_FILE).write_text(QuantPlan({"head": QuantSpec(3)}).to_json())
     with pytest.raises(QslmError, match="packed weights do not match"):
         load_model(out)
@@ -144,7 +144,7 @@ def test_mismatched_plan_and_weights_are_clear_errors(tiny_lm, tmp_path):
 def test_stored_tensors(tiny_lm, tmp_path):
     loaded = load_model(tiny_lm)
     plan = QuantPlan({"head": QuantSpec(3, "group", 8, False), "emb": QuantSpec(16)})
-    state = load_file(str(export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path / "q") /
+    state = load_file(str(write_quantized_folder(loaded.model, plan, loaded.tokenizer, tmp_path / "q") /
                           "model.safetensors"))
     vocab = loaded.config.vocab_size
     assert state["head.weight_codes"].shape == ((vocab * 32 * 3 + 7) // 8,)
@@ -163,7 +163,7 @@ def test_methods_export_equals_fake_quantization(fixture, request, tmp_path):
     context = calibration_context(loaded)
     with fake_quantized(model, plan, context=context):
         expected = model(*inputs(loaded))
-        out = export_quantized(model, plan, loaded.tokenizer, tmp_path / "q", context=context)
+        out = write_quantized_folder(model, plan, loaded.tokenizer, tmp_path / "q", context=context)
     assert QuantPlan.load(out / PLAN_FILE) == plan
     packed = load_model(out)
     assert torch.allclose(packed.model(*inputs(packed)), expected, rtol=0, atol=1e-6)
@@ -179,9 +179,9 @@ def test_methods_export_equals_fake_quantization(fixture, request, tmp_path):
 def test_gptq_without_hessians_names_the_unit(tiny_lm, tmp_path):
     loaded = load_model(tiny_lm)
     with pytest.raises(QslmError, match="unit 'head' .*needs its calibration Hessian for gptq, but no QuantContext"):
-        export_quantized(loaded.model, QuantPlan({"head": QuantSpec(4, method="gptq")}), loaded.tokenizer,
+        write_quantized_folder(loaded.model, QuantPlan({"head": QuantSpec(4, method="gptq")}), loaded.tokenizer,
                          tmp_path / "q")
     assert not (tmp_path / "q" / PLAN_FILE).exists()
     with pytest.raises(QslmError, match="unit 'emb' .*no calibration inputs were recorded for it"):
-        export_quantized(loaded.model, QuantPlan({"emb": QuantSpec(4, method="gptq")}), loaded.tokenizer,
+        write_quantized_folder(loaded.model, QuantPlan({"emb": QuantSpec(4, method="gptq")}), loaded.tokenizer,
                          tmp_path / "q", context=calibration_context(loaded))

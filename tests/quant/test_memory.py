@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from qslm.checkpoint import export_quantized, load_model
+from qslm.checkpoint import load_model
 from qslm.errors import QslmError
+from qslm.quant.api import quantize
 from qslm.quant.memory import (
     fixed_bytes,
     memory_report,
@@ -19,7 +20,7 @@ from qslm.quant.memory import (
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec
 from qslm.quant.units import quantizable_units
-from tests.quant.calibration import calibration_context, methods_plan
+from tests.quant.calibration import calibration_batches, methods_plan
 
 PLANS = {
     "int8 per-channel": lambda m: QuantPlan.uniform(m, QuantSpec(8)),
@@ -39,9 +40,10 @@ PLANS = {
 @pytest.mark.parametrize("fixture", ["tiny_lm", "tiny_encoder"])
 @pytest.mark.parametrize("plan_name", list(PLANS))
 def test_plan_bytes_equal_exported_tensor_bytes(fixture, plan_name, request, tmp_path):
-    loaded = load_model(request.getfixturevalue(fixture))
+    folder = request.getfixturevalue(fixture)
+    loaded = load_model(folder)
     plan = PLANS[plan_name](loaded.model)
-    out = export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path / "q", context=calibration_context(loaded))
+    out = quantize(folder, plan=plan, calibration=calibration_batches(loaded), out=tmp_path / "q").path
     stored = safetensors_tensor_bytes(out / "model.safetensors")
     assert plan_bytes(loaded.model, plan) == stored
     assert memory_report(load_model(out).model, out)["bytes"] == stored
@@ -93,7 +95,7 @@ def test_report_of_a_quantized_folder(tiny_encoder, tmp_path):
     loaded = load_model(tiny_encoder)
     plan = QuantPlan({"emb": QuantSpec(4), "blocks.0.mlp.fc1": QuantSpec(3, "group", 16, False, "minmax")},
                      {"blocks.1.mlp.hidden_lif": NeuronSpec(8)})
-    out = export_quantized(loaded.model, plan, loaded.tokenizer, tmp_path / "q")
+    out = quantize(tiny_encoder, plan=plan, out=tmp_path / "q").path
     report = memory_report(load_model(out).model, out)
     rows = {u["name"]: u for u in report["units"]}
     float_report = memory_report(loaded.model)

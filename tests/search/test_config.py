@@ -33,3 +33,31 @@ def test_the_methods_round_trip_through_json():
 def test_bad_methods_are_refused_by_name(methods):
     with pytest.raises(QslmError, match="methods must be distinct names"):
         SearchConfig(methods=methods)
+
+
+def test_settings_given_as_keywords_build_the_config():
+    from qslm.search.config import config_from
+
+    assert config_from(None, {"strategy": "random", "seed": 3}) == SearchConfig(strategy="random", seed=3)
+    assert config_from(None, {"sensitivity_method": "local"}) == SearchConfig(sensitivity="local")  # former name
+    assert config_from(None, {}) == SearchConfig()
+
+
+@pytest.mark.parametrize("settings, said", [
+    ({"strategy": "random"}, "config= and strategy= both set search settings"),
+    ({"sensitivity_method": "local"}, "config= and sensitivity_method= both set search settings"),
+])
+def test_a_config_and_a_keyword_setting_together_are_refused_naming_both(settings, said):
+    from qslm.search.config import config_from
+
+    with pytest.raises(QslmError, match=said):
+        config_from(SearchConfig(), settings)
+
+
+def test_one_setting_under_two_names_and_unknown_settings_are_refused():
+    from qslm.search.config import config_from
+
+    with pytest.raises(QslmError, match="sensitivity_method= and sensitivity= both set the sensitivity setting"):
+        config_from(None, {"sensitivity_method": "local", "sensitivity": "exact"})
+    with pytest.raises(QslmError, match=r"unknown search setting strategies=; the settings are bit_choices, "):
+        config_from(None, {"strategies": "random"})

@@ -16,7 +16,7 @@ import qslm
 from qslm.analysis.neurons import reset_neuron_states
 from qslm.quant.unit_inputs import record_hessians
 from qslm.quant.units import find_units
-from qslm.search import engine
+from qslm.search import engine, stack
 from tests.handwritten import HandwrittenSpikingClassifier, accuracy, make_data, train
 from tests.search.interrupting import interrupt_at
 
@@ -63,7 +63,7 @@ def test_a_search_into_a_folder_another_job_holds_is_refused_before_any_work(han
     from qslm.outputs import LOCK_FILE
 
     model, ids, labels = handwritten
-    monkeypatch.setattr(engine, "_search", lambda *args: pytest.fail("searched in a folder another job holds"))
+    monkeypatch.setattr(engine._SearchRun, "run", lambda *args: pytest.fail("searched in a folder another job holds"))
     (tmp_path / "out").mkdir()
     holder = os.open(tmp_path / "out" / LOCK_FILE, os.O_RDWR | os.O_CREAT)  # a second open file: another job
     try:
@@ -378,13 +378,13 @@ def test_units_with_a_hessian_choose_their_methods_without_a_forward_pass(handwr
     model, ids, labels = handwritten
     task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:], labels[96:]), calibration=[ids[:32], ids[32:64]])
     measured_for_choice = []
-    original = engine._method_damages
+    original = stack._method_damages
 
     def recording(sensitivity, jobs, progress):
         measured_for_choice.extend(unit for unit, _ in jobs)
         return original(sensitivity, jobs, progress)
 
-    monkeypatch.setattr(engine, "_method_damages", recording)
+    monkeypatch.setattr(stack, "_method_damages", recording)
     config = qslm.SearchConfig(methods=("rtn", "gptq", "codebook"), bit_choices=(2, 3, 4, 8))
     report = qslm.search(model, task, out=tmp_path / "out", constraints=qslm.Constraints(max_drop=5.0),
                          config=config, progress=False, cache_dir=tmp_path / "cache").report

@@ -26,12 +26,19 @@ from qslm.search.config import SearchConfig
 from qslm.search.executors import ExecutorChoice, InProcess, RayExecutor
 from qslm.search.journal import Journal
 from qslm.search.measure import Measurements
+from qslm.search.methods import base_spec_of
+from qslm.search.plans import PlanSpecs
 from tests.handwritten import HandwrittenSpikingClassifier, accuracy, make_data, train
 
 needs_ray = pytest.mark.ray  # deselect with -m "not ray"
 
 # timings and worker counts differ between runs; everything else in a report must not
 VARYING = {"seconds", "workers", "measured_latency_s", "latency_s", "hits", "misses"}
+
+
+def plan_of(measurements: Measurements, assignment: dict[str, int]):
+    """The plan of ``assignment`` on the base spec (one method: rtn)."""
+    return PlanSpecs(base_spec_of(measurements.config.base_spec), keyed_by_method=False).plan(assignment)
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +155,14 @@ def test_a_killed_worker_is_replaced_and_its_measurements_retried(local_ray, cla
     executor = RayExecutor(local_ray, measurements, 2)
     try:
         first_pids = executor.pids()
-        pending = [executor.metric(measurements.plan(plan)) for plan in plans]
+        pending = [executor.metric(plan_of(measurements, plan)) for plan in plans]
         os.kill(first_pids[0], signal.SIGKILL)  # while it holds half of the batch
         metrics = [p.result()[0] for p in pending]
         assert executor.pids()[0] != first_pids[0]  # restarted
     finally:
         executor.close()
     in_process = InProcess(measurements)
-    assert metrics == [in_process.metric(measurements.plan(plan)).result()[0] for plan in plans]
+    assert metrics == [in_process.metric(plan_of(measurements, plan)).result()[0] for plan in plans]
 
 
 @needs_ray
@@ -166,7 +173,7 @@ def test_a_failing_measurement_raises_the_users_error(local_ray, classifier):
     executor = RayExecutor(local_ray, measurements, 1)
     try:
         with pytest.raises(QslmError, match="finite number"):
-            executor.metric(measurements.plan({u: 4 for u in measurements.hierarchy.units})).result()
+            executor.metric(plan_of(measurements, {u: 4 for u in measurements.hierarchy.units})).result()
     finally:
         executor.close()
 

@@ -301,3 +301,14 @@ def test_output_folder_must_not_be_the_model(tiny_classifier, small_data_dir, tm
         search(model, model, small_data_dir, tmp_path / "cache")
     assert (model / "model.safetensors").read_bytes() == weights
     assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in tiny_classifier.iterdir())
+
+
+def test_conflicting_settings_are_refused_before_any_work(tmp_path):
+    """``qslm.search(..., config=SearchConfig(...), strategy="random")``: two places for one setting."""
+    from qslm.tasks.data_config import DataConfig
+
+    with pytest.raises(QslmError, match="config= and strategy= both set search settings"):
+        qslm.search("spikegpt-sst2", "sst2", out=tmp_path / "out", config=qslm.SearchConfig(), strategy="random")
+    with pytest.raises(QslmError, match="data= and validation_size= both set the task's data"):
+        qslm.search("spikegpt-sst2", "sst2", out=tmp_path / "out", data=DataConfig(), validation_size=10)
+    assert not (tmp_path / "out").exists()
