@@ -70,7 +70,8 @@ def chosen_methods(report: dict) -> dict[str, str]:
     return {u: methods.get(u, {}).get(str(b), "rtn") for u, b in assignment.items() if b != FLOAT_BITS}
 
 
-def plot_bitwidths(report: dict, path: Path) -> None:
+def plot_bitwidths(report: dict, path: Path):
+    """The chosen plan's width per unit, coloured by method; returns the figure drawn (None: no plan)."""
     assignment = (report.get("chosen") or {}).get("assignment") or {}
     if not assignment:
         return
@@ -91,9 +92,11 @@ def plot_bitwidths(report: dict, path: Path) -> None:
     ax.set_title("bit-width per module (chosen plan)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return fig
 
 
-def plot_sensitivity(report: dict, path: Path) -> None:
+def plot_sensitivity(report: dict, path: Path):
+    """The sensitivity table as a heatmap, units by widths; returns the figure drawn (None: no table)."""
     table = report.get("sensitivity") or {}
     if not table:
         return
@@ -114,6 +117,7 @@ def plot_sensitivity(report: dict, path: Path) -> None:
     fig.colorbar(image, ax=ax, label=f"log10 {report.get('damage_measure', 'damage')} vs float")
     ax.set_title("sensitivity (one unit quantized)")
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def _fmt_metric(value: float | None) -> str:

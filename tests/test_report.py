@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from qslm.report import chosen_methods, plot_bitwidths, plot_sensitivity, report_json
+from qslm.report import METHOD_COLOURS, chosen_methods, plot_bitwidths, plot_sensitivity, report_json
 
 
 def strict_loads(text: str):
@@ -31,25 +31,47 @@ def test_finite_report_json_is_unchanged():
     assert strict_loads(report_json(report)) == report
 
 
+def inside_the_figure(figure, texts) -> bool:
+    """Whether every text is drawn wholly inside the saved figure (not cut at its edges), laid out again at
+    the dpi the report saves at."""
+    figure.set_dpi(110)
+    figure.draw_without_rendering()
+    box = figure.bbox
+    return all(box.x0 <= t.get_window_extent().x0 and t.get_window_extent().x1 <= box.x1 + 0.5
+               for t in texts if t.get_text())
+
+
 @pytest.mark.parametrize("bits", [(8,), (2, 3, 4, 5, 6, 8)])
 def test_sensitivity_heatmap_fits_the_unit_names(tmp_path, bits):
     """A uniform plan's report has a single bit-width column: the figure must still hold the names."""
     units = ["emb"] + [f"blocks.{i}.{part}" for i in range(4) for part in ("att.receptance", "ffn.value")]
-    report = {"sensitivity": {u: {str(b): {"kl": 10.0 ** -(b + i % 3)} for b in bits} for i, u in enumerate(units)}}
+    report = {"sensitivity": {u: {str(b): {"damage": 10.0 ** -(b + i % 3)} for b in bits} for i, u in enumerate(units)}}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plot_sensitivity(report, tmp_path / "sensitivity.png")
-    assert (tmp_path / "sensitivity.png").stat().st_size > 1000
+        figure = plot_sensitivity(report, tmp_path / "sensitivity.png")
+    heat = figure.axes[0].images[0].get_array()
+    assert heat.shape == (len(units), len(bits))
+    assert heat[0, 0] == pytest.approx(-bits[0]) and heat[2, 0] == pytest.approx(-(bits[0] + 2))  # log10 damage
+    labels = figure.axes[0].get_yticklabels()
+    assert [t.get_text() for t in labels] == units and inside_the_figure(figure, labels)
+    assert (tmp_path / "sensitivity.png").is_file()
 
 
 def test_the_bit_width_map_names_each_units_method(tmp_path):
+    from matplotlib.colors import to_rgba
+
     report = {"chosen": {"assignment": {"emb": 3, "blocks.0.key": 2, "blocks.0.value": 2, "head": 32}},
               "methods": {"emb": {"2": "codebook", "3": "rtn"}, "blocks.0.key": {"2": "gptq"},
                           "blocks.0.value": {"2": "codebook"}, "head": {"2": "gptq"}}}
     assert chosen_methods(report) == {"emb": "rtn", "blocks.0.key": "gptq", "blocks.0.value": "codebook"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plot_bitwidths(report, tmp_path / "bitwidths.png")
-    assert (tmp_path / "bitwidths.png").stat().st_size > 1000
+        figure = plot_bitwidths(report, tmp_path / "bitwidths.png")
+    bars = figure.axes[0].patches
+    assert [b.get_height() for b in bars] == [3, 2, 2, 32]
+    colours = [b.get_facecolor() for b in bars]
+    assert colours[:3] == [to_rgba(METHOD_COLOURS[m]) for m in ("rtn", "gptq", "codebook")]
+    assert colours[3] == to_rgba(METHOD_COLOURS["rtn"])  # a float unit: no method of its own
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["rtn", "gptq", "codebook"]
     # an older report without methods: everything rtn
     assert set(chosen_methods({"chosen": report["chosen"]}).values()) == {"rtn"}
