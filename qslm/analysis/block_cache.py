@@ -48,12 +48,12 @@ from torch.overrides import TorchFunctionMode
 from xxhash import xxh3_128
 
 from ..errors import QslmError
+from ..model_inputs import ModelInput, call_model
 from ..models.neurons import lif_modules
 from ..quant.apply import WeightCache, applied_plan, fake_quantized
 from ..quant.plan import QuantPlan
 from ..quant.quantizer import QuantSpec
 from ..quant.units import Unit, find_units, inside, unit_tensor
-from ..tasks.base import ModelInput, call_model
 from .hierarchy import Hierarchy
 
 # The perturbation of the dependency check: any quantization that changes every weight will do.

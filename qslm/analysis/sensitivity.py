@@ -28,7 +28,7 @@ from ..data.batching import classification_batches, encode_examples, length_orde
 from ..data.tokenizer import pad_id
 from ..digest_lines import Damaged, NotJson, digested_line, dropped_note, lines_measured_again, read_digested
 from ..errors import QslmError
-from ..tasks.base import call_model, run_checked
+from ..model_inputs import call_model, run_checked
 
 
 @dataclass

@@ -27,7 +27,7 @@ def profile_task(loaded, task, profile) -> dict:
     the hardware ``profile``, as one JSON-ready dict."""
     from ..analysis.cost import OpCounter, energy_per_inference, power_mw
     from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
-    from ..tasks.base import run_inputs
+    from ..model_inputs import run_inputs
 
     hierarchy = build_hierarchy(loaded.model)
     with SpikeRecorder(loaded.model) as spikes, OpCounter(loaded.model) as counter:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import QslmError
-from ..tasks.base import run_checked
+from ..model_inputs import run_checked
 from .quantizer import matrix_shape
 from .units import matmul_ops, quantizable_units, unit_tensor, weight_view_ops
 

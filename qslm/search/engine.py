@@ -46,6 +46,7 @@ from ..diskspace import native_write, require_free_space
 from ..errors import QslmError
 from ..environment import environment
 from ..headline import headline
+from ..model_inputs import inferences_in, run_inputs
 from ..outputs import OutputFolder, check_writable_folder
 from ..quant.apply import WeightCache
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
@@ -54,7 +55,7 @@ from ..quant.plan import FLOAT_BITS, QuantPlan
 from ..quant.quantizer import QuantSpec
 from ..quant.units import Unit, find_units, unit_tensor
 from ..report import write_report
-from ..tasks.base import Task, inferences_in, run_inputs
+from ..tasks.base import Task
 from ..tasks.scores import Measured, check_same_examples
 from .config import SearchConfig
 from .executors import Deferred, ExecutorChoice, InProcess

@@ -36,9 +36,9 @@ from typing import Generic, Protocol, TypeVar
 import torch
 
 from ..errors import QslmError
+from ..model_inputs import model_device
 from ..quant.plan import QuantPlan
 from ..quant.quantizer import QuantSpec
-from ..tasks.base import model_device
 from ..tasks.scores import Measured
 from .measure import Measurements
 

@@ -24,10 +24,11 @@ from ..analysis.local_sensitivity import BlockLocalSensitivity
 from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache
 from ..errors import QslmError
+from ..model_inputs import inputs_digest
 from ..quant.apply import QuantContext, WeightCache, fake_quantized
 from ..quant.plan import FLOAT_BITS, QuantPlan
 from ..quant.quantizer import QuantSpec
-from ..tasks.base import Task, inputs_digest
+from ..tasks.base import Task
 from ..tasks.scores import Measured, read_measurement
 from .config import SearchConfig
 from .methods import SpecOf, base_spec_of
