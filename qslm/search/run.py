@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 
 from ..checkpoint import load_model
 from ..errors import QslmError
-from ..evaluate import CLASSIFICATION
 from ..models.zoo import resolve_model_path
 from ..quant.pack import PLAN_FILE
 from ..quant.quantizer import QuantSpec
+from ..tasks.evaluation import CLASSIFICATION
 from ..tasks.presets import DEFAULT_SIZES, KIND, build_task, check_task_name
 from .config import BASE_SPEC, DEFAULT_BIT_CHOICES, DEFAULT_BLOCK_CACHE_MB, SearchConfig
 from .engine import SearchResult, check_quality_limit, search
