@@ -58,7 +58,8 @@ from ..report import write_report
 from ..tasks.base import Task
 from ..tasks.scores import Measured, check_same_examples
 from .config import SearchConfig
-from .executors import Deferred, ExecutorChoice, InProcess
+from .executors import ExecutorChoice, InProcess
+from .futures import Deferred
 from .journal import Journal, assignment_key, measured_of
 from .measure import Measurements, SensitivityTable, cache_file
 from .measure import task_metric as _metric
@@ -67,7 +68,7 @@ from .confidence import Bound, QualityJudge
 from .objective import Baseline, Constraints
 from .problem import SearchProblem
 from .selection import confirmed_choice
-from .strategies import StrategyContext, run_strategy
+from .strategies import StrategyContext, check_strategy, run_strategy
 
 JOURNAL_FILE = "journal.jsonl"
 # Room kept for report.json, report.md and the three plots: under 0.5 MB on the bundled models
@@ -118,6 +119,7 @@ def search(model: nn.Module, task: Task, out: str | os.PathLike, constraints: Co
     started, seconds = time.perf_counter(), {}
     constraints, config = constraints or Constraints(), config or SearchConfig()
     _check(task, constraints)
+    check_strategy(config.strategy)  # before any work or output folder
     executors = ExecutorChoice(workers, ray_address)
     with executors:
         executors.connect()  # a cluster is joined before the folder is claimed: a wrong address costs nothing

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -31,10 +30,8 @@ from ..quant.quantizer import QuantSpec
 from ..tasks.base import Task
 from ..tasks.scores import Measured, read_measurement
 from .config import SearchConfig
+from .futures import Executor
 from .methods import SpecOf, base_spec_of
-
-if TYPE_CHECKING:
-    from .executors import Executor
 
 
 def task_metric(function: Callable[[nn.Module], object], model: nn.Module, what: str,

@@ -23,6 +23,7 @@ from ..tasks.presets import DEFAULT_SIZES, KIND, build_task, check_task_name
 from .config import BASE_SPEC, DEFAULT_BIT_CHOICES, DEFAULT_BLOCK_CACHE_MB, SearchConfig
 from .engine import SearchResult, check_quality_limit, search
 from .objective import Constraints
+from .strategies import check_strategy
 
 
 def run_search(model_ref, task: str, out, constraints: Constraints | None = None, *, config: SearchConfig | None = None,
@@ -53,6 +54,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
                               weights=weights, ignore=tuple(ignore),
                               methods=None if methods is None else tuple(methods),
                               block_cache_mb=block_cache_mb, sensitivity_table=sensitivity_table)
+    check_strategy(config.strategy)  # before the model is loaded and the data read
     check_quality_limit(task, KIND[check_task_name(task)] == CLASSIFICATION, constraints or Constraints())
     source = resolve_model_path(model_ref)
     if (source / PLAN_FILE).is_file():

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +35,10 @@ def test_the_methods_round_trip_through_json():
 def test_bad_methods_are_refused_by_name(methods):
     with pytest.raises(QslmError, match="methods must be distinct names"):
         SearchConfig(methods=methods)
+
+
+def test_a_config_names_a_strategy_without_loading_the_strategies_or_the_executors():
+    """The name is checked where strategies run (``check_strategy``), so a config imports neither."""
+    code = ("import sys; from qslm.search.config import SearchConfig; SearchConfig(strategy='anneal'); "
+            "print(sorted(m for m in sys.modules if m in ('qslm.search.strategies', 'qslm.search.executors')))")
+    assert subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout == "[]\n"
