@@ -34,9 +34,10 @@ def measure(config: dict, tokens: int, bits: list[int], threads: int, device: st
     import torch
     import torch.nn.functional as F
 
-    from qslm.analysis.cost import energy_per_inference, latency_per_inference, measure_op_counts
+    from qslm.analysis.energy import energy_per_inference, latency_per_inference
     from qslm.analysis.hierarchy import build_hierarchy
     from qslm.analysis.local_sensitivity import BlockLocalSensitivity
+    from qslm.analysis.ops import measure_op_counts
     from qslm.analysis.sensitivity import damage
     from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
     from qslm.quant.apply import WeightCache, fake_quantized

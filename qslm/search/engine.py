@@ -29,17 +29,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..analysis.cost import (
-    OpCounter,
-    energy_per_inference,
-    latency_per_inference,
-    load_hardware_profile,
-    measure_latency,
-    power_mw,
-)
+from ..analysis.energy import energy_per_inference, latency_per_inference, measure_latency, power_mw
+from ..analysis.hardware import load_hardware_profile
 from ..analysis.hessian import hutchinson_traces
 from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
 from ..analysis.neurons import reset_neuron_states
+from ..analysis.ops import OpCounter
 from ..analysis.sensitivity import OutputReference, SensitivityCache, default_cache_dir, model_hash
 from ..checkpoint import load_quantized, quantized_files_bytes, quantized_files_overhead, write_quantized_files
 from ..diskspace import native_write, require_free_space
