@@ -50,7 +50,7 @@ class SearchConfig:
     # outputs least (qslm.search.methods). None: every method the base spec allows (DEFAULT_METHODS; the
     # codebook only with a symmetric mse base spec, as it ignores both)
     methods: tuple[str, ...] | None = None
-    # memory (MiB) for block outputs reused between measurements (qslm.analysis.block_cache); 0: none.
+    # memory (MiB) for block outputs reused between measurements (qslm.search.block_cache); 0: none.
     # Results are the same either way, bit for bit.
     block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB
     sensitivity_table: str = "needed"

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..analysis.block_cache import BlockOutputCache
 from ..analysis.hierarchy import Hierarchy
 from ..analysis.local_sensitivity import BlockLocalSensitivity
 from ..analysis.neurons import reset_neuron_states
@@ -29,6 +28,7 @@ from ..quant.plan import FLOAT_BITS, QuantPlan
 from ..quant.quantizer import QuantSpec
 from ..tasks.base import Task
 from ..tasks.scores import Measured, read_measurement
+from .block_cache import BlockOutputCache
 from .config import SearchConfig
 from .futures import Executor
 from .methods import SpecOf, base_spec_of

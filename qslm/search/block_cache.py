@@ -47,6 +47,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from xxhash import xxh3_128
 
+from ..analysis.hierarchy import Hierarchy
 from ..errors import QslmError
 from ..model_inputs import ModelInput, call_model
 from ..models.neurons import lif_modules
@@ -54,7 +55,6 @@ from ..quant.apply import WeightCache, applied_plan, fake_quantized
 from ..quant.plan import QuantPlan
 from ..quant.quantizer import QuantSpec
 from ..quant.units import Unit, find_units, inside, unit_tensor
-from .hierarchy import Hierarchy
 
 # The perturbation of the dependency check: any quantization that changes every weight will do.
 PROBE_SPEC = QuantSpec(bits=2, granularity="per-tensor", symmetric=True, observer="minmax")
