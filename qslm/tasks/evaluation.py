@@ -16,12 +16,12 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
+from ..analysis.neurons import SpikeRecorder
 from ..data.batching import classification_batches, encode_examples, length_order, scored_windows
 from ..data.examples import Example
 from ..data.masked_lm import masked_batch
 from ..data.text import word_count
 from ..data.tokenizer import pad_id
-from ..models.neurons import record_firing_rates
 
 CLASSIFICATION, LANGUAGE_MODELING = "text-classification", "language-modeling"
 
@@ -115,7 +115,7 @@ def evaluate_classification(model, tokenizer, examples, split: str, batch_size: 
     """Accuracy and mean cross-entropy of ``model`` on labelled ``examples``; ``task`` and ``split``
     only label the result."""
     started = time.perf_counter()
-    with record_firing_rates(model) as recorder:
+    with SpikeRecorder(model) as recorder:
         logits, labels = classification_logits(model, tokenizer, examples, batch_size, progress)
     accuracy = float((logits.argmax(-1) == labels).float().mean())
     loss = float(F.cross_entropy(logits, labels))
@@ -127,7 +127,7 @@ def evaluate_lm(model, tokenizer, text: str, split: str, batch_size: int = 8, pr
                 task: str = LANGUAGE_MODELING) -> EvalResult:
     """Word-level perplexity of ``model`` on ``text``; ``task`` and ``split`` only label the result."""
     started = time.perf_counter()
-    with record_firing_rates(model) as recorder:
+    with SpikeRecorder(model) as recorder:
         nll = lm_token_nll(model, tokenizer, text, batch_size, progress)
     words = word_count(text)
     loss_per_word = float(nll.double().sum()) / words
