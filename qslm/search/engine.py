@@ -51,7 +51,6 @@ from ..quant.quantizer import QuantSpec
 from ..quant.units import Unit, find_units, unit_tensor
 from ..report import write_report
 from ..tasks.base import Task
-from ..tasks.scores import Measured, check_same_examples
 from .config import SearchConfig
 from .executors import ExecutorChoice, InProcess
 from .futures import Deferred
@@ -59,11 +58,12 @@ from .journal import Journal, assignment_key, measured_of
 from .measure import Measurements, SensitivityTable, cache_file
 from .measure import task_metric as _metric
 from .methods import BytesByWidth, MethodChoice, output_errors, record_context
-from .confidence import Bound, QualityJudge
+from .confidence import QualityJudge
 from .objective import Baseline, Constraints
 from .problem import SearchProblem
 from .selection import confirmed_choice
 from .strategies import StrategyContext, check_strategy, run_strategy
+from .verify import certifiable, quality_verified, reported
 
 JOURNAL_FILE = "journal.jsonl"
 # Room kept for report.json, report.md and the three plots: under 0.5 MB on the bundled models
@@ -256,7 +256,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     # ---- verify the chosen plan on the packed model, report; the run's files are committed together
     t0 = time.perf_counter()
     split = task.test_split if task.test is not None else "validation"
-    float_reported = _reported(task, model)
+    float_reported = reported(task, model)
     reported_metric = float_reported.metric
     report = {
         **notes, "model": label, "model_hash": digest, "task": task.name, "metric_name": task.metric_name,
@@ -286,7 +286,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     report["quality"] = quality
     if best is None:
         report.update(status="infeasible", closest=[c.to_dict() for c in problem.closest()], final=None, chosen=None)
-        quality["certifiable"] = _certifiable(problem, judge, quality["limit"])
+        quality["certifiable"] = certifiable(problem, judge, quality["limit"])
     else:
         plan = measurements.plan(best.assignment)
         require_free_space(out, quantized_files_bytes(model, plan) + REPORT_BYTES,
@@ -294,9 +294,9 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
                            then="the journal keeps every measurement: free some space and rerun to resume")
         model_files = {**write_quantized_files(model, plan, staging, context=context), **companion_files}
         packed = load_quantized(copy.deepcopy(model), staging)  # every final figure comes from what was written
-        final_measured = _reported(task, packed, float_reported)
+        final_measured = reported(task, packed, float_reported)
         final_metric = final_measured.metric
-        test_loss = _quality_verified(quality, judge, best, final_measured, float_reported, split)
+        test_loss = quality_verified(quality, judge, best, final_measured, float_reported, split)
         final_ops = _profile(packed, task)
         stored = {u: bytes_table[u][b] for u, b in best.assignment.items()}
         final_energy = energy_per_inference(final_ops, best.assignment, profile, unit_bytes=stored).total_pj
@@ -342,44 +342,6 @@ def _largest_unit_bytes(unit: Unit, config: SearchConfig) -> int:
             except QslmError:
                 continue  # a width the method does not take (codebook at 16 bits) is never chosen
     return max(stored)
-
-
-def _reported(task: Task, model: nn.Module, float_reported: Measured | None = None) -> Measured:
-    """The task's test measurement of ``model`` (its validation one without a test), checked to pair with
-    the float model's ``float_reported`` when given."""
-    what = "test" if task.test is not None else "evaluate"
-    # a test figure decides nothing, so a non-finite one is reported (as null), not refused
-    measured = _metric(task.test or task.evaluate, model, what, task.scores_are_nll,
-                       allow_non_finite=task.test is not None)
-    if float_reported is not None:
-        check_same_examples(measured, float_reported, f"Task.{what}")
-    return measured
-
-
-def _quality_verified(quality: dict, judge: QualityJudge, best, final: Measured, float_reported: Measured,
-                      split: str) -> Bound:
-    """Record the chosen plan's loss on the search part, the whole validation data and the test split
-    (with 95% intervals) in ``quality``; returns the test loss. A test figure that is not finite (the
-    float model's or the plan's) leaves the test loss NaN and whether the limit held there unknown (None),
-    and ``quality["test_not_finite"]`` names whose figure it was."""
-    not_finite = [who for who, measured in (("float model", float_reported), ("quantized model", final))
-                  if not measured.finite]
-    test_loss = Bound(math.nan) if not_finite else judge.whole(final, float_reported)
-    limit = quality["limit"]
-    quality.update(search=judge.search(best.measured).to_dict(), validation=judge.whole(best.measured).to_dict(),
-                   test=test_loss.to_dict() | {"split": split}, test_not_finite=not_finite,
-                   test_within_limit=None if not_finite else limit is None or test_loss.estimate <= limit + 1e-12)
-    return test_loss
-
-
-def _certifiable(problem: SearchProblem, judge: QualityJudge, limit: float | None) -> dict | None:
-    """When no plan held the quality limit with confidence: what the validation data can certify, from the
-    candidate with the lowest bound (None without a limit or a bound)."""
-    bounded = [c for c in problem.candidates if c.score.quality_bound is not None]
-    if limit is None or not bounded or any(problem.quality_ok(c) for c in problem.candidates):
-        return None
-    least = min(bounded, key=lambda c: (c.score.quality_bound, c.index))
-    return {"candidate": least.index, **judge.certifiable(judge.search(least.measured), limit)}
 
 
 def _specs_key(specs: Mapping[str, QuantSpec | None]) -> str:
