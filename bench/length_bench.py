@@ -14,8 +14,8 @@ import torch
 
 from qslm.checkpoint import load_model
 from qslm.data.batching import encode_examples
-from qslm.evaluate import classification_logits, max_input_len
 from qslm.tasks.datasets import sst2
+from qslm.tasks.evaluation import classification_logits, max_input_len
 
 BANDS = ((0, 14), (15, 24), (25, 34), (35, None))
 

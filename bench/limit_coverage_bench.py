@@ -154,9 +154,9 @@ def dealt(items: int, validation: int, seed: int) -> tuple[list[int], list[int]]
 # ---------------------------------------------------------------- the subjects
 
 def sst2_subject(name: str, data_dir) -> Subject:
-    from qslm.evaluate import classification_logits
     from qslm.tasks import text_classification
     from qslm.tasks.datasets.sst2 import load_sst2, train_and_held_out
+    from qslm.tasks.evaluation import classification_logits
 
     loaded = qslm.load(name)
     training, held_out = train_and_held_out(data_dir)
@@ -178,9 +178,9 @@ def sst2_subject(name: str, data_dir) -> Subject:
 
 def wt2_subject(name: str, data_dir) -> Subject:
     from qslm.data.text import word_count
-    from qslm.evaluate import lm_token_nll
     from qslm.tasks import presets
     from qslm.tasks.datasets.wikitext import load_wikitext
+    from qslm.tasks.evaluation import lm_token_nll
 
     loaded = qslm.load(name)
     segments, lines, words = [], [], 0

@@ -20,13 +20,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import qslm  # noqa: E402
-from qslm.evaluate import lm_token_nll  # noqa: E402
 from qslm.quant.apply import fake_quantized  # noqa: E402
 from qslm.quant.plan import QuantPlan  # noqa: E402
 from qslm.quant.units import quantizable_units  # noqa: E402
 from qslm.search.config import BASE_SPEC  # noqa: E402
 from qslm.search.confidence import blocks  # noqa: E402
 from qslm.tasks.datasets import wikitext  # noqa: E402
+from qslm.tasks.evaluation import lm_token_nll  # noqa: E402
 from qslm.tasks.language_modeling import leading_words  # noqa: E402
 
 

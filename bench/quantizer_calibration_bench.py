@@ -29,7 +29,7 @@ from qslm.quant.plan import QuantPlan  # noqa: E402
 from qslm.quant.units import quantizable_units  # noqa: E402
 from qslm.search.config import BASE_SPEC  # noqa: E402
 from qslm.search.methods import applicable, record_context  # noqa: E402
-from qslm.tasks.base import inferences_in  # noqa: E402
+from qslm.model_inputs import inferences_in  # noqa: E402
 from qslm.tasks.presets import build_task, default_task  # noqa: E402
 
 

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 from qslm.checkpoint import LoadedModel, load_model  # noqa: E402
 from qslm.commands.eval import evaluate_model  # noqa: E402
-from qslm.evaluate import classification_inputs, lm_windows, max_input_len  # noqa: E402
 from qslm.tasks.datasets import sst2, wikitext  # noqa: E402
+from qslm.tasks.evaluation import classification_inputs, lm_windows, max_input_len  # noqa: E402
 from tests.reference_forward import reference_forward  # noqa: E402
 
 MODELS = ("spikegpt-wt2", "spikegpt-sst2", "spiking-encoder-sst2")
-LM_BATCH, CLASSIFICATION_BATCH = 8, 64  # qslm.evaluate's defaults
+LM_BATCH, CLASSIFICATION_BATCH = 8, 64  # qslm.tasks.evaluation's defaults
 
 
 def evaluation_batches(loaded: LoadedModel, data_dir, count: int | None) -> list[tuple[torch.Tensor, ...]]:

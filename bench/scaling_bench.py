@@ -34,10 +34,11 @@ def measure(config: dict, tokens: int, bits: list[int], threads: int, device: st
     import torch
     import torch.nn.functional as F
 
-    from qslm.analysis.cost import energy_per_inference, latency_per_inference, measure_op_counts
+    from qslm.analysis.energy import energy_per_inference, latency_per_inference
     from qslm.analysis.hierarchy import build_hierarchy
     from qslm.analysis.local_sensitivity import BlockLocalSensitivity
-    from qslm.analysis.sensitivity import CalibrationSet, damage, output_log_probs
+    from qslm.analysis.ops import measure_op_counts
+    from qslm.analysis.sensitivity import damage
     from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
     from qslm.quant.apply import WeightCache, fake_quantized
     from qslm.quant.memory import fixed_bytes, unit_bytes
@@ -47,6 +48,7 @@ def measure(config: dict, tokens: int, bits: list[int], threads: int, device: st
     from qslm.search.objective import Baseline, Constraints, parse_weights
     from qslm.search.problem import SearchProblem
     from qslm.search.tiered import tiered_search
+    from qslm.tasks.calibration import CalibrationSet, output_log_probs
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -16,13 +16,14 @@ import torch
 
 from qslm.analysis.hierarchy import build_hierarchy
 from qslm.analysis.local_sensitivity import BlockLocalSensitivity, rank_correlation
-from qslm.analysis.sensitivity import classification_calibration, damage, output_log_probs
+from qslm.analysis.sensitivity import damage
 from qslm.checkpoint import load_model
-from qslm.evaluate import max_input_len
 from qslm.quant.apply import WeightCache, fake_quantized
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import QuantSpec
+from qslm.tasks.calibration import classification_calibration, output_log_probs
 from qslm.tasks.datasets import sst2
+from qslm.tasks.evaluation import max_input_len
 
 
 def main() -> None:

@@ -7,11 +7,11 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from .analysis.cost import power_mw
+from .analysis.energy import power_mw
 from .environment import environment
 from .headline import headline
 from .quant.plan import FLOAT_BITS
-from .tasks.base import inferences_in
+from .model_inputs import inferences_in
 
 
 def _figure(**kwargs):

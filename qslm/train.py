@@ -34,9 +34,10 @@ from .data.text import load_text
 from .data.tokenizer import load_tokenizer, pad_id, train_tokenizer
 from .errors import QslmError
 from .jsonfile import read_json_file
-from .evaluate import classification_logits, evaluate_classification, evaluate_lm, masked_lm_loss, max_input_len
 from .models.zoo import ARCHITECTURES, LANGUAGE_MODEL_TASK, build_model, evaluation_task
 from .tasks.datasets import sst2, wikitext
+from .tasks.evaluation import (classification_logits, evaluate_classification, evaluate_lm, masked_lm_loss,
+                               max_input_len)
 from .train_options import TrainOptions
 from .train_state import (
     STATE_FILE,

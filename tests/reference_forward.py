@@ -23,11 +23,7 @@ def reference_lif(neuron: neurons.LIF, x: torch.Tensor) -> torch.Tensor:
         s = neurons.ATanSpike.apply(v - threshold, neuron.alpha)
         v = v * (1.0 - s)
         spikes.append(s)
-    out = torch.stack(spikes)
-    if neuron.record:
-        neuron.spike_count += float(out.detach().sum())
-        neuron.element_count += out.numel()
-    return out
+    return torch.stack(spikes)
 
 
 def reference_wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor

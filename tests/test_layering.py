@@ -1,5 +1,11 @@
-"""How the package is layered: core code never imports the command-line layer, model folders build on
-quantization (not the other way round), and importing qslm leaves the user's matplotlib backend alone."""
+"""How the package is layered: no import circle anywhere; from the bottom up, the model-input code (on
+errors only), the models, quantization and the analysis, then the tasks and the search, and the
+command-line layer on top, which no core code imports; model folders build on quantization (not the
+other way round); and importing qslm leaves the user's matplotlib backend alone.
+
+Imports are read from the source with ast, wherever they are: inside functions and under
+``TYPE_CHECKING`` too, since a late import is still a dependency and a circle through it still ties
+the layers together."""
 from __future__ import annotations
 
 import ast
@@ -23,6 +29,89 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
     return names
+
+
+def module_files() -> dict[str, Path]:
+    """Every module of qslm by its dotted name (a package by its own name, for its __init__.py)."""
+    files = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the qslm modules it imports. A package's __init__ importing its own modules is left out:
+    importing any module of a package runs its __init__ first anyway, so that is no circle."""
+    files = module_files()
+    graph = {}
+    for name, path in files.items():
+        own = name + "." if path.name == "__init__.py" else None
+        graph[name] = {n for n in imported_modules(path)
+                       if n in files and n != name and not (own and n.startswith(own))}
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            component = stack[stack.index(module):]
+            del stack[stack.index(module):]
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_the_circle_finder_finds_circles_and_only_those():
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_no_import_circle():
+    assert import_circles(import_graph()) == []
+
+
+def layer_offenders(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    """The files of qslm/<folder> that import any module under ``forbidden``, with those imports."""
+    offenders = {}
+    for path in sorted((PACKAGE / folder).rglob("*.py")):
+        bad = sorted(n for n in imported_modules(path)
+                     if n in forbidden or n.startswith(tuple(f + "." for f in forbidden)))
+        if bad:
+            offenders[str(path.relative_to(PACKAGE))] = bad
+    return offenders
+
+
+def test_quantization_and_the_analysis_know_no_task_and_no_search():
+    for folder in ("quant", "analysis"):
+        assert layer_offenders(folder, ("qslm.tasks", "qslm.search")) == {}, folder
+
+
+def test_the_models_know_no_quantization_model_folder_search_or_task():
+    assert layer_offenders("models", ("qslm.quant", "qslm.checkpoint", "qslm.search", "qslm.tasks")) == {}
+
+
+def test_the_model_input_code_builds_on_errors_only():
+    imports = {n for n in imported_modules(PACKAGE / "model_inputs.py") if n == "qslm" or n.startswith("qslm.")}
+    assert imports <= {"qslm.errors", "qslm.errors.QslmError"}
 
 
 def test_core_never_imports_the_cli_layer():

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from qslm.checkpoint import TOKENIZER_FILE, WEIGHTS_FILE, load_model, save_model
 from qslm.errors import QslmError
-from qslm.evaluate import classification_logits
 from qslm.models.zoo import CONFIG_FILE, build_model
 from qslm.tasks.datasets import sst2
+from qslm.tasks.evaluation import classification_logits
 from qslm.train import (
     Trainer,
     TrainOptions,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..tasks.base import call_model
+from ..model_inputs import call_model
 from .sensitivity import OutputReference
 
 

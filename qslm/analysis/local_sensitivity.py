@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import QslmError
-from ..tasks.base import call_model
+from ..model_inputs import call_model
 from .sensitivity import OutputReference
 
 # Re-running a block on its own inputs may differ from the recorded pass by float rounding (the

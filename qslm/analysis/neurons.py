@@ -3,6 +3,7 @@
     with SpikeRecorder(model) as spikes:
         run_calibration(model)
     spikes.records  # neuron name -> SpikeRecord
+    spikes.rates    # neuron name -> firing rate (spikes per output element)
 
 Detection is generic (no import of any SNN library), so qslm's ``LIF``, snnTorch (``Leaky``, ``Synaptic``,
 ``RLeaky``, ...), SpikingJelly (``LIFNode``, ``IFNode``, ``ParametricLIFNode``, ...) and hand-written
@@ -146,7 +147,8 @@ class SpikeRecorder:
             seen.spikes += float(out.detach().sum())
             seen.elements += out.numel()
             x = _first_tensor(list(args) + list(kwargs.values()))
-            if x is not None and x.is_floating_point() and not is_binary(x.detach()):
+            # once a dense input is seen, it stays seen: spare the check on every later call
+            if not seen.input_dense and x is not None and x.is_floating_point() and not is_binary(x.detach()):
                 seen.input_dense = True
             producer = self._producers.get(id(x)) if x is not None else None
             if producer is not None and producer[0]() is x and producer[1] != name:
@@ -163,6 +165,11 @@ class SpikeRecorder:
                         for name in _neurons_among(spiking)}
         self.fed_by = {name: producer for name, producer in self.fed_by.items() if name in self.records}
         self._producers = {}
+
+    @property
+    def rates(self) -> dict[str, float]:
+        """Each neuron's firing rate over everything it saw in the block, in model order."""
+        return {name: record.rate for name, record in self.records.items()}
 
     def _spiked(self, name: str, module: nn.Module) -> bool:
         seen = self._behaviour[name]

@@ -17,60 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.batching import classification_batches, encode_examples, length_order
-from ..data.tokenizer import pad_id
 from ..digest_lines import Damaged, NotJson, digested_line, dropped_note, lines_measured_again, read_digested
 from ..errors import QslmError
-from ..tasks.base import call_model, run_checked
-
-
-@dataclass
-class CalibrationSet:
-    """Fixed model inputs with their targets; ``digest`` identifies them for caching."""
-    is_lm: bool
-    batches: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]  # (ids, mask, targets)
-    digest: str
-
-    @property
-    def size(self) -> int:
-        return sum(len(ids) for ids, _, _ in self.batches)
-
-
-def _digest(tensors: list[torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def classification_calibration(tokenizer, examples, max_len: int, batch_size: int = 64) -> CalibrationSet:
-    """Examples batched shortest first, so little compute goes to padding."""
-    items = encode_examples(tokenizer, examples, max_len)
-    items = [items[i] for i in length_order(items)]
-    batches = [(ids, mask, labels) for ids, mask, labels in classification_batches(items, batch_size, pad_id(tokenizer))]
-    return CalibrationSet(False, batches, _digest([t for b in batches for t in b]))
-
-
-def lm_calibration(tokenizer, text: str, ctx_len: int, max_tokens: int, batch_size: int = 8,
-                   what: str = "calibration") -> CalibrationSet:
-    """Non-overlapping windows of ``ctx_len`` tokens from the start of ``text``, up to ``max_tokens`` targets;
-    a text too short for one window is an error naming it as the ``what`` text."""
-    ids = torch.tensor(tokenizer.encode("\n" + text).ids, dtype=torch.long)
-    if len(ids) <= ctx_len:
-        raise QslmError(f"the {what} text has {len(ids)} tokens; one {what} window needs {ctx_len + 1} (the "
-                        "model's context plus one)")
-    n_windows = max(1, min((len(ids) - 1) // ctx_len, max_tokens // ctx_len))
-    windows = torch.stack([ids[i * ctx_len: i * ctx_len + ctx_len + 1] for i in range(n_windows)
-                           if i * ctx_len + ctx_len + 1 <= len(ids)])
-    batches = [(w[:, :-1], None, w[:, 1:]) for w in windows.split(batch_size)]
-    return CalibrationSet(True, batches, _digest([windows]))
+from ..model_inputs import run_checked
 
 
 def model_hash(model: nn.Module) -> str:
@@ -81,16 +36,6 @@ def model_hash(model: nn.Module) -> str:
         h.update(str(tuple(tensor.shape)).encode())
         h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
     return h.hexdigest()
-
-
-@torch.no_grad()
-def output_log_probs(model: nn.Module, calibration: CalibrationSet) -> list[torch.Tensor]:
-    """Log-softmax of the model's logits on each batch of a token calibration set."""
-    outputs = []
-    for ids, mask, _ in calibration.batches:
-        logits = call_model(model, (ids,) if mask is None else (ids, mask))
-        outputs.append(F.log_softmax(logits.float(), dim=-1).cpu())
-    return outputs
 
 
 def floating_tensors(outputs) -> list[torch.Tensor]:

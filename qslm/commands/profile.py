@@ -25,9 +25,10 @@ def _check_limit(limit: int | None) -> None:
 def profile_task(loaded, task, profile) -> dict:
     """Hierarchy, firing rates, op counts and FP32 energy of ``loaded`` on ``task``'s profile inputs under
     the hardware ``profile``, as one JSON-ready dict."""
-    from ..analysis.cost import OpCounter, energy_per_inference, power_mw
+    from ..analysis.energy import energy_per_inference, power_mw
     from ..analysis.hierarchy import SpikeRecorder, build_hierarchy
-    from ..tasks.base import run_inputs
+    from ..analysis.ops import OpCounter
+    from ..model_inputs import run_inputs
 
     hierarchy = build_hierarchy(loaded.model)
     with SpikeRecorder(loaded.model) as spikes, OpCounter(loaded.model) as counter:
@@ -90,7 +91,7 @@ def print_profile(info: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.cost import load_hardware_profile
+    from ..analysis.hardware import load_hardware_profile
     from ..checkpoint import load_model
     from ..device import resolve_device
 

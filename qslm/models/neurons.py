@@ -40,8 +40,7 @@ class LIF(nn.Module):
 
     ``state_quantizer`` (optional) is applied to the membrane potential after every
     update, so fixed-point neuron state can be simulated through the quantization plan.
-    When ``record`` is on, the module accumulates spike and element counts so the
-    mean firing rate over everything it has seen is available as ``firing_rate``.
+    Firing rates are recorded from outside, by ``qslm.analysis.neurons.SpikeRecorder``.
     """
 
     def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, alpha: float = 2.0):
@@ -52,17 +51,6 @@ class LIF(nn.Module):
         self.v_threshold = v_threshold
         self.alpha = alpha
         self.state_quantizer = None
-        self.record = False
-        self.spike_count = 0.0
-        self.element_count = 0
-
-    def reset_record(self) -> None:
-        self.spike_count = 0.0
-        self.element_count = 0
-
-    @property
-    def firing_rate(self) -> float:
-        return self.spike_count / self.element_count if self.element_count else 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         threshold = self.v_threshold
@@ -70,15 +58,10 @@ class LIF(nn.Module):
         if quantize_state is not None:
             threshold = float(quantize_state(torch.tensor(threshold)))
         if torch.is_grad_enabled() and x.requires_grad:
-            out = self._forward_with_surrogate(x, threshold)
-        elif quantize_state is not None:
-            out = lif_scan_quantized(x, self.tau, threshold, quantize_state)
-        else:
-            out = lif_scan(x, self.tau, threshold)
-        if self.record:
-            self.spike_count += float(out.detach().sum())
-            self.element_count += out.numel()
-        return out
+            return self._forward_with_surrogate(x, threshold)
+        if quantize_state is not None:
+            return lif_scan_quantized(x, self.tau, threshold, quantize_state)
+        return lif_scan(x, self.tau, threshold)
 
     def _forward_with_surrogate(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
         """The training path: every step through ``ATanSpike`` so gradients flow to ``x``."""
@@ -141,21 +124,3 @@ def lif_scan_quantized(x: torch.Tensor, tau: float, threshold: float,
 def lif_modules(model: nn.Module) -> dict[str, LIF]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LIF)}
 
-
-class record_firing_rates:
-    """Context manager: record firing rates of every LIF in ``model``; read them with ``.rates``."""
-
-    def __init__(self, model: nn.Module):
-        self.neurons = lif_modules(model)
-        self.rates: dict[str, float] = {}
-
-    def __enter__(self) -> "record_firing_rates":
-        for neuron in self.neurons.values():
-            neuron.reset_record()
-            neuron.record = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for name, neuron in self.neurons.items():
-            neuron.record = False
-            self.rates[name] = neuron.firing_rate

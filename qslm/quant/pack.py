@@ -200,7 +200,7 @@ class PackedTensor:
 
     def _as_weight(self, values: torch.Tensor) -> torch.Tensor:
         weight = values.view(self.shape).to(self.dtype)
-        weight.qslm_unit = self.unit  # lets the op counter (qslm.analysis.cost) know the weight it sees
+        weight.qslm_unit = self.unit  # lets the op counter (qslm.analysis.ops) know the weight it sees
         return weight
 
 

@@ -7,7 +7,7 @@
 
 A unit's input is what it is contracted with, wherever it is used: ``F.linear`` (an ``nn.Linear`` or a
 bare parameter), ``x @ W.t()`` / ``W @ x`` / ``torch.matmul``; views and casts of the weight keep its
-identity (the same rules as the op counter in ``qslm.analysis.cost``). Only the running sum of
+identity (the same rules as the op counter in ``qslm.analysis.ops``). Only the running sum of
 ``x x^T`` is kept, in float64, so memory is cols^2 per unit, not the activations.
 
 What is not recorded, and so has no Hessian (GPTQ refuses such a unit by name; a codebook falls back
@@ -26,7 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import QslmError
-from ..tasks.base import run_checked
+from ..model_inputs import run_checked
 from .quantizer import matrix_shape
 from .units import matmul_ops, quantizable_units, unit_tensor, weight_view_ops
 

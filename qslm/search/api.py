@@ -6,7 +6,8 @@ import os
 
 from torch import nn
 
-from ..tasks.base import Task, check_in_memory, inputs_name
+from ..model_inputs import check_in_memory, inputs_name
+from ..tasks.base import Task
 from .engine import SearchResult
 from .engine import search as search_model
 

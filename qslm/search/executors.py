@@ -29,57 +29,25 @@ import resource
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
 
 import torch
 
 from ..errors import QslmError
+from ..model_inputs import model_device
 from ..quant.plan import QuantPlan
 from ..quant.quantizer import QuantSpec
-from ..tasks.base import model_device
 from ..tasks.scores import Measured
+from .futures import Deferred, Executor, Pending
 from .measure import Measurements
 
-T = TypeVar("T")
 RAY_EXTRA = "pip install 'qslm[ray]'"
 RETRIES = 3  # restarts of a dead worker, and retries of each measurement it held
 PROBE_SECONDS = 5.0  # the TCP connect to a cluster's address, before any work
 OBJECT_STORE_MIN_BYTES = 78 * 2 ** 20  # Ray refuses a smaller object store
 JOIN_SECONDS = 15.0  # ray.init to a cluster that answered the probe; Ray itself would retry for ever
 CLIENT_PORT = 10001  # Ray Client's port, for 'ray://HOST'
-
-
-class Pending(Protocol[T]):
-    def result(self) -> T: ...
-
-
-class Deferred(Generic[T]):
-    """A result computed the first time it is asked for."""
-
-    def __init__(self, compute: Callable[[], T]):
-        self._compute: Callable[[], T] | None = compute
-        self._value: T | None = None
-
-    def result(self) -> T:
-        if self._compute is not None:
-            self._value, self._compute = self._compute(), None
-        return self._value  # type: ignore[return-value]
-
-
-class Executor(Protocol):
-    workers: int  # measurements that run at once: how far ahead strategies submit candidates
-
-    def damage(self, specs: dict[str, QuantSpec]) -> Pending[dict]: ...
-
-    def metric(self, plan: QuantPlan) -> Pending[tuple[Measured, float]]: ...
-
-    def completed(self, pending: Sequence[Pending]) -> Iterator[int]:
-        """Positions in ``pending`` as each result is ready (each exactly once)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class InProcess:

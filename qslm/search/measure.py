@@ -12,27 +12,25 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..analysis.block_cache import BlockOutputCache
 from ..analysis.hierarchy import Hierarchy
 from ..analysis.local_sensitivity import BlockLocalSensitivity
 from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache
+from ..model_inputs import inputs_digest
 from ..quant.apply import QuantContext, WeightCache, fake_quantized
 from ..quant.plan import QuantPlan
 from ..quant.quantizer import QuantSpec
-from ..tasks.base import Task, inputs_digest
+from ..tasks.base import Task
 from ..tasks.scores import Measured, read_measurement
+from .block_cache import BlockOutputCache
 from .config import SearchConfig
+from .futures import Executor
 from .methods import SpecOf
-
-if TYPE_CHECKING:
-    from .executors import Executor
 
 
 def task_metric(function: Callable[[nn.Module], object], model: nn.Module, what: str,

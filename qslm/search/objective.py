@@ -14,7 +14,7 @@ The objective is a weighted sum of normalised terms, lower is better:
   quality term = quality loss / its constraint (1.0 = at the limit; 0 when no constraint is set,
                  the loss is divided by 1 point / 1% instead),
   memory, energy, latency terms = fraction of the FP32 model's value. Latency is the modelled one
-  (``qslm.analysis.cost.latency_per_inference``), never a wall-clock measurement, so the same
+  (``qslm.analysis.energy.latency_per_inference``), never a wall-clock measurement, so the same
   measurements always rank the candidates the same way.
 """
 from __future__ import annotations

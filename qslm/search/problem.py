@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..tasks.scores import Measured, check_same_examples
 from .confidence import Bound, QualityJudge
-from .executors import Deferred, Pending
+from .futures import Deferred, Pending
 from .journal import Journal, assignment_key, entry_of, measured_of
 from .objective import Baseline, Constraints, Score, score
 

@@ -10,20 +10,16 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..analysis.cost import (
-    HardwareProfile,
-    OpCounter,
-    energy_per_inference,
-    latency_per_inference,
-    load_hardware_profile,
-    measure_latency,
-)
+from ..analysis.energy import energy_per_inference, latency_per_inference, measure_latency
+from ..analysis.hardware import HardwareProfile, load_hardware_profile
+from ..analysis.ops import OpCounter
 from ..analysis.hierarchy import Hierarchy, SpikeRecorder
 from ..analysis.neurons import reset_neuron_states
 from ..errors import QslmError
 from ..quant.memory import fixed_bytes, unit_bytes
 from ..quant.units import Unit, find_units
-from ..tasks.base import Task, run_inputs
+from ..model_inputs import run_inputs
+from ..tasks.base import Task
 from ..tasks.scores import Measured
 from .confidence import QualityJudge
 from .config import SearchConfig

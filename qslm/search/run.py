@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from ..checkpoint import load_model
 from ..errors import QslmError
-from ..evaluate import CLASSIFICATION
 from ..models.zoo import resolve_model_path
 from ..quant.pack import PLAN_FILE
 from ..tasks.data_config import DATA_SETTINGS, DataConfig, data_config_from
+from ..tasks.evaluation import CLASSIFICATION
 from ..tasks.presets import DEFAULT_SIZES, KIND, build_task, check_task_name
 from .config import SearchConfig, config_from
 from .engine import ModelSource, SearchResult, check_quality_limit, search
 from .objective import Constraints
+from .strategies import check_strategy
 
 
 def run_search(model_ref, task: str, out, constraints: Constraints | None = None, *,
@@ -39,6 +40,7 @@ def run_search(model_ref, task: str, out, constraints: Constraints | None = None
                         "for a qslm.Task, load the model and call qslm.search(model, task, ...)")
     data = data_config_from(data, {k: settings.pop(k) for k in list(settings) if k in DATA_SETTINGS})
     config = config_from(config, settings)
+    check_strategy(config.strategy)  # before the model is loaded
     check_quality_limit(task, KIND[check_task_name(task)] == CLASSIFICATION, constraints or Constraints())
     source = resolve_model_path(model_ref)
     if (source / PLAN_FILE).is_file():

@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 from tqdm import tqdm
 
-from ..analysis.cost import energy_per_inference, latency_per_inference
+from ..analysis.energy import energy_per_inference, latency_per_inference
 from ..analysis.hessian import hutchinson_traces
 from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache, model_hash
@@ -26,7 +26,8 @@ from ..quant.quantizer import QuantSpec
 from ..quant.units import unit_tensor
 from ..tasks.base import Task
 from .config import SearchConfig
-from .executors import Deferred, Executor, InProcess
+from .executors import InProcess
+from .futures import Deferred, Executor
 from .journal import Journal, measured_of
 from .measure import Damages, Measurements, SensitivityTable, cache_file
 from .methods import BytesByWidth, MethodChoice, output_errors, record_context

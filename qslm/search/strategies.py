@@ -1,6 +1,7 @@
 """Search strategies by name. Each is ``run(problem, context)``: it chooses assignments and calls
 ``problem.evaluate``; the problem keeps every result. ``qslm search --strategy NAME`` and
-``SearchConfig(strategy=NAME)`` pick one; an unknown name is an error that lists these."""
+``SearchConfig(strategy=NAME)`` pick one; an unknown name is an error that lists these, raised by
+``check_strategy`` when a search starts (a SearchConfig names a strategy without importing them all)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ def strategy_names() -> list[str]:
 
 
 def check_strategy(name: str) -> None:
+    """Refuse a name no strategy is registered under, listing those that are."""
     if name not in _STRATEGIES:
         raise QslmError(f"unknown strategy {name!r}; expected one of {', '.join(_STRATEGIES)}")
 

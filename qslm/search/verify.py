@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..analysis.cost import energy_per_inference, latency_per_inference, power_mw
+from ..analysis.energy import energy_per_inference, latency_per_inference, power_mw
 from ..diskspace import require_free_space
 from ..export.targets import ExportTarget
 from ..quant.pack import PLAN_FILE
@@ -53,7 +53,7 @@ def verify_and_export(model: nn.Module, task: Task, stack: SearchMeasurements, b
                       target: ExportTarget, staging: Path, out: Path, float_reported: Measured,
                       quality: dict) -> Verified:
     """Write ``best``'s plan into ``staging``, load it back and measure it; the chosen plan's losses go
-    into ``quality`` (``record_quality``)."""
+    into ``quality`` (``quality_verified``)."""
     plan = stack.plans.plan(best.assignment)
     require_free_space(out, target.disk_bytes(model, plan) + REPORT_BYTES, "the chosen plan's model and report",
                        then="the journal keeps every measurement: free some space and rerun to resume")
@@ -61,7 +61,7 @@ def verify_and_export(model: nn.Module, task: Task, stack: SearchMeasurements, b
     packed = target.load(copy.deepcopy(model), staging)  # every final figure comes from what was written
     final_measured = reported(task, packed, float_reported)
     split = task.test_split if task.test is not None else "validation"
-    test_loss = record_quality(quality, stack.profile.judge, best, final_measured, float_reported, split)
+    test_loss = quality_verified(quality, stack.profile.judge, best, final_measured, float_reported, split)
     hardware = stack.profile.hardware
     final_ops = op_profile(packed, task)
     stored = {u: stack.bytes_table[u][b] for u, b in best.assignment.items()}
@@ -75,7 +75,7 @@ def verify_and_export(model: nn.Module, task: Task, stack: SearchMeasurements, b
     return Verified(plan, packed, files, final)
 
 
-def record_quality(quality: dict, judge: QualityJudge, best: Candidate, final: Measured, float_reported: Measured,
+def quality_verified(quality: dict, judge: QualityJudge, best: Candidate, final: Measured, float_reported: Measured,
                    split: str) -> Bound:
     """Record the chosen plan's loss on the search part, the whole validation data and the test split
     (with 95% intervals) in ``quality``; returns the test loss. A test figure that is not finite (the

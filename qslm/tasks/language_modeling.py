@@ -15,12 +15,12 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from ..analysis.sensitivity import lm_calibration
 from ..data.text import budget_lines, first_lines
 from ..errors import QslmError
 from ..data.text import word_count
-from ..evaluate import LANGUAGE_MODELING, lm_token_nll, lm_windows
 from .base import Task, check_positive
+from .calibration import lm_calibration
+from .evaluation import LANGUAGE_MODELING, lm_token_nll, lm_windows
 
 PROFILE_LINES = 40
 QUANTIZER_TOKENS = 16384  # what gptq and codebook fit to: more than sensitivity needs

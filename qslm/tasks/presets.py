@@ -17,12 +17,12 @@ from pathlib import Path
 from ..checkpoint import LoadedModel
 from ..data.examples import Example
 from ..errors import QslmError
-from ..evaluate import CLASSIFICATION, LANGUAGE_MODELING, EvalResult, evaluate_classification, evaluate_lm
 from ..models.zoo import evaluation_task
 from . import language_modeling, text_classification
 from .base import Task, check_positive
 from .datasets import sst2 as sst2_data
 from .datasets import wikitext
+from .evaluation import CLASSIFICATION, LANGUAGE_MODELING, EvalResult, evaluate_classification, evaluate_lm
 from .files import read_examples, read_text_file
 
 PRESETS = ("sst2", "wikitext2")

@@ -15,11 +15,11 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from ..analysis.sensitivity import classification_calibration, output_log_probs
 from ..data.examples import Example
 from ..errors import QslmError
-from ..evaluate import CLASSIFICATION, classification_inputs, classification_logits, max_input_len
 from .base import Task, check_positive
+from .calibration import classification_calibration, output_log_probs
+from .evaluation import CLASSIFICATION, classification_inputs, classification_logits, max_input_len
 
 CALIBRATION_BATCH, VALIDATION_BATCH = 64, 128
 QUANTIZER_EXAMPLES = 1024  # what gptq and codebook fit to: more than sensitivity needs

@@ -13,7 +13,7 @@ from qslm.analysis.hierarchy import build_hierarchy
 from qslm.analysis.neurons import SpikeRecord, SpikeRecorder, measure_firing_rates
 from qslm.checkpoint import load_model
 from qslm.errors import QslmError
-from qslm.models.neurons import LIF, record_firing_rates
+from qslm.models.neurons import LIF, lif_modules
 from qslm.quant.quantizer import QuantSpec
 
 SPIKEGPT_MODULES = ["att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.receptance", "ffn.value"]
@@ -60,20 +60,33 @@ def test_spiking_encoder(tiny_encoder):
     assert list(hierarchy.groups()) == ["emb", "pos_emb", "blocks.0", "blocks.1", "classifier"]
 
 
-def test_lif_firing_rates_match_the_neurons_own_count(tiny_encoder):
+def lif_outputs(model: nn.Module) -> tuple[dict[str, list[torch.Tensor]], list]:
+    """Every output of each LIF of ``model`` from now on (by forward hooks), and the hooks' handles."""
+    outputs = {name: [] for name in lif_modules(model)}
+    handles = [neuron.register_forward_hook(lambda _m, _args, out, seen=outputs[name]: seen.append(out))
+               for name, neuron in lif_modules(model).items()]
+    return outputs, handles
+
+
+def test_lif_firing_rates_are_their_spikes_over_their_outputs(tiny_encoder):
     model = load_model(tiny_encoder).model
     with torch.no_grad():
         model.emb.weight.normal_(std=2.0)  # make the random model spike
     ids = torch.randint(0, model.config.vocab_size, (2, 7))
     hierarchy = build_hierarchy(model)
-    with torch.no_grad(), record_firing_rates(model) as own, SpikeRecorder(model) as recorded:
+    outputs, handles = lif_outputs(model)
+    with torch.no_grad(), SpikeRecorder(model) as recorded:
         model(ids)
-    assert set(recorded.records) == set(own.rates)
-    for name, rate in own.rates.items():
-        assert recorded.records[name].rate == pytest.approx(rate)
+        model(ids[:1])
+    for handle in handles:
+        handle.remove()
+    own = {name: sum(float(o.sum()) for o in seen) / sum(o.numel() for o in seen) for name, seen in outputs.items()}
+    assert list(recorded.rates) == list(own)
+    for name, rate in own.items():
+        assert recorded.rates[name] == pytest.approx(rate)
     hierarchy.attach_firing_rates(recorded.records)
     block = hierarchy.blocks[0]
-    assert set(block.neurons) == {n for n in own.rates if n.startswith("blocks.0.")}
+    assert set(block.neurons) == {n for n in own if n.startswith("blocks.0.")}
     spikes = sum(r.spikes for r in block.neurons.values())
     elements = sum(r.elements for r in block.neurons.values())
     assert 0 < block.firing_rate == pytest.approx(spikes / elements)

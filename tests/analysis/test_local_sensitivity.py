@@ -9,12 +9,13 @@ from torch import nn
 
 from qslm.analysis.hierarchy import build_hierarchy
 from qslm.analysis.local_sensitivity import BlockLocalSensitivity, rank_correlation
-from qslm.analysis.sensitivity import OutputReference, classification_calibration
+from qslm.analysis.sensitivity import OutputReference
 from qslm.checkpoint import load_model
 from qslm.errors import QslmError
 from qslm.quant.apply import WeightCache, fake_quantized
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import QuantSpec
+from qslm.tasks.calibration import classification_calibration
 from qslm.tasks.datasets import sst2
 
 

@@ -123,7 +123,7 @@ def write_user_files(folder, small_data_dir) -> dict:
 ])
 def test_classification_files(capsys, tmp_path, tiny_classifier, small_data_dir, file, options):
     from qslm.checkpoint import load_model
-    from qslm.evaluate import evaluate_classification
+    from qslm.tasks.evaluation import evaluate_classification
 
     examples = write_user_files(tmp_path, small_data_dir)["examples"]
     result = run_json(capsys, "eval", str(tiny_classifier), "--task", "text-classification", "--data-files",

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from qslm.models.neurons import LIF, ATanSpike, atan_surrogate_grad, lif_modules, record_firing_rates
+from qslm.analysis.neurons import SpikeRecorder
+from qslm.models.neurons import LIF, ATanSpike, atan_surrogate_grad, lif_modules
 from qslm.quant.quantizer import FixedPoint
-from tests.reference_forward import reference_lif
+from tests.reference_forward import reference_forward, reference_lif
 
 
 def run_recording_membrane(neuron: LIF, x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
@@ -123,25 +124,21 @@ def test_firing_rate_recording():
     x = torch.tensor([[1.5, 0.0], [1.5, 0.0], [1.5, 0.0], [1.5, 0.0]])  # [T=4, C=2]
     # first: channel 0 spikes at t2 and t4 (0.75, 1.125 | 0.75, 1.125) -> 2 of 8 elements.
     # inner: input 3.0 at t2, t4 -> v = 1.5 (spike) each time -> 2 of 8.
-    with record_firing_rates(model) as recorder:
+    with SpikeRecorder(model) as recorder:
         model(x)
         model(torch.zeros(4, 2))  # counts accumulate across calls: 2 of 16
     assert recorder.rates == {"first": 2 / 16, "inner.0": 2 / 16}
-    # Outside the context nothing is counted, and a new recording starts from zero.
+    # Outside the block nothing is counted, and a new recording starts from zero.
     model(x)
-    assert model.first.element_count == 16
-    with record_firing_rates(model) as recorder:
+    with SpikeRecorder(model) as recorder:
         model(x)
     assert recorder.rates == {"first": 0.25, "inner.0": 0.25}
-    assert not model.first.record and not model.inner[0].record
 
 
-def test_firing_rate_of_an_idle_neuron_is_zero():
-    neuron = LIF()
-    assert neuron.firing_rate == 0.0
-    with record_firing_rates(neuron) as recorder:
+def test_a_neuron_that_never_ran_has_no_firing_rate():
+    with SpikeRecorder(TwoNeurons()) as recorder:
         pass
-    assert recorder.rates == {"": 0.0}
+    assert recorder.rates == {}
 
 
 def lif_inputs(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -177,16 +174,16 @@ def test_inference_path_fires_at_exactly_the_threshold():
 
 
 def test_inference_path_counts_firing_rates_as_the_reference():
-    neuron = LIF()
+    model = nn.Sequential(LIF())
     x = lif_inputs((20, 4, 6), torch.float32)
-    with torch.no_grad(), record_firing_rates(neuron) as fast:
-        neuron(x)
-        neuron(x[:7])
-    with record_firing_rates(neuron) as reference:
-        reference_lif(neuron, x)
-        reference_lif(neuron, x[:7])
-    assert fast.rates == reference.rates and 0 < fast.rates[""] < 1
-    assert neuron.element_count == 27 * 24
+    with torch.no_grad(), SpikeRecorder(model) as fast:
+        model(x)
+        model(x[:7])
+    with reference_forward(), SpikeRecorder(model) as reference:
+        model(x)
+        model(x[:7])
+    assert fast.rates == reference.rates and 0 < fast.rates["0"] < 1
+    assert fast.records["0"].elements == 27 * 24
 
 
 def test_training_path_gradients_are_the_reference_loops():

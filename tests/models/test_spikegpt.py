@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qslm.analysis.neurons import SpikeRecorder
 from qslm.checkpoint import load_model
-from qslm.models.neurons import lif_modules, record_firing_rates
+from qslm.models.neurons import lif_modules
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig, time_shift, wkv, wkv_chunked, wkv_recurrent
 from tests.reference_forward import reference_forward, reference_wkv
 
@@ -24,7 +25,7 @@ def tiny(task: str = "lm", **fields) -> SpikeGPT:
 
 
 def assert_neurons_fire(model, *inputs):
-    with torch.no_grad(), record_firing_rates(model) as recorder:
+    with torch.no_grad(), SpikeRecorder(model) as recorder:
         model(*inputs)
     assert all(0.01 < rate < 0.9 for rate in recorder.rates.values()), recorder.rates
 
@@ -266,9 +267,9 @@ def test_inference_forward_equals_the_reference_loops(task):
 def test_bundled_model_forward_equals_the_reference_loops(name):
     model = load_model(name).model
     idx = torch.randint(1, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), record_firing_rates(model) as fast:
+    with torch.no_grad(), SpikeRecorder(model) as fast:
         got = model(idx)
-    with torch.no_grad(), reference_forward(), record_firing_rates(model) as reference:
+    with torch.no_grad(), reference_forward(), SpikeRecorder(model) as reference:
         expected = model(idx)
     assert torch.equal(got, expected)
     assert fast.rates == reference.rates and max(fast.rates.values()) > 0

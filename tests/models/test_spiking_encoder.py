@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+from qslm.analysis.neurons import SpikeRecorder
 from qslm.checkpoint import load_model
-from qslm.models.neurons import record_firing_rates
 from qslm.models.spiking_encoder import SpikingEncoder, SpikingEncoderConfig
 from tests.reference_forward import reference_forward
 
@@ -48,7 +48,7 @@ def test_forward_backward_shapes():
 
 def test_all_neurons_fire():
     model = tiny()
-    with torch.no_grad(), record_firing_rates(model) as recorder:
+    with torch.no_grad(), SpikeRecorder(model) as recorder:
         model(torch.randint(1, 50, (3, 12)))
     assert len(recorder.rates) == 2 * 7
     assert all(0.01 < rate < 0.9 for rate in recorder.rates.values()), recorder.rates
@@ -219,9 +219,9 @@ def test_bundled_model_forward_equals_the_reference_loops():
     model = load_model("spiking-encoder-sst2").model
     gen = torch.Generator().manual_seed(0)
     ids, mask = padded([torch.randint(1, model.config.vocab_size, (n,), generator=gen) for n in (30, 11, 19)], 30)
-    with torch.no_grad(), record_firing_rates(model) as fast:
+    with torch.no_grad(), SpikeRecorder(model) as fast:
         got = model(ids, mask)
-    with torch.no_grad(), reference_forward(), record_firing_rates(model) as reference:
+    with torch.no_grad(), reference_forward(), SpikeRecorder(model) as reference:
         expected = model(ids, mask)
     assert torch.equal(got, expected)
     assert fast.rates == reference.rates and max(fast.rates.values()) > 0

@@ -13,7 +13,7 @@ import random
 import pytest
 
 from qslm.search.confidence import QualityJudge
-from qslm.search.executors import Deferred
+from qslm.search.futures import Deferred
 from qslm.search.journal import Journal
 from qslm.search.objective import Baseline, Constraints, parse_weights
 from qslm.search.problem import SearchProblem

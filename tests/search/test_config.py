@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 
@@ -61,3 +63,10 @@ def test_one_setting_under_two_names_and_unknown_settings_are_refused():
         config_from(None, {"sensitivity_method": "local", "sensitivity": "exact"})
     with pytest.raises(QslmError, match=r"unknown search setting strategies=; the settings are bit_choices, "):
         config_from(None, {"strategies": "random"})
+
+
+def test_a_config_names_a_strategy_without_loading_the_strategies_or_the_executors():
+    """The name is checked where strategies run (``check_strategy``), so a config imports neither."""
+    code = ("import sys; from qslm.search.config import SearchConfig; SearchConfig(strategy='anneal'); "
+            "print(sorted(m for m in sys.modules if m in ('qslm.search.strategies', 'qslm.search.executors')))")
+    assert subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout == "[]\n"

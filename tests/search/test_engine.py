@@ -76,6 +76,17 @@ def test_a_search_into_a_folder_another_job_holds_is_refused_before_any_work(han
     assert sorted(os.listdir(tmp_path / "out")) == [LOCK_FILE]  # no manifest, no journal
 
 
+def test_an_unknown_strategy_is_refused_before_any_work_or_output_folder(handwritten, tmp_path, monkeypatch):
+    from qslm.errors import QslmError
+
+    model, ids, labels = handwritten
+    monkeypatch.setattr(engine, "ExecutorChoice", lambda *args: pytest.fail("started executors"))
+    with pytest.raises(QslmError, match=r"^unknown strategy 'anneal'; expected one of tiered, uniform, hawq, "):
+        run_search(model, ids, labels, tmp_path / "out", tmp_path / "cache", qslm.SearchConfig(strategy="anneal"),
+                   max_drop=10.0)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
 def test_handwritten_model_end_to_end(handwritten, tmp_path):
     model, ids, labels = handwritten
     task, result = run_search(model, ids, labels, tmp_path / "out", tmp_path / "cache", max_drop=10.0,

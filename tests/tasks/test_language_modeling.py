@@ -6,9 +6,9 @@ import torch
 
 from qslm.checkpoint import load_model
 from qslm.errors import QslmError
-from qslm.evaluate import evaluate_lm
 from qslm.tasks import language_modeling
 from qslm.tasks.datasets.wikitext import load_wikitext
+from qslm.tasks.evaluation import evaluate_lm
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 
-from qslm.analysis.sensitivity import classification_calibration, lm_calibration, output_log_probs
 from qslm.checkpoint import load_model
 from qslm.errors import QslmError
-from qslm.evaluate import evaluate_classification, evaluate_lm, max_input_len
 from qslm.tasks import language_modeling, presets
+from qslm.tasks.calibration import classification_calibration, lm_calibration, output_log_probs
 from qslm.tasks.datasets import sst2, wikitext
+from qslm.tasks.evaluation import evaluate_classification, evaluate_lm, max_input_len
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,10 @@ def test_labels_beyond_the_model_classes(classifier, tmp_path):
         presets.build_task("text-classification", classifier, {"validation": val})
     with pytest.raises(QslmError, match=f"{val}: example 2 has label 3"):
         presets.split_data(classifier, "text-classification", "validation", {"validation": val})
+
+
+def test_evaluate_split_reads_a_preset(lm, small_data_dir):
+    result = presets.evaluate_split(lm.model, lm.tokenizer, "wikitext2", "test", small_data_dir, limit=5)
+    text = "".join(wikitext.load_wikitext("test", small_data_dir).splitlines(keepends=True)[:5])
+    assert (result.task, result.split, result.n) == ("wikitext2", "test", wikitext.word_count(text))
+    assert result.perplexity == pytest.approx(evaluate_lm(lm.model, lm.tokenizer, text, "test").perplexity)

@@ -8,10 +8,10 @@ import torch
 
 from qslm.checkpoint import load_model
 from qslm.errors import QslmError
-from qslm.evaluate import evaluate_classification
 from qslm.tasks import text_classification
 from qslm.tasks.base import Task
 from qslm.tasks.datasets.sst2 import Example, load_sst2
+from qslm.tasks.evaluation import evaluate_classification
 
 
 @pytest.fixture(scope="module")

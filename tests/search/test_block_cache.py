@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qslm.analysis.block_cache import BlockOutputCache, copied, identical
 from qslm.analysis.hierarchy import build_hierarchy
 from qslm.analysis.neurons import reset_neuron_states
 from qslm.errors import QslmError
@@ -15,6 +14,8 @@ from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.quant.apply import WeightCache, fake_quantized
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec
+from qslm.search.block_cache import BlockOutputCache
+from qslm.search.block_values import copied, identical
 from tests.handwritten import HandwrittenSpikingClassifier
 
 MIB = 2 ** 20

@@ -2,7 +2,7 @@
 
 Word-level perplexity = exp(total NLL of the text / (whitespace tokens + one end-of-line per line)),
 whatever sub-word tokenizer the model uses, so figures compare with the literature.
-Which files hold the data is the business of ``qslm.tasks`` (users' files and the presets).
+Which files hold the data is the business of the tasks (``files``: users' files; ``presets``).
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
-from .data.batching import classification_batches, encode_examples, length_order, scored_windows
-from .data.examples import Example
-from .data.masked_lm import masked_batch
-from .data.text import word_count
-from .data.tokenizer import pad_id
-from .models.neurons import record_firing_rates
+from ..analysis.neurons import SpikeRecorder
+from ..data.batching import classification_batches, encode_examples, length_order, scored_windows
+from ..data.examples import Example
+from ..data.masked_lm import masked_batch
+from ..data.text import word_count
+from ..data.tokenizer import pad_id
 
 CLASSIFICATION, LANGUAGE_MODELING = "text-classification", "language-modeling"
 
@@ -115,7 +115,7 @@ def evaluate_classification(model, tokenizer, examples, split: str, batch_size: 
     """Accuracy and mean cross-entropy of ``model`` on labelled ``examples``; ``task`` and ``split``
     only label the result."""
     started = time.perf_counter()
-    with record_firing_rates(model) as recorder:
+    with SpikeRecorder(model) as recorder:
         logits, labels = classification_logits(model, tokenizer, examples, batch_size, progress)
     accuracy = float((logits.argmax(-1) == labels).float().mean())
     loss = float(F.cross_entropy(logits, labels))
@@ -127,7 +127,7 @@ def evaluate_lm(model, tokenizer, text: str, split: str, batch_size: int = 8, pr
                 task: str = LANGUAGE_MODELING) -> EvalResult:
     """Word-level perplexity of ``model`` on ``text``; ``task`` and ``split`` only label the result."""
     started = time.perf_counter()
-    with record_firing_rates(model) as recorder:
+    with SpikeRecorder(model) as recorder:
         nll = lm_token_nll(model, tokenizer, text, batch_size, progress)
     words = word_count(text)
     loss_per_word = float(nll.double().sum()) / words
@@ -148,11 +148,3 @@ def masked_lm_loss(model: nn.Module, tokenizer: Tokenizer, chunks: list[list[int
         total += float(F.cross_entropy(logits, targets.to(device), reduction="sum"))
         count += targets.numel()
     return total / max(count, 1)
-
-
-def evaluate_split(model, tokenizer, task: str, split: str, data_dir=None, limit: int | None = None,
-                   progress: bool = False) -> EvalResult:
-    """``model`` on a preset task's split (see ``qslm.tasks.presets.evaluate_split``)."""
-    from .tasks.presets import evaluate_split as evaluate_preset_split  # late import: tasks build on this module
-
-    return evaluate_preset_split(model, tokenizer, task, split, data_dir, limit, progress)

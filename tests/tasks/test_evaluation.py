@@ -7,19 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qslm.evaluate import (
+from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
+from qslm.tasks.datasets.sst2 import load_sst2
+from qslm.tasks.datasets.wikitext import load_wikitext, word_count
+from qslm.tasks.evaluation import (
     EvalResult,
     classification_inputs,
     classification_logits,
     evaluate_classification,
     evaluate_lm,
-    evaluate_split,
     lm_token_nll,
     lm_windows,
 )
-from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
-from qslm.tasks.datasets.sst2 import load_sst2
-from qslm.tasks.datasets.wikitext import load_wikitext, word_count
 
 
 def spiking_lm(vocab_size: int, ctx_len: int) -> SpikeGPT:
@@ -129,10 +128,3 @@ def test_classification_inputs_are_shortest_first(tiny_tokenizer, small_data_dir
     labels = torch.cat([label for _, _, label in batches])
     assert labels.tolist() == [examples[i].label for i in order]
 
-
-def test_evaluate_split_reads_a_preset(tiny_tokenizer, small_data_dir):
-    model = spiking_lm(tiny_tokenizer.get_vocab_size(), ctx_len=16)
-    result = evaluate_split(model, tiny_tokenizer, "wikitext2", "test", small_data_dir, limit=5)
-    text = "".join(load_wikitext("test", small_data_dir).splitlines(keepends=True)[:5])
-    assert (result.task, result.split, result.n) == ("wikitext2", "test", word_count(text))
-    assert result.perplexity == pytest.approx(evaluate_lm(model, tiny_tokenizer, text, "test").perplexity)
