@@ -29,7 +29,7 @@ from qslm.checkpoint import load_model  # noqa: E402
 from qslm.data.batching import collate, encode_examples  # noqa: E402
 from qslm.data.tokenizer import pad_id  # noqa: E402
 from qslm.quant.apply import QuantContext, fake_quantized, quantize_unit  # noqa: E402
-from qslm.quant.gptq import GptqOptions, gptq_quantize  # noqa: E402
+from qslm.quant.methods.gptq import GptqOptions, gptq_quantize  # noqa: E402
 from qslm.quant.plan import QuantPlan  # noqa: E402
 from qslm.quant.quantizer import QuantSpec  # noqa: E402
 from qslm.quant.unit_inputs import record_hessians  # noqa: E402

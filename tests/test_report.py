@@ -53,3 +53,9 @@ def test_the_bit_width_map_names_each_units_method(tmp_path):
     assert (tmp_path / "bitwidths.png").stat().st_size > 1000
     # an older report without methods: everything rtn
     assert set(chosen_methods({"chosen": report["chosen"]}).values()) == {"rtn"}
+
+
+def test_a_method_no_longer_registered_is_plotted_grey(tmp_path):
+    report = {"chosen": {"assignment": {"emb": 3, "head": 2}}, "methods": {"emb": {"3": "gone"}, "head": {"2": "rtn"}}}
+    plot_bitwidths(report, tmp_path / "bitwidths.png")
+    assert (tmp_path / "bitwidths.png").stat().st_size > 1000

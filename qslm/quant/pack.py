@@ -1,24 +1,19 @@
-"""Bit-packed storage of quantized units: packed modules, export and load (codes are packed by
-``qslm.quant.bits``).
+"""Bit-packed storage of quantized units: packed modules, export and load.
 
-A quantized unit ``NAME`` (weight shape S, spec s, G = group_count(S, s) groups) is stored as
+A quantized unit ``NAME`` (its weight's attribute ``weight``) is stored as the tensors its method's
+``stored_layout`` names, each ``NAME.weight_<suffix>`` (see ``qslm.quant.methods``; codes are packed
+by ``qslm.quant.bits``):
 
-* ``NAME.weight_codes``      uint8 [ceil(numel(S) * bits / 8)]  codes in ``grouped`` order (row-major);
-* ``NAME.weight_scale``      float32 [G], or with ``scale_dtype`` float16: float16 [G] and
-  ``NAME.weight_scale_exponent`` int8 [1], the tensor's power of two (scale = float16 * 2**exponent);
-* ``NAME.weight_zero_point`` uint8 [ceil(G * bits / 8)], zero-points packed like codes (asymmetric only);
-* ``NAME.bias``              float32, as in the float model.
-
-A ``codebook`` unit stores its level indices as ``NAME.weight_codes`` (packed the same way) and, instead
-of scales, ``NAME.weight_codebook`` float16 [G * 2**bits]: group g's sorted levels at [g*2**bits, (g+1)*2**bits).
-A ``gptq`` unit is stored exactly as an rtn one (only its codes differ).
+* rtn and gptq: ``NAME.weight_codes``, ``NAME.weight_scale`` (+ ``NAME.weight_scale_exponent``)
+  (+ ``NAME.weight_zero_point``), see ``qslm.quant.methods.grid``;
+* codebook: ``NAME.weight_codes`` and ``NAME.weight_codebook``, see ``qslm.quant.methods.codebook``;
+* ``NAME.bias``: float32, as in the float model.
 
 Everything else in the state dict is stored as float32 (non-float buffers keep their dtype). Shapes
 come from the model built from ``config.json``; ``quant_plan.json`` says which units are packed how.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,10 +25,9 @@ from torch import nn
 from ..diskspace import native_write
 from ..errors import QslmError
 from ..models.neurons import lif_modules
-from .bits import pack_codes, packed_size, unpack_codes
-from .codebook import CodebookTensor, dequantize_codebook
+from .methods import Quantized, method_named
 from .plan import QuantPlan
-from .quantizer import QuantizedTensor, QuantSpec, dequantize_groups, float16_scale, group_count
+from .quantizer import QuantSpec
 from .units import PACKED_ATTRIBUTE, Unit, find_units, unit_tensor
 
 if TYPE_CHECKING:
@@ -41,20 +35,11 @@ if TYPE_CHECKING:
 
 PLAN_FILE = "quant_plan.json"
 WEIGHTS_FILE = "model.safetensors"
-SCALE_BYTES = {"float32": 4, "float16": 2}  # per group; float16 adds one exponent byte per tensor
-SCALE_EXPONENT_BYTES = 1
-CODEBOOK_LEVEL_BYTES = 2  # float16 codebook levels: a level is a weight value, never a tiny step
 
 
 def stored_weight_bytes(shape: torch.Size | tuple[int, ...], spec: QuantSpec) -> int:
-    """Exact bytes of a quantized weight on disk and in RAM: codes + scales (+ their exponent) +
-    zero-points, or for a codebook: indices + float16 levels."""
-    n_groups = group_count(shape, spec)
-    if spec.method == "codebook":
-        return packed_size(math.prod(shape), spec.bits) + CODEBOOK_LEVEL_BYTES * n_groups * 2 ** spec.bits
-    zero_points = 0 if spec.symmetric else packed_size(n_groups, spec.bits)
-    scales = SCALE_BYTES[spec.scale_dtype] * n_groups + (SCALE_EXPONENT_BYTES if spec.scale_dtype == "float16" else 0)
-    return packed_size(math.prod(shape), spec.bits) + scales + zero_points
+    """Exact bytes of a quantized weight on disk and in RAM, as its method stores it."""
+    return method_named(spec.method).stored_bytes(tuple(shape), spec)
 
 
 # --- packed units --------------------------------------------------------------------------------
@@ -65,17 +50,10 @@ def stored_weight_bytes(shape: torch.Size | tuple[int, ...], spec: QuantSpec) ->
 # Embedding, a custom module using a bare parameter through F.linear or @. A tied tensor is packed once,
 # in its first place; its other places read the same buffers.
 
-def buffer_names(attribute: str, spec: QuantSpec) -> dict[str, str]:
-    """Role -> buffer name of a packed weight ``attribute``: codes, then scale (+ scale_exponent)
-    (+ zero_point) or codebook."""
-    if spec.method == "codebook":
-        return {"codes": f"{attribute}_codes", "codebook": f"{attribute}_codebook"}
-    names = {"codes": f"{attribute}_codes", "scale": f"{attribute}_scale"}
-    if spec.scale_dtype == "float16":
-        names["scale_exponent"] = f"{attribute}_scale_exponent"
-    if not spec.symmetric:
-        names["zero_point"] = f"{attribute}_zero_point"
-    return names
+def buffer_names(attribute: str, shape: torch.Size | tuple[int, ...], spec: QuantSpec) -> dict[str, str]:
+    """Suffix -> buffer name of a packed weight ``attribute`` (``codes`` -> ``weight_codes``), in the
+    order its method stores them."""
+    return {t.suffix: f"{attribute}_{t.suffix}" for t in method_named(spec.method).stored_layout(tuple(shape), spec)}
 
 
 class PackedTensor:
@@ -87,33 +65,16 @@ class PackedTensor:
         self.shape, self.dtype = torch.Size(shape), dtype
 
     def buffer_names(self) -> dict[str, str]:
-        return buffer_names(self.attribute, self.spec)
+        return buffer_names(self.attribute, self.shape, self.spec)
 
     def allocate(self) -> None:
-        n_groups = group_count(self.shape, self.spec)
-        sizes = {"codes": (packed_size(self.shape.numel(), self.spec.bits), torch.uint8),
-                 "scale": (n_groups, getattr(torch, self.spec.scale_dtype)), "scale_exponent": (1, torch.int8),
-                 "zero_point": (packed_size(n_groups, self.spec.bits), torch.uint8),
-                 "codebook": (n_groups * 2 ** self.spec.bits, torch.float16)}
-        for role, name in self.buffer_names().items():
-            size, dtype = sizes[role]
-            self.holder.register_buffer(name, torch.zeros(size, dtype=dtype))
+        for tensor in method_named(self.spec.method).stored_layout(tuple(self.shape), self.spec):
+            self.holder.register_buffer(f"{self.attribute}_{tensor.suffix}",
+                                        torch.zeros(tensor.numel, dtype=tensor.dtype))
 
     def dequantize(self) -> torch.Tensor:
-        names = self.buffer_names()
-        if self.spec.method == "codebook":
-            codebook = getattr(self.holder, names["codebook"]).view(-1, 2 ** self.spec.bits)
-            codes = unpack_codes(getattr(self.holder, names["codes"]), self.spec.bits, self.shape.numel())
-            values = dequantize_codebook(codes.view(codebook.shape[0], -1), codebook)
-            return self._as_weight(values)
-        scale = getattr(self.holder, names["scale"])
-        if "scale_exponent" in names:
-            scale = float16_scale(scale, int(getattr(self.holder, names["scale_exponent"])))
-        n_groups = scale.numel()
-        codes = unpack_codes(getattr(self.holder, names["codes"]), self.spec.bits, self.shape.numel()).view(n_groups, -1)
-        zero_point = (None if self.spec.symmetric
-                      else unpack_codes(getattr(self.holder, names["zero_point"]), self.spec.bits, n_groups))
-        return self._as_weight(dequantize_groups(codes, scale, zero_point, self.spec))
+        stored = {suffix: getattr(self.holder, name) for suffix, name in self.buffer_names().items()}
+        return self._as_weight(method_named(self.spec.method).dequantize_stored(stored, self.spec, self.shape))
 
     def _as_weight(self, values: torch.Tensor) -> torch.Tensor:
         weight = values.view(self.shape).to(self.dtype)
@@ -211,7 +172,7 @@ def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def packed_state_dict(model: nn.Module, plan: QuantPlan, context: "QuantContext | None" = None
                       ) -> dict[str, torch.Tensor]:
     """What ``model.safetensors`` holds for ``model`` quantized by ``plan``: every tensor once, quantized
-    units as codes + scales (+ zero-points) or codebooks (float weights of a model fake-quantized now are
+    units as their methods store them (float weights of a model fake-quantized now are
     taken from the saved originals). ``context`` carries the calibration Hessians gptq units need."""
     from .apply import float_weight, quantize_unit  # apply builds on plan and pack's siblings; import on use
 
@@ -229,21 +190,10 @@ def packed_state_dict(model: nn.Module, plan: QuantPlan, context: "QuantContext 
     return state
 
 
-def stored_tensors(quantized: QuantizedTensor | CodebookTensor, attribute: str) -> dict[str, torch.Tensor]:
-    """The buffers (by name) that hold a quantized weight: packed codes, scales (float32, or float16 and
-    their exponent) and packed zero-points, or packed indices and the flat float16 codebook."""
-    bits = quantized.spec.bits
-    names = buffer_names(attribute, quantized.spec)
-    stored = {names["codes"]: pack_codes(quantized.codes, bits)}
-    if isinstance(quantized, CodebookTensor):
-        stored[names["codebook"]] = quantized.codebook.to(torch.float16).reshape(-1)
-        return stored
-    stored[names["scale"]] = quantized.stored_scale()
-    if "scale_exponent" in names:
-        stored[names["scale_exponent"]] = torch.tensor([quantized.scale_exponent], dtype=torch.int8)
-    if quantized.zero_point is not None:
-        stored[names["zero_point"]] = pack_codes(quantized.zero_point, bits)
-    return stored
+def stored_tensors(quantized: Quantized, attribute: str) -> dict[str, torch.Tensor]:
+    """The buffers (by name) that hold a quantized weight, as its method stores it."""
+    stored = method_named(quantized.spec.method).stored_tensors(quantized)
+    return {f"{attribute}_{suffix}": tensor for suffix, tensor in stored.items()}
 
 
 def set_neuron_quantizers(model: nn.Module, plan: QuantPlan) -> None:

@@ -51,7 +51,7 @@ from ..quant.apply import WeightCache
 from ..quant.memory import fixed_bytes, safetensors_tensor_bytes, unit_bytes
 from ..quant.pack import PLAN_FILE, WEIGHTS_FILE
 from ..quant.plan import FLOAT_BITS, QuantPlan
-from ..quant.quantizer import QuantSpec
+from ..quant.quantizer import DEFAULT_METHOD, QuantSpec
 from ..quant.units import Unit, find_units, unit_tensor
 from ..report import write_report
 from ..tasks.base import Task, inferences_in, run_inputs
@@ -179,7 +179,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
     # lowest width changes its plans' keys). Made now, before the first measurement.
     header = {"model": digest, "task": task.identity(), "metric": task.metric_name,
               "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}
-    if list(config.methods) != ["rtn"]:
+    if list(config.methods) != [DEFAULT_METHOD]:
         header["methods"] = list(config.methods)
         header["quantizer_calibration"] = sensitivity.quantizer_digest
     journal = _journal(folder, header)
@@ -219,7 +219,7 @@ def _search(model, task, folder, constraints, config, device, progress, label, c
 
     # ---- search
     t0 = time.perf_counter()
-    plan_key = assignment_key if list(config.methods) == ["rtn"] else (
+    plan_key = assignment_key if list(config.methods) == [DEFAULT_METHOD] else (
         lambda a: _specs_key(measurements.plan(a).units))
 
     def submit(assignment):

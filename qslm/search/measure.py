@@ -25,6 +25,7 @@ from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache
 from ..errors import QslmError
 from ..quant.apply import QuantContext, WeightCache, fake_quantized
+from ..quant.methods import Needs, method_named
 from ..quant.plan import FLOAT_BITS, QuantPlan
 from ..quant.quantizer import QuantSpec
 from ..tasks.base import Task, inputs_digest
@@ -145,7 +146,8 @@ class SensitivityTable:
         spec_key = described.pop() if len(described) == 1 else "|".join(
             sorted(f"{u}={s.describe()}" for u, s in specs.items()))
         calibration = self.calibration_digest + (":local" if block else "")
-        if self.quantizer_digest is not None and any(spec.method != "rtn" for spec in specs.values()):
+        if self.quantizer_digest is not None and any(method_named(spec.method).uses is not Needs.WEIGHT
+                                                      for spec in specs.values()):
             calibration += f":fitted:{self.quantizer_digest}"
         key = SensitivityCache.key(self.digest, calibration, members, spec_key)
         return key, "local" if block is not None else "exact"  # units outside blocks: measured exactly

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from qslm.quant.apply import QuantContext
-from qslm.quant.gptq import GptqOptions
+from qslm.quant.methods.gptq import GptqOptions
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import QuantSpec
 from qslm.quant.unit_inputs import record_hessians

@@ -18,11 +18,13 @@ at that moment (earlier columns' compensation included).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import QslmError
-from .quantizer import (
+from ...errors import QslmError
+from ..quantizer import (
+    BITS,
     QuantizedTensor,
     QuantSpec,
     check_group_size,
@@ -33,6 +35,13 @@ from .quantizer import (
     matrix_shape,
     with_stored_scales,
 )
+from .grid import GridMethod
+from .registry import Needs
+
+if TYPE_CHECKING:
+    from ..apply import QuantContext
+
+NAME = "gptq"
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ class _GroupScales:
 def gptq_quantize(w: torch.Tensor, spec: QuantSpec, hessian: torch.Tensor, options: GptqOptions = GptqOptions(),
                   unit: str = "weight") -> QuantizedTensor:
     """GPTQ codes for ``w`` (any shape; viewed as [rows, cols]) given its input Hessian [cols, cols]."""
-    if spec.method != "gptq":
+    if spec.method != NAME:
         raise QslmError(f"unit {unit!r}: gptq_quantize needs a gptq spec, got {spec.describe()}")
     check_group_size(w.shape, spec, f"unit {unit!r}")
     rows, cols = matrix_shape(w.shape)
@@ -171,3 +180,18 @@ def _current(weight: torch.Tensor, block: torch.Tensor, errors: torch.Tensor, u:
     if i and bool(beyond.any()):
         values[:, beyond] -= errors[:, :i] @ u[start:start + i][:, members[beyond]]
     return values
+
+
+class Gptq(GridMethod):
+    """rtn's grid and storage, codes chosen with Hessian-based error compensation (``QuantContext.gptq``
+    options)."""
+    name = NAME
+    bits = BITS
+    needs = uses = Needs.HESSIANS
+    colour = "tab:orange"
+    default = True
+
+    def quantize(self, weight: torch.Tensor, spec: QuantSpec, context: "QuantContext | None", unit: str
+                 ) -> QuantizedTensor:
+        # the caller checked ``needs``: the context holds this unit's Hessian
+        return gptq_quantize(weight, spec, context.hessian(unit).hessian, context.gptq, unit)

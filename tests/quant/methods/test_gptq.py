@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qslm.errors import QslmError
-from qslm.quant.gptq import GptqOptions, gptq_quantize
+from qslm.quant.methods.gptq import GptqOptions, gptq_quantize
 from qslm.quant.quantizer import QuantSpec, code_range, quantize_tensor
 
 ROWS, COLS = 24, 48

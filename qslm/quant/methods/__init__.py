@@ -1,0 +1,17 @@
+"""Quantizer methods: the registry (``qslm.quant.methods.registry``) and the built-in methods
+(``qslm.quant.methods.builtin``), registered on import of this package."""
+from . import builtin  # noqa: F401  (registers rtn, gptq, codebook)
+from .registry import (
+    Needs,
+    Quantized,
+    QuantMethod,
+    StoredTensor,
+    method_named,
+    method_names,
+    register,
+    registered_methods,
+    unregister,
+)
+
+__all__ = ["Needs", "QuantMethod", "Quantized", "StoredTensor", "method_named", "method_names", "register",
+           "registered_methods", "unregister"]
