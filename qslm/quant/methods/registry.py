@@ -20,7 +20,9 @@ method is all it takes to quantize, search, pack and load with it::
     QuantSpec(4, method="mine")
     unregister("mine")
 
-The built-in methods (rtn, gptq, codebook) register on import of ``qslm.quant.methods``.
+The built-in methods (rtn, gptq, codebook) register on import of ``qslm.quant.methods``. The registry is
+per process: a search on Ray workers (fresh processes) needs a method registered by a module they import
+too.
 """
 from __future__ import annotations
 
