@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import torch
 
 from ...errors import QslmError
+from ..quantizer import BITS
 
 if TYPE_CHECKING:
     from ..apply import QuantContext
@@ -138,6 +139,17 @@ def register(method: QuantMethod) -> QuantMethod:
     name = getattr(method, "name", None)
     if not isinstance(name, str) or not name:
         raise QslmError(f"a quantizer method needs a non-empty string name, got {name!r}")
+    bits = getattr(method, "bits", None)
+    if not isinstance(bits, tuple) or not bits or any(b not in BITS for b in bits):
+        raise QslmError(f"quantizer method {name!r}: bits must be a non-empty tuple of widths among {list(BITS)}, "
+                        f"got {bits!r}")
+    if not isinstance(method.needs, Needs) or not isinstance(method.uses, Needs):
+        raise QslmError(f"quantizer method {name!r}: needs and uses must be Needs members, got {method.needs!r} "
+                        f"and {method.uses!r}")
+    stored = getattr(method, "stored_names", None)
+    if not isinstance(stored, tuple) or not stored or not all(isinstance(n, str) and n for n in stored):
+        raise QslmError(f"quantizer method {name!r}: stored_names must name every tensor it may store, got "
+                        f"{stored!r}")
     kinds = list(Needs)
     if kinds.index(method.uses) < kinds.index(method.needs):
         raise QslmError(f"quantizer method {name!r} uses {method.uses.value} but needs {method.needs.value}: "

@@ -85,6 +85,20 @@ def test_a_method_must_use_what_it_needs():
     assert "careless" not in method_names()
 
 
+@pytest.mark.parametrize("attribute, value, message", [
+    ("bits", (3, 7), r"bits must be a non-empty tuple of widths among"),
+    ("bits", (), r"bits must be a non-empty tuple"),
+    ("needs", "hessians", r"needs and uses must be Needs members"),
+    ("stored_names", (), r"stored_names must name every tensor"),
+    ("name", "", r"a quantizer method needs a non-empty string name"),
+])
+def test_a_method_declaring_nonsense_is_refused_by_name(attribute, value, message):
+    broken = type("Broken", (TowardZero,), {"name": "broken", attribute: value})
+    with pytest.raises(QslmError, match=message):
+        register(broken())
+    assert "broken" not in method_names()
+
+
 def test_an_unknown_method_in_a_plan_file_is_named_with_the_registered_ones(tmp_path):
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"version": 1, "units": {"head": {"bits": 3, "method": "toy"}}}))
