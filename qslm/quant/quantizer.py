@@ -25,16 +25,11 @@ Rounding is to nearest (half to even). The clipping range comes from an observer
 (per group, the shrink factor of the min/max range on ``MSE_SHRINK_GRID`` that minimises the squared
 error; the search is vectorised over groups).
 
-Methods (``QuantSpec.method``) decide how the stored values are chosen and stored; each is registered in
-``qslm.quant.methods`` with the widths it allows and what it needs. Built in:
-
-* ``rtn``      round to nearest, as above (the default);
-* ``gptq``     the same codes + scales (+ zero-points) as rtn, chosen with Hessian-based error
-  compensation from calibration inputs (``qslm.quant.methods.gptq``);
-* ``codebook`` non-uniform: ``2**bits`` float16 levels per group fitted by weighted k-means, stored as
-  packed ``bits``-bit indices + the levels (``qslm.quant.methods.codebook``). A method off the grid like
-  it fits its own levels, so there is no zero-point and no clipping observer: its spec must keep
-  ``symmetric`` true and the default ``mse`` observer, and its scale_dtype and all_levels are not used.
+Methods (``QuantSpec.method``) decide how the stored values are chosen and stored. Each is registered in
+``qslm.quant.methods`` with the widths it allows and what it needs: ``rtn`` (round to nearest, as above;
+the default), ``gptq`` (the same grid, codes chosen with Hessian-based error compensation), ``codebook``
+(free float16 levels per group). A method off the grid (codebook) fits its own levels, so its spec keeps
+``symmetric`` true and the ``mse`` observer, and its scale_dtype and all_levels are not used.
 
 Scales (``QuantSpec.scale_dtype``) are stored either as float32, or as float16 with one power-of-two
 exponent per tensor: ``scale = float16_scale * 2**exponent``. The exponent puts the tensor's largest
@@ -48,10 +43,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import QslmError
+
+if TYPE_CHECKING:
+    from .methods import QuantMethod
 
 BITS = (2, 3, 4, 5, 6, 8, 16)
 GRANULARITIES = ("per-tensor", "per-channel", "group")
@@ -173,7 +172,7 @@ class QuantSpec:
         return _from_dict(cls, raw, where)
 
 
-def _method(name: str):
+def _method(name: str) -> QuantMethod:
     """The registered method ``name`` (a QslmError naming the registered ones if there is none)."""
     from .methods import method_named  # the methods build on this module: imported on use
 
