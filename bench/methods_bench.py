@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qslm.checkpoint import load_model  # noqa: E402
 from qslm.data.batching import collate, encode_examples  # noqa: E402
 from qslm.data.tokenizer import pad_id  # noqa: E402
-from qslm.quant.apply import QuantContext, fake_quantized, quantize_unit  # noqa: E402
-from qslm.quant.gptq import GptqOptions, gptq_quantize  # noqa: E402
+from qslm.quant.apply import fake_quantized, quantize_unit  # noqa: E402
+from qslm.quant.context import GptqOptions, QuantContext
+from qslm.quant.methods.gptq import gptq_quantize  # noqa: E402
 from qslm.quant.plan import QuantPlan  # noqa: E402
 from qslm.quant.quantizer import QuantSpec  # noqa: E402
 from qslm.quant.unit_inputs import record_hessians  # noqa: E402

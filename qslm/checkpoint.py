@@ -31,8 +31,10 @@ from .models.shapes import state_shapes
 from .models.weights import check_finite, header_problems, read_header, read_state_dict
 from .models.zoo import CONFIG_FILE, build_model, config_from_dict, resolve_model_path
 from .outputs import OutputFolder
-from .quant.apply import QuantContext, check_context
+from .quant.apply import check_context
+from .quant.context import QuantContext
 from .quant.memory import plan_bytes
+from .quant.methods import registered_methods
 from .quant.pack import (
     PLAN_FILE,
     WEIGHTS_FILE,
@@ -166,7 +168,6 @@ def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
 HEADER_BYTES_PER_TENSOR = 160
 PLAN_BYTES_PER_UNIT = 320
 PLAN_BYTES_PER_NEURON = 96
-PACKED_BUFFERS = 4  # a quantized unit stores at most codes, scale, scale exponent and zero-point
 QUANTIZED_FILES = 4  # model.safetensors, quant_plan.json, config.json, tokenizer.json
 
 
@@ -176,7 +177,10 @@ def quantized_files_overhead(model: nn.Module, tokenizer: Tokenizer | None = Non
     block."""
     units = quantizable_units(model)
     header = sum(len(name) + HEADER_BYTES_PER_TENSOR for name in unique_state(model))
-    header += sum(PACKED_BUFFERS * (len(unit.path) + HEADER_BYTES_PER_TENSOR) for unit in units.values())
+    # a quantized unit stores at most as many tensors as the method storing most (rtn: codes, scale, its
+    # exponent, zero-point)
+    packed_buffers = max(len(method.stored_names) for method in registered_methods())
+    header += sum(packed_buffers * (len(unit.path) + HEADER_BYTES_PER_TENSOR) for unit in units.values())
     plan = (sum(len(name) + PLAN_BYTES_PER_UNIT for name in units)
             + sum(len(name) + PLAN_BYTES_PER_NEURON for name in lif_modules(model)))
     config = getattr(model, "config", None)

@@ -10,8 +10,10 @@ from pathlib import Path
 from .analysis.energy import power_mw
 from .environment import environment
 from .headline import headline
+from .quant.methods import registered_methods
 from .quant.plan import FLOAT_BITS
 from .model_inputs import inferences_in
+from .quant.quantizer import DEFAULT_METHOD
 
 
 def _figure(**kwargs):
@@ -59,7 +61,17 @@ def plot_pareto(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-METHOD_COLOURS = {"rtn": "tab:blue", "gptq": "tab:orange", "codebook": "tab:green"}
+# for registered methods that declare no colour, in registration order; a name no longer registered is grey
+SPARE_COLOURS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+UNKNOWN_METHOD_COLOUR = "tab:gray"
+
+
+def method_colours() -> dict[str, str]:
+    """Registered method -> its plot colour: the one it declares, else the next spare one."""
+    methods = registered_methods()
+    declared = {m.colour for m in methods if m.colour is not None}
+    spare = iter([c for c in SPARE_COLOURS if c not in declared])
+    return {m.name: m.colour if m.colour is not None else next(spare, UNKNOWN_METHOD_COLOUR) for m in methods}
 
 
 def chosen_methods(report: dict) -> dict[str, str]:
@@ -67,7 +79,7 @@ def chosen_methods(report: dict) -> dict[str, str]:
     units are left out)."""
     methods = report.get("methods") or {}
     assignment = (report.get("chosen") or {}).get("assignment") or {}
-    return {u: methods.get(u, {}).get(str(b), "rtn") for u, b in assignment.items() if b != FLOAT_BITS}
+    return {u: methods.get(u, {}).get(str(b), DEFAULT_METHOD) for u, b in assignment.items() if b != FLOAT_BITS}
 
 
 def plot_bitwidths(report: dict, path: Path):
@@ -78,13 +90,16 @@ def plot_bitwidths(report: dict, path: Path):
     names = list(assignment)
     methods = chosen_methods(report)
     fig, ax = _figure(figsize=(max(6.0, 0.22 * len(names)), 3.6))
-    colours = [METHOD_COLOURS.get(methods.get(n, "rtn"), "tab:gray") for n in names]
+    palette = method_colours()
+    colour_of = lambda m: palette.get(m, UNKNOWN_METHOD_COLOUR)  # noqa: E731
+    colours = [colour_of(methods.get(n, DEFAULT_METHOD)) for n in names]
     ax.bar(range(len(names)), [assignment[n] for n in names], color=colours)
-    used = sorted(set(methods.values()), key=list(METHOD_COLOURS).index)
-    if used != ["rtn"]:  # a legend only when the plan mixes quantizers
+    order = list(palette)  # registration order, then names no longer registered
+    used = sorted(set(methods.values()), key=lambda m: (order.index(m) if m in order else len(order), m))
+    if used != [DEFAULT_METHOD]:  # a legend only when the plan mixes quantizers
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color=METHOD_COLOURS[m], label=m) for m in used], fontsize=7, loc="upper left",
+        ax.legend(handles=[Patch(color=colour_of(m), label=m) for m in used], fontsize=7, loc="upper left",
                   bbox_to_anchor=(1.0, 1.0))
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=90, fontsize=6)

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from qslm.report import METHOD_COLOURS, chosen_methods, plot_bitwidths, plot_sensitivity, report_json
+from qslm.report import UNKNOWN_METHOD_COLOUR, chosen_methods, method_colours, plot_bitwidths, plot_sensitivity, report_json
 
 
 def strict_loads(text: str):
@@ -70,8 +70,19 @@ def test_the_bit_width_map_names_each_units_method(tmp_path):
     bars = figure.axes[0].patches
     assert [b.get_height() for b in bars] == [3, 2, 2, 32]
     colours = [b.get_facecolor() for b in bars]
-    assert colours[:3] == [to_rgba(METHOD_COLOURS[m]) for m in ("rtn", "gptq", "codebook")]
-    assert colours[3] == to_rgba(METHOD_COLOURS["rtn"])  # a float unit: no method of its own
+    palette = method_colours()
+    assert colours[:3] == [to_rgba(palette[m]) for m in ("rtn", "gptq", "codebook")]
+    assert len(set(colours[:3])) == 3
+    assert colours[3] == to_rgba(palette["rtn"])  # a float unit: no method of its own
     assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["rtn", "gptq", "codebook"]
     # an older report without methods: everything rtn
     assert set(chosen_methods({"chosen": report["chosen"]}).values()) == {"rtn"}
+
+
+def test_a_method_no_longer_registered_is_plotted_grey(tmp_path):
+    report = {"chosen": {"assignment": {"emb": 3, "head": 2}}, "methods": {"emb": {"3": "gone"}, "head": {"2": "rtn"}}}
+    from matplotlib.colors import to_rgba
+
+    figure = plot_bitwidths(report, tmp_path / "bitwidths.png")
+    assert [b.get_facecolor() for b in figure.axes[0].patches] == [to_rgba(UNKNOWN_METHOD_COLOUR),
+                                                                   to_rgba(method_colours()["rtn"])]

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from ..checkpoint import load_quantized, quantized_files_bytes, quantized_files_overhead, write_quantized_files
-from ..quant.apply import QuantContext
+from ..quant.context import QuantContext
 from ..quant.memory import safetensors_tensor_bytes
 from ..quant.pack import WEIGHTS_FILE
 from ..quant.plan import QuantPlan

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 from torch import nn
 
 from ..errors import QslmError
-from ..quant.apply import QuantContext
+from ..quant.context import QuantContext
 from ..quant.plan import QuantPlan
 
 DEFAULT_TARGET = "safetensors"

@@ -3,7 +3,8 @@ exact memory accounting. Model folders (export, load) are ``qslm.checkpoint``.""
 from .api import QuantizeResult, build_plan, quantize
 from .apply import WeightCache, applied_plan, apply_plan, fake_quantized, float_weight, restore
 from .memory import fixed_bytes, memory_report, plan_bytes, plan_bytes_by_unit, unit_bytes
-from .pack import PLAN_FILE, load_packed_into, pack_codes, unpack_codes
+from .bits import pack_codes, unpack_codes
+from .pack import PLAN_FILE, load_packed_into
 from .plan import QuantPlan
 from .quantizer import NeuronSpec, QuantizedTensor, QuantSpec, fake_quantize, quantize_tensor
 from .units import find_units, quantizable_units

@@ -20,7 +20,8 @@ from torch import nn
 from ..errors import QslmError
 from ..models.neuron_state import reset_neuron_states
 from ..models.neurons import lif_modules
-from .apply import QuantContext, check_context
+from .apply import check_context
+from .context import QuantContext
 from .memory import plan_bytes
 from .pack import PLAN_FILE
 from .plan import QuantPlan

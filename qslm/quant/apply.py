@@ -12,23 +12,23 @@ spec seen before a dictionary look-up.
         logits = model(ids)
     # float weights are back here
 
-gptq units need their calibration Hessians, and codebook units use them (as k-means weights) when
-present: pass a ``QuantContext`` built from ``qslm.quant.unit_inputs.record_hessians``::
+Each unit is quantized by its spec's method (``qslm.quant.methods``). Methods that need calibration
+Hessians (gptq) or use them when present (codebook, as k-means weights) read them from a
+``QuantContext`` built from ``qslm.quant.unit_inputs.record_hessians``::
 
     context = QuantContext(record_hessians(model, batches))
     apply_plan(model, plan, cache, context=context)
 
-rtn units never look at it, so rtn callers need not pass one. A gptq unit without a Hessian (an
-embedding, a convolution, a unit never called on float inputs) is an error naming it, never a silent
-fall-back to rtn. ``apply_plan`` re-quantizes a unit only when its spec changes: after recording new
-Hessians, start from a restored model (and a fresh or cleared cache is not needed: cache entries
-remember which Hessian they came from).
+Methods that need nothing (rtn) never look at it, so their callers need not pass one. A unit whose method
+needs a Hessian it lacks (an embedding, a convolution, a unit never called on float inputs) is an error
+naming it, never a silent fall-back to another method. ``apply_plan`` re-quantizes a unit only when its
+spec changes: after recording new Hessians, start from a restored model (and a fresh or cleared cache is
+not needed: cache entries remember which Hessian they came from).
 """
 from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -38,54 +38,47 @@ from torch import nn
 
 from ..errors import QslmError
 from ..models.neurons import lif_modules
-from .codebook import CodebookTensor, codebook_quantize
-from .gptq import GptqOptions, gptq_quantize
+from .methods import Needs, Quantized, QuantMethod, method_named, registered_methods
 from .plan import QuantPlan
-from .quantizer import NeuronSpec, QuantizedTensor, QuantSpec, quantize_tensor
-from .unit_inputs import UnitHessian
+from .quantizer import NeuronSpec, QuantSpec
+from .context import QuantContext
 from .units import quantizable_units, unit_tensor
 
 
-@dataclass(frozen=True)
-class QuantContext:
-    """What the data-driven methods need beyond a unit's weight: its calibration Hessian (by unit
-    name) and the GPTQ options."""
-    hessians: Mapping[str, UnitHessian] = field(default_factory=dict)
-    gptq: GptqOptions = GptqOptions()
-
-    def hessian(self, name: str) -> UnitHessian | None:
-        return self.hessians.get(name)
-
-
 def quantize_unit(name: str, weight: torch.Tensor, spec: QuantSpec, context: QuantContext | None = None
-                  ) -> QuantizedTensor | CodebookTensor:
+                  ) -> Quantized:
     """Quantize unit ``name``'s float ``weight`` by its spec's method (the one entry point that fake
     quantization and export share, so both store the same values)."""
-    if spec.method == "rtn":
-        return quantize_tensor(weight, spec)
-    hessian = context.hessian(name) if context is not None else None
-    if spec.method == "codebook":
-        diagonal = None if hessian is None else torch.diagonal(hessian.xtx)
-        return codebook_quantize(weight, spec, diagonal, name)
-    if hessian is None:
-        raise _no_hessian(name, spec, context)
-    return gptq_quantize(weight, spec, hessian.hessian, context.gptq, name)
+    method = method_named(spec.method)
+    problem = _missing(name, spec, method, context)
+    if problem is not None:
+        raise problem
+    return method.quantize(weight, spec, context, name)
 
 
-def _no_hessian(name: str, spec: QuantSpec, context: QuantContext | None) -> QslmError:
+def _missing(name: str, spec: QuantSpec, method: QuantMethod, context: QuantContext | None) -> QslmError | None:
+    """The error for a unit whose method needs what ``context`` lacks (None: it has what it needs)."""
+    if method.needs is Needs.WEIGHT or (method.needs is Needs.HESSIANS and context is not None
+                                        and context.hessian(name) is not None):
+        return None
+    others = " or ".join(m.name for m in registered_methods() if m.needs is Needs.WEIGHT)
+    if method.needs is Needs.GRADIENTS:
+        return QslmError(f"unit {name!r} ({spec.describe()}) needs {Needs.GRADIENTS.value} for {spec.method}, "
+                         f"which a QuantContext does not carry yet; use {others} for this unit")
     why = ("no QuantContext was given" if context is None
            else "no calibration inputs were recorded for it (an embedding, a convolution, or a unit never "
                 "applied to float inputs through F.linear or a matmul)")
-    return QslmError(f"unit {name!r} ({spec.describe()}) needs its calibration Hessian for gptq, but {why}; "
-                     "record Hessians with qslm.quant.unit_inputs.record_hessians, or use rtn or codebook "
+    return QslmError(f"unit {name!r} ({spec.describe()}) needs its calibration Hessian for {spec.method}, but "
+                     f"{why}; record Hessians with qslm.quant.unit_inputs.record_hessians, or use {others} "
                      "for this unit")
 
 
 def check_context(plan: QuantPlan, context: QuantContext | None) -> None:
-    """Refuse, before anything is changed or written, a plan whose gptq units lack a Hessian."""
+    """Refuse, before anything is changed or written, a plan whose units lack what their methods need."""
     for name, spec in plan.quantized.items():
-        if spec.method == "gptq" and (context is None or context.hessian(name) is None):
-            raise _no_hessian(name, spec, context)
+        problem = _missing(name, spec, method_named(spec.method), context)
+        if problem is not None:
+            raise problem
 
 
 class WeightCache:
@@ -138,8 +131,9 @@ class WeightCache:
 
 
 def _hessian_identity(name: str, spec: QuantSpec, context: QuantContext | None) -> tuple:
-    """What a cached gptq/codebook entry depends on besides the weight: the Hessian object and options."""
-    if spec.method == "rtn" or context is None:
+    """What a cached entry of a method that reads the context (gptq, codebook) depends on besides the
+    weight: the Hessian object and options."""
+    if method_named(spec.method).uses is Needs.WEIGHT or context is None:
         return ()
     hessian = context.hessian(name)
     return (None if hessian is None else id(hessian.xtx), context.gptq)

@@ -1,143 +1,45 @@
-"""Bit-packed storage of quantized units: pack/unpack table, packed modules, export and load.
+"""Bit-packed storage of quantized units: packed modules, export and load.
 
-Bit layout: code i of a stream occupies bits ``[i*b, (i+1)*b)`` counted from the least significant bit
-of byte 0 (little-endian bit order), so n codes take exactly ``ceil(n*b/8)`` bytes. 3-, 5-, 6- (and 7-)
-bit codes straddle byte boundaries; 2- and 4-bit codes fill 4 and 2 per byte; 16-bit codes are two
-little-endian bytes. Every packed stream is a uint8 tensor.
+A quantized unit ``NAME`` (its weight's attribute ``weight``) is stored as the tensors its method's
+``stored_layout`` names, each ``NAME.weight_<suffix>`` (see ``qslm.quant.methods``; codes are packed
+by ``qslm.quant.bits``):
 
-A quantized unit ``NAME`` (weight shape S, spec s, G = group_count(S, s) groups) is stored as
-
-* ``NAME.weight_codes``      uint8 [ceil(numel(S) * bits / 8)]  codes in ``grouped`` order (row-major);
-* ``NAME.weight_scale``      float32 [G], or with ``scale_dtype`` float16: float16 [G] and
-  ``NAME.weight_scale_exponent`` int8 [1], the tensor's power of two (scale = float16 * 2**exponent);
-* ``NAME.weight_zero_point`` uint8 [ceil(G * bits / 8)], zero-points packed like codes (asymmetric only);
-* ``NAME.bias``              float32, as in the float model.
-
-A ``codebook`` unit stores its level indices as ``NAME.weight_codes`` (packed the same way) and, instead
-of scales, ``NAME.weight_codebook`` float16 [G * 2**bits]: group g's sorted levels at [g*2**bits, (g+1)*2**bits).
-A ``gptq`` unit is stored exactly as an rtn one (only its codes differ).
+* rtn and gptq: ``NAME.weight_codes``, ``NAME.weight_scale`` (+ ``NAME.weight_scale_exponent``)
+  (+ ``NAME.weight_zero_point``), see ``qslm.quant.methods.grid``;
+* codebook: ``NAME.weight_codes`` and ``NAME.weight_codebook``, see ``qslm.quant.methods.codebook``;
+* ``NAME.bias``: float32, as in the float model.
 
 Everything else in the state dict is stored as float32 (non-float buffers keep their dtype). Shapes
 come from the model built from ``config.json``; ``quant_plan.json`` says which units are packed how.
 """
 from __future__ import annotations
 
-import math
 import os
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
 from ..diskspace import native_write
 from ..errors import QslmError
 from ..models.neurons import lif_modules
-from .codebook import CodebookTensor, dequantize_codebook
+from .methods import Quantized, method_named
 from .plan import QuantPlan
-from .quantizer import QuantizedTensor, QuantSpec, dequantize_groups, float16_scale, group_count
+from .quantizer import QuantSpec
 from .units import PACKED_ATTRIBUTE, Unit, find_units, unit_tensor
 
 if TYPE_CHECKING:
-    from .apply import QuantContext
+    from .context import QuantContext
 
 PLAN_FILE = "quant_plan.json"
 WEIGHTS_FILE = "model.safetensors"
-SCALE_BYTES = {"float32": 4, "float16": 2}  # per group; float16 adds one exponent byte per tensor
-SCALE_EXPONENT_BYTES = 1
-CODEBOOK_LEVEL_BYTES = 2  # float16 codebook levels: a level is a weight value, never a tiny step
-
-
-# --- bit packing -------------------------------------------------------------------------------
-
-def packed_size(n_codes: int, bits: int) -> int:
-    """Bytes that ``n_codes`` codes of ``bits`` bits take."""
-    return math.ceil(n_codes * bits / 8)
-
-
-def _check_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    flat = codes.reshape(-1).to(torch.int64)
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 2 ** bits):
-        raise ValueError(f"{bits}-bit codes must lie in [0, {2 ** bits - 1}], got [{int(flat.min())}, "
-                         f"{int(flat.max())}]")
-    return flat
-
-
-def _check_packed(data: torch.Tensor, n_codes: int, bits: int) -> None:
-    if data.dtype != torch.uint8 or data.dim() != 1 or data.numel() != packed_size(n_codes, bits):
-        raise ValueError(f"{n_codes} codes of {bits} bits need a 1-D uint8 tensor of {packed_size(n_codes, bits)} "
-                         f"bytes, got {data.dtype} {list(data.shape)}")
-
-
-def _pack_sub_byte(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Eight codes form one ``8*bits``-bit word (at most 56 bits, so int64 never overflows), written as
-    ``bits`` bytes; the tail of the last word is cut off."""
-    flat = _check_codes(codes, bits)
-    n = flat.numel()
-    words = F.pad(flat, (0, -n % 8)).view(-1, 8)
-    word = (words << (torch.arange(8, device=flat.device) * bits)).sum(dim=1)
-    data = (word[:, None] >> (torch.arange(bits, device=flat.device) * 8)) & 0xFF
-    return data.reshape(-1)[:packed_size(n, bits)].to(torch.uint8)
-
-
-def _unpack_sub_byte(data: torch.Tensor, n_codes: int, bits: int) -> torch.Tensor:
-    _check_packed(data, n_codes, bits)
-    raw = F.pad(data.to(torch.int64), (0, -data.numel() % bits)).view(-1, bits)
-    word = (raw << (torch.arange(bits, device=data.device) * 8)).sum(dim=1)
-    codes = (word[:, None] >> (torch.arange(8, device=data.device) * bits)) & (2 ** bits - 1)
-    return codes.reshape(-1)[:n_codes].to(torch.int32)
-
-
-def _pack_8(codes: torch.Tensor) -> torch.Tensor:
-    return _check_codes(codes, 8).to(torch.uint8)
-
-
-def _unpack_8(data: torch.Tensor, n_codes: int) -> torch.Tensor:
-    _check_packed(data, n_codes, 8)
-    return data.to(torch.int32)
-
-
-def _pack_16(codes: torch.Tensor) -> torch.Tensor:
-    flat = _check_codes(codes, 16)
-    return torch.stack([flat & 0xFF, flat >> 8], dim=1).reshape(-1).to(torch.uint8)
-
-
-def _unpack_16(data: torch.Tensor, n_codes: int) -> torch.Tensor:
-    _check_packed(data, n_codes, 16)
-    pairs = data.to(torch.int32).view(-1, 2)
-    return pairs[:, 0] | (pairs[:, 1] << 8)
-
-
-Packer = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor, int], torch.Tensor]]
-PACKERS: dict[int, Packer] = {
-    **{bits: (partial(_pack_sub_byte, bits=bits), partial(_unpack_sub_byte, bits=bits)) for bits in range(1, 8)},
-    8: (_pack_8, _unpack_8),
-    16: (_pack_16, _unpack_16),
-}
-
-
-def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integer codes in [0, 2**bits) (any shape, flattened row-major) -> packed uint8 stream."""
-    return PACKERS[bits][0](codes)
-
-
-def unpack_codes(data: torch.Tensor, bits: int, n_codes: int) -> torch.Tensor:
-    """Packed uint8 stream -> the first ``n_codes`` codes as a flat int32 tensor."""
-    return PACKERS[bits][1](data, n_codes)
 
 
 def stored_weight_bytes(shape: torch.Size | tuple[int, ...], spec: QuantSpec) -> int:
-    """Exact bytes of a quantized weight on disk and in RAM: codes + scales (+ their exponent) +
-    zero-points, or for a codebook: indices + float16 levels."""
-    n_groups = group_count(shape, spec)
-    if spec.method == "codebook":
-        return packed_size(math.prod(shape), spec.bits) + CODEBOOK_LEVEL_BYTES * n_groups * 2 ** spec.bits
-    zero_points = 0 if spec.symmetric else packed_size(n_groups, spec.bits)
-    scales = SCALE_BYTES[spec.scale_dtype] * n_groups + (SCALE_EXPONENT_BYTES if spec.scale_dtype == "float16" else 0)
-    return packed_size(math.prod(shape), spec.bits) + scales + zero_points
+    """Exact bytes of a quantized weight on disk and in RAM, as its method stores it."""
+    return method_named(spec.method).stored_bytes(tuple(shape), spec)
 
 
 # --- packed units --------------------------------------------------------------------------------
@@ -148,17 +50,10 @@ def stored_weight_bytes(shape: torch.Size | tuple[int, ...], spec: QuantSpec) ->
 # Embedding, a custom module using a bare parameter through F.linear or @. A tied tensor is packed once,
 # in its first place; its other places read the same buffers.
 
-def buffer_names(attribute: str, spec: QuantSpec) -> dict[str, str]:
-    """Role -> buffer name of a packed weight ``attribute``: codes, then scale (+ scale_exponent)
-    (+ zero_point) or codebook."""
-    if spec.method == "codebook":
-        return {"codes": f"{attribute}_codes", "codebook": f"{attribute}_codebook"}
-    names = {"codes": f"{attribute}_codes", "scale": f"{attribute}_scale"}
-    if spec.scale_dtype == "float16":
-        names["scale_exponent"] = f"{attribute}_scale_exponent"
-    if not spec.symmetric:
-        names["zero_point"] = f"{attribute}_zero_point"
-    return names
+def buffer_names(attribute: str, shape: torch.Size | tuple[int, ...], spec: QuantSpec) -> dict[str, str]:
+    """Suffix -> buffer name of a packed weight ``attribute`` (``codes`` -> ``weight_codes``), in the
+    order its method stores them."""
+    return {t.suffix: f"{attribute}_{t.suffix}" for t in method_named(spec.method).stored_layout(tuple(shape), spec)}
 
 
 class PackedTensor:
@@ -170,33 +65,16 @@ class PackedTensor:
         self.shape, self.dtype = torch.Size(shape), dtype
 
     def buffer_names(self) -> dict[str, str]:
-        return buffer_names(self.attribute, self.spec)
+        return buffer_names(self.attribute, self.shape, self.spec)
 
     def allocate(self) -> None:
-        n_groups = group_count(self.shape, self.spec)
-        sizes = {"codes": (packed_size(self.shape.numel(), self.spec.bits), torch.uint8),
-                 "scale": (n_groups, getattr(torch, self.spec.scale_dtype)), "scale_exponent": (1, torch.int8),
-                 "zero_point": (packed_size(n_groups, self.spec.bits), torch.uint8),
-                 "codebook": (n_groups * 2 ** self.spec.bits, torch.float16)}
-        for role, name in self.buffer_names().items():
-            size, dtype = sizes[role]
-            self.holder.register_buffer(name, torch.zeros(size, dtype=dtype))
+        for tensor in method_named(self.spec.method).stored_layout(tuple(self.shape), self.spec):
+            self.holder.register_buffer(f"{self.attribute}_{tensor.suffix}",
+                                        torch.zeros(tensor.numel, dtype=tensor.dtype))
 
     def dequantize(self) -> torch.Tensor:
-        names = self.buffer_names()
-        if self.spec.method == "codebook":
-            codebook = getattr(self.holder, names["codebook"]).view(-1, 2 ** self.spec.bits)
-            codes = unpack_codes(getattr(self.holder, names["codes"]), self.spec.bits, self.shape.numel())
-            values = dequantize_codebook(codes.view(codebook.shape[0], -1), codebook)
-            return self._as_weight(values)
-        scale = getattr(self.holder, names["scale"])
-        if "scale_exponent" in names:
-            scale = float16_scale(scale, int(getattr(self.holder, names["scale_exponent"])))
-        n_groups = scale.numel()
-        codes = unpack_codes(getattr(self.holder, names["codes"]), self.spec.bits, self.shape.numel()).view(n_groups, -1)
-        zero_point = (None if self.spec.symmetric
-                      else unpack_codes(getattr(self.holder, names["zero_point"]), self.spec.bits, n_groups))
-        return self._as_weight(dequantize_groups(codes, scale, zero_point, self.spec))
+        stored = {suffix: getattr(self.holder, name) for suffix, name in self.buffer_names().items()}
+        return self._as_weight(method_named(self.spec.method).dequantize_stored(stored, self.spec, self.shape))
 
     def _as_weight(self, values: torch.Tensor) -> torch.Tensor:
         weight = values.view(self.shape).to(self.dtype)
@@ -294,7 +172,7 @@ def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def packed_state_dict(model: nn.Module, plan: QuantPlan, context: "QuantContext | None" = None
                       ) -> dict[str, torch.Tensor]:
     """What ``model.safetensors`` holds for ``model`` quantized by ``plan``: every tensor once, quantized
-    units as codes + scales (+ zero-points) or codebooks (float weights of a model fake-quantized now are
+    units as their methods store them (float weights of a model fake-quantized now are
     taken from the saved originals). ``context`` carries the calibration Hessians gptq units need."""
     from .apply import float_weight, quantize_unit  # apply builds on plan and pack's siblings; import on use
 
@@ -312,21 +190,10 @@ def packed_state_dict(model: nn.Module, plan: QuantPlan, context: "QuantContext 
     return state
 
 
-def stored_tensors(quantized: QuantizedTensor | CodebookTensor, attribute: str) -> dict[str, torch.Tensor]:
-    """The buffers (by name) that hold a quantized weight: packed codes, scales (float32, or float16 and
-    their exponent) and packed zero-points, or packed indices and the flat float16 codebook."""
-    bits = quantized.spec.bits
-    names = buffer_names(attribute, quantized.spec)
-    stored = {names["codes"]: pack_codes(quantized.codes, bits)}
-    if isinstance(quantized, CodebookTensor):
-        stored[names["codebook"]] = quantized.codebook.to(torch.float16).reshape(-1)
-        return stored
-    stored[names["scale"]] = quantized.stored_scale()
-    if "scale_exponent" in names:
-        stored[names["scale_exponent"]] = torch.tensor([quantized.scale_exponent], dtype=torch.int8)
-    if quantized.zero_point is not None:
-        stored[names["zero_point"]] = pack_codes(quantized.zero_point, bits)
-    return stored
+def stored_tensors(quantized: Quantized, attribute: str) -> dict[str, torch.Tensor]:
+    """The buffers (by name) that hold a quantized weight, as its method stores it."""
+    stored = method_named(quantized.spec.method).stored_tensors(quantized)
+    return {f"{attribute}_{suffix}": tensor for suffix, tensor in stored.items()}
 
 
 def set_neuron_quantizers(model: nn.Module, plan: QuantPlan) -> None:

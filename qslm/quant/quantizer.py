@@ -25,15 +25,11 @@ Rounding is to nearest (half to even). The clipping range comes from an observer
 (per group, the shrink factor of the min/max range on ``MSE_SHRINK_GRID`` that minimises the squared
 error; the search is vectorised over groups).
 
-Methods (``QuantSpec.method``) decide how the stored values are chosen, never how many bytes they take:
-
-* ``rtn``      round to nearest, as above (the default);
-* ``gptq``     the same codes + scales (+ zero-points) as rtn, chosen with Hessian-based error
-  compensation from calibration inputs (``qslm.quant.gptq``);
-* ``codebook`` non-uniform: ``2**bits`` float16 levels per group fitted by weighted k-means, stored as
-  packed ``bits``-bit indices + the levels (``qslm.quant.codebook``). Its levels are free, so there is
-  no zero-point and no clipping observer: a codebook spec must keep ``symmetric`` true and the
-  default ``mse`` observer (k-means minimises the (weighted) squared error), and ``bits`` 2..8.
+Methods (``QuantSpec.method``) decide how the stored values are chosen and stored. Each is registered in
+``qslm.quant.methods`` with the widths it allows and what it needs: ``rtn`` (round to nearest, as above;
+the default), ``gptq`` (the same grid, codes chosen with Hessian-based error compensation), ``codebook``
+(free float16 levels per group). A method off the grid (codebook) fits its own levels, so its spec keeps
+``symmetric`` true and the ``mse`` observer, and its scale_dtype and all_levels are not used.
 
 Scales (``QuantSpec.scale_dtype``) are stored either as float32, or as float16 with one power-of-two
 exponent per tensor: ``scale = float16_scale * 2**exponent``. The exponent puts the tensor's largest
@@ -51,16 +47,19 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from ..errors import QslmError
+from .methods.registry import QuantMethod, method_named
+from .widths import BITS
 
-BITS = (2, 3, 4, 5, 6, 8, 16)
+
 GRANULARITIES = ("per-tensor", "per-channel", "group")
 OBSERVERS = ("minmax", "percentile", "mse")
 DEFAULT_PERCENTILE = 99.9
 # Candidate clip = shrink * (min/max range); 1.0 first so ties keep the unclipped range.
 MSE_SHRINK_GRID = tuple(round(1.0 - 0.02 * i, 2) for i in range(41))  # 1.00, 0.98, ..., 0.20
 NEURON_BITS = range(2, 25)
-METHODS = ("rtn", "gptq", "codebook")
-CODEBOOK_BITS = (2, 3, 4, 5, 6, 8)
+# the method a spec means when it names none (plans written before methods existed); registered by
+# qslm.quant.methods.rtn
+DEFAULT_METHOD = "rtn"
 SCALE_DTYPES = ("float32", "float16")
 # What quantize and search store unless told otherwise. QuantSpec's own default stays float32, so plans
 # written before scale_dtype existed read unchanged.
@@ -94,8 +93,8 @@ class QuantSpec:
     symmetric: bool = True
     observer: str = "mse"
     percentile: float | None = None  # only with observer "percentile"; None means DEFAULT_PERCENTILE
-    method: str = "rtn"  # after the fields above, so their positional construction keeps working
-    scale_dtype: str = "float32"  # not used by codebook, whose levels are float16 (normalised to the default)
+    method: str = DEFAULT_METHOD  # after the fields above, so their positional construction keeps working
+    scale_dtype: str = "float32"  # not used off the grid (codebook: float16 levels), normalised to the default
     # symmetric only: use code 0 too (value -2**(bits-1) * scale), so no code of the b bits is wasted
     all_levels: bool = False
 
@@ -122,31 +121,19 @@ class QuantSpec:
             if (isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float))
                     or not 50.0 < self.percentile <= 100.0):
                 raise QslmError(f"percentile must be in (50, 100] (a number), got {self.percentile!r}")
-        if self.method not in METHODS:
-            raise QslmError(f"unknown method {self.method!r}; expected one of {list(METHODS)}")
+        method = _method(self.method)
         if self.scale_dtype not in SCALE_DTYPES:
             raise QslmError(f"unknown scale_dtype {self.scale_dtype!r}; expected one of {list(SCALE_DTYPES)}")
         if not isinstance(self.all_levels, bool):
             raise QslmError(f"all_levels must be true or false, got {self.all_levels!r}")
-        if self.method == "codebook":
-            self._check_codebook()
-            # one spec per codebook, whatever the template: its levels are free floats either way
+        method.check_spec(self)
+        if not method.grid:
+            # one spec per method off the grid, whatever the template: its levels are free floats either way
             object.__setattr__(self, "scale_dtype", "float32")
             object.__setattr__(self, "all_levels", False)
         elif self.all_levels and not self.symmetric:
             raise QslmError("all_levels=true is for the symmetric grid; an asymmetric grid already uses every "
                             "code (drop all_levels, or make it symmetric)")
-
-    def _check_codebook(self) -> None:
-        if self.bits not in CODEBOOK_BITS:
-            raise QslmError(f"bits={self.bits} is not supported by method 'codebook' (2**bits float16 levels per "
-                            f"group); expected one of {list(CODEBOOK_BITS)}")
-        if not self.symmetric:
-            raise QslmError("symmetric=false makes no sense with method 'codebook': its levels are free, so there "
-                            "is no zero-point; leave symmetric true")
-        if self.observer != "mse":
-            raise QslmError(f"observer={self.observer!r} makes no sense with method 'codebook': k-means fits the "
-                            "levels (minimising squared error) with no clipping range; leave observer 'mse'")
 
     @property
     def clip_percentile(self) -> float:
@@ -154,14 +141,15 @@ class QuantSpec:
 
     def describe(self) -> str:
         """Short human form, e.g. ``int4 per-channel sym mse``, ``int3 group64 asym percentile99.9``,
-        ``int3 per-channel sym mse gptq``, ``int3 group64 codebook``; float16 scales add ``fp16-scales``."""
+        ``int3 per-channel sym mse gptq``, ``int3 group64 codebook`` (a method off the grid); float16
+        scales add ``fp16-scales``."""
         layout = f"group{self.group_size}" if self.granularity == "group" else self.granularity
-        if self.method == "codebook":
-            return f"int{self.bits} {layout} codebook"
+        if not _method(self.method).grid:
+            return f"int{self.bits} {layout} {self.method}"
         observer = f"percentile{self.clip_percentile:g}" if self.observer == "percentile" else self.observer
         grid = "signed" if self.all_levels else "sym" if self.symmetric else "asym"
         text = f"int{self.bits} {layout} {grid} {observer}"
-        if self.method != "rtn":
+        if self.method != DEFAULT_METHOD:
             text += f" {self.method}"
         return text + (" fp16-scales" if self.scale_dtype == "float16" else "")
 
@@ -171,7 +159,7 @@ class QuantSpec:
         raw = asdict(self)
         if not raw["all_levels"]:
             del raw["all_levels"]
-        if raw["method"] == "rtn":
+        if raw["method"] == DEFAULT_METHOD:
             del raw["method"]
         if raw["scale_dtype"] == "float32":
             del raw["scale_dtype"]
@@ -180,6 +168,11 @@ class QuantSpec:
     @classmethod
     def from_dict(cls, raw: dict, where: str = "quant spec") -> "QuantSpec":
         return _from_dict(cls, raw, where)
+
+
+def _method(name: str) -> QuantMethod:
+    """The registered method ``name`` (a QslmError naming the registered ones if there is none)."""
+    return method_named(name)
 
 
 def parse_granularity(text: str) -> tuple[str, int | None]:
@@ -353,7 +346,7 @@ def _squeezed(zero_point: torch.Tensor | None) -> torch.Tensor | None:
 
 def quantize_tensor(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     """Round-to-nearest uniform quantization of ``w`` with the clipping range the spec's observer picks."""
-    if spec.method != "rtn":
+    if spec.method != DEFAULT_METHOD:
         raise QslmError(f"quantize_tensor rounds to nearest; a {spec.method!r} spec ({spec.describe()}) is "
                         "quantized by qslm.quant.apply.quantize_unit")
     check_group_size(w.shape, spec)

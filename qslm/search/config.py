@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from ..errors import QslmError
 from ..export.targets import DEFAULT_TARGET
-from ..quant.quantizer import BITS, DEFAULT_SCALE_DTYPE, METHODS, QuantSpec
+from ..quant.methods import method_named, method_names, registered_methods
+from ..quant.quantizer import BITS, DEFAULT_SCALE_DTYPE, QuantSpec
 from .objective import DEFAULT_WEIGHTS, parse_weights
 
 SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
@@ -24,16 +25,17 @@ DEFAULT_BIT_CHOICES = (2, 3, 4, 5, 6, 8)
 BASE_SPEC = QuantSpec(bits=8, granularity="per-channel", symmetric=True, observer="mse", scale_dtype=DEFAULT_SCALE_DTYPE)
 DEFAULT_BASELINE_BUDGET = 60  # evaluations for random and nsga2 when no budget is given
 DEFAULT_BLOCK_CACHE_MB = 512
-# each helps somewhere in docs/benchmarks.md ("Quantizer methods: rtn, gptq, codebook" and below)
-DEFAULT_METHODS = ("rtn", "gptq", "codebook")
 
 
 def default_methods(base_spec: QuantSpec) -> tuple[str, ...]:
-    """The methods a search uses when none are named: all of them, less the codebook where the base spec
-    asks for what it cannot honour (asymmetric ranges, another observer)."""
-    if base_spec.symmetric and base_spec.observer == "mse":
-        return DEFAULT_METHODS
-    return tuple(m for m in DEFAULT_METHODS if m != "codebook")
+    """The methods a search uses when none are named: every registered method that declares itself a
+    default, less those the base spec asks for what they cannot honour (the codebook: asymmetric ranges,
+    another observer)."""
+    return tuple(m.name for m in registered_methods() if m.default and m.settings_problem(base_spec) is None)
+
+
+# the built-in defaults; each helps somewhere in docs/benchmarks.md ("Quantizer methods: rtn, gptq, codebook")
+DEFAULT_METHODS = default_methods(BASE_SPEC)
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,8 @@ class SearchConfig:
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     ignore: tuple[str, ...] = ()  # glob patterns of units kept float (matched on names and parameter paths)
     # quantizers each unit may use; with several, each unit takes per bit-width the one that damages its
-    # outputs least (qslm.search.methods). None: every method the base spec allows (DEFAULT_METHODS; the
-    # codebook only with a symmetric mse base spec, as it ignores both)
+    # outputs least (qslm.search.methods). None: every default method the base spec allows (default_methods;
+    # the codebook only with a symmetric mse base spec, as it ignores both)
     methods: tuple[str, ...] | None = None
     # memory (MiB) for block outputs reused between measurements (qslm.search.block_cache); 0: none.
     # Results are the same either way, bit for bit.
@@ -87,12 +89,13 @@ class SearchConfig:
         object.__setattr__(self, "ignore", tuple(self.ignore))
         methods = (self.methods,) if isinstance(self.methods, str) else (
             default_methods(self.base_spec) if self.methods is None else tuple(self.methods))
-        bad = [m for m in methods if m not in METHODS]
+        bad = [m for m in methods if m not in method_names()]
         if bad or not methods or len(set(methods)) != len(methods):
-            raise QslmError(f"methods must be distinct names among {list(METHODS)}, got {list(methods)}")
-        if "codebook" in methods and (not self.base_spec.symmetric or self.base_spec.observer != "mse"):
-            raise QslmError("method codebook needs a symmetric base spec with the mse observer (its levels are "
-                            f"fitted freely), got {self.base_spec.describe()}")
+            raise QslmError(f"methods must be distinct names among {method_names()}, got {list(methods)}")
+        for name in methods:
+            problem = method_named(name).settings_problem(self.base_spec)
+            if problem is not None:
+                raise QslmError(f"method {name} cannot take the base spec {self.base_spec.describe()}: {problem}")
         object.__setattr__(self, "methods", methods)
         if isinstance(self.block_cache_mb, bool) or not isinstance(self.block_cache_mb, int) or self.block_cache_mb < 0:
             raise QslmError(f"block_cache_mb must be a whole number of MiB >= 0 (0: no cache), got {self.block_cache_mb!r}")

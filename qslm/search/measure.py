@@ -22,7 +22,9 @@ from ..analysis.local_sensitivity import BlockLocalSensitivity
 from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache
 from ..model_inputs import inputs_digest
-from ..quant.apply import QuantContext, WeightCache, fake_quantized
+from ..quant.apply import WeightCache, fake_quantized
+from ..quant.context import QuantContext
+from ..quant.methods import Needs, method_named
 from ..quant.plan import QuantPlan
 from ..quant.quantizer import QuantSpec
 from ..tasks.base import Task
@@ -126,7 +128,8 @@ class Damages:
         spec_key = described.pop() if len(described) == 1 else "|".join(
             sorted(f"{u}={s.describe()}" for u, s in specs.items()))
         calibration = self.calibration_digest + (":local" if block else "")
-        if self.quantizer_digest is not None and any(spec.method != "rtn" for spec in specs.values()):
+        if self.quantizer_digest is not None and any(method_named(spec.method).uses is not Needs.WEIGHT
+                                                      for spec in specs.values()):
             calibration += f":fitted:{self.quantizer_digest}"
         key = SensitivityCache.key(self.digest, calibration, members, spec_key)
         return key, "local" if block is not None else "exact"  # units outside blocks: measured exactly

@@ -1,8 +1,8 @@
 """Which quantizer each unit uses at each bit-width, chosen by measurement, one width at a time.
 
-With ``SearchConfig.methods`` naming more than round-to-nearest (``rtn``, ``gptq``, ``codebook``: see
-``qslm.quant.quantizer``), each unit keeps, per bit-width, the method whose damage (the unit alone quantized) is
-lowest among those storing the same bytes (ties: the earlier method in the list); a method that stores
+With ``SearchConfig.methods`` naming more than round-to-nearest (registered methods such as ``rtn``,
+``gptq``, ``codebook``: see ``qslm.quant.methods``), each unit keeps, per bit-width, the method whose
+damage (the unit alone quantized) is lowest among those storing the same bytes (ties: the earlier method in the list); a method that stores
 more (the codebook's levels) is kept only where its damage per byte beats the next bit-width's. A unit
 whose calibration Hessian is known is weighed by its output error on those inputs (``output_errors``:
 no forward pass, so choosing costs the fits alone); the others (an embedding, a convolution) by the
@@ -12,9 +12,9 @@ energy and export follow the spec.
 ``MethodChoice`` decides a width for every unit when a spec at that width is first asked for: a search
 that never leaves 2 and 3 bits never measures a method at 8. What it decides at a width depends only on
 the measurements at that width and the next, so the choices are those of deciding every width first
-(``choose_methods``). GPTQ needs the unit's calibration Hessian (``qslm.quant.unit_inputs``), recorded
-once from the quantizer calibration inputs; a unit that has none (an embedding, a convolution) is not
-offered GPTQ.
+(``choose_methods``). A method offers each unit the widths it declares; one that needs the unit's
+calibration Hessian (GPTQ: ``qslm.quant.unit_inputs``, recorded once from the quantizer calibration
+inputs) is not offered to a unit that has none (an embedding, a convolution).
 """
 from __future__ import annotations
 
@@ -24,8 +24,11 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ..quant.apply import QuantContext, WeightCache, float_weight
-from ..quant.quantizer import CODEBOOK_BITS, QuantSpec
+from ..errors import QslmError
+from ..quant.apply import WeightCache, float_weight
+from ..quant.context import QuantContext
+from ..quant.methods import Needs, method_named
+from ..quant.quantizer import DEFAULT_METHOD, QuantSpec
 from ..quant.unit_inputs import record_hessians
 
 SpecOf = Callable[[str, int], QuantSpec]
@@ -45,17 +48,24 @@ class Option(NamedTuple):
 
 
 def record_context(model: nn.Module, inputs: list, methods: tuple[str, ...], reset=None) -> QuantContext | None:
-    """The calibration Hessians of every unit, when a method needs them (None for rtn alone)."""
-    if all(m == "rtn" for m in methods):
+    """The calibration Hessians of every unit, when a method needs or uses them (None for rtn alone)."""
+    uses = {method_named(m).uses for m in methods}
+    if Needs.GRADIENTS in uses:
+        wanting = [m for m in methods if method_named(m).uses is Needs.GRADIENTS]
+        raise QslmError(f"methods {wanting} use {Needs.GRADIENTS.value}, which the search does not record yet "
+                        "(it records unit-input Hessians)")
+    if uses == {Needs.WEIGHT}:
         return None
     return QuantContext(record_hessians(model, inputs, reset))
 
 
 def applicable(unit: str, bits: int, method: str, context: QuantContext | None) -> bool:
-    if method == "gptq":
+    """``method`` allows ``bits`` and has what it needs for ``unit``."""
+    declared = method_named(method)
+    if bits not in declared.bits:
+        return False
+    if declared.needs is Needs.HESSIANS:
         return context is not None and context.hessian(unit) is not None
-    if method == "codebook":
-        return bits in CODEBOOK_BITS
     return True
 
 
@@ -99,8 +109,8 @@ class MethodChoice:
         self._damage: dict[tuple[str, str, int], float] = {}  # each unit's own kind (local or measured)
         # ``measure``'s damages of locally weighed units, to rank them against the others when the limit bites
         self._measured: dict[tuple[str, str, int], float] = {}
-        only_rtn = all(m == "rtn" for m in self.methods)  # nothing to choose: every width decided now
-        self._chosen: dict[str, dict[int, str]] = {u: dict.fromkeys(self.widths, "rtn") if only_rtn else {}
+        only_rtn = all(m == DEFAULT_METHOD for m in self.methods)  # nothing to choose: every width decided now
+        self._chosen: dict[str, dict[int, str]] = {u: dict.fromkeys(self.widths, DEFAULT_METHOD) if only_rtn else {}
                                                    for u in self.units}
         self._specs: dict[tuple[str, int], QuantSpec] = {}
 
@@ -130,7 +140,7 @@ class MethodChoice:
     # --- one width, every unit ------------------------------------------------------------------------
     def _options(self, unit: str, bits: int) -> list[tuple[str, QuantSpec, int]]:
         """(method, spec, bytes) of each method that applies to ``unit`` at ``bits``, in list order."""
-        names = [m for m in self.methods if applicable(unit, bits, m, self.context)] or ["rtn"]
+        names = [m for m in self.methods if applicable(unit, bits, m, self.context)] or [DEFAULT_METHOD]
         specs = [self._spec_with(bits, m) for m in names]
         return [(m, s, self.stored_bytes(unit, s)) for m, s in zip(names, specs)]
 

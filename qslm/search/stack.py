@@ -19,10 +19,11 @@ from ..analysis.energy import energy_per_inference, latency_per_inference
 from ..analysis.hessian import hutchinson_traces
 from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache, model_hash
-from ..quant.apply import QuantContext, WeightCache
+from ..quant.apply import WeightCache
+from ..quant.context import QuantContext
 from ..quant.memory import unit_bytes
 from ..quant.plan import QuantPlan
-from ..quant.quantizer import QuantSpec
+from ..quant.quantizer import DEFAULT_METHOD, QuantSpec
 from ..quant.units import unit_tensor
 from ..tasks.base import Task
 from .config import SearchConfig
@@ -163,7 +164,7 @@ def build_measurements(model: nn.Module, task: Task, config: SearchConfig, const
                           local=None if errors is None else lambda jobs: _method_errors(errors, jobs, progress))
     return SearchMeasurements(
         model, config, profile, digest, weights, reference, context, measurements, executor, damages, journal,
-        choice, SensitivityTable(damages, choice.spec), PlanSpecs(choice.spec, list(config.methods) != ["rtn"]),
+        choice, SensitivityTable(damages, choice.spec), PlanSpecs(choice.spec, list(config.methods) != [DEFAULT_METHOD]),
         {u: BytesByWidth(u, list(config.bit_choices), choice.spec, stored_bytes) for u in units}, dropped, check,
         progress)
 
@@ -173,7 +174,7 @@ def _journal_header(digest: str, task: Task, config: SearchConfig, damages: Dama
     constraints, weights, strategy or budget reuses every measurement already made."""
     header = {"model": digest, "task": task.identity(), "metric": task.metric_name,
               "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}
-    if list(config.methods) != ["rtn"]:
+    if list(config.methods) != [DEFAULT_METHOD]:
         header["methods"] = list(config.methods)
         header["quantizer_calibration"] = damages.quantizer_digest
     return header

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qslm.quant.apply import QuantContext
-from qslm.quant.gptq import GptqOptions
+from qslm.quant.context import GptqOptions, QuantContext
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import QuantSpec
 from qslm.quant.unit_inputs import record_hessians

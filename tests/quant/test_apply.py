@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-import qslm.quant.apply as apply_module
+import qslm.quant.methods.rtn as rtn_module
 from qslm.errors import QslmError
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
-from qslm.quant.apply import QuantContext, WeightCache, applied_plan, apply_plan, fake_quantized, float_weight, restore
-from qslm.quant.codebook import codebook_quantize
-from qslm.quant.gptq import gptq_quantize
+from qslm.quant.apply import WeightCache, applied_plan, apply_plan, fake_quantized, float_weight, restore
+from qslm.quant.context import QuantContext
+from qslm.quant.methods.codebook import codebook_quantize
+from qslm.quant.methods.gptq import gptq_quantize
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import NeuronSpec, QuantSpec, fake_quantize
 from qslm.quant.unit_inputs import record_hessians
@@ -32,13 +33,13 @@ def ids():
 @pytest.fixture
 def count_quantize(monkeypatch):
     calls = []
-    original = apply_module.quantize_tensor
+    original = rtn_module.quantize_tensor
 
     def counting(w, spec):
         calls.append(spec)
         return original(w, spec)
 
-    monkeypatch.setattr(apply_module, "quantize_tensor", counting)
+    monkeypatch.setattr(rtn_module, "quantize_tensor", counting)
     return calls
 
 

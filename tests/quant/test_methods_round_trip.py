@@ -8,10 +8,12 @@ from safetensors import safe_open
 from torch import nn
 
 from qslm.checkpoint import load_quantized, write_quantized_files
-from qslm.quant.apply import QuantContext, WeightCache, fake_quantized
+from qslm.quant.apply import WeightCache, fake_quantized
+from qslm.quant.context import QuantContext
 from qslm.quant.memory import fixed_bytes, unit_bytes
 from qslm.quant.plan import QuantPlan
-from qslm.quant.quantizer import BITS, CODEBOOK_BITS, SCALE_DTYPES, QuantSpec
+from qslm.quant.methods import method_named, method_names
+from qslm.quant.quantizer import SCALE_DTYPES, QuantSpec
 from qslm.quant.unit_inputs import record_hessians
 from qslm.quant.units import find_units
 
@@ -30,13 +32,14 @@ class TwoLayers(nn.Module):
 
 
 def cases():
-    for method in ("rtn", "gptq", "codebook"):
-        for bits in CODEBOOK_BITS if method == "codebook" else BITS:
+    for method in method_names():
+        grid = method_named(method).grid
+        for bits in method_named(method).bits:
             for granularity, size in LAYOUTS:
                 # (symmetric, all_levels): symmetric, signed (every code), asymmetric
-                grids = ((True, False),) if method == "codebook" else ((True, False), (True, True), (False, False))
+                grids = ((True, False), (True, True), (False, False)) if grid else ((True, False),)
                 for symmetric, all_levels in grids:
-                    for scale_dtype in ("float32",) if method == "codebook" else SCALE_DTYPES:
+                    for scale_dtype in SCALE_DTYPES if grid else ("float32",):
                         yield method, bits, granularity, size, symmetric, all_levels, scale_dtype
 
 

@@ -21,7 +21,7 @@ def test_every_method_by_default():
 def test_the_default_leaves_the_codebook_out_where_the_base_spec_asks_for_what_it_ignores():
     for base in (dataclasses.replace(BASE_SPEC, symmetric=False), dataclasses.replace(BASE_SPEC, observer="minmax")):
         assert SearchConfig(base_spec=base).methods == ("rtn", "gptq")
-        with pytest.raises(QslmError, match="method codebook needs a symmetric base spec"):
+        with pytest.raises(QslmError, match="method codebook cannot take the base spec .* makes no sense with method"):
             SearchConfig(base_spec=base, methods=("rtn", "codebook"))
 
 

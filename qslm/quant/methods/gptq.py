@@ -17,12 +17,13 @@ at that moment (earlier columns' compensation included).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import QslmError
-from .quantizer import (
+from ...errors import QslmError
+from ..quantizer import (
+    BITS,
     QuantizedTensor,
     QuantSpec,
     check_group_size,
@@ -33,24 +34,14 @@ from .quantizer import (
     matrix_shape,
     with_stored_scales,
 )
+from ..context import GptqOptions
+from .grid import GridMethod
+from .registry import Needs
 
+if TYPE_CHECKING:
+    from ..context import QuantContext
 
-@dataclass(frozen=True)
-class GptqOptions:
-    """damping: fraction of mean(diag(H)) added to the diagonal (keeps H invertible and the updates
-    tame); act_order: quantize columns by descending diag(H); block_size: columns per lazy batch."""
-    damping: float = 0.01
-    act_order: bool = False
-    block_size: int = 128
-
-    def __post_init__(self):
-        if not 0.0 < float(self.damping) < 1.0:
-            raise QslmError(f"GPTQ damping must be in (0, 1) (a fraction of the mean Hessian diagonal), "
-                            f"got {self.damping!r}")
-        if not isinstance(self.act_order, bool):
-            raise QslmError(f"GPTQ act_order must be true or false, got {self.act_order!r}")
-        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
-            raise QslmError(f"GPTQ block_size must be a positive integer, got {self.block_size!r}")
+NAME = "gptq"
 
 
 def inverse_cholesky(hessian: torch.Tensor, damping: float, unit: str) -> torch.Tensor:
@@ -115,7 +106,7 @@ class _GroupScales:
 def gptq_quantize(w: torch.Tensor, spec: QuantSpec, hessian: torch.Tensor, options: GptqOptions = GptqOptions(),
                   unit: str = "weight") -> QuantizedTensor:
     """GPTQ codes for ``w`` (any shape; viewed as [rows, cols]) given its input Hessian [cols, cols]."""
-    if spec.method != "gptq":
+    if spec.method != NAME:
         raise QslmError(f"unit {unit!r}: gptq_quantize needs a gptq spec, got {spec.describe()}")
     check_group_size(w.shape, spec, f"unit {unit!r}")
     rows, cols = matrix_shape(w.shape)
@@ -171,3 +162,18 @@ def _current(weight: torch.Tensor, block: torch.Tensor, errors: torch.Tensor, u:
     if i and bool(beyond.any()):
         values[:, beyond] -= errors[:, :i] @ u[start:start + i][:, members[beyond]]
     return values
+
+
+class Gptq(GridMethod):
+    """rtn's grid and storage, codes chosen with Hessian-based error compensation (``QuantContext.gptq``
+    options)."""
+    name = NAME
+    bits = BITS
+    needs = uses = Needs.HESSIANS
+    colour = "tab:orange"
+    default = True
+
+    def quantize(self, weight: torch.Tensor, spec: QuantSpec, context: "QuantContext | None", unit: str
+                 ) -> QuantizedTensor:
+        # the caller checked ``needs``: the context holds this unit's Hessian
+        return gptq_quantize(weight, spec, context.hessian(unit).hessian, context.gptq, unit)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from qslm.quant.pack import PACKERS, pack_codes, packed_size, unpack_codes
+from qslm.quant.bits import PACKERS, pack_codes, packed_size, unpack_codes
 from qslm.quant.quantizer import BITS
 
 WIDTHS = sorted(set(BITS) | {1, 7})

@@ -10,16 +10,30 @@ weighted squared error (quantiles alone can settle on a poor optimum for heavy-t
 of an element is the Hessian diagonal of its input column when one is given (how much an error there
 costs in the output), else 1. Indices are finally chosen against the float16 levels, so they are
 nearest to the values actually stored.
+
+Stored as ``codes`` (the indices, packed like any codes) and ``codebook`` float16 [G * 2**bits]: group g's
+sorted levels at [g*2**bits, (g+1)*2**bits). Its levels are free, so there is no zero-point and no clipping
+observer (a codebook spec keeps ``symmetric`` true and the ``mse`` observer), and bits are 2..8.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import QslmError
-from .quantizer import QuantSpec, check_group_size, grouped, matrix_shape
+from ...errors import QslmError
+from ..bits import pack_codes, packed_size, unpack_codes
+from ..quantizer import QuantSpec, check_group_size, group_count, grouped, matrix_shape
+from .registry import Needs, QuantMethod, StoredTensor
 
+if TYPE_CHECKING:
+    from ..context import QuantContext
+
+NAME = "codebook"
+BITS = (2, 3, 4, 5, 6, 8)  # 2**bits float16 levels per group: 16 bits would store more than float16 weights
 LLOYD_ITERATIONS = 25
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
@@ -104,7 +118,7 @@ def element_weights(shape: torch.Size | tuple[int, ...], hessian_diagonal: torch
 def codebook_quantize(w: torch.Tensor, spec: QuantSpec, hessian_diagonal: torch.Tensor | None = None,
                       unit: str = "weight") -> CodebookTensor:
     """Fit ``2**bits`` float16 levels per group of ``w`` and index every weight to its nearest level."""
-    if spec.method != "codebook":
+    if spec.method != NAME:
         raise QslmError(f"unit {unit!r}: codebook_quantize needs a codebook spec, got {spec.describe()}")
     check_group_size(w.shape, spec, f"unit {unit!r}")
     cols = matrix_shape(w.shape)[1]
@@ -126,3 +140,34 @@ def codebook_quantize(w: torch.Tensor, spec: QuantSpec, hessian_diagonal: torch.
     codebook = levels.to(torch.float16)
     codes = _nearest(x, codebook.to(torch.float32))
     return CodebookTensor(codes.to(torch.int32), codebook, spec, w.shape)
+
+
+class Codebook(QuantMethod):
+    """Weighted k-means levels per group, weighted by the Hessian diagonal when the context has one."""
+    name = NAME
+    bits = BITS
+    needs = Needs.WEIGHT
+    uses = Needs.HESSIANS
+    grid = False
+    stored_names = ("codes", "codebook")
+    colour = "tab:green"
+    default = True
+
+    def quantize(self, weight: torch.Tensor, spec: QuantSpec, context: "QuantContext | None", unit: str
+                 ) -> CodebookTensor:
+        hessian = context.hessian(unit) if context is not None else None
+        return codebook_quantize(weight, spec, None if hessian is None else torch.diagonal(hessian.xtx), unit)
+
+    def stored_layout(self, shape: tuple[int, ...], spec: QuantSpec) -> list[StoredTensor]:
+        return [StoredTensor("codes", packed_size(math.prod(shape), spec.bits), torch.uint8),
+                StoredTensor("codebook", group_count(shape, spec) * 2 ** spec.bits, torch.float16)]
+
+    def stored_tensors(self, quantized: CodebookTensor) -> dict[str, torch.Tensor]:
+        return {"codes": pack_codes(quantized.codes, quantized.spec.bits),
+                "codebook": quantized.codebook.to(torch.float16).reshape(-1)}
+
+    def dequantize_stored(self, stored: Mapping[str, torch.Tensor], spec: QuantSpec, shape: torch.Size
+                          ) -> torch.Tensor:
+        codebook = stored["codebook"].view(-1, 2 ** spec.bits)
+        codes = unpack_codes(stored["codes"], spec.bits, math.prod(shape))
+        return dequantize_codebook(codes.view(codebook.shape[0], -1), codebook)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qslm.errors import QslmError
-from qslm.quant.codebook import codebook_quantize, dequantize_codebook
+from qslm.quant.methods.codebook import codebook_quantize, dequantize_codebook
 from qslm.quant.quantizer import QuantSpec, quantize_tensor
 
 

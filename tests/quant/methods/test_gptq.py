@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from qslm.errors import QslmError
-from qslm.quant.gptq import GptqOptions, gptq_quantize
+from qslm.quant.context import GptqOptions
+from qslm.quant.methods.gptq import gptq_quantize
 from qslm.quant.quantizer import QuantSpec, code_range, quantize_tensor
 
 ROWS, COLS = 24, 48

@@ -1,0 +1,8 @@
+"""The built-in quantizer methods, registered once (on the first import of this module), in the order a
+search lists them by default: rtn, gptq, codebook."""
+from .codebook import Codebook
+from .gptq import Gptq
+from .registry import QuantMethod, register
+from .rtn import RoundToNearest
+
+BUILTIN: tuple[QuantMethod, ...] = (register(RoundToNearest()), register(Gptq()), register(Codebook()))

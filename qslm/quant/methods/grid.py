@@ -1,0 +1,55 @@
+"""Storage shared by the methods whose values are codes on the spec's uniform grid (rtn, gptq): they
+differ in how codes are chosen, never in what is stored.
+
+A weight of shape S (G = group_count(S, spec) groups) is stored as
+
+* ``codes``          uint8 [ceil(numel(S) * bits / 8)]  codes in ``grouped`` order (row-major), packed;
+* ``scale``          float32 [G], or with ``scale_dtype`` float16: float16 [G] and
+* ``scale_exponent`` int8 [1], the tensor's power of two (scale = float16 * 2**exponent);
+* ``zero_point``     uint8 [ceil(G * bits / 8)], zero-points packed like codes (asymmetric only).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from ..bits import pack_codes, packed_size, unpack_codes
+from ..quantizer import QuantizedTensor, QuantSpec, dequantize_groups, float16_scale, group_count
+from .registry import QuantMethod, StoredTensor
+
+
+class GridMethod(QuantMethod):
+    """A method that stores a ``QuantizedTensor``: packed codes, scales (+ exponent) (+ zero-points)."""
+    grid = True
+    stored_names = ("codes", "scale", "scale_exponent", "zero_point")
+
+    def stored_layout(self, shape: tuple[int, ...], spec: QuantSpec) -> list[StoredTensor]:
+        n_groups = group_count(shape, spec)
+        layout = [StoredTensor("codes", packed_size(math.prod(shape), spec.bits), torch.uint8),
+                  StoredTensor("scale", n_groups, getattr(torch, spec.scale_dtype))]
+        if spec.scale_dtype == "float16":
+            layout.append(StoredTensor("scale_exponent", 1, torch.int8))
+        if not spec.symmetric:
+            layout.append(StoredTensor("zero_point", packed_size(n_groups, spec.bits), torch.uint8))
+        return layout
+
+    def stored_tensors(self, quantized: QuantizedTensor) -> dict[str, torch.Tensor]:
+        bits = quantized.spec.bits
+        stored = {"codes": pack_codes(quantized.codes, bits), "scale": quantized.stored_scale()}
+        if quantized.spec.scale_dtype == "float16":
+            stored["scale_exponent"] = torch.tensor([quantized.scale_exponent], dtype=torch.int8)
+        if quantized.zero_point is not None:
+            stored["zero_point"] = pack_codes(quantized.zero_point, bits)
+        return stored
+
+    def dequantize_stored(self, stored: Mapping[str, torch.Tensor], spec: QuantSpec, shape: torch.Size
+                          ) -> torch.Tensor:
+        scale = stored["scale"]
+        if "scale_exponent" in stored:
+            scale = float16_scale(scale, int(stored["scale_exponent"]))
+        n_groups = scale.numel()
+        codes = unpack_codes(stored["codes"], spec.bits, math.prod(shape)).view(n_groups, -1)
+        zero_point = None if spec.symmetric else unpack_codes(stored["zero_point"], spec.bits, n_groups)
+        return dequantize_groups(codes, scale, zero_point, spec)
