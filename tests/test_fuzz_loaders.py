@@ -18,7 +18,8 @@ from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.models.zoo import CONFIG_FILE
 from qslm.quant.pack import PLAN_FILE
 from qslm.quant.plan import QuantPlan
-from qslm.quant.quantizer import NeuronSpec, QuantSpec
+from qslm.quant.quantizer import QuantSpec
+from qslm.quant.neuron_spec import NeuronSpec
 from qslm.search.journal import Journal, assignment_key
 from qslm.tasks.datasets.sst2 import load_sst2
 from qslm.tasks.datasets.wikitext import load_wikitext

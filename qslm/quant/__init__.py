@@ -6,7 +6,8 @@ from .memory import fixed_bytes, memory_report, plan_bytes, plan_bytes_by_unit, 
 from .bits import pack_codes, unpack_codes
 from .pack import PLAN_FILE, load_packed_into
 from .plan import QuantPlan
-from .quantizer import NeuronSpec, QuantizedTensor, QuantSpec, fake_quantize, quantize_tensor
+from .quantizer import QuantizedTensor, QuantSpec, fake_quantize, quantize_tensor
+from .neuron_spec import NeuronSpec
 from .units import find_units, quantizable_units
 
 __all__ = ["PLAN_FILE", "NeuronSpec", "QuantPlan", "QuantSpec", "QuantizeResult", "QuantizedTensor", "WeightCache",

@@ -25,7 +25,8 @@ from .context import QuantContext
 from .memory import plan_bytes
 from .pack import PLAN_FILE
 from .plan import QuantPlan
-from .quantizer import DEFAULT_SCALE_DTYPE, NeuronSpec, QuantSpec, parse_granularity
+from .quantizer import DEFAULT_SCALE_DTYPE, QuantSpec, parse_granularity
+from .neuron_spec import NeuronSpec
 from .unit_inputs import record_hessians
 from .units import find_units, quantizable_units
 

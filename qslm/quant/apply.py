@@ -40,7 +40,8 @@ from ..errors import QslmError
 from ..models.neurons import lif_modules
 from .methods import Needs, Quantized, QuantMethod, method_named, registered_methods
 from .plan import QuantPlan
-from .quantizer import NeuronSpec, QuantSpec
+from .quantizer import QuantSpec
+from .neuron_spec import NeuronSpec
 from .context import QuantContext
 from .units import quantizable_units, unit_tensor
 

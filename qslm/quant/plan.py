@@ -30,7 +30,8 @@ from torch import nn
 from ..errors import QslmError
 from ..jsonfile import parse_json, read_json_file
 from ..models.neurons import lif_modules
-from .quantizer import NeuronSpec, QuantSpec, check_group_size
+from .quantizer import QuantSpec, check_group_size
+from .neuron_spec import NeuronSpec
 from .units import alias_owner, quantizable_units
 
 PLAN_VERSION = 1

@@ -11,7 +11,8 @@ from qslm.cli import main
 from qslm.quant.api import quantize
 from qslm.quant.pack import PLAN_FILE
 from qslm.quant.plan import QuantPlan
-from qslm.quant.quantizer import NeuronSpec, QuantSpec
+from qslm.quant.quantizer import QuantSpec
+from qslm.quant.neuron_spec import NeuronSpec
 
 
 def run_json(capsys, argv: list[str]) -> dict:

@@ -9,7 +9,7 @@ from torch import nn
 
 from qslm.analysis.neurons import SpikeRecorder
 from qslm.models.neurons import LIF, ATanSpike, atan_surrogate_grad, lif_modules
-from qslm.quant.quantizer import FixedPoint
+from qslm.quant.neuron_spec import FixedPoint
 from tests.reference_forward import reference_forward, reference_lif
 
 

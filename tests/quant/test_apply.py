@@ -14,7 +14,8 @@ from qslm.quant.context import QuantContext
 from qslm.quant.methods.codebook import codebook_quantize
 from qslm.quant.methods.gptq import gptq_quantize
 from qslm.quant.plan import QuantPlan
-from qslm.quant.quantizer import NeuronSpec, QuantSpec, fake_quantize
+from qslm.quant.quantizer import QuantSpec, fake_quantize
+from qslm.quant.neuron_spec import NeuronSpec
 from qslm.quant.unit_inputs import record_hessians
 from qslm.quant.units import quantizable_units, unit_tensor
 

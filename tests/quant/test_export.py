@@ -13,7 +13,8 @@ from qslm.outputs import MANIFEST_FILE
 from qslm.quant.apply import applied_plan, apply_plan, fake_quantized, restore
 from qslm.quant.pack import PLAN_FILE
 from qslm.quant.plan import QuantPlan
-from qslm.quant.quantizer import NeuronSpec, QuantSpec
+from qslm.quant.quantizer import QuantSpec
+from qslm.quant.neuron_spec import NeuronSpec
 from qslm.quant.units import quantizable_units
 from tests.quant.calibration import calibration_context, methods_plan, model_inputs
 

@@ -18,7 +18,8 @@ from qslm.quant.memory import (
     unit_bytes,
 )
 from qslm.quant.plan import QuantPlan
-from qslm.quant.quantizer import NeuronSpec, QuantSpec
+from qslm.quant.quantizer import QuantSpec
+from qslm.quant.neuron_spec import NeuronSpec
 from qslm.quant.units import quantizable_units
 from tests.quant.calibration import calibration_batches, methods_plan
 

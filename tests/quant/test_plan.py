@@ -11,7 +11,8 @@ from qslm.errors import QslmError
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.models.spiking_encoder import SpikingEncoder, SpikingEncoderConfig
 from qslm.quant.plan import FLOAT_BITS, PLAN_VERSION, QuantPlan
-from qslm.quant.quantizer import NeuronSpec, QuantSpec
+from qslm.quant.quantizer import QuantSpec
+from qslm.quant.neuron_spec import NeuronSpec
 from qslm.quant.units import quantizable_units
 
 

@@ -13,7 +13,8 @@ from qslm.errors import QslmError
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.quant.apply import WeightCache, fake_quantized
 from qslm.quant.plan import QuantPlan
-from qslm.quant.quantizer import NeuronSpec, QuantSpec
+from qslm.quant.quantizer import QuantSpec
+from qslm.quant.neuron_spec import NeuronSpec
 from qslm.search.block_cache import BlockOutputCache
 from qslm.search.block_values import copied, identical
 from tests.handwritten import HandwrittenSpikingClassifier
