@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 QSLM_DATA_DIR ?= $(abspath ../shared/data)
 export QSLM_DATA_DIR
 
-.PHONY: setup test demo
+.PHONY: setup test test-fast demo
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +18,10 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q -x
+
+# the quick tier while working (about a minute): every test but those marked slow
+test-fast: setup
+	$(PY) -m pytest -q -x -m "not slow"
 
 demo: setup
 	$(VENV)/bin/qslm demo

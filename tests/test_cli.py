@@ -75,6 +75,7 @@ def test_terminated_is_caught_where_ctrl_c_is():
     assert issubclass(Terminated, KeyboardInterrupt)
 
 
+@pytest.mark.slow
 def test_a_terminated_search_keeps_its_journal_and_resumes(tiny_classifier, small_data_dir, tmp_path, capsys):
     """A real process: a scheduler's SIGTERM in the middle of a search."""
     out = tmp_path / "out"

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "qslm"
 
 
@@ -141,6 +143,7 @@ def test_quantization_and_model_folders_import_one_way():
         assert not {n for n in imports if n.startswith(("qslm.quant", "qslm.checkpoint"))}, name
 
 
+@pytest.mark.slow
 def test_import_and_reports_leave_the_matplotlib_backend_alone(tmp_path):
     code = ("import matplotlib; matplotlib.use('svg'); import qslm; from qslm.report import plot_bitwidths; "
             "plot_bitwidths({'chosen': {'assignment': {'a': 4, 'b': 8}}}, __import__('pathlib').Path(%r)); "
@@ -154,6 +157,7 @@ def test_the_command_line_starts_before_torch_is_imported():
     assert run_python("import sys, qslm.cli; print('torch' in sys.modules)") == "False"
 
 
+@pytest.mark.slow
 def test_qslm_search_is_callable_however_it_was_reached():
     assert run_python("import qslm.search.run, qslm; print(callable(qslm.search), qslm.Task.__name__)") == "True Task"
 
@@ -164,6 +168,7 @@ def test_quantization_never_imports_the_analysis_layer():
     assert {name: bad for name, bad in offenders.items() if bad} == {}
 
 
+@pytest.mark.slow
 def test_every_module_imports_on_its_own():
     """No import cycle bites whichever module a user or script imports first: each is imported first in a
     clean set of qslm modules (torch and the rest stay loaded, so this is quick)."""

@@ -29,6 +29,7 @@ def accuracy(model, batches) -> float:
     return 100.0 * correct / sum(len(labels) for _, labels in batches)
 
 
+@pytest.mark.slow
 def test_your_own_model_example_runs(tmp_path, monkeypatch, capsys):
     code = example("Your own model")
     assert "qslm.Task(" in code and "qslm.search(" in code and "qslm.load_quantized(" in code

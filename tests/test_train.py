@@ -66,6 +66,7 @@ def interrupt_at(monkeypatch, step: int) -> None:
     monkeypatch.setattr(Trainer, "loss", loss)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["wikitext2", "sst2"])
 def test_tiny_run_writes_a_model_folder(task, small_data_dir, tmp_path):
     out = train(options(task, tmp_path / "model", small_data_dir))
@@ -82,6 +83,7 @@ def test_tiny_run_writes_a_model_folder(task, small_data_dir, tmp_path):
     assert all(torch.isfinite(t).all() for t in weights(out).values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task,ema_decay", [("wikitext2", 0.0), ("sst2", 0.0), ("sst2", 0.9), ("mlm", 0.0),
                                             ("distill", 0.0)])
 def test_interrupted_run_resumes_to_identical_weights(task, ema_decay, small_data_dir, tmp_path, monkeypatch,
@@ -153,6 +155,7 @@ def test_wikitext_weight_repeats_the_in_domain_text(small_data_dir, tmp_path):
         train(dataclasses.replace(base, wikitext_weight=0))
 
 
+@pytest.mark.slow
 def test_classifier_from_a_language_model(tiny_lm, small_data_dir, tmp_path):
     """--init with an LM for sst2 keeps the LM body and tokenizer under a new classification head."""
     out = train(options("sst2", tmp_path / "clf", small_data_dir, init=str(tiny_lm), steps=2,
@@ -169,6 +172,7 @@ def test_classifier_from_a_language_model(tiny_lm, small_data_dir, tmp_path):
     assert summary["init_training"] == json.loads((lm / "training.json").read_text())  # provenance kept
 
 
+@pytest.mark.slow
 def test_encoder_masked_lm_pre_training_then_classifier(small_data_dir, tmp_path):
     """The encoder's language-model stage is a masked LM; --init for sst2 keeps all of it but the LM head."""
     mlm = train(masked_lm_options(tmp_path / "mlm", small_data_dir, steps=3))

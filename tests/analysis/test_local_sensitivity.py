@@ -114,6 +114,7 @@ def test_rank_correlation_compares_orders_not_values():
     assert rank_correlation([1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 4.0, 3.0]) == pytest.approx(0.6)
 
 
+@pytest.mark.slow
 def test_ranks_units_like_the_exact_measure_on_a_bundled_model(data_dir):
     """On the bundled SpikeGPT classifier the local estimate orders (unit, bit-width) pairs almost as the
     exact whole-model KL does (measured over all block units at 2/3/4 bits: Spearman 0.90,

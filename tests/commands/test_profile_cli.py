@@ -80,6 +80,7 @@ def test_classification_file(tiny_classifier, small_data_dir, tmp_path, capsys):
     assert f"text-classification validation file {path}, 3 sequences" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_text_file_with_a_calibration_file(tiny_lm, small_data_dir, tmp_path, capsys):
     valid = (small_data_dir / "wikitext-2" / "valid.txt").read_text()
     (tmp_path / "val.txt").write_text(valid)

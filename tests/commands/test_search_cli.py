@@ -28,6 +28,7 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "sensitivity-cache"
 
 
+@pytest.mark.slow
 def test_search_prints_fp32_vs_qslm_table(tiny_classifier, small_data_dir, cache_dir, tmp_path, capsys):
     out = tmp_path / "out"
     capsys.readouterr()
@@ -63,6 +64,7 @@ def test_search_prints_fp32_vs_qslm_table(tiny_classifier, small_data_dir, cache
             candidate["modelled_latency_s"] / report["baseline"]["modelled_latency_s"])
 
 
+@pytest.mark.slow
 def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, capsys):
     out = tmp_path / "greedy"
     assert main(["search", str(tiny_classifier), "--task", "sst2", "--max-drop", "1", "--strategy", "greedy",
@@ -197,6 +199,7 @@ def test_too_little_room_is_refused_before_the_search(tiny_classifier, small_dat
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_export_is_one_line_and_keeps_the_previous_run(tiny_classifier, small_data_dir, cache_dir,
                                                                           tmp_path, capsys, monkeypatch):
     import qslm.quant.pack
@@ -297,6 +300,7 @@ def test_help(command, capsys):
     assert f"(wikitext2, default {DEFAULTS['wikitext2']['validation']})" in text
 
 
+@pytest.mark.slow
 def test_demo_applies_its_default_constraints(tiny_classifier, small_data_dir, cache_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     capsys.readouterr()

@@ -16,6 +16,7 @@ from qslm.tasks.datasets.sst2 import load_sst2
 SMALL = ["--calibration-size", "16", "--max-evals", "6", "--strategy", "uniform", "--bits", "4,8"]
 
 
+@pytest.mark.slow
 def test_text_classification_csv_with_other_columns_and_named_labels(tiny_classifier, small_data_dir, tmp_path,
                                                                      capsys):
     examples = load_sst2("dev", small_data_dir)
@@ -46,6 +47,7 @@ def test_text_classification_csv_with_other_columns_and_named_labels(tiny_classi
     assert loaded.model is not None
 
 
+@pytest.mark.slow
 def test_language_modeling_text_files(tiny_lm, small_data_dir, tmp_path):
     lines = (small_data_dir / "wikitext-2" / "valid.txt").read_text().splitlines(keepends=True)
     (tmp_path / "val.txt").write_text("".join(lines[:150]))
@@ -60,6 +62,7 @@ def test_language_modeling_text_files(tiny_lm, small_data_dir, tmp_path):
     assert report["final"]["memory_bytes"] < report["baseline"]["memory_bytes"]
 
 
+@pytest.mark.slow
 def test_converted_spikegpt_checkpoint(upstream_spikegpt, word_tokenizer_file, tmp_path, capsys):
     checkpoint = tmp_path / "rwkv-spikegpt.pth"
     torch.save(upstream_spikegpt(vocab_size=40, n_embd=16, n_layer=2), checkpoint)

@@ -38,6 +38,7 @@ PLANS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["tiny_lm", "tiny_encoder"])
 @pytest.mark.parametrize("plan_name", list(PLANS))
 def test_plan_bytes_equal_exported_tensor_bytes(fixture, plan_name, request, tmp_path):

@@ -50,6 +50,7 @@ def model_and_context():
     return model, QuantContext(record_hessians(model, inputs))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, bits, granularity, size, symmetric, all_levels, scale_dtype", list(cases()))
 def test_packed_weights_equal_fake_quantized_ones(model_and_context, tmp_path, method, bits, granularity, size,
                                                   symmetric, all_levels, scale_dtype):

@@ -63,6 +63,7 @@ def test_spikegpt_blocks_and_their_mixers_are_cached():
     assert set(next(s for s in cache.stages if s.name == "blocks.1").neurons) == {"blocks.1.lif1", "blocks.1.lif2"}
 
 
+@pytest.mark.slow
 def test_served_outputs_equal_computed_ones_for_every_unit_and_plan():
     model = tiny_spikegpt()
     inputs = [torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(i)) for i in range(2)]
@@ -101,6 +102,7 @@ def test_the_float_prefix_is_stored_on_its_second_computation_only():
     assert cache.hits == 2  # blocks.0 and blocks.1
 
 
+@pytest.mark.slow
 def test_the_memory_bound_holds_and_evictions_change_nothing():
     model = tiny_spikegpt()
     sample = torch.randint(0, 64, (2, 12))

@@ -65,6 +65,7 @@ def test_one_setting_under_two_names_and_unknown_settings_are_refused():
         config_from(None, {"strategies": "random"})
 
 
+@pytest.mark.slow
 def test_a_config_names_a_strategy_without_loading_the_strategies_or_the_executors():
     """The name is checked where strategies run (``check_strategy``), so a config imports neither."""
     code = ("import sys; from qslm.search.config import SearchConfig; SearchConfig(strategy='anneal'); "

@@ -87,6 +87,7 @@ def test_an_unknown_strategy_is_refused_before_any_work_or_output_folder(handwri
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_handwritten_model_end_to_end(handwritten, tmp_path):
     model, ids, labels = handwritten
     task, result = run_search(model, ids, labels, tmp_path / "out", tmp_path / "cache", max_drop=10.0,
@@ -116,6 +117,7 @@ def test_handwritten_model_end_to_end(handwritten, tmp_path):
     assert set(plan["units"]) == set(find_units(model))
 
 
+@pytest.mark.slow
 def test_sensitivities_measured_when_asked_give_the_plan_of_the_full_table(handwritten, tmp_path):
     model, ids, labels = handwritten
     runs = {table: run_search(model, ids, labels, tmp_path / table, tmp_path / f"cache-{table}",
@@ -136,6 +138,7 @@ def test_sensitivities_measured_when_asked_give_the_plan_of_the_full_table(handw
     assert (tmp_path / "needed" / "sensitivity.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_reusing_block_outputs_changes_no_figure(handwritten, tmp_path):
     model, ids, labels = handwritten
     runs = {mb: run_search(model, ids, labels, tmp_path / f"out{mb}", tmp_path / f"cache{mb}",
@@ -150,6 +153,7 @@ def test_reusing_block_outputs_changes_no_figure(handwritten, tmp_path):
     assert (tmp_path / "out0" / "model.safetensors").read_bytes() == (tmp_path / "out64" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_ignored_units_stay_float(handwritten, tmp_path):
     model, ids, labels = handwritten
     _, result = run_search(model, ids, labels, tmp_path / "out", tmp_path / "cache", max_drop=50.0)
@@ -167,6 +171,7 @@ def is_packed(model: nn.Module) -> bool:
     return any(unit.packed is not None for unit in find_units(model).values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("returns", ["nan", "scores with a nan"])
 def test_a_test_figure_that_is_not_finite_is_reported_as_null(handwritten, tmp_path, returns):
     """A test figure decides nothing: the model and report are written, the figure is null and the headline
@@ -220,6 +225,7 @@ def test_a_validation_figure_that_is_not_finite_is_an_error(handwritten, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_tuple_and_dict_outputs_are_measured_by_normalised_mse(handwritten, tmp_path):
     model, ids, _ = handwritten
 
@@ -299,6 +305,7 @@ def sj_accuracy(model, ids, labels):
     return value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make, metric", [(SnnTorchClassifier, accuracy), (SpikingJellyClassifier, sj_accuracy)])
 def test_snn_library_models_end_to_end(make, metric, tmp_path):
     torch.manual_seed(0)
@@ -347,6 +354,7 @@ def test_methods_are_chosen_per_unit_and_bit_width(handwritten, tmp_path):
         qslm.SearchConfig(methods=("rtn", "awq"))
 
 
+@pytest.mark.slow
 def test_methods_are_measured_only_at_the_widths_the_search_reaches(handwritten, tmp_path, monkeypatch):
     """A width's methods are chosen when the search first needs it: a plan that stays low never measures a
     method at 8 bits, the plan is the one of choosing every width first, and the journal names each unit's
@@ -423,6 +431,7 @@ def test_plans_measured_to_choose_methods_are_not_measured_again(handwritten, tm
     assert sum(c["measured"] for c in report["method_checks"]) >= len(measured) - report["evaluations"]["total"]
 
 
+@pytest.mark.slow
 def test_quantizers_fit_to_the_quantizer_calibration(handwritten, tmp_path):
     """GPTQ's Hessians come from Task.quantizer_calibration; its measurements are cached and journalled
     under those inputs, so searches fitted to other inputs never share them."""

@@ -102,6 +102,7 @@ def cache_lines(cache) -> list[str]:
     return sorted(next(cache.glob("*.jsonl")).read_text().splitlines())
 
 
+@pytest.mark.slow
 @needs_ray
 def test_two_workers_find_the_one_process_plan(local_ray, sequential, classifier, tmp_path):
     parallel = run(classifier, tmp_path / "out", tmp_path / "cache", workers=2)
@@ -117,6 +118,7 @@ def test_two_workers_find_the_one_process_plan(local_ray, sequential, classifier
     assert "workers" not in parallel.report["config"]
 
 
+@pytest.mark.slow
 @needs_ray
 def test_nsga2_generations_on_two_workers(local_ray, classifier, tmp_path):
     one = run(classifier, tmp_path / "one", tmp_path / "cache", strategy="nsga2", max_evaluations=12)
@@ -125,6 +127,7 @@ def test_nsga2_generations_on_two_workers(local_ray, classifier, tmp_path):
     assert_same_search(one, two)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_interrupted_parallel_search_resumes(local_ray, sequential, classifier, tmp_path, monkeypatch):
     add, calls = Journal.add, []
@@ -145,6 +148,7 @@ def test_interrupted_parallel_search_resumes(local_ray, sequential, classifier, 
     assert_same_plan(sequential, resumed)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_killed_worker_is_replaced_and_its_measurements_retried(local_ray, classifier):
     model, task = classifier
@@ -165,6 +169,7 @@ def test_a_killed_worker_is_replaced_and_its_measurements_retried(local_ray, cla
     assert metrics == [in_process.metric(plan_of(measurements, plan)).result()[0] for plan in plans]
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_failing_measurement_raises_the_users_error(local_ray, classifier):
     model, _ = classifier
@@ -393,6 +398,7 @@ def test_the_cpu_count_is_this_processs_share(unstarted_ray):
     assert ExecutorChoice(workers=cpus).notes == []
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_search_with_more_workers_than_cpus_runs_on_those_and_says_so(local_ray, sequential, classifier, tmp_path,
                                                                          capsys):
@@ -405,6 +411,7 @@ def test_a_search_with_more_workers_than_cpus_runs_on_those_and_says_so(local_ra
     assert_same_plan(sequential, parallel)
 
 
+@pytest.mark.slow
 def test_the_object_store_fits_an_address_space_limit(monkeypatch):
     import resource
 

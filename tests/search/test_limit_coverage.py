@@ -90,6 +90,7 @@ def test_unguarded_search_breaks_the_limit_often(tmp_path):
     assert found == SEARCHES and rate >= 0.3  # selection on noise: the luckiest plan is kept
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("confidence, allowed", [(0.9, 0.10), (0.95, 0.05)])
 def test_guarded_search_keeps_the_limit_at_the_stated_rate(tmp_path, confidence, allowed):
     rate, found = exceeded(tmp_path, confidence)

@@ -38,6 +38,7 @@ def search(model, task, out, cache, **constraints):
                        constraints=qslm.Constraints(**{"max_memory": 0.3, **constraints}))
 
 
+@pytest.mark.slow
 def test_per_example_scores_are_bounded_end_to_end_and_resume(classifier, tmp_path):
     model, ids, labels = classifier
     task = task_of(model, ids, labels)
@@ -69,6 +70,7 @@ def test_per_example_scores_are_bounded_end_to_end_and_resume(classifier, tmp_pa
     assert looser["chosen"]["memory_bytes"] <= chosen["memory_bytes"]
 
 
+@pytest.mark.slow
 def test_one_number_still_works_and_the_report_says_no_bound_was_applied(classifier, tmp_path):
     model, ids, labels = classifier
     task = task_of(model, ids, labels, evaluate=lambda m: float(correct(m, ids[160:960], labels[160:960]).mean()))
@@ -79,6 +81,7 @@ def test_one_number_still_works_and_the_report_says_no_bound_was_applied(classif
     assert "No confidence bound could be applied" in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_test_split_that_breaks_the_limit_is_named_in_the_headline(classifier, tmp_path):
     model, ids, labels = classifier
     right = np.full(200, 100.0)

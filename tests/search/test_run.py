@@ -57,6 +57,7 @@ def twin(tiny_classifier, small_data_dir, tmp_path_factory):
     return search(tiny_classifier, root / "out", small_data_dir, root / "cache")
 
 
+@pytest.mark.slow
 def test_output_folder(base, tiny_classifier):
     assert base.report["status"] == "feasible"
     # the model as it was named, and its weights' identity
@@ -96,6 +97,7 @@ def test_reported_memory_is_the_exported_tensor_bytes(base):
     assert final["memory_bytes"] < base.report["baseline"]["memory_bytes"] * 0.5
 
 
+@pytest.mark.slow
 def test_deterministic(base, twin):
     """The same plan and bytes whether every sensitivity is measured first or each when asked for; the
     report's table then holds what was asked for, equal to the full table's entries."""
@@ -108,6 +110,7 @@ def test_deterministic(base, twin):
     assert strip(base.report) == strip(twin.report)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_new_evaluations(base, tiny_classifier, small_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("resume") / "out"
     shutil.copytree(base.out, out)
@@ -120,6 +123,7 @@ def test_rerun_resumes_without_new_evaluations(base, tiny_classifier, small_data
     assert len((out / "journal.jsonl").read_text().splitlines()) == 1 + base.report["evaluations"]["total"]
 
 
+@pytest.mark.slow
 def test_rerun_measures_edited_journal_and_cache_lines_again(base, tiny_classifier, small_data_dir, tmp_path_factory,
                                                              capsys):
     """Every journal metric set to 99.0 and two cached sensitivities swapped: the rerun trusts none of them,
@@ -160,6 +164,7 @@ def test_rerun_measures_edited_journal_and_cache_lines_again(base, tiny_classifi
     assert SensitivityCache(cache_path).dropped == 0
 
 
+@pytest.mark.slow
 def test_interrupted_search_reuses_its_journal(tiny_classifier, small_data_dir, tmp_path_factory, monkeypatch):
     # rtn alone, so that a key is the units' widths (with several methods it names them too, and the check of
     # equal-bytes methods measures plans of its own: tests/search/test_engine.py resumes such a search)
@@ -181,6 +186,7 @@ def test_interrupted_search_reuses_its_journal(tiny_classifier, small_data_dir, 
     assert [c["metric"] for c in report["candidates"][:3]] == [e["metric"] for e in journaled]
 
 
+@pytest.mark.slow
 def test_infeasible_constraints(tiny_classifier, small_data_dir, tmp_path_factory, capsys):
     out = tmp_path_factory.mktemp("infeasible") / "out"
     capsys.readouterr()
@@ -245,6 +251,7 @@ def test_zero_is_not_the_default(tiny_classifier, small_data_dir, tmp_path, opti
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_local_sensitivity_search(base, tiny_classifier, small_data_dir, tmp_path_factory):
     """Block units are measured block-locally, units outside blocks exactly; the search still meets
     its constraints, and the estimates are cached apart from the exact ones."""
@@ -261,6 +268,7 @@ def test_local_sensitivity_search(base, tiny_classifier, small_data_dir, tmp_pat
     assert report["status"] == "feasible" and report["chosen"]["memory_fraction"] <= 0.5
 
 
+@pytest.mark.slow
 def test_signed_grid_search(tiny_classifier, small_data_dir, tmp_path_factory):
     """A base spec with the signed grid reaches every rtn and gptq unit of the plan, which the packed model
     stores and a fresh load computes with; it is another search, so it has a journal of its own."""
@@ -280,6 +288,7 @@ def test_quantized_model_is_refused(base, small_data_dir, tmp_path):
         search(base.out, tmp_path / "out", small_data_dir, tmp_path)
 
 
+@pytest.mark.slow
 def test_language_model_search(tiny_lm, small_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("lm") / "out"
     result = search(tiny_lm, out, small_data_dir, shared_cache(tmp_path_factory), task="wikitext2",

@@ -53,6 +53,7 @@ def test_defaults_are_the_search_defaults():
         assert {**sizes, "split": presets.REPORTED_SPLIT[name]} == RECORDED[name]
 
 
+@pytest.mark.slow
 def test_sst2_matches_the_search_data(classifier, small_data_dir):
     model, tokenizer = classifier.model, classifier.tokenizer
     task = presets.build_task("sst2", classifier, data_dir=small_data_dir, test_limit=30)
@@ -91,6 +92,7 @@ def test_sst2_matches_the_search_data(classifier, small_data_dir):
     assert sum(ids.shape[0] for ids, _ in smaller.quantizer_inputs) == 40
 
 
+@pytest.mark.slow
 def test_wikitext2_matches_the_search_data(lm, small_data_dir):
     model, tokenizer = lm.model, lm.tokenizer
     task = presets.build_task("wikitext2", lm, data_dir=small_data_dir, validation_size=500, test_limit=9)

@@ -47,6 +47,7 @@ def test_calibration_is_the_longest_examples_shortest_first(loaded, examples):
     assert min(words[:70]) >= max(words[70:])  # the 70 longest by word count
 
 
+@pytest.mark.slow
 def test_evaluate_is_correctness_per_example_in_percent(loaded, examples):
     task = text_classification.task(loaded.model, loaded.tokenizer, examples, validation_size=80)
     kept = sorted(examples, key=lambda ex: -len(ex.sentence.split()))[:80]

@@ -154,6 +154,7 @@ def handwritten():
     return train(HandwrittenSpikingClassifier(), ids[:96], labels[:96], steps=80), ids, labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("methods", [("rtn", "toy"), ("toy",)])
 def test_a_search_chooses_the_registered_method_and_its_file_loads(toy, handwritten, tmp_path, methods):
     model, ids, labels = handwritten

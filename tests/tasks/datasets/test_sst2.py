@@ -172,6 +172,7 @@ def test_holdout_of_a_slice_of_real_train(small_data_dir):
     assert sst2.calibration_examples(small_data_dir) == held
 
 
+@pytest.mark.slow
 def test_calibration_examples_come_from_train_only(data_dir):
     train = load_sst2("train", data_dir)
     rest, held = split_holdout(train)
