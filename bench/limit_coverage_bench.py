@@ -172,7 +172,7 @@ def sst2_subject(name: str, data_dir) -> Subject:
     return Subject(name, loaded.model, Pool(len(examples), score),
                    lambda seed: dealt(len(examples), SST2_VALIDATION, seed),
                    dict(calibration=built.calibration, quantizer_calibration=built.quantizer_calibration,
-                        profile_inputs=built.profile_inputs, damage="kl"), old_preset_metric=True,
+                        profile_inputs=built.profile_inputs, damage_measure="kl"), old_preset_metric=True,
                    notes={"pool": f"{len(held_out)} held-out train + {len(examples) - len(held_out)} dev sentences"})
 
 
@@ -208,7 +208,7 @@ def wt2_subject(name: str, data_dir) -> Subject:
 
     return Subject(name, loaded.model, Pool(len(segments), score), splits,
                    dict(calibration=preset.calibration, quantizer_calibration=preset.quantizer_calibration,
-                        profile_inputs=preset.profile_inputs, damage="kl"), nll=True,
+                        profile_inputs=preset.profile_inputs, damage_measure="kl"), nll=True,
                    notes={"pool": f"{len(segments)} segments of the test text's start, {total_words} words, "
                                   f"{sum(tokens)} tokens; NLL x {factor:.4f} tokens/word"})
 

@@ -46,7 +46,7 @@ def main() -> None:
     task = build_task(default_task(loaded), loaded, data_dir=args.data_dir)
     units = quantizable_units(model)
     context = record_context(model, task.quantizer_inputs, DEFAULT_METHODS, reset_neuron_states)
-    reference = OutputReference(model, task.calibration, task.damage, task.output, reset=reset_neuron_states)
+    reference = OutputReference(model, task.calibration, task.damage_measure, task.output, reset=reset_neuron_states)
     cache = WeightCache()
     error_of = output_errors(model, context, cache)
     damage, error, seconds = {}, {}, Counter()

@@ -80,7 +80,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=None, choices=strategy_names(),
                         help=f"default {DEFAULTS.strategy}")
     parser.add_argument("--sensitivity", default=None, choices=SENSITIVITY_METHODS,
-                        help=f"exact (default {DEFAULTS.sensitivity}): whole model per measurement; local: each "
+                        help=f"exact (default {DEFAULTS.sensitivity_method}): whole model per measurement; local: each "
                              "block alone with a Fisher estimate, time linear in depth (for deep models)")
     parser.add_argument("--max-evals", type=positive_int, default=None,
                         help="candidate evaluation budget (random/nsga2 default: 60)")
@@ -148,10 +148,10 @@ def options_from_args(args: argparse.Namespace) -> dict:
                               check_confidence(args.confidence, "--confidence"))
     spec = DEFAULTS.base_spec
     base_spec = dataclasses.replace(spec, scale_dtype=args.scale_dtype or spec.scale_dtype, all_levels=args.signed)
-    given = dict(weights=None if args.weights is None else parse_weights(args.weights),
+    given = dict(objective_weights=None if args.weights is None else parse_weights(args.weights),
                  bit_choices=None if args.bits is None else tuple(parse_bits(args.bits)), strategy=args.strategy,
                  max_evaluations=args.max_evals, hardware=args.hardware, seed=args.seed,
-                 sensitivity=args.sensitivity, sensitivity_table=args.sensitivity_table,
+                 sensitivity_method=args.sensitivity, sensitivity_table=args.sensitivity_table,
                  ignore=tuple(args.ignore), methods=parse_methods(args.methods), base_spec=base_spec,
                  block_cache_mb=args.block_cache)
     data = DataConfig(calibration_size=args.calibration_size,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from ..errors import QslmError
 from ..export.targets import DEFAULT_TARGET
@@ -38,16 +38,20 @@ def default_methods(base_spec: QuantSpec) -> tuple[str, ...]:
 DEFAULT_METHODS = default_methods(BASE_SPEC)
 
 
+# former names of settings -> their names now, still accepted where users may have written them
+FORMER_NAMES = {"sensitivity": "sensitivity_method", "weights": "objective_weights"}
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     bit_choices: tuple[int, ...] = DEFAULT_BIT_CHOICES
     strategy: str = "tiered"  # checked where strategies run (qslm.search.strategies.check_strategy)
     max_evaluations: int | None = None
-    sensitivity: str = "exact"
+    sensitivity_method: str = "exact"  # how a unit's damage is measured: SENSITIVITY_METHODS
     seed: int = 0
     hardware: str = "default_45nm"  # a bundled hardware profile or a JSON file
     base_spec: QuantSpec = BASE_SPEC  # granularity, symmetry, observer and scale dtype of every quantized unit
-    weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    objective_weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))  # qslm.search.objective
     ignore: tuple[str, ...] = ()  # glob patterns of units kept float (matched on names and parameter paths)
     # quantizers each unit may use; with several, each unit takes per bit-width the one that damages its
     # outputs least (qslm.search.methods). None: every default method the base spec allows (default_methods;
@@ -58,8 +62,18 @@ class SearchConfig:
     block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB
     sensitivity_table: str = "needed"
     export_target: str = DEFAULT_TARGET  # where the chosen plan is written (qslm.export)
+    # former names, still accepted: SearchConfig(sensitivity="local"), SearchConfig(weights={...})
+    sensitivity: InitVar[str | None] = None
+    weights: InitVar[dict | str | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, sensitivity: str | None, weights):
+        for former, value in (("sensitivity", sensitivity), ("weights", weights)):
+            if value is not None:
+                current = FORMER_NAMES[former]
+                if getattr(self, current) != _field_default(current):
+                    raise QslmError(f"{former}= and {current}= both set the {current} setting: give one "
+                                    f"({former} is its former name)")
+                object.__setattr__(self, current, value)
         bits = self.bit_choices
         if isinstance(bits, (str, bytes)) or not hasattr(bits, "__iter__"):
             raise QslmError(f"bit_choices must be a list of bit-widths, got {bits!r}")
@@ -71,8 +85,8 @@ class SearchConfig:
         if self.max_evaluations is not None and (isinstance(self.max_evaluations, bool) or not isinstance(
                 self.max_evaluations, int) or self.max_evaluations < 1):
             raise QslmError(f"the evaluation budget must be a positive integer, got {self.max_evaluations!r}")
-        if self.sensitivity not in SENSITIVITY_METHODS:
-            raise QslmError(f"unknown sensitivity method {self.sensitivity!r}; expected one of "
+        if self.sensitivity_method not in SENSITIVITY_METHODS:
+            raise QslmError(f"unknown sensitivity method {self.sensitivity_method!r}; expected one of "
                             f"{list(SENSITIVITY_METHODS)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise QslmError(f"seed must be a non-negative integer, got {self.seed!r}")
@@ -80,10 +94,10 @@ class SearchConfig:
             raise QslmError(f"hardware must be a profile name or a JSON path, got {self.hardware!r}")
         if not isinstance(self.base_spec, QuantSpec):
             raise QslmError(f"base_spec must be a QuantSpec, got {type(self.base_spec).__name__}")
-        weights = parse_weights(self.weights)
+        weights = parse_weights(self.objective_weights)
         if not all(math.isfinite(v) for v in weights.values()):
             raise QslmError(f"objective weights must be finite, got {weights}")
-        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "objective_weights", weights)
         if isinstance(self.ignore, str):
             raise QslmError(f"ignore must be a list of glob patterns, got the string {self.ignore!r}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
@@ -122,7 +136,7 @@ class SearchConfig:
     def from_dict(cls, raw: dict, source: str = "search config") -> "SearchConfig":
         if not isinstance(raw, dict):
             raise QslmError(f"{source}: expected a JSON object, got {type(raw).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | set(FORMER_NAMES)
         unknown = sorted(set(raw) - known)
         if unknown:
             raise QslmError(f"{source}: unknown keys {unknown}; expected some of {sorted(known)}")
@@ -135,23 +149,24 @@ class SearchConfig:
         return cls(**values)
 
 
-# Former keyword names of settings, still accepted where users may have written them
-SETTING_ALIASES = {"sensitivity_method": "sensitivity"}
+def _field_default(name: str):
+    field_ = next(f for f in dataclasses.fields(SearchConfig) if f.name == name)
+    return field_.default_factory() if field_.default is dataclasses.MISSING else field_.default
 
 
 def config_from(config: SearchConfig | None, settings: dict) -> SearchConfig:
     """The search's one ``SearchConfig``: ``config``, or one built from keyword ``settings`` (its field
-    names, or a former name in ``SETTING_ALIASES``). Giving both, or one setting under two names, is an
+    names, or a former name in ``FORMER_NAMES``). Giving both, or one setting under two names, is an
     error that names both: a setting is given in one place."""
     fields = [f.name for f in dataclasses.fields(SearchConfig)]
-    unknown = sorted(key for key in settings if key not in fields and key not in SETTING_ALIASES)
+    unknown = sorted(key for key in settings if key not in fields and key not in FORMER_NAMES)
     if unknown:
         raise QslmError(f"unknown search setting {', '.join(f'{k}=' for k in unknown)}; the settings are "
                         f"{', '.join(fields)} (SearchConfig's fields)")
     canonical: dict = {}
     given_as: dict[str, str] = {}
     for key, value in settings.items():
-        field_name = SETTING_ALIASES.get(key, key)
+        field_name = FORMER_NAMES.get(key, key)
         if field_name in canonical:
             old, new = sorted((key, given_as[field_name]), key=lambda k: k == field_name)
             raise QslmError(f"{old}= and {new}= both set the {field_name} setting: give one "
@@ -160,7 +175,7 @@ def config_from(config: SearchConfig | None, settings: dict) -> SearchConfig:
     if config is not None and canonical:
         key = next(iter(settings))
         raise QslmError(f"config= and {key}= both set search settings: give {key} in one place, "
-                        f"SearchConfig(..., {SETTING_ALIASES.get(key, key)}=...) or the keyword without config=")
+                        f"SearchConfig(..., {FORMER_NAMES.get(key, key)}=...) or the keyword without config=")
     if config is not None and not isinstance(config, SearchConfig):
         raise QslmError(f"config must be a qslm.SearchConfig, got {type(config).__name__}")
     return config if config is not None else SearchConfig(**canonical)

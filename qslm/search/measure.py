@@ -60,15 +60,15 @@ class Measurements:
     replica on a worker gives the numbers this process would."""
 
     def __init__(self, model: nn.Module, task: Task, hierarchy: Hierarchy, config: SearchConfig, *,
-                 reference: OutputReference | None = None, weights: WeightCache | None = None,
+                 reference: OutputReference | None = None, weight_cache: WeightCache | None = None,
                  context: QuantContext | None = None):
         self.model, self.task, self.hierarchy, self.seed = model, task, hierarchy, config.seed
         self.config, self.base_spec = config, config.base_spec
         self.context = context  # calibration Hessians, when a method needs them
-        self.reference = reference or OutputReference(model, task.calibration, task.damage, task.output,
+        self.reference = reference or OutputReference(model, task.calibration, task.damage_measure, task.output,
                                                       reset=reset_neuron_states)
-        self.weights = weights if weights is not None else WeightCache()
-        self.routes = block_routes(hierarchy, config.sensitivity)
+        self.weight_cache = weight_cache if weight_cache is not None else WeightCache()
+        self.routes = block_routes(hierarchy, config.sensitivity_method)
         self._local: BlockLocalSensitivity | None = None
         # built on the float model, before any measurement applies a plan
         self.block_cache = (BlockOutputCache.build(model, hierarchy, task.calibration[0], reset_neuron_states,
@@ -90,7 +90,7 @@ class Measurements:
         if block is not None and self._local is None:  # built on first use: one float pass with gradients
             self._local = BlockLocalSensitivity.for_hierarchy(self.model, self.hierarchy, self.reference)
         self._fresh_state()
-        with fake_quantized(self.model, QuantPlan(dict(specs)), self.weights, self.context):
+        with fake_quantized(self.model, QuantPlan(dict(specs)), self.weight_cache, self.context):
             if block is not None:
                 return self._local.damage(block)
             with self._reusing_blocks():
@@ -99,7 +99,7 @@ class Measurements:
     def metric_of(self, plan: QuantPlan) -> tuple[Measured, float]:
         """(the metric of ``plan``, seconds it took)."""
         self._fresh_state()
-        with fake_quantized(self.model, plan, self.weights, self.context), \
+        with fake_quantized(self.model, plan, self.weight_cache, self.context), \
                 self._reusing_blocks(store_first=True):
             return timed(lambda: task_metric(self.task.evaluate, self.model, "evaluate", self.task.scores_are_nll))
 

@@ -57,7 +57,7 @@ class SearchProblem:
     ``unit_bytes[unit][bits]`` and ``fixed_bytes`` give exact memory; ``energy_pj(assignment)`` the energy and
     ``latency_s(assignment)`` the modelled latency per inference (deterministic: the measured seconds
     are only recorded, so noisy timings never change which plan wins).
-    ``sensitivity(units, bits)`` is the proxy damage (KL to the float model) of quantizing only ``units``;
+    ``damage_of(units, bits)`` is the proxy damage (KL to the float model) of quantizing only ``units``;
     ``measure_sensitivities([(units, bits), ...])``, when given, has several measured together (on workers,
     in parallel) before a strategy asks for them one by one.
     ``submit_metric(assignment)``, when given, starts ``measure_metric``'s work and returns at once (a
@@ -69,11 +69,11 @@ class SearchProblem:
     fixed_bytes: int
     energy_pj: Callable[[Assignment], float]
     latency_s: Callable[[Assignment], float]
-    sensitivity: Callable[[tuple[str, ...], int], float]
+    damage_of: Callable[[tuple[str, ...], int], float]
     baseline: Baseline
     judge: QualityJudge
     constraints: Constraints
-    weights: dict[str, float]
+    objective_weights: dict[str, float]
     journal: Journal
     max_evaluations: int | None = None
     progress: bool = True
@@ -168,7 +168,7 @@ class SearchProblem:
         energy = self.energy_pj(assignment)
         latency = self.latency_s(assignment)
         result = score(self.judge.search(measured), memory, energy, latency, self.baseline, self.constraints,
-                       self.weights)
+                       self.objective_weights)
         candidate = Candidate(len(self.candidates), tier, dict(assignment), measured.metric, memory, energy,
                               latency, entry["latency_s"], result, resumed, measured)
         self.candidates.append(candidate)

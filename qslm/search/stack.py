@@ -46,7 +46,7 @@ class SearchMeasurements:
     config: SearchConfig
     profile: FloatProfile
     digest: str  # the float model's hash
-    weights: WeightCache
+    weight_cache: WeightCache
     reference: OutputReference
     context: QuantContext | None
     measurements: Measurements
@@ -54,7 +54,7 @@ class SearchMeasurements:
     damages: Damages
     journal: Journal
     choice: MethodChoice
-    sensitivity: SensitivityTable
+    sensitivities: SensitivityTable
     plans: PlanSpecs
     bytes_table: dict[str, BytesByWidth]
     dropped: list[str]  # damaged journal or cache lines dropped (and measured again), one note per file
@@ -72,7 +72,7 @@ class SearchMeasurements:
         tensors = {u: unit_tensor(self.model, unit) for u, unit in units.items()}
         traces = hutchinson_traces(self.model, tensors, self.reference, seed=self.config.seed)
         return lambda u, b: traces[u] / tensors[u].numel() * float(
-            (self.weights.dequantized(u, tensors[u], self.plans.spec_of(u, b), self.context) - tensors[u])
+            (self.weight_cache.dequantized(u, tensors[u], self.plans.spec_of(u, b), self.context) - tensors[u])
             .detach().pow(2).sum())
 
     def problem(self, constraints: Constraints) -> SearchProblem:
@@ -85,15 +85,15 @@ class SearchMeasurements:
             unit_bytes=self.bytes_table, fixed_bytes=profile.fixed_bytes,
             energy_pj=lambda a: energy_per_inference(profile.op_counts, a, profile.hardware).total_pj,
             latency_s=lambda a: latency_per_inference(profile.op_counts, a, profile.hardware),
-            sensitivity=lambda members, bits: self.sensitivity.measure(tuple(members), bits)["damage"],
-            measure_sensitivities=lambda jobs: self.sensitivity.measure_together(jobs, self.progress),
-            baseline=profile.baseline, judge=profile.judge, constraints=constraints, weights=config.weights,
+            damage_of=lambda members, bits: self.sensitivities.measure(tuple(members), bits)["damage"],
+            measure_sensitivities=lambda jobs: self.sensitivities.measure_together(jobs, self.progress),
+            baseline=profile.baseline, judge=profile.judge, constraints=constraints, objective_weights=config.objective_weights,
             journal=self.journal, max_evaluations=config.max_evaluations, progress=self.progress)
 
     def measure_full_table(self) -> None:
         """Every method and every sensitivity first (``SearchConfig(sensitivity_table="full")``)."""
         self.choice.decide_all()
-        self.sensitivity.measure_table(self.profile.groups, list(self.profile.units), list(self.config.bit_choices),
+        self.sensitivities.measure_table(self.profile.groups, list(self.profile.units), list(self.config.bit_choices),
                                        self.progress)
 
     def block_cache_report(self) -> dict | None:
@@ -107,7 +107,7 @@ class SearchMeasurements:
                                        else {"hits": None, "misses": None})}
 
     def asked_table(self) -> dict[str, dict[str, dict]]:
-        return self.sensitivity.asked_table(self.profile.groups, list(self.profile.units),
+        return self.sensitivities.asked_table(self.profile.groups, list(self.profile.units),
                                             list(self.config.bit_choices))
 
 
@@ -140,10 +140,10 @@ def build_measurements(model: nn.Module, task: Task, config: SearchConfig, const
     before the first measurement (a run refused earlier leaves no trace of itself)."""
     units = profile.units
     digest = model_hash(model)
-    weights = WeightCache()
-    reference = OutputReference(model, task.calibration, task.damage, task.output, reset=reset_neuron_states)
+    weight_cache = WeightCache()
+    reference = OutputReference(model, task.calibration, task.damage_measure, task.output, reset=reset_neuron_states)
     context = record_context(model, task.quantizer_inputs, config.methods, reset_neuron_states)
-    measurements = Measurements(model, task, profile.hierarchy, config, reference=reference, weights=weights,
+    measurements = Measurements(model, task, profile.hierarchy, config, reference=reference, weight_cache=weight_cache,
                                 context=context)
     executor = executors.start(measurements)
     cache = SensitivityCache(cache_file(cache_dir, digest))
@@ -154,7 +154,7 @@ def build_measurements(model: nn.Module, task: Task, config: SearchConfig, const
     for note in dropped:
         tqdm.write(f"note: {note}", file=sys.stderr)
     stored_bytes = lambda name, spec: unit_bytes(units[name], spec)  # noqa: E731
-    errors = output_errors(model, context, weights) if context is not None else None
+    errors = output_errors(model, context, weight_cache) if context is not None else None
     check = EqualBytesCheck(executor, journal, profile.judge)
     limit = constraints.memory_limit_bytes(profile.baseline.memory_bytes)
     choice = MethodChoice(list(units), list(config.bit_choices), config.methods, config.base_spec, context,
@@ -163,7 +163,7 @@ def build_measurements(model: nn.Module, task: Task, config: SearchConfig, const
                           no_worse_together=check,
                           local=None if errors is None else lambda jobs: _method_errors(errors, jobs, progress))
     return SearchMeasurements(
-        model, config, profile, digest, weights, reference, context, measurements, executor, damages, journal,
+        model, config, profile, digest, weight_cache, reference, context, measurements, executor, damages, journal,
         choice, SensitivityTable(damages, choice.spec), PlanSpecs(choice.spec, list(config.methods) != [DEFAULT_METHOD]),
         {u: BytesByWidth(u, list(config.bit_choices), choice.spec, stored_bytes) for u in units}, dropped, check,
         progress)

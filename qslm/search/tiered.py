@@ -78,7 +78,7 @@ def descend(problem: SearchProblem, current: Candidate, items: dict[str, tuple[s
             return None
         bits, target, saved = found
         units = items[name]
-        damage = max(problem.sensitivity(units, target) - problem.sensitivity(units, bits), 0.0)
+        damage = max(problem.damage_of(units, target) - problem.damage_of(units, bits), 0.0)
         return (damage / saved, order[name], name, target)
 
     def trial(name: str, target: int, assignment: Assignment) -> Assignment:
@@ -120,7 +120,7 @@ def raise_within(problem: SearchProblem, assignment: Assignment, headroom: int, 
         if target is None:
             return None
         cost = problem.unit_bytes[unit][target] - problem.unit_bytes[unit][raised[unit]]
-        gain = problem.sensitivity((unit,), raised[unit]) - problem.sensitivity((unit,), target)
+        gain = problem.damage_of((unit,), raised[unit]) - problem.damage_of((unit,), target)
         if gain <= 0 or cost <= 0:
             return None
         return (-gain / cost, position[unit], unit, target, cost)

@@ -17,14 +17,14 @@ paired with the float model example by example; for one number no bound can be a
 metric (perplexity, loss) is limited relatively (``max_relative_increase``).
 
 Sensitivity needs no task-specific code: it is the damage to the model's outputs against float on the
-calibration inputs (KL divergence for logits, a normalised MSE otherwise; see ``damage``). ``output``
+calibration inputs (KL divergence for logits, a normalised MSE otherwise; see ``damage_measure``). ``output``
 picks the tensor to compare from whatever the model returns (default: the tensor itself, or every
 floating tensor of a tuple, list or dict).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import torch
 from torch import nn
@@ -46,7 +46,7 @@ class Task:
     output: Callable[[object], torch.Tensor] | None = None
     # "kl": the compared tensor holds logits over its last dimension; "mse": any values, error normalised
     # by the float output's energy; "auto": kl for a single floating tensor output, mse otherwise
-    damage: str = "auto"
+    damage_measure: str = "auto"
     # inputs run to count operations and firing rates, one inference per row of the first tensor
     # (default: the calibration inputs; batch size 1 counts no padding)
     profile_inputs: Iterable[ModelInput] | None = None
@@ -63,8 +63,14 @@ class Task:
     # True: the per-example scores are negative log-likelihoods (nats) and the metric is their perplexity,
     # exp(mean); a lower-is-better metric. Scale each NLL by tokens/words for word-level perplexity.
     scores_are_nll: bool = False
+    damage: InitVar[str | None] = None  # the former name of damage_measure
 
-    def __post_init__(self):
+    def __post_init__(self, damage: str | None):
+        if damage is not None:
+            if self.damage_measure != "auto":
+                raise QslmError("Task(damage=...) and Task(damage_measure=...) both name the damage measure: give "
+                                "damage_measure (damage is its former name)")
+            self.damage_measure = damage
         if not callable(self.evaluate):
             raise QslmError(f"Task.evaluate must be a callable(model) -> per-example scores or a float, got "
                             f"{type(self.evaluate).__name__}")
@@ -81,8 +87,8 @@ class Task:
         if self.scores_are_nll and self.higher_is_better:
             raise QslmError("Task.scores_are_nll=True makes the metric a perplexity (lower is better); "
                             "set higher_is_better=False")
-        if self.damage not in DAMAGE_MEASURES:
-            raise QslmError(f"Task.damage must be one of {list(DAMAGE_MEASURES)}, got {self.damage!r}")
+        if self.damage_measure not in DAMAGE_MEASURES:
+            raise QslmError(f"Task.damage_measure must be one of {list(DAMAGE_MEASURES)}, got {self.damage_measure!r}")
         self.calibration = _reiterable(self.calibration, "calibration")
         if self.profile_inputs is not None:
             self.profile_inputs = _reiterable(self.profile_inputs, "profile_inputs")

@@ -93,7 +93,7 @@ def task(model: nn.Module, tokenizer: Tokenizer, validation_text: str, test_text
 
     return Task(evaluate=validation_nll, calibration=[ids for ids, _, _ in calibration.batches],
                 quantizer_calibration=[ids for ids, _, _ in fitted.batches],
-                higher_is_better=False, test=test_nll if test_text is not None else None, damage="kl",
+                higher_is_better=False, test=test_nll if test_text is not None else None, damage_measure="kl",
                 scores_are_nll=True,
                 profile_inputs=profile_inputs(tokenizer, profiled, ctx_len), name=name, metric_name=METRIC,
                 test_split=test_split,

@@ -89,7 +89,7 @@ def task(model: nn.Module, tokenizer: Tokenizer, validation_examples: Sequence[E
     profiled = calibration_source if calibration_examples is not None else validation_examples
     return Task(evaluate=validation_correct, calibration=[(ids, mask) for ids, mask, _ in calibration.batches],
                 quantizer_calibration=[(ids, mask) for ids, mask, _ in fitted.batches],
-                higher_is_better=True, test=test_correct if test_examples is not None else None, damage="kl",
+                higher_is_better=True, test=test_correct if test_examples is not None else None, damage_measure="kl",
                 profile_inputs=profile_inputs(tokenizer, list(profiled)[:profile_size], max_len), name=name,
                 metric_name=METRIC, test_split=test_split,
                 fingerprint=f"{name}:correct per example:{validation.digest}")

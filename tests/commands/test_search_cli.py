@@ -72,7 +72,7 @@ def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, c
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["strategy"] == "greedy" and report["status"] == "feasible"
     assert {c["tier"] for c in report["candidates"]} == {"greedy"}
-    assert report["config"]["weights"] == {"quality": 2.0, "memory": 1.0, "energy": 0.5, "latency": 0.0}
+    assert report["config"]["objective_weights"] == {"quality": 2.0, "memory": 1.0, "energy": 0.5, "latency": 0.0}
     assert (out / "model.safetensors").is_file()
 
 

@@ -87,10 +87,10 @@ class Synthetic:
             groups={name: list(units) for name, units in GROUPS.items()}, bit_choices=list(bits),
             measure_metric=self.measure,
             unit_bytes={u: {b: unit_bytes(u, b) for b in bits} for u in UNIT_PARAMS}, fixed_bytes=FIXED,
-            energy_pj=energy, latency_s=latency, sensitivity=self.sensitivity,
+            energy_pj=energy, latency_s=latency, damage_of=self.sensitivity,
             baseline=Baseline(BASE_ACCURACY, True, FP32_BYTES, FP32_ENERGY, FP32_LATENCY),
             judge=QualityJudge(Measured(BASE_ACCURACY), True, False, constraints.confidence, seed=0),
-            constraints=constraints, weights=parse_weights(weights),
+            constraints=constraints, objective_weights=parse_weights(weights),
             journal=Journal(self.tmp_path / f"journal-{self.problems}.jsonl", {"problem": self.problems}),
             max_evaluations=max_evaluations, progress=False, speculation=speculation,
             submit_metric=self.submit if speculation > 1 else None)

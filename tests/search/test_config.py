@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import qslm
 from qslm.errors import QslmError
 from qslm.search.config import BASE_SPEC, DEFAULT_METHODS, SearchConfig
 
@@ -47,7 +48,7 @@ def test_settings_given_as_keywords_build_the_config():
 
 @pytest.mark.parametrize("settings, said", [
     ({"strategy": "random"}, "config= and strategy= both set search settings"),
-    ({"sensitivity_method": "local"}, "config= and sensitivity_method= both set search settings"),
+    ({"sensitivity": "local"}, "config= and sensitivity= both set search settings"),
 ])
 def test_a_config_and_a_keyword_setting_together_are_refused_naming_both(settings, said):
     from qslm.search.config import config_from
@@ -59,8 +60,12 @@ def test_a_config_and_a_keyword_setting_together_are_refused_naming_both(setting
 def test_one_setting_under_two_names_and_unknown_settings_are_refused():
     from qslm.search.config import config_from
 
-    with pytest.raises(QslmError, match="sensitivity_method= and sensitivity= both set the sensitivity setting"):
+    with pytest.raises(QslmError, match="sensitivity= and sensitivity_method= both set the sensitivity_method setting"):
         config_from(None, {"sensitivity_method": "local", "sensitivity": "exact"})
+    with pytest.raises(QslmError, match="weights= and objective_weights= both set the objective_weights setting"):
+        qslm.SearchConfig(weights="memory=2", objective_weights={"memory": 3.0})
+    assert qslm.SearchConfig(weights="memory=2").objective_weights["memory"] == 2.0  # the former name
+    assert qslm.SearchConfig.from_dict({"sensitivity": "local"}).sensitivity_method == "local"  # an older report
     with pytest.raises(QslmError, match=r"unknown search setting strategies=; the settings are bit_choices, "):
         config_from(None, {"strategies": "random"})
 

@@ -67,10 +67,10 @@ def guarded_search(tmp_path, noise: int, confidence: float, per_example: bool) -
     problem = SearchProblem(
         groups=GROUPS, bit_choices=sorted(POINTS), measure_metric=lambda a: (measured(task.scores(a)), 0.0),
         unit_bytes=bytes_at, fixed_bytes=0, energy_pj=lambda a: float(sum(a.values())),
-        latency_s=lambda a: 1.0, sensitivity=lambda units, bits: sum(POINTS[bits] for _ in units),
+        latency_s=lambda a: 1.0, damage_of=lambda units, bits: sum(POINTS[bits] for _ in units),
         baseline=Baseline(reference.metric, True, 4 * PARAMS * len(UNITS), 320.0, 10.0),
         judge=QualityJudge(reference, True, False, confidence, seed=noise),
-        constraints=constraints, weights=parse_weights(None),
+        constraints=constraints, objective_weights=parse_weights(None),
         journal=Journal(tmp_path / f"journal-{noise}-{confidence}-{per_example}.jsonl", {"noise": noise}),
         progress=False)
     tiered_search(problem)

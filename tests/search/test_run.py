@@ -259,7 +259,7 @@ def test_local_sensitivity_search(base, tiny_classifier, small_data_dir, tmp_pat
     result = search(tiny_classifier, root / "out", small_data_dir, shared_cache(tmp_path_factory),
                     config=qslm.SearchConfig(sensitivity="local", sensitivity_table="full"))
     report = result.report
-    assert report["config"]["sensitivity"] == "local" and base.report["config"]["sensitivity"] == "exact"
+    assert report["config"]["sensitivity_method"] == "local" and base.report["config"]["sensitivity_method"] == "exact"
     methods = {unit: {row["method"] for row in by_bits.values()} for unit, by_bits in report["sensitivity"].items()}
     assert methods["blocks.0"] == {"local"} and methods["blocks.1.att.key"] == {"local"}
     assert methods["emb"] == {"exact"} and methods["classifier"] == {"exact"}

@@ -24,9 +24,9 @@ def problem_with(tmp_path, scores_of, confidence=0.9) -> SearchProblem:
         groups={"g": UNITS}, bit_choices=[2, 4, 8],
         measure_metric=lambda a: (Measured(float(scores_of(a, base, judge).mean()), scores_of(a, base, judge)), 0.0),
         unit_bytes={u: {b: 100 * b for b in (2, 4, 8)} for u in UNITS}, fixed_bytes=0,
-        energy_pj=lambda a: 1.0, latency_s=lambda a: 1.0, sensitivity=lambda units, bits: 0.0,
+        energy_pj=lambda a: 1.0, latency_s=lambda a: 1.0, damage_of=lambda units, bits: 0.0,
         baseline=Baseline(reference.metric, True, 6400, 1.0, 1.0), judge=judge,
-        constraints=Constraints(max_drop=1.0, confidence=confidence), weights=parse_weights(None),
+        constraints=Constraints(max_drop=1.0, confidence=confidence), objective_weights=parse_weights(None),
         journal=Journal(tmp_path / "journal.jsonl", {"test": 1}), progress=False)
 
 

@@ -18,7 +18,8 @@ def task(**fields) -> Task:
     ({"evaluate": 3}, "Task.evaluate must be a callable"),
     ({"test": "dev"}, "Task.test must be a callable"),
     ({"higher_is_better": 1}, "Task.higher_is_better must be True or False, got 1"),
-    ({"damage": "l1"}, "Task.damage must be one of"),
+    ({"damage_measure": "l1"}, "Task.damage_measure must be one of"),
+    ({"damage": "l1"}, "Task.damage_measure must be one of"),  # the former name
     ({"calibration": BATCH}, "Task.calibration must be an iterable of model inputs .* single Tensor; wrap it"),
     ({"calibration": []}, "Task.calibration is empty"),
     ({"calibration": [BATCH, 3]}, "Task.calibration\\[1\\] is a int"),

@@ -30,7 +30,7 @@ def test_leading_words_keeps_whole_lines():
 
 def test_calibration_windows_from_the_start(loaded, text):
     task = language_modeling.task(loaded.model, loaded.tokenizer, text, calibration_tokens=32 * 10)
-    assert not task.higher_is_better and task.damage == "kl" and task.metric_name == "word perplexity"
+    assert not task.higher_is_better and task.damage_measure == "kl" and task.metric_name == "word perplexity"
     ids = torch.tensor(loaded.tokenizer.encode("\n" + text).ids)
     windows = torch.cat(task.calibration)
     assert windows.shape == (10, 32) and [w.shape[0] for w in task.calibration] == [8, 2]

@@ -35,7 +35,7 @@ def perturbed(model):
 
 def test_calibration_is_the_longest_examples_shortest_first(loaded, examples):
     task = text_classification.task(loaded.model, loaded.tokenizer, examples, calibration_size=70)
-    assert isinstance(task, Task) and task.higher_is_better and task.damage == "kl"
+    assert isinstance(task, Task) and task.higher_is_better and task.damage_measure == "kl"
     assert task.metric_name == "accuracy (%)" and task.name == "text-classification"
     words = sorted((len(ex.sentence.split()) for ex in examples), reverse=True)
     assert [ids.shape[0] for ids, _ in task.calibration] == [64, 6]  # batches of 64
