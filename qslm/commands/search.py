@@ -80,8 +80,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=None, choices=strategy_names(),
                         help=f"default {DEFAULTS.strategy}")
     parser.add_argument("--sensitivity", default=None, choices=SENSITIVITY_METHODS,
-                        help=f"exact (default {DEFAULTS.sensitivity_method}): whole model per measurement; local: each "
-                             "block alone with a Fisher estimate, time linear in depth (for deep models)")
+                        help=f"how a unit's damage is measured (default {DEFAULTS.sensitivity_method}): exact, the "
+                             "whole model per measurement; local, each block alone with a Fisher estimate, time "
+                             "linear in depth (for deep models)")
     parser.add_argument("--max-evals", type=positive_int, default=None,
                         help="candidate evaluation budget (random/nsga2 default: 60)")
     parser.add_argument("--sensitivity-table", default=None, choices=list(SENSITIVITY_TABLES),

@@ -138,9 +138,8 @@ def score(quality: Bound, memory_bytes: int, energy_pj: float, latency_s: float,
         violations.append(f"energy {energy_pj:.4g} pJ > {energy_limit:.4g} pJ")
     default_scale = 1.0 if baseline.higher_is_better else 0.01
     quality_term = max(loss, 0.0) / (quality_limit or default_scale)
-    result = Score(loss, memory_bytes / baseline.memory_bytes, energy_pj / baseline.energy_pj,
-                   latency_s / baseline.latency_s if baseline.latency_s else 1.0, not violations, violations,
-                   quality_bound=quality.upper)
-    result.objective = (weights["quality"] * quality_term + weights["memory"] * result.memory_fraction
-                        + weights["energy"] * result.energy_fraction + weights["latency"] * result.latency_fraction)
-    return result
+    memory, energy = memory_bytes / baseline.memory_bytes, energy_pj / baseline.energy_pj
+    latency = latency_s / baseline.latency_s if baseline.latency_s else 1.0
+    objective = (weights["quality"] * quality_term + weights["memory"] * memory + weights["energy"] * energy
+                 + weights["latency"] * latency)
+    return Score(loss, memory, energy, latency, not violations, violations, objective, quality_bound=quality.upper)
