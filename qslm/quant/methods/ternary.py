@@ -8,28 +8,19 @@ names it per unit (``{"bits": 2, "method": "ternary"}``)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..quantizer import (
-    DEFAULT_METHOD,
-    QuantizedTensor,
-    QuantSpec,
-    code_range,
-    dequantize_groups,
-    float16_scale,
-    group_count,
-    quantize_tensor,
-)
+from ..quantizer import DEFAULT_METHOD, QuantizedTensor, QuantSpec, code_range, quantize_tensor
 from ..trits import pack_trits, packed_trits, unpack_trits
 from .grid import GridMethod
 from .registry import Needs, StoredTensor
 
 if TYPE_CHECKING:
     from ..context import QuantContext
+
 
 class Ternary(GridMethod):
     name = "ternary"
@@ -48,27 +39,14 @@ class Ternary(GridMethod):
     def quantize(self, weight: torch.Tensor, spec: QuantSpec, context: "QuantContext | None", unit: str
                  ) -> QuantizedTensor:
         # rtn's rounding on the same grid; the result carries this method's spec
-        return dataclasses.replace(quantize_tensor(weight, dataclasses.replace(spec, method=DEFAULT_METHOD)), spec=spec)
+        rounded = quantize_tensor(weight, dataclasses.replace(spec, method=DEFAULT_METHOD))
+        return dataclasses.replace(rounded, spec=spec)
 
-    def stored_layout(self, shape: tuple[int, ...], spec: QuantSpec) -> list[StoredTensor]:
-        layout = [StoredTensor("trits", packed_trits(math.prod(shape)), torch.uint8),
-                  StoredTensor("scale", group_count(shape, spec), getattr(torch, spec.scale_dtype))]
-        if spec.scale_dtype == "float16":
-            layout.append(StoredTensor("scale_exponent", 1, torch.int8))
-        return layout
+    def codes_layout(self, n_codes: int, spec: QuantSpec) -> StoredTensor:
+        return StoredTensor("trits", packed_trits(n_codes), torch.uint8)
 
-    def stored_tensors(self, quantized: QuantizedTensor) -> dict[str, torch.Tensor]:
-        lowest, _ = code_range(quantized.spec)
-        stored = {"trits": pack_trits(quantized.codes - lowest), "scale": quantized.stored_scale()}
-        if quantized.spec.scale_dtype == "float16":
-            stored["scale_exponent"] = torch.tensor([quantized.scale_exponent], dtype=torch.int8)
-        return stored
+    def pack(self, codes: torch.Tensor, spec: QuantSpec) -> dict[str, torch.Tensor]:
+        return {"trits": pack_trits(codes - code_range(spec)[0])}
 
-    def dequantize_stored(self, stored: Mapping[str, torch.Tensor], spec: QuantSpec, shape: torch.Size
-                          ) -> torch.Tensor:
-        scale = stored["scale"]
-        if "scale_exponent" in stored:
-            scale = float16_scale(scale, int(stored["scale_exponent"]))
-        lowest, _ = code_range(spec)
-        codes = unpack_trits(stored["trits"], math.prod(shape)).to(torch.int32) + lowest
-        return dequantize_groups(codes.view(scale.numel(), -1), scale, None, spec)
+    def unpack(self, stored: Mapping[str, torch.Tensor], spec: QuantSpec, n_codes: int) -> torch.Tensor:
+        return unpack_trits(stored["trits"], n_codes).to(torch.int32) + code_range(spec)[0]
