@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--limit", type=int, default=None, help="first N examples / lines of the split")
     args = parser.parse_args()
-    print("| model | storage | bytes | % of FP32 | metric | seconds |\n|---|---|---:|---:|---:|---:|")
+    print("| model | storage | bytes | % of FP32 | accuracy % / word perplexity | seconds |\n"
+          "|---|---|---:|---:|---:|---:|")
     for name in args.models.split(","):
         task, split = MODELS[name]
         float_model = load_model(name)
@@ -42,7 +43,8 @@ def main() -> None:
                 result = qslm.quantize(name, plan=QuantPlan({u: spec for u in units}), out=Path(tmp) / "q")
                 packed = load_model(result.path)
                 evaluated = evaluate_split(packed.model, packed.tokenizer, task, split, limit=args.limit)
-                metric = evaluated.accuracy if evaluated.accuracy is not None else evaluated.perplexity
+                metric = (100 * evaluated.accuracy if evaluated.accuracy is not None  # accuracy in %
+                          else evaluated.perplexity)
                 print(f"| {name} | {method} 2-bit ({'1.6' if method == 'ternary' else '2'} bits a weight) | "
                       f"{result.bytes:,} | {100 * result.bytes / result.bytes_fp32:.2f} | {metric:.2f} | "
                       f"{time.perf_counter() - started:.0f} |", flush=True)
