@@ -109,8 +109,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=integer_at_least(0), default=None, help=f"default {DEFAULTS.seed}")
     parser.add_argument("--methods", default=None, metavar="M,...",
                         help="quantizers a unit may use: rtn (round to nearest), gptq (error compensation from "
-                             "calibration inputs), codebook (non-uniform levels per row); with several, each unit "
-                             "takes per bit-width the one that damages its outputs least (default: all three)")
+                             "calibration inputs), codebook (non-uniform levels per row), ternary (rtn's three "
+                             "2-bit levels stored five weights a byte); with several, each unit takes per bit-width "
+                             "the one that damages its outputs least, in the fewest bytes (default: rtn,gptq,codebook)")
     parser.add_argument("--signed", action="store_true",
                         help="rtn and gptq use every code of a width: [-2**(b-1), 2**(b-1) - 1] x scale "
                              "(2-bit: -2, -1, 0, +1) instead of the symmetric 2**b - 1 levels, in the same bytes")

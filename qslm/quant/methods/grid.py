@@ -25,9 +25,19 @@ class GridMethod(QuantMethod):
     grid = True
     stored_names = ("codes", "scale", "scale_exponent", "zero_point")
 
+    # How the codes are stored; the rest (scales, exponent, zero-points) is the same for every grid method.
+    def codes_layout(self, n_codes: int, spec: QuantSpec) -> StoredTensor:
+        return StoredTensor("codes", packed_size(n_codes, spec.bits), torch.uint8)
+
+    def pack(self, codes: torch.Tensor, spec: QuantSpec) -> dict[str, torch.Tensor]:
+        return {"codes": pack_codes(codes, spec.bits)}
+
+    def unpack(self, stored: Mapping[str, torch.Tensor], spec: QuantSpec, n_codes: int) -> torch.Tensor:
+        return unpack_codes(stored["codes"], spec.bits, n_codes)
+
     def stored_layout(self, shape: tuple[int, ...], spec: QuantSpec) -> list[StoredTensor]:
         n_groups = group_count(shape, spec)
-        layout = [StoredTensor("codes", packed_size(math.prod(shape), spec.bits), torch.uint8),
+        layout = [self.codes_layout(math.prod(shape), spec),
                   StoredTensor("scale", n_groups, getattr(torch, spec.scale_dtype))]
         if spec.scale_dtype == "float16":
             layout.append(StoredTensor("scale_exponent", 1, torch.int8))
@@ -37,7 +47,7 @@ class GridMethod(QuantMethod):
 
     def stored_tensors(self, quantized: QuantizedTensor) -> dict[str, torch.Tensor]:
         bits = quantized.spec.bits
-        stored = {"codes": pack_codes(quantized.codes, bits), "scale": quantized.stored_scale()}
+        stored = {**self.pack(quantized.codes, quantized.spec), "scale": quantized.stored_scale()}
         if quantized.spec.scale_dtype == "float16":
             stored["scale_exponent"] = torch.tensor([quantized.scale_exponent], dtype=torch.int8)
         if quantized.zero_point is not None:
@@ -50,6 +60,6 @@ class GridMethod(QuantMethod):
         if "scale_exponent" in stored:
             scale = float16_scale(scale, int(stored["scale_exponent"]))
         n_groups = scale.numel()
-        codes = unpack_codes(stored["codes"], spec.bits, math.prod(shape)).view(n_groups, -1)
+        codes = self.unpack(stored, spec, math.prod(shape)).view(n_groups, -1)
         zero_point = None if spec.symmetric else unpack_codes(stored["zero_point"], spec.bits, n_groups)
         return dequantize_groups(codes, scale, zero_point, spec)
