@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from qslm.report import pareto_front  # noqa: E402
 from qslm.search.objective import Constraints  # noqa: E402
-from qslm.search.run import SENSITIVITY_METHODS, run_search  # noqa: E402
+from qslm.search.config import SENSITIVITY_METHODS  # noqa: E402
+from qslm.search.run import run_search  # noqa: E402
 
 
 def run_one(name: str, args, out: Path, memory_limit: bool = True, **overrides) -> dict:
