@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
                       symmetric=True if args.signed else args.symmetric, all_levels=args.signed or None,
                       observer=args.observer, percentile=args.percentile, scale_dtype=args.scale_dtype, plan=args.plan,
                       neuron_bits=args.neuron_bits, strict=args.strict, out=args.out,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, method=args.method)
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -41,7 +41,11 @@ def add_parser(subparsers) -> None:
                     "(bit-packed), quant_plan.json and tokenizer.json. --bits sets every unit the plan does "
                     "not mention; --plan sets units one by one.")
     add_model_argument(parser)
-    parser.add_argument("--bits", type=int, default=None, help="weight bit-width: 2, 3, 4, 5, 6, 8 or 16")
+    parser.add_argument("--bits", type=int, default=None, help="weight bit-width: 1 (with --method binary), 2, 3, 4, "
+                        "5, 6, 8 or 16")
+    parser.add_argument("--method", default=None, metavar="M",
+                        help="quantizer method for --bits: rtn (default), codebook, ternary (2 bits stored at 1.6) "
+                             "or binary (1 bit: sign x mean |w| per row); gptq needs calibration, see qslm search")
     parser.add_argument("--granularity", default=None, metavar="per-channel|per-tensor|group:G",
                         help="one scale per output channel (default), per tensor, or per G input values")
     symmetry = parser.add_mutually_exclusive_group()

@@ -25,7 +25,7 @@ from .context import QuantContext
 from .memory import plan_bytes
 from .pack import PLAN_FILE
 from .plan import QuantPlan
-from .quantizer import DEFAULT_SCALE_DTYPE, QuantSpec, parse_granularity
+from .quantizer import DEFAULT_METHOD, DEFAULT_SCALE_DTYPE, QuantSpec, parse_granularity
 from .neuron_spec import NeuronSpec
 from .unit_inputs import record_hessians
 from .units import find_units, quantizable_units
@@ -57,14 +57,14 @@ def build_plan(model: nn.Module, bits: int | None = None, granularity: str | Non
                group_size: int | None = None, symmetric: bool | None = None, observer: str | None = None,
                percentile: float | None = None, plan: QuantPlan | dict | str | os.PathLike | None = None,
                neuron_bits: int | None = None, strict: bool = False, scale_dtype: str | None = None,
-               all_levels: bool | None = None) -> QuantPlan:
-    """The plan ``quantize`` applies: ``plan``'s entries, then ``bits`` & co. for every unit it leaves
-    out, ``neuron_bits`` for every neuron it leaves out. Options that would have no effect are errors."""
+               all_levels: bool | None = None, method: str | None = None) -> QuantPlan:
+    """The plan ``quantize`` applies: ``plan``'s entries, then ``bits`` & co. (``method``: a registered
+    quantizer method, default rtn; 1 bit takes ``binary``) for every unit it leaves out, ``neuron_bits`` for every neuron it leaves out. Options that would have no effect are errors."""
     base = read_plan(plan)
     if bits is None:
         unused = {"granularity": granularity, "group_size": group_size, "symmetric": symmetric,
                   "observer": observer, "percentile": percentile, "scale_dtype": scale_dtype,
-                  "all_levels": all_levels}
+                  "all_levels": all_levels, "method": method}
         given = sorted(key for key, value in unused.items() if value is not None)
         if given:
             raise QslmError(f"{', '.join(given)} given without bits: they only shape the default spec that "
@@ -79,7 +79,8 @@ def build_plan(model: nn.Module, bits: int | None = None, granularity: str | Non
             granularity, group_size = parse_granularity(granularity)
         spec = QuantSpec(bits, granularity or "per-channel", group_size,
                          True if symmetric is None else symmetric, observer or "mse", percentile,
-                         scale_dtype=scale_dtype or DEFAULT_SCALE_DTYPE, all_levels=bool(all_levels))
+                         method=method or DEFAULT_METHOD, scale_dtype=scale_dtype or DEFAULT_SCALE_DTYPE,
+                         all_levels=bool(all_levels))
         units = {name: spec for name in quantizable_units(model)}
         units.update(base.units)  # unknown names stay, so validation names them
     neurons = dict(base.neurons)
@@ -96,7 +97,7 @@ def quantize(model: str | os.PathLike | nn.Module, bits: int | None = None, gran
              percentile: float | None = None, plan: QuantPlan | dict | str | os.PathLike | None = None,
              neuron_bits: int | None = None, strict: bool = False, out: str | os.PathLike | None = None,
              overwrite: bool = False, scale_dtype: str | None = None, all_levels: bool | None = None,
-             calibration: list | None = None) -> QuantizeResult:
+             calibration: list | None = None, method: str | None = None) -> QuantizeResult:
     """Quantize a float model, any ``nn.Module`` or a model folder (or bundled name), and write the packed
     result to ``out``: ``model.safetensors`` and ``quant_plan.json`` (plus the folder's config and
     tokenizer), which ``qslm.load_quantized(MyModel(), out)`` (or ``qslm.load(out)``) reads back.
@@ -126,7 +127,7 @@ def quantize(model: str | os.PathLike | nn.Module, bits: int | None = None, gran
     with OutputFolder.claim(out, "quantize", overwrite=overwrite, protect=[] if source is None else [source]) as folder:
         float_model, tokenizer = (model, None) if source is None else _loaded(load_model(source))
         final_plan = build_plan(float_model, bits, granularity, group_size, symmetric, observer, percentile,
-                                plan, neuron_bits, strict, scale_dtype, all_levels)
+                                plan, neuron_bits, strict, scale_dtype, all_levels, method)
         context = _calibration_context(float_model, final_plan, calibration)
         commit_quantized(folder, float_model, final_plan, tokenizer, context)
     return QuantizeResult(Path(out), final_plan, plan_bytes(float_model, final_plan),

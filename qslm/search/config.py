@@ -110,6 +110,11 @@ class SearchConfig:
             problem = method_named(name).settings_problem(self.base_spec)
             if problem is not None:
                 raise QslmError(f"method {name} cannot take the base spec {self.base_spec.describe()}: {problem}")
+        for bits in self.bit_choices:  # a width no method takes could never be chosen: say so now
+            if not any(bits in method_named(name).bits for name in methods):
+                takers = [m.name for m in registered_methods() if bits in m.bits]
+                raise QslmError(f"bit-width {bits} is taken by none of the methods {list(methods)}; add "
+                                f"{' or '.join(takers) or 'a method that takes it'} to the methods")
         object.__setattr__(self, "methods", methods)
         if isinstance(self.block_cache_mb, bool) or not isinstance(self.block_cache_mb, int) or self.block_cache_mb < 0:
             raise QslmError(f"block_cache_mb must be a whole number of MiB >= 0 (0: no cache), got {self.block_cache_mb!r}")

@@ -79,7 +79,8 @@ def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, c
 @pytest.mark.parametrize("argv, message", [
     (["--bits", "2,x"], "--bits '2,x': expected comma-separated integers"),
     (["--bits", ","], "--bits is empty"),
-    (["--bits", "1,4"], "unsupported bit-widths [1]"),
+    (["--bits", "1,4"], "bit-width 1 is taken by none of the methods ['rtn', 'gptq', 'codebook']; add binary"),
+    (["--bits", "7,4"], "unsupported bit-widths [7]"),
     (["--max-relative-increase", "0.03"], "higher-is-better: limit its drop with max_drop"),
     (["--max-ppl-increase", "0.03"], "higher-is-better: limit its drop with max_drop"),
     (["--max-memory", "-1"], "--max-memory must be > 0"),
@@ -94,7 +95,7 @@ def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, c
     (["--max-memory", "2.0"], "--max-memory '2.0' is ambiguous"),
     (["--max-energy", "1500"], "--max-energy '1500' is ambiguous"),
     (["--max-memory", "3 lots"], "unknown unit 'lots'"),
-    (["--methods", "rtn,awq"], "methods must be distinct names among ['rtn', 'gptq', 'codebook', 'ternary'], got ['rtn', 'awq']"),
+    (["--methods", "rtn,awq"], "methods must be distinct names among ['rtn', 'gptq', 'codebook', 'ternary', 'binary'], got ['rtn', 'awq']"),
     (["--methods", ","], "methods must be distinct names"),
     (["--max-drop", "1", "--confidence", "1.0"], "--confidence must be a number in [0.5, 1)"),
     (["--max-drop", "1", "--confidence", "0.2"], "--confidence must be a number in [0.5, 1)"),

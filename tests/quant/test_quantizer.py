@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from qslm.errors import QslmError
+from qslm.quant.widths import GRID_BITS
 from qslm.quant.quantizer import (
-    BITS,
     QuantSpec,
     code_range,
     fake_quantize,
@@ -19,7 +19,7 @@ from qslm.quant.quantizer import (
 )
 
 LAYOUTS = [("per-tensor", None), ("per-channel", None), ("group", 16)]
-CASES = list(itertools.product(BITS, LAYOUTS, [True, False]))
+CASES = list(itertools.product(GRID_BITS, LAYOUTS, [True, False]))
 
 
 def case_id(case) -> str:
@@ -188,7 +188,7 @@ def test_method_in_describe_and_json():
         QuantSpec.from_dict({"bits": 4, "method": "GPTQ"}, "unit 'x'")
 
 
-@pytest.mark.parametrize("bits", [b for b in BITS if b <= 8])
+@pytest.mark.parametrize("bits", [b for b in GRID_BITS if b <= 8])
 @pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
 def test_the_signed_grid_uses_every_code(bits, observer):
     spec = QuantSpec(bits, observer=observer, all_levels=True)

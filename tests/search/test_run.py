@@ -228,7 +228,7 @@ def test_constraint_for_the_other_task(model, small_data_dir, tmp_path, task, co
 
 def test_bad_options(tiny_classifier, small_data_dir, tmp_path):
     with pytest.raises(QslmError, match="unsupported bit-widths"):
-        search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, bit_choices=(1, 4))
+        search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, bit_choices=(7, 4))
     with pytest.raises(QslmError, match="unknown strategy"):
         search(tiny_classifier, tmp_path / "out", small_data_dir, tmp_path, strategy="anneal")
     with pytest.raises(QslmError, match="evaluation budget must be a positive integer, got 0"):

@@ -1,5 +1,6 @@
 """The built-in quantizer methods, registered once (on the first import of this module), in the order a
-search lists them by default: rtn, gptq, codebook; then the opt-in ternary storage."""
+search lists them by default: rtn, gptq, codebook; then the opt-in ternary storage and one-bit signs."""
+from .binary import Binary
 from .codebook import Codebook
 from .gptq import Gptq
 from .registry import QuantMethod, register
@@ -7,4 +8,4 @@ from .rtn import RoundToNearest
 from .ternary import Ternary
 
 BUILTIN: tuple[QuantMethod, ...] = (register(RoundToNearest()), register(Gptq()), register(Codebook()),
-                                    register(Ternary()))
+                                    register(Ternary()), register(Binary()))

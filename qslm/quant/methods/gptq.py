@@ -23,7 +23,6 @@ import torch
 
 from ...errors import QslmError
 from ..quantizer import (
-    BITS,
     QuantizedTensor,
     QuantSpec,
     check_group_size,
@@ -35,6 +34,7 @@ from ..quantizer import (
     with_stored_scales,
 )
 from ..context import GptqOptions
+from ..widths import GRID_BITS
 from .grid import GridMethod
 from .registry import Needs
 
@@ -168,7 +168,7 @@ class Gptq(GridMethod):
     """rtn's grid and storage, codes chosen with Hessian-based error compensation (``QuantContext.gptq``
     options)."""
     name = NAME
-    bits = BITS
+    bits = GRID_BITS
     needs = uses = Needs.HESSIANS
     colour = "tab:orange"
     default = True

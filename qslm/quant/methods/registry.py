@@ -87,8 +87,10 @@ class QuantMethod(ABC):
         """Raise a QslmError for a spec of this method it cannot honour (its bit-width, or settings
         ``settings_problem`` refuses)."""
         if spec.bits not in self.bits:
+            takers = [m.name for m in registered_methods() if spec.bits in m.bits]
             raise QslmError(f"bits={spec.bits} is not supported by method {self.name!r}; expected one of "
-                            f"{list(self.bits)}")
+                            f"{list(self.bits)}" + (f" (method {' or '.join(takers)} takes {spec.bits} bits)"
+                                                    if takers else ""))
         problem = self.settings_problem(spec)
         if problem is not None:
             raise QslmError(problem)

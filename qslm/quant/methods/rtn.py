@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..quantizer import BITS, QuantizedTensor, QuantSpec, quantize_tensor
+from ..quantizer import QuantizedTensor, QuantSpec, quantize_tensor
+from ..widths import GRID_BITS
 from .grid import GridMethod
 from .registry import Needs
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 class RoundToNearest(GridMethod):
     name = "rtn"  # quantizer.DEFAULT_METHOD: what a spec that names no method means
-    bits = BITS
+    bits = GRID_BITS
     needs = uses = Needs.WEIGHT
     colour = "tab:blue"
     default = True

@@ -61,14 +61,15 @@ def toy():
 
 
 def test_the_built_in_methods_in_their_order():
-    assert method_names() == ["rtn", "gptq", "codebook", "ternary"]
+    assert method_names() == ["rtn", "gptq", "codebook", "ternary", "binary"]
     assert registered_methods() == list(BUILTIN)
     assert isinstance(method_named(DEFAULT_METHOD), RoundToNearest)
     assert [(m.needs, m.uses) for m in BUILTIN] == [(Needs.WEIGHT, Needs.WEIGHT), (Needs.HESSIANS, Needs.HESSIANS),
-                                                    (Needs.WEIGHT, Needs.HESSIANS), (Needs.WEIGHT, Needs.WEIGHT)]
-    assert [m.default for m in BUILTIN] == [True, True, True, False]  # ternary storage is opt-in
+                                                    (Needs.WEIGHT, Needs.HESSIANS), (Needs.WEIGHT, Needs.WEIGHT),
+                                                    (Needs.WEIGHT, Needs.WEIGHT)]
+    assert [m.default for m in BUILTIN] == [True, True, True, False, False]  # ternary and one bit are opt-in
     assert method_colours() == {"rtn": "tab:blue", "gptq": "tab:orange", "codebook": "tab:green",
-                                "ternary": "tab:purple"}
+                                "ternary": "tab:purple", "binary": "tab:brown"}
 
 
 def test_a_name_registered_twice_is_an_error(toy):
@@ -106,7 +107,7 @@ def test_an_unknown_method_in_a_plan_file_is_named_with_the_registered_ones(tmp_
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"version": 1, "units": {"head": {"bits": 3, "method": "toy"}}}))
     with pytest.raises(QslmError, match=r"unit 'head': unknown method 'toy'; expected one of "
-                                        r"\['rtn', 'gptq', 'codebook', 'ternary'\]"):
+                                        r"\['rtn', 'gptq', 'codebook', 'ternary', 'binary'\]"):
         QuantPlan.load(path)
     with pytest.raises(QslmError, match="no quantizer method 'toy' is registered"):
         unregister("toy")
