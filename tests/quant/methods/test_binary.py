@@ -14,7 +14,7 @@ from qslm.quant.methods import method_named
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import QuantSpec
 from qslm.quant.units import find_units
-from tests.handwritten import HandwrittenSpikingClassifier, accuracy, make_data, train
+from tests.handwritten import HandwrittenSpikingClassifier, accuracy
 
 SHAPES_AND_SPECS = [((1, 1), QuantSpec(1, method="binary")),
                     ((1, 9), QuantSpec(1, method="binary", scale_dtype="float16")),
@@ -60,13 +60,6 @@ def test_what_one_bit_cannot_honour_is_refused(settings, said):
 def test_rtn_refuses_one_bit_naming_the_method_that_takes_it():
     with pytest.raises(QslmError, match=r"bits=1 is not supported by method 'rtn'.*\(method binary takes 1 bits\)"):
         QuantSpec(1)
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    torch.manual_seed(0)
-    ids, labels = make_data()
-    return train(HandwrittenSpikingClassifier(), ids[:96], labels[:96], steps=40), ids, labels
 
 
 def test_one_bit_quantize_writes_exact_bytes_and_loads_back(classifier, tmp_path):

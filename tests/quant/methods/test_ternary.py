@@ -14,7 +14,7 @@ from qslm.quant.methods import method_named
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import QuantSpec, quantize_tensor
 from qslm.quant.units import find_units
-from tests.handwritten import HandwrittenSpikingClassifier, accuracy, make_data, train
+from tests.handwritten import HandwrittenSpikingClassifier, accuracy
 
 
 @pytest.mark.parametrize("shape, spec", [((7, 13), QuantSpec(2, method="ternary")),
@@ -42,13 +42,6 @@ def test_the_same_values_as_rtn_in_fewer_bytes(shape, spec):
 def test_grids_with_more_than_three_levels_are_refused(settings, said):
     with pytest.raises(QslmError, match=said):
         QuantSpec(**{"bits": 2, "method": "ternary", **settings})
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    torch.manual_seed(0)
-    ids, labels = make_data()
-    return train(HandwrittenSpikingClassifier(), ids[:96], labels[:96], steps=40), ids, labels
 
 
 def test_a_ternary_plan_writes_exact_bytes_and_loads_back(classifier, tmp_path):
