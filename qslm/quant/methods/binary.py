@@ -8,13 +8,11 @@ Opt-in: a search tries it when ``methods`` names it and ``bit_choices`` holds 1
 (``{"bits": 1, "method": "binary"}``)."""
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..quantizer import QuantizedTensor, QuantSpec, check_group_size, float16_scale, grouped, with_stored_scales
+from ..quantizer import QuantizedTensor, QuantSpec, check_group_size, grouped, with_stored_scales
 from .grid import GridMethod
 from .registry import Needs
 
@@ -58,10 +56,6 @@ class Binary(GridMethod):
         codes = (groups >= 0).to(torch.int32)
         return with_stored_scales(SignTensor(codes, groups.abs().mean(dim=1), None, spec, weight.shape))
 
-    def dequantize_stored(self, stored: Mapping[str, torch.Tensor], spec: QuantSpec, shape: torch.Size
-                          ) -> torch.Tensor:
-        scale = stored["scale"]
-        if "scale_exponent" in stored:
-            scale = float16_scale(scale, int(stored["scale_exponent"]))
-        codes = self.unpack(stored, spec, math.prod(shape)).view(scale.numel(), -1)
+    def values(self, codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, spec: QuantSpec
+               ) -> torch.Tensor:
         return signs_times_scales(codes, scale)

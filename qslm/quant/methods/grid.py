@@ -62,4 +62,9 @@ class GridMethod(QuantMethod):
         n_groups = scale.numel()
         codes = self.unpack(stored, spec, math.prod(shape)).view(n_groups, -1)
         zero_point = None if spec.symmetric else unpack_codes(stored["zero_point"], spec.bits, n_groups)
+        return self.values(codes, scale, zero_point, spec)
+
+    def values(self, codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, spec: QuantSpec
+               ) -> torch.Tensor:
+        """The weights that codes [n_groups, group_len] stand for: the spec's uniform grid."""
         return dequantize_groups(codes, scale, zero_point, spec)
