@@ -125,17 +125,17 @@ def quantize(model: str | os.PathLike | nn.Module, bits: int | None = None, gran
             raise QslmError(f"{source} is already quantized ({PLAN_FILE} present); quantize the float model")
     # the folder is claimed first: an output that cannot be written costs no loading
     with OutputFolder.claim(out, "quantize", overwrite=overwrite, protect=[] if source is None else [source]) as folder:
-        float_model, tokenizer = (model, None) if source is None else _loaded(load_model(source))
+        if source is None:
+            float_model, tokenizer = model, None
+        else:
+            loaded = load_model(source)
+            float_model, tokenizer = loaded.model, loaded.tokenizer
         final_plan = build_plan(float_model, bits, granularity, group_size, symmetric, observer, percentile,
                                 plan, neuron_bits, strict, scale_dtype, all_levels, method)
         context = _calibration_context(float_model, final_plan, calibration)
         commit_quantized(folder, float_model, final_plan, tokenizer, context)
     return QuantizeResult(Path(out), final_plan, plan_bytes(float_model, final_plan),
                           plan_bytes(float_model, QuantPlan()))
-
-
-def _loaded(loaded) -> tuple[nn.Module, object]:
-    return loaded.model, loaded.tokenizer
 
 
 def _calibration_context(model: nn.Module, plan: QuantPlan, calibration: list | None) -> QuantContext | None:

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from ..errors import QslmError
-from .methods.registry import QuantMethod, method_named
+from .methods.registry import method_named
 from .widths import BITS
 
 
@@ -120,7 +120,7 @@ class QuantSpec:
             if (isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float))
                     or not 50.0 < self.percentile <= 100.0):
                 raise QslmError(f"percentile must be in (50, 100] (a number), got {self.percentile!r}")
-        method = _method(self.method)
+        method = method_named(self.method)
         if self.scale_dtype not in SCALE_DTYPES:
             raise QslmError(f"unknown scale_dtype {self.scale_dtype!r}; expected one of {list(SCALE_DTYPES)}")
         if not isinstance(self.all_levels, bool):
@@ -143,7 +143,7 @@ class QuantSpec:
         ``int3 per-channel sym mse gptq``, ``int3 group64 codebook`` (a method off the grid); float16
         scales add ``fp16-scales``."""
         layout = f"group{self.group_size}" if self.granularity == "group" else self.granularity
-        if not _method(self.method).grid:
+        if not method_named(self.method).grid:
             return f"int{self.bits} {layout} {self.method}"
         observer = f"percentile{self.clip_percentile:g}" if self.observer == "percentile" else self.observer
         grid = "signed" if self.all_levels else "sym" if self.symmetric else "asym"
@@ -167,11 +167,6 @@ class QuantSpec:
     @classmethod
     def from_dict(cls, raw: dict, where: str = "quant spec") -> "QuantSpec":
         return spec_from_dict(cls, raw, where)
-
-
-def _method(name: str) -> QuantMethod:
-    """The registered method ``name`` (a QslmError naming the registered ones if there is none)."""
-    return method_named(name)
 
 
 def parse_granularity(text: str) -> tuple[str, int | None]:
