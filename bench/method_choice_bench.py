@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qslm.analysis.neurons import reset_neuron_states  # noqa: E402
+from qslm.models.neuron_state import reset_neuron_states  # noqa: E402
 from qslm.analysis.sensitivity import OutputReference  # noqa: E402
 from qslm.checkpoint import load_model  # noqa: E402
 from qslm.quant.apply import WeightCache, fake_quantized, float_weight  # noqa: E402

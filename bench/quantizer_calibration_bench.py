@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qslm.analysis.neurons import reset_neuron_states  # noqa: E402
+from qslm.models.neuron_state import reset_neuron_states  # noqa: E402
 from qslm.checkpoint import load_model  # noqa: E402
 from qslm.quant.apply import fake_quantized  # noqa: E402
 from qslm.quant.plan import QuantPlan  # noqa: E402

@@ -29,7 +29,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..models.neuron_state import reset_neuron_states  # noqa: F401 (where the engine has long found it)
 from ..models.neurons import LIF
 from ..quant.units import WEIGHT_HOLDERS
 

@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from ..analysis.hierarchy import Hierarchy
 from ..analysis.local_sensitivity import BlockLocalSensitivity
-from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache
 from ..model_inputs import inputs_digest
+from ..models.neuron_state import reset_neuron_states
 from ..quant.apply import WeightCache, fake_quantized
 from ..quant.context import QuantContext
 from ..quant.methods import Needs, method_named

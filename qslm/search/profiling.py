@@ -12,13 +12,13 @@ from torch import nn
 
 from ..analysis.energy import energy_per_inference, latency_per_inference, measure_latency
 from ..analysis.hardware import HardwareProfile, load_hardware_profile
-from ..analysis.ops import OpCounter
 from ..analysis.hierarchy import Hierarchy, SpikeRecorder
-from ..analysis.neurons import reset_neuron_states
+from ..analysis.ops import OpCounter
 from ..errors import QslmError
+from ..model_inputs import run_inputs
+from ..models.neuron_state import reset_neuron_states
 from ..quant.memory import fixed_bytes, unit_bytes
 from ..quant.units import Unit, find_units
-from ..model_inputs import run_inputs
 from ..tasks.base import Task
 from ..tasks.scores import Measured
 from .confidence import QualityJudge

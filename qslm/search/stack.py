@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from ..analysis.energy import energy_per_inference, latency_per_inference
 from ..analysis.hessian import hutchinson_traces
-from ..analysis.neurons import reset_neuron_states
 from ..analysis.sensitivity import OutputReference, SensitivityCache, model_hash
+from ..models.neuron_state import reset_neuron_states
 from ..quant.apply import WeightCache
 from ..quant.context import QuantContext
 from ..quant.memory import unit_bytes

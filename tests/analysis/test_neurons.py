@@ -11,7 +11,8 @@ from spikingjelly.activation_based import neuron as sj
 from torch import nn
 
 from qslm.analysis.hierarchy import build_hierarchy
-from qslm.analysis.neurons import SpikeRecorder, measure_firing_rates, reset_neuron_states
+from qslm.analysis.neurons import SpikeRecorder, measure_firing_rates
+from qslm.models.neuron_state import reset_neuron_states
 from qslm.models.neurons import LIF
 
 WIDTH, VOCAB, DEPTH, STEPS = 8, 13, 3, 3

@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from qslm.analysis.hierarchy import build_hierarchy
-from qslm.analysis.neurons import reset_neuron_states
 from qslm.errors import QslmError
+from qslm.models.neuron_state import reset_neuron_states
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 from qslm.quant.apply import WeightCache, fake_quantized
+from qslm.quant.neuron_spec import NeuronSpec
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import QuantSpec
-from qslm.quant.neuron_spec import NeuronSpec
 from qslm.search.block_cache import BlockOutputCache
 from qslm.search.block_values import copied, identical
 from tests.handwritten import HandwrittenSpikingClassifier

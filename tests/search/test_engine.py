@@ -13,7 +13,7 @@ from safetensors import safe_open
 from torch import nn
 
 import qslm
-from qslm.analysis.neurons import reset_neuron_states
+from qslm.models.neuron_state import reset_neuron_states
 from qslm.quant.unit_inputs import record_hessians
 from qslm.quant.units import find_units
 from qslm.search import engine, stack
