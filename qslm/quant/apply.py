@@ -137,7 +137,7 @@ def _hessian_identity(name: str, spec: QuantSpec, context: QuantContext | None) 
     if method_named(spec.method).uses is Needs.WEIGHT or context is None:
         return ()
     hessian = context.hessian(name)
-    return (None if hessian is None else id(hessian.xtx), context.gptq)
+    return (None if hessian is None else id(hessian.xtx), context.gptq, context.learned)
 
 
 @dataclass

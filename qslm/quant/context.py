@@ -1,5 +1,5 @@
 """What the data-driven quantizer methods are given beyond a unit's weight: its calibration Hessian and
-the GPTQ options. Its own module, below the methods and ``apply``, so both can name it."""
+the options of GPTQ and learned rounding. Its own module, below the methods and ``apply``, so both can name it."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -28,11 +28,38 @@ class GptqOptions:
 
 
 @dataclass(frozen=True)
+class LearnedOptions:
+    """Learned rounding (``qslm.quant.methods.learned``): ``iterations`` Adam steps at ``learning_rate`` on
+    the rounding variables; for the first ``warmup`` fraction of them the output error alone, then plus
+    ``regularisation`` times the term that pushes each variable to 0 or 1, its exponent annealed from
+    ``beta_start`` to ``beta_end`` (AdaRound's schedule). The output error is taken relative to rtn's, so
+    ``regularisation`` is on that scale; the defaults were chosen on the bundled models' units at 2 and 3
+    bits (docs/benchmarks.md, "Learned rounding")."""
+    iterations: int = 400
+    learning_rate: float = 0.1
+    regularisation: float = 10.0
+    warmup: float = 0.2
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+
+    def __post_init__(self):
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise QslmError(f"learned rounding iterations must be a positive integer, got {self.iterations!r}")
+        for name in ("learning_rate", "regularisation", "beta_start", "beta_end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise QslmError(f"learned rounding {name} must be a positive number, got {value!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or not 0 <= self.warmup < 1:
+            raise QslmError(f"learned rounding warmup must be a fraction in [0, 1), got {self.warmup!r}")
+
+
+@dataclass(frozen=True)
 class QuantContext:
     """What the data-driven methods need beyond a unit's weight: its calibration Hessian (by unit
-    name) and the GPTQ options."""
+    name), and the options of GPTQ and of learned rounding."""
     hessians: Mapping[str, UnitHessian] = field(default_factory=dict)
     gptq: GptqOptions = GptqOptions()
+    learned: LearnedOptions = LearnedOptions()
 
     def hessian(self, name: str) -> UnitHessian | None:
         return self.hessians.get(name)

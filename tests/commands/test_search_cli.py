@@ -95,7 +95,7 @@ def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, c
     (["--max-memory", "2.0"], "--max-memory '2.0' is ambiguous"),
     (["--max-energy", "1500"], "--max-energy '1500' is ambiguous"),
     (["--max-memory", "3 lots"], "unknown unit 'lots'"),
-    (["--methods", "rtn,awq"], "methods must be distinct names among ['rtn', 'gptq', 'codebook', 'ternary', 'binary'], got ['rtn', 'awq']"),
+    (["--methods", "rtn,awq"], "methods must be distinct names among ['rtn', 'gptq', 'codebook', 'ternary', 'binary', 'learned'], got ['rtn', 'awq']"),
     (["--methods", ","], "methods must be distinct names"),
     (["--max-drop", "1", "--confidence", "1.0"], "--confidence must be a number in [0.5, 1)"),
     (["--max-drop", "1", "--confidence", "0.2"], "--confidence must be a number in [0.5, 1)"),

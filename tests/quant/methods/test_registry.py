@@ -61,15 +61,17 @@ def toy():
 
 
 def test_the_built_in_methods_in_their_order():
-    assert method_names() == ["rtn", "gptq", "codebook", "ternary", "binary"]
+    assert method_names() == ["rtn", "gptq", "codebook", "ternary", "binary", "learned"]
     assert registered_methods() == list(BUILTIN)
     assert isinstance(method_named(DEFAULT_METHOD), RoundToNearest)
     assert [(m.needs, m.uses) for m in BUILTIN] == [(Needs.WEIGHT, Needs.WEIGHT), (Needs.HESSIANS, Needs.HESSIANS),
                                                     (Needs.WEIGHT, Needs.HESSIANS), (Needs.WEIGHT, Needs.WEIGHT),
-                                                    (Needs.WEIGHT, Needs.WEIGHT)]
-    assert [m.default for m in BUILTIN] == [True, True, True, False, False]  # ternary and one bit are opt-in
+                                                    (Needs.WEIGHT, Needs.WEIGHT), (Needs.HESSIANS, Needs.HESSIANS)]
+    # ternary, one bit and learned rounding are opt-in
+    assert [m.default for m in BUILTIN] == [True, True, True, False, False, False]
     assert method_colours() == {"rtn": "tab:blue", "gptq": "tab:orange", "codebook": "tab:green",
-                                "ternary": "tab:purple", "binary": "tab:brown"}
+                                "ternary": "tab:purple", "binary": "tab:brown",
+                                "learned": "tab:red"}
 
 
 def test_a_name_registered_twice_is_an_error(toy):
@@ -107,7 +109,7 @@ def test_an_unknown_method_in_a_plan_file_is_named_with_the_registered_ones(tmp_
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"version": 1, "units": {"head": {"bits": 3, "method": "toy"}}}))
     with pytest.raises(QslmError, match=r"unit 'head': unknown method 'toy'; expected one of "
-                                        r"\['rtn', 'gptq', 'codebook', 'ternary', 'binary'\]"):
+                                        r"\['rtn', 'gptq', 'codebook', 'ternary', 'binary', 'learned'\]"):
         QuantPlan.load(path)
     with pytest.raises(QslmError, match="no quantizer method 'toy' is registered"):
         unregister("toy")
@@ -119,7 +121,7 @@ def test_a_registered_method_names_a_spec_until_unregistered(tmp_path):
         spec = QuantSpec(3, method="toy")
         assert spec.describe() == "int3 per-channel sym mse toy"
         assert QuantSpec.from_dict(spec.to_dict()) == spec
-        assert method_colours()["toy"] == "tab:red"  # the first spare colour
+        assert method_colours()["toy"] == "tab:pink"  # the first spare colour no built-in method declares
         with pytest.raises(QslmError, match="methods must be distinct names among"):
             SearchConfig(methods=("rtn", "toy", "toy"))
         assert SearchConfig().methods == ("rtn", "gptq", "codebook")  # not a default: only when named
