@@ -114,7 +114,8 @@ class WeightCache:
             self._entries.move_to_end(key)
             self.hits += 1
             return entry[1]
-        values = quantize_unit(name, weight, spec, context).dequantize().to(weight.dtype)
+        # a method may work on another device than the weight's (gptq on the CPU, beside its Hessian)
+        values = quantize_unit(name, weight, spec, context).dequantize().to(device=weight.device, dtype=weight.dtype)
         self.quantize_calls += 1
         if entry is not None:
             self._bytes -= entry[1].nbytes

@@ -45,7 +45,7 @@ class UnitHessian:
     def output_error(self, delta: torch.Tensor) -> float:
         """The mean over the recorded inputs x of ``||delta x||^2``, for a change ``delta`` of the weight
         (its [rows, cols] view): how far a quantized unit's outputs move on its calibration inputs."""
-        d = delta.detach().reshape(matrix_shape(delta.shape)).to(torch.float64)
+        d = delta.detach().reshape(matrix_shape(delta.shape)).to(device=self.xtx.device, dtype=torch.float64)
         return float(((d @ self.xtx) * d).sum()) / max(self.samples, 1)
 
 
@@ -124,7 +124,7 @@ class UnitInputRecorder(TorchFunctionMode):
             entry = self._sums[name] = UnitHessian(torch.zeros(columns, columns, dtype=torch.float64), 0)
         # one call's product in float32 (a float64 product costs twice the time; spikes' products are exact
         # integers), summed over calls in float64
-        entry.xtx += (rows.t() @ rows).to(torch.float64)
+        entry.xtx += (rows.t() @ rows).to(device=entry.xtx.device, dtype=torch.float64)  # kept on the CPU
         entry.samples += rows.shape[0]
 
     def hessians(self) -> dict[str, UnitHessian]:

@@ -125,7 +125,7 @@ def codebook_quantize(w: torch.Tensor, spec: QuantSpec, hessian_diagonal: torch.
     if hessian_diagonal is not None and hessian_diagonal.numel() != cols:
         raise QslmError(f"unit {unit!r}: its Hessian diagonal has {hessian_diagonal.numel()} entries but its "
                         f"weight {list(w.shape)} has {cols} input columns")
-    x = grouped(w.detach().to(torch.float32), spec)
+    x = grouped(w.detach().to(device="cpu", dtype=torch.float32), spec)  # fitted on the CPU, beside the Hessian
     peak = float(x.abs().max()) if x.numel() else 0.0
     if peak > FLOAT16_MAX:
         raise QslmError(f"unit {unit!r}: a weight of magnitude {peak:g} does not fit a float16 codebook "

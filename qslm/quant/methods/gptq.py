@@ -113,7 +113,8 @@ def gptq_quantize(w: torch.Tensor, spec: QuantSpec, hessian: torch.Tensor, optio
     if tuple(hessian.shape) != (cols, cols):
         raise QslmError(f"unit {unit!r}: its Hessian is {list(hessian.shape)} but its weight {list(w.shape)} "
                         f"has {cols} input columns; record the Hessians on this model")
-    original = w.detach().to(torch.float32).reshape(rows, cols)
+    hessian = hessian.to("cpu")
+    original = w.detach().to(device="cpu", dtype=torch.float32).reshape(rows, cols)  # beside the Hessian
     order = (torch.argsort(torch.diagonal(hessian), descending=True, stable=True) if options.act_order
              else torch.arange(cols))
     weight = original[:, order].clone()

@@ -84,7 +84,7 @@ def _learn_codes(x: torch.Tensor, nearest: QuantizedTensor, hessian: UnitHessian
     fraction = (ratio - floor).clamp(1e-4, 1 - 1e-4)
     # v where the relaxed h equals the fraction: the start is rtn's rounding, softened
     v = torch.log((fraction - _LOW) / (_HIGH - fraction)).requires_grad_(True)
-    h_matrix = (hessian.xtx / max(hessian.samples, 1)).to(torch.float32).clone()
+    h_matrix = (hessian.xtx / max(hessian.samples, 1)).to(device=x.device, dtype=torch.float32).clone()
     target = x.reshape(rows, cols)
 
     def output_error(h: torch.Tensor) -> torch.Tensor:
