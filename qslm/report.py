@@ -10,7 +10,7 @@ from pathlib import Path
 from .analysis.energy import power_mw
 from .environment import environment
 from .headline import headline
-from .quant.methods import registered_methods
+from .quant.methods import Needs, method_named, method_names, registered_methods
 from .quant.plan import FLOAT_BITS
 from .model_inputs import inferences_in
 from .quant.quantizer import DEFAULT_METHOD
@@ -187,8 +187,11 @@ def markdown(report: dict) -> str:
               f"- search config: `{json.dumps(report['config'])}`"]
     if report.get("calibration_size") is not None:
         fitted = report.get("quantizer_calibration_size")
+        fitting = [m for m in report["config"].get("methods") or [] if m in method_names()
+                   and method_named(m).uses is not Needs.WEIGHT] or ["the data-driven methods"]
         lines.append(f"- calibration: {report['calibration_size']} inferences for the sensitivities"
-                     + (f"; gptq and codebook fitted to {fitted}" if fitted is not None else ""))
+                     + (f"; {' and '.join([', '.join(fitting[:-1]), fitting[-1]] if len(fitting) > 1 else fitting)} "
+                        f"fitted to {fitted}" if fitted is not None else ""))
     lines.append("")
     if report.get("chosen"):
         methods = chosen_methods(report)

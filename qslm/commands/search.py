@@ -110,7 +110,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=None, metavar="M,...",
                         help="quantizers a unit may use: rtn (round to nearest), gptq (error compensation from "
                              "calibration inputs), codebook (non-uniform levels per row), ternary (rtn's three "
-                             "2-bit levels stored five weights a byte); with several, each unit takes per bit-width "
+                             "2-bit levels stored five weights a byte), binary (1 bit: the sign x a scale per row), "
+                             "learned (rtn's grid, each weight's rounding learned on the calibration inputs; about "
+                             "a second per unit and width); with several, each unit takes per bit-width "
                              "the one that damages its outputs least, in the fewest bytes (default: rtn,gptq,codebook)")
     parser.add_argument("--signed", action="store_true",
                         help="rtn and gptq use every code of a width: [-2**(b-1), 2**(b-1) - 1] x scale "

@@ -452,7 +452,7 @@ def test_quantizers_fit_to_the_quantizer_calibration(handwritten, tmp_path):
     assert other_bytes == fresh_bytes != default_bytes
     assert other["sensitivity"] == fresh["sensitivity"] != default["sensitivity"]
     assert other["quantizer_calibration_size"] == 64 and default["quantizer_calibration_size"] == 32
-    assert ("- calibration: 32 inferences for the sensitivities; gptq and codebook fitted to 64"
+    assert ("- calibration: 32 inferences for the sensitivities; gptq fitted to 64"
             in (tmp_path / "other" / "report.md").read_text())
     with pytest.raises(qslm.QslmError, match="belongs to a different search"):
         searched(tmp_path / "other", tmp_path / "c1", [ids[32:64]])
