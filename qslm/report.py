@@ -74,6 +74,19 @@ def method_colours() -> dict[str, str]:
     return {m.name: m.colour if m.colour is not None else next(spare, UNKNOWN_METHOD_COLOUR) for m in methods}
 
 
+def _calibration_line(report: dict) -> str:
+    """How many inferences the sensitivities used, and those the data-driven methods (gptq, codebook, ...)
+    were fitted to."""
+    line = f"- calibration: {report['calibration_size']} inferences for the sensitivities"
+    fitted = report.get("quantizer_calibration_size")
+    if fitted is None:
+        return line
+    fitting = [m for m in report["config"].get("methods") or []
+               if m in method_names() and method_named(m).uses is not Needs.WEIGHT] or ["the data-driven methods"]
+    named = " and ".join([", ".join(fitting[:-1]), fitting[-1]]) if len(fitting) > 1 else fitting[0]
+    return f"{line}; {named} fitted to {fitted}"
+
+
 def chosen_methods(report: dict) -> dict[str, str]:
     """unit -> the quantizer of its width in the chosen plan (rtn where the report names none; float
     units are left out)."""
@@ -186,12 +199,7 @@ def markdown(report: dict) -> str:
     lines += ["## Constraints and objective", "", f"- constraints: `{json.dumps(report['constraints'])}`",
               f"- search config: `{json.dumps(report['config'])}`"]
     if report.get("calibration_size") is not None:
-        fitted = report.get("quantizer_calibration_size")
-        fitting = [m for m in report["config"].get("methods") or [] if m in method_names()
-                   and method_named(m).uses is not Needs.WEIGHT] or ["the data-driven methods"]
-        lines.append(f"- calibration: {report['calibration_size']} inferences for the sensitivities"
-                     + (f"; {' and '.join([', '.join(fitting[:-1]), fitting[-1]] if len(fitting) > 1 else fitting)} "
-                        f"fitted to {fitted}" if fitted is not None else ""))
+        lines.append(_calibration_line(report))
     lines.append("")
     if report.get("chosen"):
         methods = chosen_methods(report)

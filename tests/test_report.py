@@ -8,7 +8,15 @@ import warnings
 
 import pytest
 
-from qslm.report import UNKNOWN_METHOD_COLOUR, chosen_methods, method_colours, plot_bitwidths, plot_sensitivity, report_json
+from qslm.report import (
+    UNKNOWN_METHOD_COLOUR,
+    _calibration_line,
+    chosen_methods,
+    method_colours,
+    plot_bitwidths,
+    plot_sensitivity,
+    report_json,
+)
 
 
 def strict_loads(text: str):
@@ -86,3 +94,13 @@ def test_a_method_no_longer_registered_is_plotted_grey(tmp_path):
     figure = plot_bitwidths(report, tmp_path / "bitwidths.png")
     assert [b.get_facecolor() for b in figure.axes[0].patches] == [to_rgba(UNKNOWN_METHOD_COLOUR),
                                                                    to_rgba(method_colours()["rtn"])]
+
+
+@pytest.mark.parametrize("methods, said", [(["rtn"], "the data-driven methods fitted to 64"),
+                                           (["rtn", "gptq"], "gptq fitted to 64"),
+                                           (["rtn", "gptq", "codebook", "binary", "learned"],
+                                            "gptq, codebook and learned fitted to 64")])
+def test_the_calibration_line_names_the_methods_fitted_to_the_quantizer_inputs(methods, said):
+    line = _calibration_line({"calibration_size": 32, "quantizer_calibration_size": 64, "config": {"methods": methods}})
+    assert line == f"- calibration: 32 inferences for the sensitivities; {said}"
+    assert _calibration_line({"calibration_size": 32, "config": {}}) == "- calibration: 32 inferences for the sensitivities"
