@@ -13,7 +13,7 @@ from qslm.quant.apply import WeightCache, fake_quantized
 from qslm.quant.context import QuantContext
 from qslm.quant.memory import fixed_bytes, unit_bytes
 from qslm.quant.plan import QuantPlan
-from qslm.quant.methods import method_named, method_names
+from qslm.quant.methods import Needs, method_named, method_names
 from qslm.quant.quantizer import SCALE_DTYPES, QuantSpec
 from qslm.quant.unit_inputs import record_hessians
 from qslm.quant.units import find_units
@@ -62,9 +62,10 @@ def test_packed_weights_equal_fake_quantized_ones(model_and_context, tmp_path, m
                                                   symmetric, all_levels, scale_dtype):
     model, context = model_and_context
     spec = QuantSpec(bits, granularity, size, symmetric, method=method, scale_dtype=scale_dtype, all_levels=all_levels)
-    # gptq needs an input Hessian: the embedding has none, so it takes rtn at the same width and layout
-    embed_spec = spec if method != "gptq" else QuantSpec(bits, granularity, size, symmetric, scale_dtype=scale_dtype,
-                                                         all_levels=all_levels)
+    # gptq and learned rounding need an input Hessian: the embedding has none, so it takes rtn at the same width
+    # and layout
+    embed_spec = (spec if method_named(method).needs is Needs.WEIGHT
+                  else QuantSpec(bits, granularity, size, symmetric, scale_dtype=scale_dtype, all_levels=all_levels))
     plan = QuantPlan({"embed": embed_spec, "proj": spec})
     with torch.no_grad(), fake_quantized(model, plan, WeightCache(), context):
         expected = {name: model.get_submodule(name).weight.detach().clone() for name in plan.units}
