@@ -10,7 +10,7 @@ from torch import nn
 from qslm.checkpoint import load_quantized, write_quantized_files
 from qslm.errors import QslmError
 from qslm.quant.apply import WeightCache, fake_quantized
-from qslm.quant.context import QuantContext
+from qslm.quant.context import LearnedOptions, QuantContext
 from qslm.quant.memory import fixed_bytes, unit_bytes
 from qslm.quant.plan import QuantPlan
 from qslm.quant.methods import Needs, method_named, method_names
@@ -53,7 +53,8 @@ def cases():
 def model_and_context():
     model = TwoLayers().eval()
     inputs = [torch.randint(0, 20, (4, 6), generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    return model, QuantContext(record_hessians(model, inputs))
+    # few learned-rounding steps: what is checked here is storage, not how well it rounds
+    return model, QuantContext(record_hessians(model, inputs), learned=LearnedOptions(iterations=40))
 
 
 @pytest.mark.slow
