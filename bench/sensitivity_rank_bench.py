@@ -16,21 +16,20 @@ import torch
 
 from qslm.analysis.hierarchy import build_hierarchy
 from qslm.analysis.local_sensitivity import BlockLocalSensitivity, rank_correlation
-from qslm.analysis.sensitivity import damage
+from qslm.analysis.sensitivity import OutputReference
 from qslm.checkpoint import load_model
+from qslm.models.neuron_state import reset_neuron_states
 from qslm.quant.apply import WeightCache, fake_quantized
 from qslm.quant.plan import QuantPlan
 from qslm.quant.quantizer import QuantSpec
-from qslm.tasks.calibration import classification_calibration, output_log_probs
-from qslm.tasks.datasets import sst2
-from qslm.tasks.evaluation import max_input_len
+from qslm.tasks.presets import build_task
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="spikegpt-sst2", help="an SST-2 classifier (bundled name or folder)")
     parser.add_argument("--bits", nargs="+", type=int, default=[2, 3, 4])
-    parser.add_argument("--examples", type=int, default=32, help="longest held-out training sentences used")
+    parser.add_argument("--examples", type=int, default=32, help="calibration sentences (the sst2 preset's)")
     parser.add_argument("--data-dir", default=None, help="data folder (default: $QSLM_DATA_DIR)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -39,13 +38,13 @@ def main() -> None:
 
     loaded = load_model(args.model)
     model = loaded.model
-    held = sorted(sst2.calibration_examples(args.data_dir), key=lambda ex: -len(ex.sentence.split()))
-    calibration = classification_calibration(loaded.tokenizer, held[:args.examples], max_input_len(model))
+    task = build_task("sst2", loaded, data_dir=args.data_dir, calibration_size=args.examples, test_limit=1,
+                      validation_size=64)
     hierarchy = build_hierarchy(model)
 
     started = time.perf_counter()
-    local = BlockLocalSensitivity(model, [block.name for block in hierarchy.blocks], calibration)
-    reference = output_log_probs(model, calibration)
+    reference = OutputReference(model, task.calibration, "kl", reset=reset_neuron_states)
+    local = BlockLocalSensitivity(model, [block.name for block in hierarchy.blocks], reference)
     cache = WeightCache()
     exact, estimate, exact_s = [], [], 0.0
     for block in hierarchy.blocks:
@@ -53,13 +52,13 @@ def main() -> None:
             for bits in args.bits:
                 with fake_quantized(model, QuantPlan({unit: QuantSpec(bits)}), cache):
                     t0 = time.perf_counter()
-                    exact.append(damage(reference, output_log_probs(model, calibration), calibration)["kl"])
+                    exact.append(reference.damage()["damage"])
                     t1 = time.perf_counter()
-                    estimate.append(local.damage(block.name)["kl"])
+                    estimate.append(local.damage(block.name)["damage"])
                     exact_s += t1 - t0
     local_s = time.perf_counter() - started - exact_s
     print(f"{args.model}: {len(exact)} (unit, bit-width) pairs over {len(hierarchy.blocks)} blocks, "
-          f"bits {args.bits}, {len(held[:args.examples])} held-out sentences")
+          f"bits {args.bits}, {len(task.calibration)} calibration batches")
     print(f"Spearman rank correlation, local vs exact: {rank_correlation(exact, estimate):.3f}")
     print(f"seconds: exact {exact_s:.1f}, local {local_s:.1f} (recording included)")
 
