@@ -55,18 +55,19 @@ def learned_rounding(w: torch.Tensor, spec: QuantSpec, hessian: UnitHessian,
     if tuple(hessian.xtx.shape) != (cols, cols):
         raise QslmError(f"unit {unit!r}: its Hessian is {list(hessian.xtx.shape)} but its weight {list(w.shape)} "
                         f"has {cols} input columns; record the Hessians on this model")
-    nearest = quantize_tensor(w, dataclasses.replace(spec, method=DEFAULT_METHOD))  # the grid, float16 scales applied
+    weight = w.detach().to(torch.float32)
+    # rtn's grid, float16 scales applied
+    nearest = quantize_tensor(weight, dataclasses.replace(spec, method=DEFAULT_METHOD))
     result = dataclasses.replace(nearest, spec=spec)
-    x = grouped(w.detach().to(torch.float32), spec)
-    nearest_error = hessian.output_error(nearest.dequantize() - w.detach().to(torch.float32))
+    nearest_error = hessian.output_error(nearest.dequantize() - weight)
     if nearest_error <= 0.0:
         return result  # nothing to learn: rtn already reproduces the outputs
     # the search and fake quantization call methods under no_grad or inference mode; learning needs autograd,
     # and tensors made in inference mode cannot be saved for backward, so the inputs are cloned out of it
     with torch.inference_mode(False), torch.enable_grad():
-        codes = _learn_codes(x.clone(), nearest, hessian, options, rows, cols)
+        codes = _learn_codes(grouped(weight, spec).clone(), nearest, hessian, options, rows, cols)
     learned = dataclasses.replace(result, codes=codes)
-    if hessian.output_error(learned.dequantize() - w.detach().to(torch.float32)) > nearest_error:
+    if hessian.output_error(learned.dequantize() - weight) > nearest_error:
         return result
     return learned
 
