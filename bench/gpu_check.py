@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from qslm.models.neuron_state import reset_neuron_states  # noqa: E402
 from qslm.models.spikegpt import SpikeGPT, SpikeGPTConfig  # noqa: E402
 from qslm.quant.context import LearnedOptions  # noqa: E402
 from qslm.quant.methods.learned import learned_rounding  # noqa: E402
-from qslm.quant.quantizer import QuantSpec, quantize_tensor  # noqa: E402
+from qslm.quant.quantizer import QuantizedTensor, QuantSpec, quantize_tensor  # noqa: E402
 from qslm.quant.unit_inputs import UnitHessian, record_hessians  # noqa: E402
 from qslm.quant.units import quantizable_units, unit_tensor  # noqa: E402
 
@@ -72,13 +71,13 @@ def window_nll(model, data: list[torch.Tensor]) -> torch.Tensor:
 
 
 def learned_on(device: torch.device, weight: torch.Tensor, hessian: UnitHessian, spec: QuantSpec
-               ) -> tuple[float, torch.Tensor]:
+               ) -> tuple[float, QuantizedTensor]:
     w = weight.detach().to(device)
     synchronise(device)
     started = time.perf_counter()
-    codes = learned_rounding(w, spec, hessian, LearnedOptions()).codes
+    learned = learned_rounding(w, spec, hessian, LearnedOptions())
     synchronise(device)
-    return time.perf_counter() - started, codes.cpu()
+    return time.perf_counter() - started, learned
 
 
 def main() -> None:
@@ -115,13 +114,12 @@ def main() -> None:
     rows = []
     for name in [u for u in units if u in hessians][:args.units]:
         weight = unit_tensor(model, units[name]).detach()
-        on_device, codes = learned_on(device, weight, hessians[name], spec)
-        on_cpu, cpu_codes = learned_on(torch.device("cpu"), weight, hessians[name], spec)
+        on_device, learned = learned_on(device, weight, hessians[name], spec)
+        on_cpu, on_cpu_learned = learned_on(torch.device("cpu"), weight, hessians[name], spec)
         nearest = quantize_tensor(weight.cpu(), QuantSpec(2, scale_dtype="float16"))
-        learned = learned_rounding(weight.cpu(), spec, hessians[name], LearnedOptions())
         rows.append(dict(unit=name, shape=list(weight.shape), device_s=on_device, cpu_s=on_cpu,
-                         codes_agree=float((codes == cpu_codes).float().mean()),
-                         error_vs_rtn=hessians[name].output_error(learned.dequantize() - weight.cpu())
+                         codes_agree=float((learned.codes.cpu() == on_cpu_learned.codes).float().mean()),
+                         error_vs_rtn=hessians[name].output_error(on_cpu_learned.dequantize() - weight.cpu())
                          / max(hessians[name].output_error(nearest.dequantize() - weight.cpu()), 1e-30)))
         print(f"learned rounding {name} {list(weight.shape)}: {on_device:.2f} s on {device}, {on_cpu:.2f} s on the CPU, "
               f"codes agree {rows[-1]['codes_agree']:.4%}, output error {rows[-1]['error_vs_rtn']:.3f} x rtn's",
@@ -151,7 +149,7 @@ def main() -> None:
         result["search_speedup"] = searches["cpu"]["seconds"] / searches[str(device)]["seconds"]
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
+    out.write_text(json.dumps(result, indent=1, default=str))
     print(f"written {out}")
 
 
