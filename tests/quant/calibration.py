@@ -1,5 +1,5 @@
 """Test helpers for the data-driven quantization methods: model inputs, Hessians of a tiny model on a
-few batches, and a plan using every method."""
+few batches, a plan using every method, and a weight with correlated inputs."""
 from __future__ import annotations
 
 import torch
@@ -40,3 +40,15 @@ def methods_plan(model) -> QuantPlan:
         specs = table_specs if unit.kind == "Embedding" else matrix_specs
         units[name] = specs[i % len(specs)]
     return QuantPlan(units)
+
+
+def weight_and_correlated_inputs(rows: int, cols: int, samples: int, dead_column: int
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight [rows, cols] and ``samples`` strongly correlated inputs [samples, cols] (where error
+    compensation or learned rounding has something to gain), one input always zero: a dead Hessian column."""
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(rows, cols, generator=generator)
+    mixing = torch.eye(cols) + 2 * torch.randn(cols, cols, generator=generator) / cols ** 0.5
+    x = torch.randn(samples, cols, generator=generator) @ mixing
+    x[:, dead_column] = 0.0
+    return w, x

@@ -8,6 +8,7 @@ from qslm.errors import QslmError
 from qslm.quant.context import GptqOptions
 from qslm.quant.methods.gptq import gptq_quantize
 from qslm.quant.quantizer import QuantSpec, code_range, quantize_tensor
+from tests.quant.calibration import weight_and_correlated_inputs
 
 ROWS, COLS = 24, 48
 SPECS = [dict(bits=3), dict(bits=3, granularity="group", group_size=16, symmetric=False),
@@ -17,11 +18,7 @@ SPECS = [dict(bits=3), dict(bits=3, granularity="group", group_size=16, symmetri
 @pytest.fixture(scope="module")
 def problem():
     """A weight and strongly correlated inputs (where compensation has something to gain)."""
-    generator = torch.Generator().manual_seed(0)
-    w = torch.randn(ROWS, COLS, generator=generator)
-    mixing = torch.eye(COLS) + 2 * torch.randn(COLS, COLS, generator=generator) / COLS ** 0.5
-    x = torch.randn(600, COLS, generator=generator) @ mixing
-    x[:, 5] = 0.0  # an input that is always zero: a dead Hessian column
+    w, x = weight_and_correlated_inputs(ROWS, COLS, samples=600, dead_column=5)
     hessian = 2 * x.double().t() @ x.double() / x.shape[0]
     return w, x, hessian
 

@@ -20,6 +20,7 @@ from qslm.quant.unit_inputs import UnitHessian, record_hessians
 from qslm.quant.units import find_units
 from qslm.models.neuron_state import reset_neuron_states
 from tests.handwritten import HandwrittenSpikingClassifier, accuracy
+from tests.quant.calibration import weight_and_correlated_inputs
 
 ROWS, COLS = 20, 40
 LAYOUTS = [dict(bits=2), dict(bits=3, granularity="group", group_size=8, symmetric=False),
@@ -31,11 +32,7 @@ FAST = LearnedOptions(iterations=120)
 @pytest.fixture(scope="module")
 def problem():
     """A weight and correlated inputs, as their second moments."""
-    generator = torch.Generator().manual_seed(0)
-    w = torch.randn(ROWS, COLS, generator=generator)
-    mixing = torch.eye(COLS) + 2 * torch.randn(COLS, COLS, generator=generator) / COLS ** 0.5
-    x = torch.randn(500, COLS, generator=generator) @ mixing
-    x[:, 3] = 0.0  # an input that is always zero
+    w, x = weight_and_correlated_inputs(ROWS, COLS, samples=500, dead_column=3)
     return w, UnitHessian(x.double().t() @ x.double(), x.shape[0])
 
 
