@@ -27,6 +27,7 @@ from qslm.checkpoint import load_model  # noqa: E402
 from qslm.quant.apply import fake_quantized  # noqa: E402
 from qslm.quant.memory import plan_bytes  # noqa: E402
 from qslm.quant.plan import QuantPlan  # noqa: E402
+from qslm.quant.quantizer import QuantSpec  # noqa: E402
 from qslm.quant.units import quantizable_units  # noqa: E402
 from qslm.search.config import BASE_SPEC  # noqa: E402
 from qslm.search.methods import applicable, record_context  # noqa: E402
@@ -34,6 +35,13 @@ from qslm.tasks.presets import build_task, default_task  # noqa: E402
 
 METHODS = ("rtn", "gptq", "codebook")
 GRIDS = {"sym": ("sym", True, False), "signed": ("signed", True, True), "asym": ("asym", False, False)}
+
+
+def uniform_plan(model, spec: QuantSpec, context) -> QuantPlan:
+    """Every unit at ``spec``; a unit its method cannot serve (gptq or learned rounding on an embedding,
+    which has no Hessian) at rtn with the same settings, as a search would leave it."""
+    return QuantPlan({u: spec if applicable(u, spec.bits, spec.method, context)
+                      else dataclasses.replace(spec, method="rtn") for u in quantizable_units(model)})
 
 
 def main() -> None:
@@ -62,10 +70,8 @@ def main() -> None:
                 bits_list, args.methods.split(","), grids):
             if method == "codebook" and grid != "sym":
                 continue  # a codebook's levels are free: no grid to choose
-            specs = {u: dataclasses.replace(BASE_SPEC, bits=bits, symmetric=symmetric, all_levels=all_levels,
-                                            method=method if applicable(u, bits, method, context) else "rtn")
-                     for u in quantizable_units(model)}
-            plan = QuantPlan(specs)
+            plan = uniform_plan(model, dataclasses.replace(BASE_SPEC, bits=bits, symmetric=symmetric,
+                                                           all_levels=all_levels, method=method), context)
             started = time.perf_counter()
             with torch.no_grad(), fake_quantized(model, plan, context=context):
                 metric = task.metric_of(task.test(model), "Task.test")

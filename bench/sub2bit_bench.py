@@ -32,14 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.methods_uniform_bench import uniform_plan  # noqa: E402
 from bench.peers_bench import bundled_target, own_target  # noqa: E402
 from qslm.models.neuron_state import reset_neuron_states  # noqa: E402
 from qslm.quant.apply import WeightCache, fake_quantized  # noqa: E402
 from qslm.quant.memory import plan_bytes  # noqa: E402
 from qslm.quant.plan import QuantPlan  # noqa: E402
 from qslm.quant.quantizer import QuantSpec  # noqa: E402
-from qslm.quant.units import quantizable_units  # noqa: E402
-from qslm.search.methods import applicable, record_context  # noqa: E402
+from qslm.search.methods import record_context  # noqa: E402
 
 BUNDLED = ("spikegpt-sst2", "spiking-encoder-sst2", "spikegpt-wt2")
 OWN = ("hand-written", "snnTorch", "SpikingJelly")
@@ -65,10 +65,7 @@ def measure(name: str, methods: list[str], bits: list[int], data_dir: str | None
                      validation=target.validation(model), fit_s=0.0, eval_s=None, metric=target.metric)]
     print(f"{name}: Hessians recorded in {hessian_s:.1f} s", flush=True)
     for label, width, method in rows_to_run(methods, bits):
-        specs = {u: dataclasses.replace(BASE, bits=width, method=method if applicable(u, width, method, context)
-                                        else "rtn")
-                 for u in quantizable_units(model)}
-        plan = QuantPlan(specs)
+        plan = uniform_plan(model, dataclasses.replace(BASE, bits=width, method=method), context)
         started = time.perf_counter()
         with torch.no_grad(), fake_quantized(model, plan, WeightCache(), context=context):
             fitted = time.perf_counter()
@@ -76,7 +73,7 @@ def measure(name: str, methods: list[str], bits: list[int], data_dir: str | None
         row = dict(model=name, width=label, method=method, memory=100.0 * plan_bytes(model, plan) / fp32,
                    reported=reported, validation=validation, fit_s=fitted - started,
                    eval_s=time.perf_counter() - fitted, metric=target.metric,
-                   units_rtn=sum(s.method == "rtn" for s in specs.values()) if method != "rtn" else None)
+                   units_rtn=sum(s.method == "rtn" for s in plan.units.values()) if method != "rtn" else None)
         rows.append(row)
         print(markdown_row(row), flush=True)
     return rows
