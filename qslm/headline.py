@@ -74,11 +74,23 @@ def headline(report: dict) -> list[str]:
         lines.append(f"Plans were judged by the upper bound of their loss at {confidence:g} confidence on "
                      f"{quality['search_examples']} validation examples, and the chosen plan confirmed on "
                      f"{quality['confirmation_examples']} others that took no part in choosing it.")
-    selection = quality.get("selection") or {}
-    turned = [f"candidate {t['index']} ({100 * t['memory_fraction']:.2f}% of FP32, bounded there at "
-              f"{loss_in_words(t['confirmation']['upper'], hib)})" for t in selection.get("turned_down", [])]
-    if turned:
-        kept = ("none passed, so no plan is kept" if selection.get("chosen") is None
-                else f"candidate {selection['chosen']}, the best plan that passes, stands in")
-        lines.append(f"Failed confirmation: {'; '.join(turned)}; {kept}.")
+    lines.extend(_selection_lines(quality.get("selection") or {}, hib))
     return lines
+
+
+def _selection_lines(selection: dict, hib: bool) -> list[str]:
+    """What the confirmation walk (``qslm.search.selection``) turned down, and why."""
+    turned = selection.get("turned_down", [])
+    if not turned:
+        return []
+    failed = [t for t in turned if t.get("failed", True)]
+    untested = len(turned) - len(failed)
+    stop = "; ".join(f"candidate {t['index']} ({100 * t['memory_fraction']:.2f}% of FP32) failed confirmation, "
+                     f"bounded there at {loss_in_words(t['confirmation']['upper'], hib)}" for t in failed)
+    after = (f", and the {untested} better {'plan' if untested == 1 else 'plans'} after it in the walk "
+             f"{'was' if untested == 1 else 'were'} not kept" if untested else "")
+    kept = ("no plan is kept" if selection.get("chosen") is None else
+            f"candidate {selection['chosen']}, the best of the {selection['confirmed']} confirmed before it, is kept")
+    return [f"Confirmation walked the feasible plans safest first and stops at the first failure, so that a plan "
+            f"over the limit is kept with a chance of at most one minus the confidence however many are tested: "
+            f"{stop}{after}; {kept}."]

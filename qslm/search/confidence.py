@@ -10,9 +10,9 @@ inside the limit: the one whose validation figure was luckiest. Two guards, both
   delta method), and ``exp(mean(plan - float)) - 1`` for perplexity (``Task.scores_are_nll``: the bound
   of the mean NLL difference, exponentiated, so it is exact in the ratio).
 * **A confirmation part.** The validation examples are dealt, seeded, into a search part, on which every
-  candidate is judged, and a confirmation part that takes no part in the choosing. The chosen plan must
-  also be within the limit at the same confidence on the confirmation part; if it is not, the best plan
-  that is stands in, and the report says so.
+  candidate is judged, and a confirmation part that takes no part in the choosing. The kept plan must
+  also be within the limit at the same confidence on the confirmation part, confirmed by a fixed-sequence
+  walk over the feasible plans (``qslm.search.selection``), and the report says which were turned down.
 
 Examples are grouped into about sqrt(n) contiguous blocks (at most ``MAX_BLOCKS``): the standard error comes from the blocks'
 totals (batch means, a cluster-robust variance), and parts are dealt block by block. Per-sentence

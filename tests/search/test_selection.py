@@ -1,15 +1,18 @@
-"""The kept plan holds its limit on the confirmation part too; when the best plan fails there, the
-next best that passes stands in, and the report's headline says which was turned down."""
+"""The kept plan holds its limit on the confirmation part too: the feasible plans are confirmed safest
+first until the first failure, the best of those confirmed is kept, and the report's headline says which
+plans were turned down."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 
 from qslm.headline import headline
-from qslm.search.confidence import QualityJudge
+from qslm.search.confidence import Bound, QualityJudge
 from qslm.search.journal import Journal
 from qslm.search.objective import Baseline, Constraints, parse_weights
 from qslm.search.problem import SearchProblem
-from qslm.search.selection import confirmed_choice
+from qslm.search.selection import confirmed_choice, walk_order
 from qslm.tasks.scores import Measured
 
 UNITS = ["a", "b"]
@@ -65,15 +68,18 @@ def test_the_headline_names_a_plan_turned_down():
                     "confirmation_examples": 200,
                     "validation": {"estimate": 0.1, "interval95": [-0.5, 0.7], "examples": 400},
                     "test": {"estimate": 0.2, "interval95": [-0.4, 0.8], "examples": 800},
-                    "selection": {"chosen": 5, "turned_down": [{"index": 3, "memory_fraction": 0.08,
-                                                   "confirmation": {"upper": 1.7}}]}}}
+                    "selection": {"chosen": 5, "stopped_at": 3, "confirmed": 2, "turned_down": [
+                        {"index": 3, "memory_fraction": 0.08, "confirmation": {"upper": 1.7}, "failed": True},
+                        {"index": 7, "memory_fraction": 0.07, "confirmation": {"upper": 0.4}, "failed": False}]}}}
     lines = headline(report)
     assert lines[0] == "Status: **feasible**: 10.00% of FP32 memory, within a drop of 1 points on test."
     assert lines[1] == ("Quality change on validation: -0.1 points (95% interval -0.7 points to +0.5 points; 400 "
                         "examples); on test: -0.2 points (95% interval -0.8 points to +0.4 points; 800 examples).")
     assert "at 0.9 confidence on 200 validation examples" in lines[2]
-    assert lines[3] == ("Failed confirmation: candidate 3 (8.00% of FP32, bounded there at a drop of 1.7 points); "
-                        "candidate 5, the best plan that passes, stands in.")
+    assert lines[3].startswith("Confirmation walked the feasible plans safest first and stops at the first failure")
+    assert lines[3].endswith(": candidate 3 (8.00% of FP32) failed confirmation, bounded there at a drop of 1.7 "
+                             "points, and the 1 better plan after it in the walk was not kept; candidate 5, the best "
+                             "of the 2 confirmed before it, is kept.")
 
 
 def test_an_infeasible_report_says_which_closest_plans_failed_confirmation():
@@ -86,4 +92,55 @@ def test_an_infeasible_report_says_which_closest_plans_failed_confirmation():
                           "confirmation_examples": 4, "selection": {"chosen": None, "turned_down": []}},
               "constraints": {}, "config": {"strategy": "tiered"}, "candidates": [], "seconds": {"total": 1.0}}
     assert ("- candidate 4 (module): memory 7.3% of FP32, quality loss -0.25; within the limits on the search "
-            "half, failed on the confirmation half") in markdown(report)
+            "half, not confirmed on the confirmation half") in markdown(report)
+
+
+class WalkProblem:
+    """Just what ``confirmed_choice`` reads of a search problem: feasible candidates with a loss bound on the
+    search part, and a confirmation bound for each."""
+
+    def __init__(self, search_bounds: list[float], confirmation_bounds: list[float], limit: float = 1.0):
+        self.candidates = [SimpleNamespace(index=i, score=SimpleNamespace(
+            feasible=True, judged_loss=judged, objective=float(-i), memory_fraction=0.1 - 0.001 * i))
+            for i, judged in enumerate(search_bounds)]  # a later index is a smaller plan
+        self._confirmation = [Bound(upper, upper) for upper in confirmation_bounds]
+        self.constraints = SimpleNamespace(quality_limit=lambda higher_is_better: limit)
+        self.baseline = SimpleNamespace(higher_is_better=True)
+
+    def confirmation(self, candidate) -> Bound:
+        return self._confirmation[candidate.index]
+
+    def feasible_in_order(self):
+        return sorted(self.candidates, key=lambda c: (c.score.objective, c.index))
+
+
+def test_the_walk_goes_safest_first_and_stops_at_the_first_failure():
+    # walked in the order 0 (bound 0.1), 2 (0.3), 1 (0.5), 3 (0.6); 1 fails, so 3 is never confirmed
+    problem = WalkProblem(search_bounds=[0.1, 0.5, 0.3, 0.6], confirmation_bounds=[0.2, 1.4, 0.9, 0.1])
+    assert [c.index for c in walk_order(problem)] == [0, 2, 1, 3]
+    selection = confirmed_choice(problem)
+    assert selection.chosen.index == 2 and selection.stopped_at.index == 1 and selection.confirmed == 2
+    # the plan that stopped the walk, and the better plan after it, best first
+    assert [c.index for c, _ in selection.turned_down] == [3, 1]
+    recorded = selection.to_dict()
+    assert recorded["stopped_at"] == 1 and [t["failed"] for t in recorded["turned_down"]] == [False, True]
+
+
+def test_equal_search_bounds_walk_the_larger_plan_first():
+    problem = WalkProblem(search_bounds=[0.0, 0.0, 0.0], confirmation_bounds=[0.0, 0.0, 2.0])
+    assert [c.index for c in walk_order(problem)] == [0, 1, 2]
+    assert confirmed_choice(problem).chosen.index == 1
+
+
+def test_many_plans_over_the_limit_are_kept_at_most_at_the_stated_rate():
+    """Ten plans whose true loss is just over the limit, each passing confirmation by luck one time in ten:
+    testing them one after another until one passes would keep one in 1 - 0.9**10 = 65% of searches; the
+    fixed-sequence walk keeps one at most one time in ten."""
+    rng = np.random.default_rng(0)
+    searches, kept = 2000, 0
+    for _ in range(searches):
+        # the upper bound at 0.9 confidence of a loss of 1.05 with standard error 0.5: below 1.0 in ~10%
+        uppers = 1.05 + 0.5 * rng.standard_normal(10) + 0.5 * 1.2816
+        problem = WalkProblem(search_bounds=list(rng.uniform(0.5, 0.9, 10)), confirmation_bounds=list(uppers))
+        kept += confirmed_choice(problem).chosen is not None
+    assert kept / searches <= 0.10
