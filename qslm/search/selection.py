@@ -4,12 +4,15 @@ on the confirmation part of the validation examples, the part that took no part 
 
 Testing plan after plan on the same confirmation part until one passes is multiple testing: each test is
 another chance for a plan over the limit to pass by luck. So the feasible candidates are put in one order
-before any confirmation score is read, safest first (their upper bound on the search part, lowest
-first), and confirmed in that order until the first one fails. Every plan before it is confirmed, and the
-best of them is kept. The chance that any plan over the limit is confirmed is then at most
-1 - confidence, however many are tested (the fixed-sequence procedure: a plan over the limit can only be
-reached by passing every plan before it, and only the first such plan can pass by luck before the walk
-stops). The selection records the plan that stopped the walk and the better plans that were not kept.
+before any confirmation score is read, safest first, and confirmed in that order until the first one
+fails; the best of those confirmed before it is kept. The chance that any plan over the limit is
+confirmed is then at most 1 - confidence, however many are tested (the fixed-sequence procedure: a plan
+over the limit is only reached by confirming every plan before it, and the first such plan passes by luck
+at most that often, or the walk stops there).
+
+"Safest" is the least compressed: the order is the objective, worst first (for a memory objective, the
+largest plan first). It is not the loss measured on the search part: the plans that did best there are
+the luckiest, and they would lead the walk only to lose on the confirmation part.
 """
 from __future__ import annotations
 
@@ -39,10 +42,9 @@ class Selection:
 
 
 def walk_order(problem: SearchProblem) -> list[Candidate]:
-    """The feasible candidates, safest first: by their judged loss on the search part, and among equal ones
-    the larger (worse objective) first. Fixed by the search part alone, before any confirmation score is read."""
-    return sorted((c for c in problem.candidates if c.score.feasible),
-                  key=lambda c: (c.score.judged_loss, -c.score.objective, c.index))
+    """The feasible candidates, safest first: the objective's worst first (the largest plan), fixed before
+    any confirmation score is read."""
+    return sorted((c for c in problem.candidates if c.score.feasible), key=lambda c: (-c.score.objective, c.index))
 
 
 def confirmed_choice(problem: SearchProblem) -> Selection:

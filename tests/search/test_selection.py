@@ -96,13 +96,13 @@ def test_an_infeasible_report_says_which_closest_plans_failed_confirmation():
 
 
 class WalkProblem:
-    """Just what ``confirmed_choice`` reads of a search problem: feasible candidates with a loss bound on the
-    search part, and a confirmation bound for each."""
+    """Just what ``confirmed_choice`` reads of a search problem: feasible candidates, a higher index a
+    smaller plan, each with a bound on the confirmation part."""
 
-    def __init__(self, search_bounds: list[float], confirmation_bounds: list[float], limit: float = 1.0):
+    def __init__(self, confirmation_bounds: list[float], limit: float = 1.0):
         self.candidates = [SimpleNamespace(index=i, score=SimpleNamespace(
-            feasible=True, judged_loss=judged, objective=float(-i), memory_fraction=0.1 - 0.001 * i))
-            for i, judged in enumerate(search_bounds)]  # a later index is a smaller plan
+            feasible=True, objective=0.1 - 0.001 * i, memory_fraction=0.1 - 0.001 * i))
+            for i in range(len(confirmation_bounds))]
         self._confirmation = [Bound(upper, upper) for upper in confirmation_bounds]
         self.constraints = SimpleNamespace(quality_limit=lambda higher_is_better: limit)
         self.baseline = SimpleNamespace(higher_is_better=True)
@@ -111,25 +111,29 @@ class WalkProblem:
         return self._confirmation[candidate.index]
 
     def feasible_in_order(self):
-        return sorted(self.candidates, key=lambda c: (c.score.objective, c.index))
+        return sorted((c for c in self.candidates if c.score.feasible), key=lambda c: (c.score.objective, c.index))
 
 
-def test_the_walk_goes_safest_first_and_stops_at_the_first_failure():
-    # walked in the order 0 (bound 0.1), 2 (0.3), 1 (0.5), 3 (0.6); 1 fails, so 3 is never confirmed
-    problem = WalkProblem(search_bounds=[0.1, 0.5, 0.3, 0.6], confirmation_bounds=[0.2, 1.4, 0.9, 0.1])
-    assert [c.index for c in walk_order(problem)] == [0, 2, 1, 3]
+def test_the_walk_goes_largest_first_and_stops_at_the_first_failure():
+    problem = WalkProblem(confirmation_bounds=[0.2, 0.9, 1.4, 0.1])
+    problem.candidates[3].score.feasible = False  # not walked at all
+    problem.candidates.append(SimpleNamespace(index=4, score=SimpleNamespace(  # as large as 1: walked after it
+        feasible=True, objective=0.099, memory_fraction=0.099)))
+    problem._confirmation.append(Bound(0.0, 0.0))
+    assert [c.index for c in walk_order(problem)] == [0, 1, 4, 2]
     selection = confirmed_choice(problem)
-    assert selection.chosen.index == 2 and selection.stopped_at.index == 1 and selection.confirmed == 2
-    # the plan that stopped the walk, and the better plan after it, best first
-    assert [c.index for c, _ in selection.turned_down] == [3, 1]
+    # 2 fails: 0, 1 and 4 are confirmed, and 1 (equal to 4, the lower index) is the best of them
+    assert selection.chosen.index == 1 and selection.stopped_at.index == 2 and selection.confirmed == 3
+    assert [c.index for c, _ in selection.turned_down] == [2]
     recorded = selection.to_dict()
-    assert recorded["stopped_at"] == 1 and [t["failed"] for t in recorded["turned_down"]] == [False, True]
+    assert recorded["stopped_at"] == 2 and [t["failed"] for t in recorded["turned_down"]] == [True]
 
 
-def test_equal_search_bounds_walk_the_larger_plan_first():
-    problem = WalkProblem(search_bounds=[0.0, 0.0, 0.0], confirmation_bounds=[0.0, 0.0, 2.0])
-    assert [c.index for c in walk_order(problem)] == [0, 1, 2]
-    assert confirmed_choice(problem).chosen.index == 1
+def test_plans_better_than_the_kept_one_after_the_failure_are_turned_down_untested():
+    selection = confirmed_choice(WalkProblem(confirmation_bounds=[0.2, 1.4, 0.3, 0.1]))
+    assert selection.chosen.index == 0 and selection.stopped_at.index == 1
+    assert [c.index for c, _ in selection.turned_down] == [3, 2, 1]  # best first
+    assert confirmed_choice(WalkProblem(confirmation_bounds=[1.2, 0.0])).chosen is None
 
 
 def test_many_plans_over_the_limit_are_kept_at_most_at_the_stated_rate():
@@ -141,6 +145,6 @@ def test_many_plans_over_the_limit_are_kept_at_most_at_the_stated_rate():
     for _ in range(searches):
         # the upper bound at 0.9 confidence of a loss of 1.05 with standard error 0.5: below 1.0 in ~10%
         uppers = 1.05 + 0.5 * rng.standard_normal(10) + 0.5 * 1.2816
-        problem = WalkProblem(search_bounds=list(rng.uniform(0.5, 0.9, 10)), confirmation_bounds=list(uppers))
+        problem = WalkProblem(confirmation_bounds=list(uppers))
         kept += confirmed_choice(problem).chosen is not None
     assert kept / searches <= 0.10
