@@ -72,13 +72,14 @@ def row(name: str, report: dict) -> str:
 def why_no_plan(report: dict) -> str:
     quality, higher_is_better = report["quality"], report["higher_is_better"]
     turned = (quality.get("selection") or {}).get("turned_down", [])
-    if turned:  # no plan kept: the walk's first plan, the largest, failed (qslm.search.selection)
-        first = next(t for t in turned if t["failed"])
+    if turned:  # no plan kept: each failed at its try's confidence (qslm.search.selection)
+        best = turned[0]
         sizes = sorted(100 * t["memory_fraction"] for t in turned)
-        return (f"{len(turned)} plans were within the limit on the search half ({sizes[0]:.2f}–{sizes[-1]:.2f}% of "
-                f"FP32); the largest, the first to confirm, failed on the confirmation half (bounded at a "
-                + (f"drop of {first['confirmation']['upper']:.2f} points)" if higher_is_better
-                   else f"{100 * first['confirmation']['upper']:+.2f}%)"))
+        bound = best["confirmation"]["upper"]
+        return (f"the {len(turned)} plans within the limit on the search half ({sizes[0]:.2f}–{sizes[-1]:.2f}% of "
+                f"FP32) failed it on the confirmation half (the best bounded there at "
+                + (f"a drop of {bound:.2f} points" if higher_is_better else f"{100 * bound:+.2f}%")
+                + f" at {best['confidence']:g})")
     certifiable = quality.get("certifiable")
     if certifiable:
         bound = certifiable["certifiable_loss"]

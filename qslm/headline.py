@@ -79,18 +79,14 @@ def headline(report: dict) -> list[str]:
 
 
 def _selection_lines(selection: dict, hib: bool) -> list[str]:
-    """What the confirmation walk (``qslm.search.selection``) turned down, and why."""
+    """Which better plans failed on the confirmation part (``qslm.search.selection``), and at what confidence."""
     turned = selection.get("turned_down", [])
     if not turned:
         return []
-    failed = [t for t in turned if t.get("failed", True)]
-    untested = len(turned) - len(failed)
-    stop = "; ".join(f"candidate {t['index']} ({100 * t['memory_fraction']:.2f}% of FP32) failed confirmation, "
-                     f"bounded there at {loss_in_words(t['confirmation']['upper'], hib)}" for t in failed)
-    after = (f", and the {untested} better {'plan' if untested == 1 else 'plans'} after it in the walk "
-             f"{'was' if untested == 1 else 'were'} not kept" if untested else "")
-    kept = ("no plan is kept" if selection.get("chosen") is None else
-            f"candidate {selection['chosen']}, the best of the {selection['confirmed']} confirmed before it, is kept")
-    return [f"Confirmation walked the feasible plans safest first and stops at the first failure, so that a plan "
-            f"over the limit is kept with a chance of at most one minus the confidence however many are tested: "
-            f"{stop}{after}; {kept}."]
+    failed = "; ".join(f"candidate {t['index']} ({100 * t['memory_fraction']:.2f}% of FP32) bounded at "
+                       f"{loss_in_words(t['confirmation']['upper'], hib)} at {t['confidence']:g}" for t in turned)
+    kept = ("no plan passed, so none is kept" if selection.get("chosen") is None else
+            f"candidate {selection['chosen']} passed at {selection['confirmed_at']:g} and is kept")
+    return [f"Confirmation tried the plans best first, each held to a higher confidence than the one before, so "
+            f"that a plan over the limit is kept with a chance of at most one minus the confidence however many "
+            f"are tried. Failed there: {failed}; {kept}."]

@@ -194,7 +194,7 @@ def markdown(report: dict) -> str:
             lines.append(f"- candidate {c['index']} ({c['tier']}): memory {100 * c['memory_fraction']:.1f}% of FP32, "
                          f"quality loss {c['quality_loss']:.4g}; "
                          + (f"violates: {'; '.join(c['violations'])}" if c["violations"]
-                            else "within the limits on the search half, not confirmed on the confirmation half"))
+                            else "within the limits on the search half, failed on the confirmation half"))
         lines.append("")
     lines += ["## Constraints and objective", "", f"- constraints: `{json.dumps(report['constraints'])}`",
               f"- search config: `{json.dumps(report['config'])}`"]

@@ -11,8 +11,8 @@ inside the limit: the one whose validation figure was luckiest. Two guards, both
   of the mean NLL difference, exponentiated, so it is exact in the ratio).
 * **A confirmation part.** The validation examples are dealt, seeded, into a search part, on which every
   candidate is judged, and a confirmation part that takes no part in the choosing. The kept plan must
-  also be within the limit at the same confidence on the confirmation part, confirmed by a fixed-sequence
-  walk over the feasible plans (``qslm.search.selection``), and the report says which were turned down.
+  also be within the limit on the confirmation part, at a confidence that rises with each plan tried there
+  (``qslm.search.selection``), and the report says which were turned down.
 
 Examples are grouped into about sqrt(n) contiguous blocks (at most ``MAX_BLOCKS``): the standard error comes from the blocks'
 totals (batch means, a cluster-robust variance), and parts are dealt block by block. Per-sentence
@@ -122,8 +122,9 @@ class QualityJudge:
             return self.whole(measured)
         return self._bound(measured, self.search_blocks)
 
-    def confirmation(self, measured: Measured) -> Bound | None:
-        return None if not self.bounded else self._bound(measured, self.confirmation_blocks)
+    def confirmation(self, measured: Measured, confidence: float | None = None) -> Bound | None:
+        """The loss on the confirmation part, its upper bound at ``confidence`` (default the judge's)."""
+        return None if not self.bounded else self._bound(measured, self.confirmation_blocks, confidence=confidence)
 
     def whole(self, measured: Measured, reference: Measured | None = None) -> Bound:
         """The loss on every example (of ``reference``'s data, default the validation data)."""
@@ -142,7 +143,8 @@ class QualityJudge:
             needed = math.ceil(self.reference.examples * (spread / (limit - bound.estimate)) ** 2)
         return {"certifiable_loss": bound.upper, "examples_needed": needed}
 
-    def _bound(self, measured: Measured, parts: list[np.ndarray], reference: Measured | None = None) -> Bound:
+    def _bound(self, measured: Measured, parts: list[np.ndarray], reference: Measured | None = None,
+               confidence: float | None = None) -> Bound:
         reference = reference or self.reference
         plan, base = measured.scores, reference.scores
         count = int(sum(len(p) for p in parts))
@@ -150,20 +152,22 @@ class QualityJudge:
             # the mean of paired differences: dropped points, or the log of the perplexity ratio
             differences = base - plan if self.higher_is_better else plan - base
             estimate, error = _ratio(differences, np.ones_like(differences), parts)
-            low, high, upper = self._limits(estimate, error, len(parts))
+            low, high, upper = self._limits(estimate, error, len(parts), confidence)
             transform = (lambda x: x) if self.higher_is_better else math.expm1
             return Bound(transform(estimate), transform(upper), (transform(low), transform(high)), count)
         # a mean ratio: linearised by the delta method around the estimated ratio
         ratio, _ = _ratio(plan, base, parts)
         _, error = _ratio(plan - ratio * base, base, parts)
-        low, high, upper = self._limits(0.0, error, len(parts))
+        low, high, upper = self._limits(0.0, error, len(parts), confidence)
         return Bound(ratio - 1.0, ratio - 1.0 + upper, (ratio - 1.0 + low, ratio - 1.0 + high), count)
 
-    def _limits(self, estimate: float, error: float, parts: int) -> tuple[float, float, float]:
+    def _limits(self, estimate: float, error: float, parts: int, confidence: float | None = None
+                ) -> tuple[float, float, float]:
         """(low, high) of the two-sided reported interval and the one-sided upper bound at the confidence."""
         freedom = max(1, parts - 1)
         half = float(student_t.ppf(0.5 + REPORTED_INTERVAL / 2, freedom)) * error
-        return estimate - half, estimate + half, estimate + float(student_t.ppf(self.confidence, freedom)) * error
+        one_sided = float(student_t.ppf(self.confidence if confidence is None else confidence, freedom))
+        return estimate - half, estimate + half, estimate + one_sided * error
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray, parts: list[np.ndarray]) -> tuple[float, float]:

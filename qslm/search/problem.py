@@ -210,9 +210,10 @@ class SearchProblem:
         """The feasible candidates, best (lowest objective) first."""
         return sorted((c for c in self.candidates if c.score.feasible), key=lambda c: (c.score.objective, c.index))
 
-    def confirmation(self, candidate: Candidate) -> Bound | None:
-        """``candidate``'s loss on the validation examples that took no part in choosing (None: no scores)."""
-        return self.judge.confirmation(candidate.measured)
+    def confirmation(self, candidate: Candidate, confidence: float | None = None) -> Bound | None:
+        """``candidate``'s loss on the validation examples that took no part in choosing (None: no scores),
+        bounded at ``confidence`` (default the constraints')."""
+        return self.judge.confirmation(candidate.measured, confidence)
 
     def closest(self, n: int = 3) -> list[Candidate]:
         return sorted(self.candidates, key=lambda c: (self.violation(c), c.score.objective, c.index))[:n]
