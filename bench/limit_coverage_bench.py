@@ -27,7 +27,8 @@ scores only the items it has not been scored on.
 Limits: SST-2 models max_drop 1.0 / 2.0 at max_memory 12.5%; own models max_drop 1.0 / 3.0 at 25%;
 spikegpt-wt2 max_relative_increase 0.03 / 0.05 at 13.5%. 3 re-splits per (model, limit) for the
 classifiers, 2 for spikegpt-wt2 (``--splits N`` sets both to N): 34 searches per setting, 136 in all.
-Every search uses ``SearchConfig(methods=("rtn",), block_cache_mb=0)``; spikegpt-wt2's also
+Every search uses ``SearchConfig(methods=("rtn",), grids=("sym",), block_cache_mb=0)`` (one method and grid:
+the guard is what is measured, and choosing quantizers costs time); spikegpt-wt2's also
 ``max_evaluations=30`` (uncapped they take ~60 evaluations of ~2 s).
 
 One JSON line per finished search goes to ``<out>/runs.jsonl``; a rerun skips the searches already there.
@@ -81,10 +82,10 @@ PLAN = {"bundled SST-2": ((1.0, 2.0), "12.5%", 3), "own models": ((1.0, 3.0), "2
 SST2_VALIDATION = 600
 OWN_POOL, OWN_VALIDATION = 2400, 600
 WT2_SEGMENTS, WT2_SEGMENT_WORDS = 20, 250  # about 330 words each: ~6,600 words
-CONFIG = qslm.SearchConfig(methods=("rtn",), block_cache_mb=0)
+CONFIG = qslm.SearchConfig(methods=("rtn",), grids=("sym",), block_cache_mb=0)
 # spikegpt-wt2 costs ~2 s an evaluation (10 segments of text) and its searches take ~60 evaluations: capped at
 # 30, to fit the hour (a capped search keeps the best plan it has met)
-CONFIGS = {"WikiText-2": qslm.SearchConfig(methods=("rtn",), block_cache_mb=0, max_evaluations=30)}
+CONFIGS = {"WikiText-2": qslm.SearchConfig(methods=("rtn",), grids=("sym",), block_cache_mb=0, max_evaluations=30)}
 
 
 def state_digest(model: torch.nn.Module) -> str:

@@ -5,7 +5,7 @@ token task. For each: units found, FP32 bytes against the model's unique tensor 
 tensor bytes, the metric before and after, and the metric of a fresh instance loaded from the written files.
 
     python bench/own_models_bench.py [--out bench-out/own-models] [--max-memory 25%] [--methods rtn,gptq,codebook]
-        [--bits 2,3,4,5,6,8]
+        [--bits 2,3,4,5,6,8] [--grids sym,signed,asym]
 """
 from __future__ import annotations
 
@@ -43,9 +43,12 @@ def main() -> None:
     parser.add_argument("--max-memory", default="25%")
     parser.add_argument("--methods", default="rtn", help="quantizers the search may use (comma-separated)")
     parser.add_argument("--bits", default=None, help="widths the search may use (default: SearchConfig's)")
+    parser.add_argument("--grids", default=None, help="grids the search may use (default: SearchConfig's)")
     args = parser.parse_args()
-    widths = {} if args.bits is None else {"bit_choices": tuple(int(b) for b in args.bits.split(","))}
-    config = qslm.SearchConfig(methods=tuple(args.methods.split(",")), **widths)
+    settings = {} if args.bits is None else {"bit_choices": tuple(int(b) for b in args.bits.split(","))}
+    if args.grids is not None:
+        settings["grids"] = tuple(args.grids.split(","))
+    config = qslm.SearchConfig(methods=tuple(args.methods.split(",")), **settings)
     from spikingjelly.activation_based import functional
 
     torch.manual_seed(0)

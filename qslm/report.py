@@ -95,6 +95,15 @@ def chosen_methods(report: dict) -> dict[str, str]:
     return {u: methods.get(u, {}).get(str(b), DEFAULT_METHOD) for u, b in assignment.items() if b != FLOAT_BITS}
 
 
+def chosen_quantizers(report: dict) -> dict[str, str]:
+    """unit -> its method in the chosen plan, followed by its grid where the search chose grids per unit
+    (``gptq signed``); float units are left out."""
+    grids = report.get("grids") or {}
+    assignment = (report.get("chosen") or {}).get("assignment") or {}
+    return {u: f"{m} {grids[u][str(assignment[u])]}" if str(assignment[u]) in grids.get(u, {}) else m
+            for u, m in chosen_methods(report).items()}
+
+
 def plot_bitwidths(report: dict, path: Path):
     """The chosen plan's width per unit, coloured by method; returns the figure drawn (None: no plan)."""
     assignment = (report.get("chosen") or {}).get("assignment") or {}
@@ -202,9 +211,9 @@ def markdown(report: dict) -> str:
         lines.append(_calibration_line(report))
     lines.append("")
     if report.get("chosen"):
-        methods = chosen_methods(report)
-        lines += ["## Bit-width per module", "", "| unit | bits | method |", "|---|---|---|"]
-        lines += [f"| {u} | {b} | {methods.get(u, 'float')} |" for u, b in report["chosen"]["assignment"].items()]
+        quantizers = chosen_quantizers(report)
+        lines += ["## Bit-width per module", "", "| unit | bits | quantizer |", "|---|---|---|"]
+        lines += [f"| {u} | {b} | {quantizers.get(u, 'float')} |" for u, b in report["chosen"]["assignment"].items()]
         lines.append("")
     if report.get("sensitivity"):
         bits = sorted({int(b) for row in report["sensitivity"].values() for b in row})
@@ -290,6 +299,8 @@ def search_report(*, label: str, task, constraints, config, notes: Mapping, prof
                                        if stack.context is not None else None),
         "hierarchy": profile.hierarchy.to_dict(), "sensitivity": stack.asked_table(),
         "methods": {u: {str(b): m for b, m in by_bits.items()} for u, by_bits in stack.choice.decided().items()},
+        "grids": ({u: {str(b): g for b, g in by_bits.items()} for u, by_bits in stack.choice.decided_grids().items()}
+                  if len(config.grids) > 1 else None),
         "candidates": [c.to_dict() for c in problem.candidates],
         "evaluations": {"total": len(problem.candidates), "new": sum(not c.resumed for c in problem.candidates)},
         "method_checks": stack.check.checked,

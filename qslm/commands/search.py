@@ -29,8 +29,9 @@ def parse_bits(text: str) -> list[int]:
     return bits
 
 
-def parse_methods(text: str | None) -> tuple[str, ...] | None:
-    """``--methods rtn,gptq``: the names, checked by SearchConfig (None when not given: its default)."""
+def parse_names(text: str | None) -> tuple[str, ...] | None:
+    """``--methods rtn,gptq``, ``--grids sym,signed``: the names, checked by SearchConfig (None when not given:
+    its default)."""
     return None if text is None else tuple(part.strip() for part in text.split(",") if part.strip())
 
 
@@ -117,6 +118,10 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signed", action="store_true",
                         help="rtn and gptq use every code of a width: [-2**(b-1), 2**(b-1) - 1] x scale "
                              "(2-bit: -2, -1, 0, +1) instead of the symmetric 2**b - 1 levels, in the same bytes")
+    parser.add_argument("--grids", default=None, metavar="G,...",
+                        help="uniform grids a unit may take, weighed per unit and width like the methods: sym "
+                             "(2**b - 1 symmetric levels), signed (every code, as --signed), asym (a zero-point "
+                             "per row, a few bytes more); default: the one grid of --signed or sym")
     parser.add_argument("--scale-dtype", default=None, choices=list(SCALE_DTYPES),
                         help="how scales are stored: float16 under one power-of-two exponent per unit (default), "
                              "or float32 (2 more bytes per scale)")
@@ -156,7 +161,8 @@ def options_from_args(args: argparse.Namespace) -> dict:
                  bit_choices=None if args.bits is None else tuple(parse_bits(args.bits)), strategy=args.strategy,
                  max_evaluations=args.max_evals, hardware=args.hardware, seed=args.seed,
                  sensitivity_method=args.sensitivity, sensitivity_table=args.sensitivity_table,
-                 ignore=tuple(args.ignore), methods=parse_methods(args.methods), base_spec=base_spec,
+                 ignore=tuple(args.ignore), methods=parse_names(args.methods), base_spec=base_spec,
+                 grids=parse_names(args.grids),
                  block_cache_mb=args.block_cache)
     data = DataConfig(calibration_size=args.calibration_size,
                       quantizer_calibration_size=args.quantizer_calibration_size,

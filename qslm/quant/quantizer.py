@@ -41,6 +41,7 @@ quantization and the packed model dequantize with.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -60,6 +61,8 @@ MSE_SHRINK_GRID = tuple(round(1.0 - 0.02 * i, 2) for i in range(41))  # 1.00, 0.
 # qslm.quant.methods.rtn
 DEFAULT_METHOD = "rtn"
 SCALE_DTYPES = ("float32", "float16")
+# the uniform grids by name: symmetric with 2**bits - 1 levels, signed (symmetric, every code), asymmetric
+GRIDS = ("sym", "signed", "asym")
 # What quantize and search store unless told otherwise. QuantSpec's own default stays float32, so plans
 # written before scale_dtype existed read unchanged.
 DEFAULT_SCALE_DTYPE = "float16"
@@ -135,6 +138,17 @@ class QuantSpec:
                             "code (drop all_levels, or make it symmetric)")
 
     @property
+    def grid(self) -> str:
+        """The uniform grid's name, one of ``GRIDS``."""
+        return "signed" if self.all_levels else "sym" if self.symmetric else "asym"
+
+    def on_grid(self, grid: str) -> "QuantSpec":
+        """This spec on the grid named ``grid`` (one of ``GRIDS``)."""
+        if grid not in GRIDS:
+            raise QslmError(f"unknown grid {grid!r}; expected one of {list(GRIDS)}")
+        return dataclasses.replace(self, symmetric=grid != "asym", all_levels=grid == "signed")
+
+    @property
     def clip_percentile(self) -> float:
         return DEFAULT_PERCENTILE if self.percentile is None else float(self.percentile)
 
@@ -146,8 +160,7 @@ class QuantSpec:
         if not method_named(self.method).grid:
             return f"int{self.bits} {layout} {self.method}"
         observer = f"percentile{self.clip_percentile:g}" if self.observer == "percentile" else self.observer
-        grid = "signed" if self.all_levels else "sym" if self.symmetric else "asym"
-        text = f"int{self.bits} {layout} {grid} {observer}"
+        text = f"int{self.bits} {layout} {self.grid} {observer}"
         if self.method != DEFAULT_METHOD:
             text += f" {self.method}"
         return text + (" fp16-scales" if self.scale_dtype == "float16" else "")

@@ -14,7 +14,7 @@ from dataclasses import InitVar, dataclass, field
 from ..errors import QslmError
 from ..export.targets import DEFAULT_TARGET
 from ..quant.methods import method_named, method_names, registered_methods
-from ..quant.quantizer import BITS, DEFAULT_SCALE_DTYPE, QuantSpec
+from ..quant.quantizer import BITS, DEFAULT_METHOD, DEFAULT_SCALE_DTYPE, GRIDS, QuantSpec
 from .objective import DEFAULT_WEIGHTS, parse_weights
 
 SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
@@ -38,6 +38,12 @@ def default_methods(base_spec: QuantSpec) -> tuple[str, ...]:
 DEFAULT_METHODS = default_methods(BASE_SPEC)
 
 
+def default_grids(base_spec: QuantSpec) -> tuple[str, ...]:
+    """The grids a search weighs per unit when none are named: all three on the default symmetric base spec
+    (docs/benchmarks.md, "Grids chosen per unit"); a base spec on another grid (``--signed``) keeps that one."""
+    return GRIDS if base_spec.grid == "sym" else (base_spec.grid,)
+
+
 # former names of settings -> their names now, still accepted where users may have written them
 FORMER_NAMES = {"sensitivity": "sensitivity_method", "weights": "objective_weights"}
 
@@ -57,6 +63,9 @@ class SearchConfig:
     # outputs least (qslm.search.methods). None: every default method the base spec allows (default_methods;
     # the codebook only with a symmetric mse base spec, as it ignores both)
     methods: tuple[str, ...] | None = None
+    # the uniform grids (quantizer.GRIDS) each unit may take, weighed per unit and width with the methods
+    # (qslm.search.methods.MethodChoice). None: default_grids(base_spec).
+    grids: tuple[str, ...] | None = None
     # memory (MiB) for block outputs reused between measurements (qslm.search.block_cache); 0: none.
     # Results are the same either way, bit for bit.
     block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB
@@ -116,6 +125,7 @@ class SearchConfig:
                 raise QslmError(f"bit-width {bits} is taken by none of the methods {list(methods)}; add "
                                 f"{' or '.join(takers) or 'a method that takes it'} to the methods")
         object.__setattr__(self, "methods", methods)
+        object.__setattr__(self, "grids", self._checked_grids())
         if isinstance(self.block_cache_mb, bool) or not isinstance(self.block_cache_mb, int) or self.block_cache_mb < 0:
             raise QslmError(f"block_cache_mb must be a whole number of MiB >= 0 (0: no cache), got {self.block_cache_mb!r}")
         if not isinstance(self.export_target, str) or not self.export_target:
@@ -123,6 +133,27 @@ class SearchConfig:
         if self.sensitivity_table not in SENSITIVITY_TABLES:
             raise QslmError(f"unknown sensitivity_table {self.sensitivity_table!r}; expected one of "
                             f"{list(SENSITIVITY_TABLES)}")
+
+    def _checked_grids(self) -> tuple[str, ...]:
+        def taken(grid: str) -> bool:
+            return any(method_named(m).grid and method_named(m).settings_problem(self.base_spec.on_grid(grid)) is None
+                       for m in self.methods)
+
+        if self.grids is None:  # the default: those of default_grids that some method takes
+            return tuple(g for g in default_grids(self.base_spec) if taken(g)) or (self.base_spec.grid,)
+        grids = (self.grids,) if isinstance(self.grids, str) else tuple(self.grids)
+        if not grids or len(set(grids)) != len(grids) or any(g not in GRIDS for g in grids):
+            raise QslmError(f"grids must be distinct names among {list(GRIDS)}, got {list(grids)}")
+        for grid in grids:
+            if not taken(grid):
+                raise QslmError(f"grid {grid!r} is taken by none of the methods {list(self.methods)} (the base spec "
+                                f"{self.base_spec.describe()}); add rtn or gptq to the methods, or drop the grid")
+        return grids
+
+    @property
+    def chooses_per_unit(self) -> bool:
+        """Whether units may differ in method or grid at a width, so a plan is more than its widths."""
+        return list(self.methods) != [DEFAULT_METHOD] or self.grids != (self.base_spec.grid,)
 
     @property
     def budget(self) -> int:
@@ -134,6 +165,7 @@ class SearchConfig:
         raw["bit_choices"] = list(self.bit_choices)
         raw["ignore"] = list(self.ignore)
         raw["methods"] = list(self.methods)
+        raw["grids"] = list(self.grids)
         raw["base_spec"] = self.base_spec.to_dict()
         return raw
 
@@ -148,7 +180,7 @@ class SearchConfig:
         values = dict(raw)
         if "base_spec" in values:
             values["base_spec"] = QuantSpec.from_dict(values["base_spec"], f"{source}: base_spec")
-        for key in ("bit_choices", "ignore", "methods"):
+        for key in ("bit_choices", "ignore", "methods", "grids"):
             if key in values and isinstance(values[key], list):
                 values[key] = tuple(values[key])
         return cls(**values)

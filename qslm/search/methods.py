@@ -39,22 +39,43 @@ StoredBytes = Callable[[str, QuantSpec | None], int]  # None: the unit kept floa
 NoWorseTogether = Callable[[dict[str, QuantSpec], dict[str, QuantSpec]], bool]
 
 
+class Variant(NamedTuple):
+    """A quantizer a unit may take at a width: a registered method on a named grid (``GRIDS``). A method
+    off the grid (the codebook) fits its own levels, and its grid is the base spec's."""
+    method: str
+    grid: str
+
+
+def variants(methods: tuple[str, ...], grids: tuple[str, ...], base: QuantSpec) -> tuple[Variant, ...]:
+    """Each method on each of ``grids`` it can honour (ternary and one bit: the symmetric grid only), the
+    methods in their order and each method's grids in theirs; a method off the grid once."""
+    found = []
+    for method in methods:
+        declared = method_named(method)
+        for grid in (grids if declared.grid else (base.grid,)):
+            if declared.settings_problem(base.on_grid(grid)) is None:
+                found.append(Variant(method, grid))
+    return tuple(found)
+
+
 class Option(NamedTuple):
-    """One method at one width for one unit, as the choice weighs it."""
+    """One variant at one width for one unit, as the choice weighs it."""
     bytes: int
     damage: float
-    order: int  # the method's place in the list: ties go to the earlier
-    method: str
+    order: int  # the variant's place in the list: ties go to the earlier
+    variant: Variant
 
 
-def record_context(model: nn.Module, inputs: list, methods: tuple[str, ...], reset=None) -> QuantContext | None:
-    """The calibration Hessians of every unit, when a method needs or uses them (None for rtn alone)."""
+def record_context(model: nn.Module, inputs: list, methods: tuple[str, ...], reset=None, weigh_grids: bool = False
+                   ) -> QuantContext | None:
+    """The calibration Hessians of every unit, when a method needs or uses them, or ``weigh_grids``: the
+    choice of grid weighs units by their output error on them (None for rtn on one grid)."""
     uses = {method_named(m).uses for m in methods}
     if Needs.GRADIENTS in uses:
         wanting = [m for m in methods if method_named(m).uses is Needs.GRADIENTS]
         raise QslmError(f"methods {wanting} use {Needs.GRADIENTS.value}, which the search does not record yet "
                         "(it records unit-input Hessians)")
-    if uses == {Needs.WEIGHT}:
+    if uses == {Needs.WEIGHT} and not weigh_grids:
         return None
     return QuantContext(record_hessians(model, inputs, reset))
 
@@ -70,7 +91,12 @@ def applicable(unit: str, bits: int, method: str, context: QuantContext | None) 
 
 
 class MethodChoice:
-    """unit -> bits -> method, each width decided for all ``units`` when ``spec`` first asks for it.
+    """unit -> bits -> method (and grid), each width decided for all ``units`` when ``spec`` first asks for it.
+
+    The choice is among ``variants(methods, grids, base)``: each method on each grid it can honour (grids:
+    ``SearchConfig.grids``, default the base spec's alone). The signed and symmetric grids store the same
+    bytes, so they are weighed like two methods of the fewest bytes; the asymmetric grid stores zero-points
+    too, so it is weighed like a pricier method. Below, "method" means such a variant.
 
     At a width a unit takes, of the methods that store the fewest bytes (rtn, gptq), the one with the lowest
     damage; a method that stores more at that width (codebook: its levels) only where it buys damage more
@@ -99,19 +125,24 @@ class MethodChoice:
     def __init__(self, units: list[str], bit_choices: list[int], methods: tuple[str, ...], base: QuantSpec,
                  context: QuantContext | None, measure: MeasureDamages, stored_bytes: StoredBytes,
                  units_budget: float | None = None, no_worse_together: NoWorseTogether | None = None,
-                 local: MeasureDamages | None = None):
+                 local: MeasureDamages | None = None, grids: tuple[str, ...] | None = None):
         self.no_worse_together, self.local = no_worse_together, local
         # units weighed by ``local``: those with a calibration Hessian
         self._local_units = frozenset(u for u in units if local is not None and context is not None
                                       and context.hessian(u) is not None)
-        self.units, self.widths, self.methods, self.base = list(units), sorted(bit_choices), tuple(methods), base
+        self.units, self.widths, self.base = list(units), sorted(bit_choices), base
+        self.variants = variants(tuple(methods), tuple(grids or (base.grid,)), base)
+        if not self.variants:
+            raise QslmError(f"none of the methods {list(methods)} can take any of the grids {list(grids or ())}")
+        # what a unit takes where no variant serves it (gptq alone, on an embedding)
+        self._fallback = Variant(DEFAULT_METHOD, self.variants[0].grid)
         self.context, self.measure, self.stored_bytes, self.units_budget = context, measure, stored_bytes, units_budget
-        self._damage: dict[tuple[str, str, int], float] = {}  # each unit's own kind (local or measured)
+        self._damage: dict[tuple[str, Variant, int], float] = {}  # each unit's own kind (local or measured)
         # ``measure``'s damages of locally weighed units, to rank them against the others when the limit bites
-        self._measured: dict[tuple[str, str, int], float] = {}
-        only_rtn = all(m == DEFAULT_METHOD for m in self.methods)  # nothing to choose: every width decided now
-        self._chosen: dict[str, dict[int, str]] = {u: dict.fromkeys(self.widths, DEFAULT_METHOD) if only_rtn else {}
-                                                   for u in self.units}
+        self._measured: dict[tuple[str, Variant, int], float] = {}
+        only_one = self.variants == (self._fallback,)  # nothing to choose: every width decided now
+        self._chosen: dict[str, dict[int, Variant]] = {u: dict.fromkeys(self.widths, self._fallback) if only_one
+                                                       else {} for u in self.units}
         self._specs: dict[tuple[str, int], QuantSpec] = {}
 
     def spec(self, unit: str, bits: int) -> QuantSpec:
@@ -119,17 +150,21 @@ class MethodChoice:
         (the base spec's method for a width or unit the choice does not cover)."""
         key = (unit, bits)
         if key not in self._specs:
-            method = self.base.method
+            variant = Variant(self.base.method, self.base.grid)
             if unit in self._chosen and bits in self.widths:
                 if bits not in self._chosen[unit]:
                     self._decide(bits)
-                method = self._chosen[unit][bits]
-            self._specs[key] = self._spec_with(bits, method)
+                variant = self._chosen[unit][bits]
+            self._specs[key] = self._spec_with(bits, variant)
         return self._specs[key]
 
     def decided(self) -> dict[str, dict[int, str]]:
-        """What was chosen so far, units in order and widths ascending."""
-        return {u: dict(sorted(by_bits.items())) for u, by_bits in self._chosen.items()}
+        """The methods chosen so far, units in order and widths ascending."""
+        return {u: {b: v.method for b, v in sorted(by_bits.items())} for u, by_bits in self._chosen.items()}
+
+    def decided_grids(self) -> dict[str, dict[int, str]]:
+        """The grids chosen so far (an off-grid method: the base spec's), like ``decided``."""
+        return {u: {b: v.grid for b, v in sorted(by_bits.items())} for u, by_bits in self._chosen.items()}
 
     def decide_all(self) -> dict[str, dict[int, str]]:
         for bits in self.widths:
@@ -138,34 +173,34 @@ class MethodChoice:
         return self.decided()
 
     # --- one width, every unit ------------------------------------------------------------------------
-    def _options(self, unit: str, bits: int) -> list[tuple[str, QuantSpec, int]]:
-        """(method, spec, bytes) of each method that applies to ``unit`` at ``bits``, in list order."""
-        names = [m for m in self.methods if applicable(unit, bits, m, self.context)] or [DEFAULT_METHOD]
-        specs = [self._spec_with(bits, m) for m in names]
-        return [(m, s, self.stored_bytes(unit, s)) for m, s in zip(names, specs)]
+    def _options(self, unit: str, bits: int) -> list[tuple[Variant, QuantSpec, int]]:
+        """(variant, spec, bytes) of each variant that applies to ``unit`` at ``bits``, in list order."""
+        found = [v for v in self.variants if applicable(unit, bits, v.method, self.context)] or [self._fallback]
+        specs = [self._spec_with(bits, v) for v in found]
+        return [(v, s, self.stored_bytes(unit, s)) for v, s in zip(found, specs)]
 
-    def _to_measure(self, unit: str, bits: int, cheapest_only: bool) -> list[tuple[str, QuantSpec]]:
+    def _to_measure(self, unit: str, bits: int, cheapest_only: bool) -> list[tuple[str, Variant, int]]:
         options = self._options(unit, bits)
         if len(options) == 1:  # nothing to choose between: not measured
             return []
         fewest = min(b for _, _, b in options)
-        return [(unit, s) for m, s, b in options
-                if (not cheapest_only or b == fewest) and (unit, m, bits) not in self._damage]
+        return [(unit, v, bits) for v, s, b in options
+                if (not cheapest_only or b == fewest) and (unit, v, bits) not in self._damage]
 
-    def _option(self, unit: str, bits: int, method: str, stored: int, order: int, alone: bool) -> Option:
-        return Option(stored, 0.0 if alone else self._damage[(unit, method, bits)], order, method)
+    def _option(self, unit: str, bits: int, variant: Variant, stored: int, order: int, alone: bool) -> Option:
+        return Option(stored, 0.0 if alone else self._damage[(unit, variant, bits)], order, variant)
 
     def _cheapest(self, unit: str, bits: int) -> Option:
         options = self._options(unit, bits)
         fewest = min(b for _, _, b in options)
-        return min((self._option(unit, bits, m, b, i, len(options) == 1)
-                    for i, (m, s, b) in enumerate(options) if b == fewest), key=lambda o: (o.damage, o.order))
+        return min((self._option(unit, bits, v, b, i, len(options) == 1)
+                    for i, (v, _, b) in enumerate(options) if b == fewest), key=lambda o: (o.damage, o.order))
 
     def _decide(self, bits: int) -> None:
         index = self.widths.index(bits)
         following = self.widths[index + 1] if index + 1 < len(self.widths) else None
         self._measure([job for unit in self.units for job in self._to_measure(unit, bits, cheapest_only=False)])
-        measured = {unit: [self._option(unit, bits, m, b, i, len(options) == 1) for i, (m, s, b) in enumerate(options)]
+        measured = {unit: [self._option(unit, bits, v, b, i, len(options) == 1) for i, (v, _, b) in enumerate(options)]
                     for unit, options in ((unit, self._options(unit, bits)) for unit in self.units)}
         floors = {unit: self._cheapest(unit, bits) for unit in self.units}
         contenders = {}  # unit -> its pricier method with the least damage, where it beats the cheapest
@@ -181,10 +216,10 @@ class MethodChoice:
             floor, pick = floors[unit], floors[unit]
             if unit in contenders:
                 nxt = (self._cheapest(unit, following) if following is not None
-                       else Option(self.stored_bytes(unit, None), 0.0, len(self.methods), "float"))
+                       else Option(self.stored_bytes(unit, None), 0.0, len(self.variants), Variant("float", "")))
                 if _below_line(contenders[unit], floor, nxt):
                     pick = contenders[unit]
-            self._chosen[unit][bits] = pick.method
+            self._chosen[unit][bits] = pick.variant
             at_lowest[unit] = (floor, pick)
         if index == 0 and self.units_budget is not None:
             if sum(pick.bytes for _, pick in at_lowest.values()) > self.units_budget:
@@ -201,41 +236,42 @@ class MethodChoice:
         for unit in self.units:
             options = self._options(unit, bits)
             fewest = min(b for _, _, b in options)
-            cheapest = [m for m, _, b in options if b == fewest]
+            cheapest = [v for v, _, b in options if b == fewest]
             if self._chosen[unit][bits] in cheapest[1:]:
                 first[unit] = cheapest[0]
         if not first:
             return
         chosen = {u: self._spec_with(bits, self._chosen[u][bits]) for u in self.units}
-        back = {**chosen, **{u: self._spec_with(bits, method) for u, method in first.items()}}
+        back = {**chosen, **{u: self._spec_with(bits, variant) for u, variant in first.items()}}
         if not self.no_worse_together(chosen, back):
-            for unit, method in first.items():
-                self._chosen[unit][bits] = method
+            for unit, variant in first.items():
+                self._chosen[unit][bits] = variant
 
     def _measured_options(self, bits: int, at_lowest: dict[str, tuple[Option, Option]]
                           ) -> dict[str, tuple[Option, Option]]:
         """``at_lowest`` with ``measure``'s damages for the locally weighed units that took a pricier method
         (the others were weighed by ``measure`` already)."""
         weighed = [u for u, (cheap, pick) in at_lowest.items() if u in self._local_units and pick.bytes > cheap.bytes]
-        jobs = [(u, self._spec_with(bits, o.method)) for u in weighed for o in at_lowest[u]
-                if (u, o.method, bits) not in self._measured]
+        jobs = [(u, o.variant) for u in weighed for o in at_lowest[u] if (u, o.variant, bits) not in self._measured]
         if jobs:
-            for (unit, spec), damage in zip(jobs, self.measure(jobs)):
-                self._measured[(unit, spec.method, spec.bits)] = float(damage)
-        return {u: tuple(o._replace(damage=self._measured[(u, o.method, bits)]) for o in options)
+            damages = self.measure([(unit, self._spec_with(bits, variant)) for unit, variant in jobs])
+            for (unit, variant), damage in zip(jobs, damages):
+                self._measured[(unit, variant, bits)] = float(damage)
+        return {u: tuple(o._replace(damage=self._measured[(u, o.variant, bits)]) for o in options)
                 if u in weighed else options for u, options in at_lowest.items()}
 
-    def _spec_with(self, bits: int, method: str) -> QuantSpec:
-        return dataclasses.replace(self.base, bits=bits, method=method)
+    def _spec_with(self, bits: int, variant: Variant) -> QuantSpec:
+        return dataclasses.replace(self.base.on_grid(variant.grid), bits=bits, method=variant.method)
 
-    def _measure(self, jobs: list[tuple[str, QuantSpec]]) -> None:
-        """Each job's damage: ``local``'s for the units it weighs, ``measure``'s for the rest."""
+    def _measure(self, jobs: list[tuple[str, Variant, int]]) -> None:
+        """Each (unit, variant, bits)'s damage: ``local``'s for the units it weighs, ``measure``'s for the rest."""
         local = [job for job in jobs if job[0] in self._local_units]
         measured = [job for job in jobs if job[0] not in self._local_units]
         for batch, kind in ((local, self.local), (measured, self.measure)):
             if batch:
-                for (unit, spec), damage in zip(batch, kind(batch)):
-                    self._damage[(unit, spec.method, spec.bits)] = float(damage)
+                damages = kind([(unit, self._spec_with(bits, variant)) for unit, variant, bits in batch])
+                for job, damage in zip(batch, damages):
+                    self._damage[job] = float(damage)
 
 
 def output_errors(model: nn.Module, context: QuantContext, weights: WeightCache) -> Callable[[str, QuantSpec], float]:
@@ -285,15 +321,17 @@ class BytesByWidth(Mapping[int, int]):
 
 def choose_methods(units: list[str], bit_choices: list[int], methods: tuple[str, ...], base: QuantSpec,
                    context: QuantContext | None, damage: Callable[[str, QuantSpec], float],
-                   stored_bytes: StoredBytes, units_budget: float | None = None) -> dict[str, dict[int, str]]:
+                   stored_bytes: StoredBytes, units_budget: float | None = None,
+                   grids: tuple[str, ...] | None = None) -> dict[str, dict[int, str]]:
     """unit -> bits -> method at every width (only rtn: nothing measured): ``MethodChoice`` with every
     width decided, measuring ``damage(unit, spec)`` one at a time."""
     choice = MethodChoice(units, bit_choices, methods, base, context,
-                          lambda jobs: [damage(unit, spec) for unit, spec in jobs], stored_bytes, units_budget)
+                          lambda jobs: [damage(unit, spec) for unit, spec in jobs], stored_bytes, units_budget,
+                          grids=grids)
     return choice.decide_all()
 
 
-def _keep_reachable(chosen: dict[str, dict[int, str]], lowest: int, at_lowest: dict[str, tuple[Option, Option]],
+def _keep_reachable(chosen: dict[str, dict[int, Variant]], lowest: int, at_lowest: dict[str, tuple[Option, Option]],
                     budget: float) -> None:
     """Give the cheapest method back at the lowest width, least damage per byte first, while the plan with
     every unit at that width stores more than ``budget``."""
@@ -304,7 +342,7 @@ def _keep_reachable(chosen: dict[str, dict[int, str]], lowest: int, at_lowest: d
         if total <= budget:
             return
         cheap, pick = at_lowest[unit]
-        chosen[unit][lowest] = cheap.method
+        chosen[unit][lowest] = cheap.variant
         total -= pick.bytes - cheap.bytes
 
 

@@ -13,8 +13,9 @@ from .methods import SpecOf
 
 class PlanSpecs:
     def __init__(self, spec_of: SpecOf, keyed_by_method: bool):
-        # With one method a plan's journal key is its widths; with several it names each unit's method too
-        # (a memory limit that changes a unit's method at the lowest width changes its plans' keys).
+        # With one method and grid a plan's journal key is its widths; with several it names each unit's
+        # method and grid too (a memory limit that changes a unit's method at the lowest width changes its
+        # plans' keys).
         self.spec_of, self.keyed_by_method = spec_of, keyed_by_method
 
     def specs(self, members: tuple[str, ...], bits: int) -> dict[str, QuantSpec]:
@@ -29,5 +30,7 @@ class PlanSpecs:
 
 
 def specs_key(specs: Mapping[str, QuantSpec | None]) -> str:
-    """A plan's journal key when units may differ in method: each unit's width and method."""
-    return assignment_key({u: FLOAT_BITS if s is None else [s.bits, s.method] for u, s in specs.items()})
+    """A plan's journal key when units may differ in method or grid: each unit's width and method, and its
+    grid where it is not the symmetric one (so keys written before grids were chosen read unchanged)."""
+    return assignment_key({u: FLOAT_BITS if s is None else [s.bits, s.method] + ([s.grid] if s.grid != "sym" else [])
+                           for u, s in specs.items()})

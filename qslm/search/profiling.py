@@ -24,6 +24,7 @@ from ..tasks.scores import Measured
 from .confidence import QualityJudge
 from .config import SearchConfig
 from .measure import task_metric
+from .methods import variants
 from .objective import Baseline, Constraints
 
 
@@ -96,9 +97,10 @@ def _largest_unit_bytes(unit: Unit, config: SearchConfig) -> int:
     groups of 2 store more than float)."""
     stored = [unit_bytes(unit, None)]
     for bits in config.bit_choices:
-        for method in config.methods:
+        for variant in variants(config.methods, config.grids, config.base_spec):
+            spec = config.base_spec.on_grid(variant.grid)
             try:
-                stored.append(unit_bytes(unit, dataclasses.replace(config.base_spec, bits=bits, method=method)))
+                stored.append(unit_bytes(unit, dataclasses.replace(spec, bits=bits, method=variant.method)))
             except QslmError:
                 continue  # a width the method does not take (codebook at 16 bits) is never chosen
     return max(stored)

@@ -142,7 +142,8 @@ def build_measurements(model: nn.Module, task: Task, config: SearchConfig, const
     digest = model_hash(model)
     weight_cache = WeightCache()
     reference = OutputReference(model, task.calibration, task.damage_measure, task.output, reset=reset_neuron_states)
-    context = record_context(model, task.quantizer_inputs, config.methods, reset_neuron_states)
+    context = record_context(model, task.quantizer_inputs, config.methods, reset_neuron_states,
+                             weigh_grids=len(config.grids) > 1)
     measurements = Measurements(model, task, profile.hierarchy, config, reference=reference, weight_cache=weight_cache,
                                 context=context)
     executor = executors.start(measurements)
@@ -161,10 +162,11 @@ def build_measurements(model: nn.Module, task: Task, config: SearchConfig, const
                           lambda jobs: _method_damages(damages, jobs, progress), stored_bytes,
                           units_budget=None if limit is None else limit - profile.fixed_bytes,
                           no_worse_together=check,
-                          local=None if errors is None else lambda jobs: _method_errors(errors, jobs, progress))
+                          local=None if errors is None else lambda jobs: _method_errors(errors, jobs, progress),
+                          grids=config.grids)
     return SearchMeasurements(
         model, config, profile, digest, weight_cache, reference, context, measurements, executor, damages, journal,
-        choice, SensitivityTable(damages, choice.spec), PlanSpecs(choice.spec, list(config.methods) != [DEFAULT_METHOD]),
+        choice, SensitivityTable(damages, choice.spec), PlanSpecs(choice.spec, config.chooses_per_unit),
         {u: BytesByWidth(u, list(config.bit_choices), choice.spec, stored_bytes) for u in units}, dropped, check,
         progress)
 
@@ -176,7 +178,10 @@ def _journal_header(digest: str, task: Task, config: SearchConfig, damages: Dama
               "spec": config.base_spec.to_dict(), "ignore": list(config.ignore)}
     if list(config.methods) != [DEFAULT_METHOD]:
         header["methods"] = list(config.methods)
+    if damages.quantizer_digest is not None:  # the methods were fitted, or chosen, on these inputs
         header["quantizer_calibration"] = damages.quantizer_digest
+    if config.grids != (config.base_spec.grid,):
+        header["grids"] = list(config.grids)
     return header
 
 

@@ -238,3 +238,11 @@ def test_parse_granularity():
     for bad in ("group", "group:0", "group:x", "channel"):
         with pytest.raises(QslmError, match="bad granularity"):
             parse_granularity(bad)
+
+
+def test_a_spec_names_its_grid_and_moves_to_another():
+    spec = QuantSpec(3)
+    assert spec.grid == "sym" and spec.on_grid("signed").grid == "signed" and spec.on_grid("asym").grid == "asym"
+    assert spec.on_grid("signed").on_grid("sym") == spec and spec.on_grid("asym").symmetric is False
+    with pytest.raises(QslmError, match="unknown grid 'skewed'"):
+        spec.on_grid("skewed")

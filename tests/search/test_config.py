@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -76,3 +77,28 @@ def test_a_config_names_a_strategy_without_loading_the_strategies_or_the_executo
     code = ("import sys; from qslm.search.config import SearchConfig; SearchConfig(strategy='anneal'); "
             "print(sorted(m for m in sys.modules if m in ('qslm.search.strategies', 'qslm.search.executors')))")
     assert subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout == "[]\n"
+
+
+def test_every_grid_by_default_on_the_symmetric_base_spec_and_round_trip():
+    assert SearchConfig().grids == ("sym", "signed", "asym") and SearchConfig(methods=("rtn",)).chooses_per_unit
+    assert SearchConfig(methods=("ternary", "codebook")).grids == ("sym",)  # the grids some method takes
+    signed = SearchConfig(base_spec=dataclasses.replace(BASE_SPEC, all_levels=True))
+    assert signed.grids == ("signed",)  # a base spec on another grid keeps it
+    config = SearchConfig(methods=("rtn",), grids=("sym",))
+    assert not config.chooses_per_unit and config.to_dict()["grids"] == ["sym"]
+    assert SearchConfig.from_dict(config.to_dict()) == config
+    raw = config.to_dict()
+    del raw["grids"]  # a config written before grids were chosen: today's default
+    assert SearchConfig.from_dict(raw).grids == ("sym", "signed", "asym")
+
+
+@pytest.mark.parametrize("grids, said", [((), "grids must be distinct names"), (("sym", "sym"), "grids must be distinct"),
+                                         (("skewed",), "among ['sym', 'signed', 'asym']")])
+def test_bad_grids_are_refused_by_name(grids, said):
+    with pytest.raises(QslmError, match=re.escape(said)):
+        SearchConfig(grids=grids)
+
+
+def test_a_grid_no_method_can_take_is_refused():
+    with pytest.raises(QslmError, match="grid 'asym' is taken by none of the methods \\['ternary', 'codebook'\\]"):
+        SearchConfig(methods=("ternary", "codebook"), grids=("sym", "asym"))

@@ -14,6 +14,7 @@ from torch import nn
 
 import qslm
 from qslm.models.neuron_state import reset_neuron_states
+from qslm.quant.quantizer import QuantSpec
 from qslm.quant.unit_inputs import record_hessians
 from qslm.quant.units import find_units
 from qslm.search import engine, stack
@@ -352,6 +353,32 @@ def test_methods_are_chosen_per_unit_and_bit_width(handwritten, tmp_path):
     assert accuracy(fresh, ids[96:], labels[96:]) == result.report["final"]["metric"]
     with pytest.raises(qslm.QslmError, match="methods must be distinct names"):
         qslm.SearchConfig(methods=("rtn", "awq"))
+
+
+def test_grids_are_chosen_per_unit_and_bit_width(handwritten, tmp_path):
+    """With several grids, each unit takes per width the grid (and method) that moves it least; the plan
+    file names each unit's grid, the packed file holds exactly its bytes, and the reload reproduces the
+    metric."""
+    model, ids, labels = handwritten
+    task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:], labels[96:]), calibration=[ids[:32], ids[32:64]])
+    config = qslm.SearchConfig(methods=("rtn", "gptq"), grids=("sym", "signed", "asym"), strategy="uniform",
+                               bit_choices=(2, 4))
+    result = qslm.search(model, task, out=tmp_path / "out", config=config, progress=False,
+                         cache_dir=tmp_path / "cache")
+    grids = result.report["grids"]
+    assert set(grids) == set(find_units(model))
+    assert {g for by_bits in grids.values() for g in by_bits.values()} - {"sym"}  # some unit takes another
+    plan = json.loads((tmp_path / "out" / "quant_plan.json").read_text())["units"]
+    for unit, bits in result.report["chosen"]["assignment"].items():
+        spec = QuantSpec.from_dict(plan[unit])
+        assert spec.bits == bits and spec.grid == grids[unit][str(bits)]
+        assert spec.method == result.report["methods"][unit][str(bits)]
+    assert result.report["final"]["memory_bytes"] == result.report["final"]["memory_bytes_predicted"]
+    fresh = qslm.load_quantized(HandwrittenSpikingClassifier(), tmp_path / "out")
+    assert accuracy(fresh, ids[96:], labels[96:]) == result.report["final"]["metric"]
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| unit | bits | quantizer |" in markdown
+    assert any(f" {grids[u][str(b)]} |" in markdown for u, b in result.report["chosen"]["assignment"].items())
 
 
 @pytest.mark.slow

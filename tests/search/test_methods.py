@@ -270,3 +270,54 @@ def test_a_binding_memory_limit_ranks_the_units_by_their_measured_damage():
     assert asked == []  # the limit does not bite: nothing measured
     assert {u: c[2] for u, c in make(230).decide_all().items()} == {"u": "codebook", "v": "gptq"}
     assert asked == [[("u", "gptq", 2), ("u", "codebook", 2), ("v", "gptq", 2), ("v", "codebook", 2)]]
+
+
+def test_variants_put_each_method_on_each_grid_it_can_honour():
+    from qslm.search.methods import Variant, variants
+
+    found = variants(("rtn", "ternary", "codebook", "gptq"), ("sym", "signed", "asym"), BASE_SPEC)
+    # ternary stores the symmetric grid's three levels only; a codebook fits its own levels: once
+    assert found == (Variant("rtn", "sym"), Variant("rtn", "signed"), Variant("rtn", "asym"), Variant("ternary", "sym"),
+                     Variant("codebook", "sym"), Variant("gptq", "sym"), Variant("gptq", "signed"),
+                     Variant("gptq", "asym"))
+
+
+def grid_choice(damages: dict[tuple[str, str, int], float], grids, methods=("rtn", "gptq")):
+    """Per width, the (method, grid) chosen for one unit; the asymmetric grid stores 2 bytes more."""
+    def damage(unit, spec):
+        return damages[(spec.method, spec.grid, spec.bits)]
+
+    def stored(unit, spec):
+        return FLOAT_BYTES if spec is None else BYTES[(spec.method, spec.bits)] + 2 * (spec.grid == "asym")
+
+    choice = MethodChoice(["u"], [2, 3], methods, BASE_SPEC, _AlwaysHessian(),
+                          lambda jobs: [damage(u, s) for u, s in jobs], stored, grids=grids)
+    choice.decide_all()
+    return choice
+
+
+def test_grids_are_weighed_per_unit_like_methods():
+    damages = {("rtn", "sym", 2): 5.0, ("rtn", "signed", 2): 4.0, ("gptq", "sym", 2): 3.0,
+               ("gptq", "signed", 2): 2.0, ("rtn", "asym", 2): 1.9, ("gptq", "asym", 2): 1.0,
+               ("rtn", "sym", 3): 1.0, ("rtn", "signed", 3): 1.5, ("gptq", "sym", 3): 1.2,
+               ("gptq", "signed", 3): 1.1, ("rtn", "asym", 3): 0.95, ("gptq", "asym", 3): 0.9}
+    choice = grid_choice(damages, ("sym", "signed"))
+    assert choice.decided() == {"u": {2: "gptq", 3: "rtn"}} and choice.decided_grids() == {"u": {2: "signed", 3: "sym"}}
+    spec = choice.spec("u", 2)
+    assert (spec.method, spec.symmetric, spec.all_levels) == ("gptq", True, True)
+    # the asymmetric grid stores zero-points: a pricier option, taken where its damage per byte beats the
+    # next width's (2 extra bytes for 1.0 less damage at 2 bits; at 3 bits, 0.2 less against float's rate)
+    choice = grid_choice(damages, ("sym", "signed", "asym"))
+    assert choice.decided_grids() == {"u": {2: "asym", 3: "asym"}} and choice.decided()["u"] == {2: "gptq", 3: "gptq"}
+    # ... but not where it buys damage more dearly than the next width: 3 bits cost 50 bytes for 1.0 less
+    choice = grid_choice({**damages, ("rtn", "asym", 2): 1.99, ("gptq", "asym", 2): 1.99}, ("sym", "signed", "asym"))
+    assert choice.decided_grids()["u"][2] == "signed"
+    # with the base spec's grid alone, nothing changes: the symmetric grid
+    choice = grid_choice(damages, None)
+    assert choice.decided_grids() == {"u": {2: "sym", 3: "sym"}} and choice.decided() == {"u": {2: "gptq", 3: "rtn"}}
+
+
+def test_one_method_on_two_grids_is_a_choice_and_is_measured():
+    damages = {("rtn", "sym", 2): 5.0, ("rtn", "signed", 2): 4.0, ("rtn", "sym", 3): 1.0, ("rtn", "signed", 3): 1.5}
+    choice = grid_choice(damages, ("sym", "signed"), methods=("rtn",))
+    assert choice.decided_grids() == {"u": {2: "signed", 3: "sym"}}

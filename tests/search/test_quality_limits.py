@@ -34,7 +34,9 @@ def task_of(model, ids, labels, **overrides) -> qslm.Task:
 
 
 def search(model, task, out, cache, **constraints):
-    return qslm.search(model, task, out=out, progress=False, cache_dir=cache,
+    # the symmetric grid alone: with every grid this small model's plans all fail on the confirmation half
+    # (bounded at drops of 2.4-2.8 against the limit of 2), and these tests need a plan to judge
+    return qslm.search(model, task, out=out, progress=False, cache_dir=cache, grids=("sym",),
                        constraints=qslm.Constraints(**{"max_memory": 0.3, **constraints}))
 
 

@@ -63,7 +63,7 @@ def test_a_search_that_may_use_it_takes_it_at_two_bits(classifier, tmp_path):
     model, ids, labels = classifier
     task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:144], labels[96:144]), calibration=[ids[:32]])
     result = qslm.search(model, task, out=tmp_path / "s", constraints=qslm.Constraints(max_drop=60.0),
-                         config=qslm.SearchConfig(bit_choices=(2, 8), methods=("rtn", "ternary")),
+                         config=qslm.SearchConfig(bit_choices=(2, 8), methods=("rtn", "ternary"), grids=("sym",)),
                          progress=False, cache_dir=tmp_path / "cache")
     at_two = {u: by_bits["2"] for u, by_bits in result.report["methods"].items() if "2" in by_bits}
     assert at_two and set(at_two.values()) == {"ternary"}  # the same values in fewer bytes
