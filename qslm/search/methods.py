@@ -1,13 +1,14 @@
 """Which quantizer each unit uses at each bit-width, chosen by measurement, one width at a time.
 
 With ``SearchConfig.methods`` naming more than round-to-nearest (registered methods such as ``rtn``,
-``gptq``, ``codebook``: see ``qslm.quant.methods``), each unit keeps, per bit-width, the method whose
-damage (the unit alone quantized) is lowest among those storing the same bytes (ties: the earlier method in the list); a method that stores
-more (the codebook's levels) is kept only where its damage per byte beats the next bit-width's. A unit
-whose calibration Hessian is known is weighed by its output error on those inputs (``output_errors``:
-no forward pass, so choosing costs the fits alone); the others (an embedding, a convolution) by the
-model's damage on the calibration inputs. A plan's choices are then (method, bits) per unit, and bytes,
-energy and export follow the spec.
+``gptq``, ``codebook``: see ``qslm.quant.methods``), or ``SearchConfig.grids`` more than one grid, each
+unit keeps, per bit-width, the method and grid whose damage (the unit alone quantized) is lowest among
+those storing the same bytes (ties: the earlier in the list); one that stores more (the codebook's
+levels, the asymmetric grid's zero-points) is kept only where its damage per byte beats the next
+bit-width's. A unit whose calibration Hessian is known is weighed by its output error on those inputs
+(``output_errors``: no forward pass, so choosing costs the fits alone); the others (an embedding, a
+convolution) by the model's damage on the calibration inputs. A plan's choices are then (method, grid,
+bits) per unit, and bytes, energy and export follow the spec.
 
 ``MethodChoice`` decides a width for every unit when a spec at that width is first asked for: a search
 that never leaves 2 and 3 bits never measures a method at 8. What it decides at a width depends only on

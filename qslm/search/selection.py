@@ -5,10 +5,11 @@ confirmation part of the validation examples, the part that took no part in choo
 Trying plan after plan on the same confirmation part, each at the asked confidence ``c``, until one
 passes would be multiple testing: each try is another chance for a plan over the limit to pass by luck.
 So the feasible plans are tried best first, and the ``i``-th plan tried must hold the limit at confidence
-``1 - (1 - c) / 2**i`` (at c = 0.9: 0.95, 0.975, 0.9875, ...; at c = 0.5, the estimate alone, as asked). The chances of a lucky pass add up to at
-most ``(1 - c) * (1/2 + 1/4 + ...) = 1 - c``, however many plans are tried and however they depend on
-each other (Bonferroni's inequality with weights that sum to one). The best plan is held to a little more
-than ``c``; the plans behind it to ever more, so a fallback far down the list needs a clear margin.
+``1 - (1 - c) / 2**i`` (at c = 0.9: 0.95, 0.975, 0.9875, ...; at c = 0.5, the estimate alone, as asked).
+The chances of a lucky pass add up to at most ``(1 - c) * (1/2 + 1/4 + ...) = 1 - c``, however many plans
+are tried and however they depend on each other (Bonferroni's inequality with weights that sum to one).
+The best plan is held to a little more than ``c``; the plans behind it to ever more, so a fallback far
+down the list needs a clear margin.
 
 The order is the search's own (the objective, best first), fixed before any confirmation score is read.
 """
