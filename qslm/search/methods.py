@@ -46,6 +46,10 @@ class Variant(NamedTuple):
     method: str
     grid: str
 
+    def spec(self, base: QuantSpec, bits: int) -> QuantSpec:
+        """``base`` at ``bits`` with this method, on this grid."""
+        return dataclasses.replace(base.on_grid(self.grid), bits=bits, method=self.method)
+
 
 def variants(methods: tuple[str, ...], grids: tuple[str, ...], base: QuantSpec) -> tuple[Variant, ...]:
     """Each method on each of ``grids`` it can honour (ternary and one bit: the symmetric grid only), the
@@ -262,7 +266,7 @@ class MethodChoice:
                 if u in weighed else options for u, options in at_lowest.items()}
 
     def _spec_with(self, bits: int, variant: Variant) -> QuantSpec:
-        return dataclasses.replace(self.base.on_grid(variant.grid), bits=bits, method=variant.method)
+        return variant.spec(self.base, bits)
 
     def _measure(self, jobs: list[tuple[str, Variant, int]]) -> None:
         """Each (unit, variant, bits)'s damage: ``local``'s for the units it weighs, ``measure``'s for the rest."""

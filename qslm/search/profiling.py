@@ -4,7 +4,6 @@ energy and latency, which every plan is compared with.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -98,9 +97,8 @@ def _largest_unit_bytes(unit: Unit, config: SearchConfig) -> int:
     stored = [unit_bytes(unit, None)]
     for bits in config.bit_choices:
         for variant in variants(config.methods, config.grids, config.base_spec):
-            spec = config.base_spec.on_grid(variant.grid)
             try:
-                stored.append(unit_bytes(unit, dataclasses.replace(spec, bits=bits, method=variant.method)))
+                stored.append(unit_bytes(unit, variant.spec(config.base_spec, bits)))
             except QslmError:
                 continue  # a width the method does not take (codebook at 16 bits) is never chosen
     return max(stored)
