@@ -17,6 +17,9 @@ Codes are unsigned, ``0 <= code < 2**bits``, and dequantize as ``(code - zero_po
   ``[0, 2**bits - 1]`` is used, so the values are ``[-2**(bits-1), 2**(bits-1) - 1] * scale`` (2-bit:
   -2, -1, 0, +1): one more level below zero for the same bytes, which the MSE observer's scale search
   puts to use;
+* ternary (symmetric at two bits with ``trits``): the symmetric grid's three levels {-1, 0, +1} x scale,
+  the codes stored five to a byte (``qslm.quant.trits``: 1.6 bits a weight) instead of in two bits each;
+  any method on the grid (rtn, gptq, learned rounding) chooses the codes as on the symmetric grid;
 * asymmetric: the clipping range ``[lo, hi]`` is widened to contain 0 (so 0 is exact),
   ``scale = (hi - lo) / (2**bits - 1)``, integer ``zero_point = round(-lo / scale)`` in ``[0, 2**bits - 1]``.
 
@@ -61,8 +64,10 @@ MSE_SHRINK_GRID = tuple(round(1.0 - 0.02 * i, 2) for i in range(41))  # 1.00, 0.
 # qslm.quant.methods.rtn
 DEFAULT_METHOD = "rtn"
 SCALE_DTYPES = ("float32", "float16")
-# the uniform grids by name: symmetric with 2**bits - 1 levels, signed (symmetric, every code), asymmetric
-GRIDS = ("sym", "signed", "asym")
+# the uniform grids by name: symmetric with 2**bits - 1 levels, signed (symmetric, every code), asymmetric,
+# and ternary (the symmetric two-bit grid's three levels, stored as trits): two bits only
+GRIDS = ("sym", "signed", "asym", "ternary")
+TERNARY_BITS = 2
 # What quantize and search store unless told otherwise. QuantSpec's own default stays float32, so plans
 # written before scale_dtype existed read unchanged.
 DEFAULT_SCALE_DTYPE = "float16"
@@ -99,6 +104,8 @@ class QuantSpec:
     scale_dtype: str = "float32"  # not used off the grid (codebook: float16 levels), normalised to the default
     # symmetric only: use code 0 too (value -2**(bits-1) * scale), so no code of the b bits is wasted
     all_levels: bool = False
+    # symmetric two-bit only: the three levels' codes stored five to a byte (the ternary grid)
+    trits: bool = False
 
     def __post_init__(self):
         # 4.0 == 4 and True == 1: the type is checked too, or a plan saying 4.0 would pass as int4.
@@ -133,20 +140,30 @@ class QuantSpec:
             # one spec per method off the grid, whatever the template: its levels are free floats either way
             object.__setattr__(self, "scale_dtype", "float32")
             object.__setattr__(self, "all_levels", False)
+            object.__setattr__(self, "trits", False)
         elif self.all_levels and not self.symmetric:
             raise QslmError("all_levels=true is for the symmetric grid; an asymmetric grid already uses every "
                             "code (drop all_levels, or make it symmetric)")
+        if not isinstance(self.trits, bool):
+            raise QslmError(f"trits must be true or false, got {self.trits!r}")
+        if self.trits and (self.bits != TERNARY_BITS or not self.symmetric or self.all_levels):
+            raise QslmError(f"trits=true stores the three levels of the symmetric {TERNARY_BITS}-bit grid, so it needs "
+                            f"bits={TERNARY_BITS}, symmetric and not all_levels; got "
+                            f"{self.describe_fields()}")
+
+    def describe_fields(self) -> str:
+        return (f"bits={self.bits}, symmetric={self.symmetric}, all_levels={self.all_levels}, "
+                f"method={self.method!r}")
 
     @property
     def grid(self) -> str:
         """The uniform grid's name, one of ``GRIDS``."""
-        return "signed" if self.all_levels else "sym" if self.symmetric else "asym"
+        return "ternary" if self.trits else "signed" if self.all_levels else "sym" if self.symmetric else "asym"
 
-    def on_grid(self, grid: str) -> "QuantSpec":
-        """This spec on the grid named ``grid`` (one of ``GRIDS``)."""
-        if grid not in GRIDS:
-            raise QslmError(f"unknown grid {grid!r}; expected one of {list(GRIDS)}")
-        return dataclasses.replace(self, symmetric=grid != "asym", all_levels=grid == "signed")
+    def on_grid(self, grid: str, **changes) -> "QuantSpec":
+        """This spec on the grid named ``grid`` (one of ``GRIDS``), with ``changes`` to its other fields
+        made at once (the ternary grid holds at two bits only)."""
+        return dataclasses.replace(self, **grid_fields(grid), **changes)
 
     @property
     def clip_percentile(self) -> float:
@@ -166,11 +183,12 @@ class QuantSpec:
         return text + (" fp16-scales" if self.scale_dtype == "float16" else "")
 
     def to_dict(self) -> dict:
-        """JSON form; ``method`` rtn, ``scale_dtype`` float32 and ``all_levels`` false are left out, so
+        """JSON form; ``method`` rtn, ``scale_dtype`` float32, ``all_levels`` and ``trits`` false are left out, so
         such plans read exactly as before those fields existed."""
         raw = asdict(self)
-        if not raw["all_levels"]:
-            del raw["all_levels"]
+        for flag in ("all_levels", "trits"):
+            if not raw[flag]:
+                del raw[flag]
         if raw["method"] == DEFAULT_METHOD:
             del raw["method"]
         if raw["scale_dtype"] == "float32":
@@ -180,6 +198,21 @@ class QuantSpec:
     @classmethod
     def from_dict(cls, raw: dict, where: str = "quant spec") -> "QuantSpec":
         return spec_from_dict(cls, raw, where)
+
+
+def grid_fields(grid: str) -> dict:
+    """The QuantSpec fields that put a spec on the grid named ``grid``."""
+    if grid not in GRIDS:
+        raise QslmError(f"unknown grid {grid!r}; expected one of {list(GRIDS)}")
+    return {"symmetric": grid != "asym", "all_levels": grid == "signed", "trits": grid == "ternary"}
+
+
+def grid_taken(method, base: QuantSpec, grid: str) -> bool:
+    """Whether ``method`` (a registered grid method) can honour ``base``'s settings on ``grid`` at some width
+    (the ternary grid: at two bits, if the method takes two bits)."""
+    if grid == "ternary":
+        return TERNARY_BITS in method.bits and method.settings_problem(base.on_grid(grid, bits=TERNARY_BITS)) is None
+    return method.settings_problem(base.on_grid(grid)) is None
 
 
 def parse_granularity(text: str) -> tuple[str, int | None]:

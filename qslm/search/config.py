@@ -14,7 +14,7 @@ from dataclasses import InitVar, dataclass, field
 from ..errors import QslmError
 from ..export.targets import DEFAULT_TARGET
 from ..quant.methods import method_named, method_names, registered_methods
-from ..quant.quantizer import BITS, DEFAULT_METHOD, DEFAULT_SCALE_DTYPE, GRIDS, QuantSpec
+from ..quant.quantizer import BITS, DEFAULT_METHOD, DEFAULT_SCALE_DTYPE, GRIDS, TERNARY_BITS, QuantSpec, grid_taken
 from .objective import DEFAULT_WEIGHTS, parse_weights
 
 SENSITIVITY_METHODS = ("exact", "local")  # see qslm.analysis.local_sensitivity
@@ -38,10 +38,15 @@ def default_methods(base_spec: QuantSpec) -> tuple[str, ...]:
 DEFAULT_METHODS = default_methods(BASE_SPEC)
 
 
+DEFAULT_GRIDS = ("sym", "signed", "asym")
+
+
 def default_grids(base_spec: QuantSpec) -> tuple[str, ...]:
-    """The grids a search weighs per unit when none are named: all three on the default symmetric base spec
-    (docs/benchmarks.md, "Grids chosen per unit"); a base spec on another grid (``--signed``) keeps that one."""
-    return GRIDS if base_spec.grid == "sym" else (base_spec.grid,)
+    """The grids a search weighs per unit when none are named: sym, signed and asym on the default symmetric
+    base spec (docs/benchmarks.md, "Grids chosen per unit"); a base spec on another grid (``--signed``) keeps
+    that one. The ternary grid is opt-in: as the cheapest option at two bits it sends the demo's search down
+    another path, to no plan (docs/benchmarks.md, "The ternary grid")."""
+    return DEFAULT_GRIDS if base_spec.grid == "sym" else (base_spec.grid,)
 
 
 # former names of settings -> their names now, still accepted where users may have written them
@@ -136,15 +141,21 @@ class SearchConfig:
 
     def _checked_grids(self) -> tuple[str, ...]:
         def taken(grid: str) -> bool:
-            return any(method_named(m).grid and method_named(m).settings_problem(self.base_spec.on_grid(grid)) is None
-                       for m in self.methods)
+            return (any(method_named(m).grid and grid_taken(method_named(m), self.base_spec, grid) for m in self.methods)
+                    and (grid != "ternary" or TERNARY_BITS in self.bit_choices))
 
         if self.grids is None:  # the default: those of default_grids that some method takes
             return tuple(g for g in default_grids(self.base_spec) if taken(g)) or (self.base_spec.grid,)
         grids = (self.grids,) if isinstance(self.grids, str) else tuple(self.grids)
         if not grids or len(set(grids)) != len(grids) or any(g not in GRIDS for g in grids):
             raise QslmError(f"grids must be distinct names among {list(GRIDS)}, got {list(grids)}")
+        if grids == ("ternary",):
+            raise QslmError(f"the ternary grid holds at {TERNARY_BITS} bits only; name another grid with it "
+                            "(e.g. grids sym,ternary) for the other widths")
         for grid in grids:
+            if grid == "ternary" and TERNARY_BITS not in self.bit_choices:
+                raise QslmError(f"grid 'ternary' holds at {TERNARY_BITS} bits only, which bit_choices "
+                                f"{list(self.bit_choices)} leave out; add {TERNARY_BITS} or drop the grid")
             if not taken(grid):
                 raise QslmError(f"grid {grid!r} is taken by none of the methods {list(self.methods)} (the base spec "
                                 f"{self.base_spec.describe()}); add rtn or gptq to the methods, or drop the grid")

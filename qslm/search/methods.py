@@ -29,7 +29,7 @@ from ..errors import QslmError
 from ..quant.apply import WeightCache, float_weight
 from ..quant.context import QuantContext
 from ..quant.methods import Needs, method_named
-from ..quant.quantizer import DEFAULT_METHOD, QuantSpec
+from ..quant.quantizer import DEFAULT_METHOD, TERNARY_BITS, QuantSpec, grid_taken
 from ..quant.unit_inputs import record_hessians
 
 SpecOf = Callable[[str, int], QuantSpec]
@@ -48,7 +48,11 @@ class Variant(NamedTuple):
 
     def spec(self, base: QuantSpec, bits: int) -> QuantSpec:
         """``base`` at ``bits`` with this method, on this grid."""
-        return dataclasses.replace(base.on_grid(self.grid), bits=bits, method=self.method)
+        return base.on_grid(self.grid, bits=bits, method=self.method)
+
+    def takes(self, bits: int) -> bool:
+        """Whether its grid holds at ``bits`` (the ternary grid: two bits only)."""
+        return self.grid != "ternary" or bits == TERNARY_BITS
 
 
 def variants(methods: tuple[str, ...], grids: tuple[str, ...], base: QuantSpec) -> tuple[Variant, ...]:
@@ -58,7 +62,7 @@ def variants(methods: tuple[str, ...], grids: tuple[str, ...], base: QuantSpec) 
     for method in methods:
         declared = method_named(method)
         for grid in (grids if declared.grid else (base.grid,)):
-            if declared.settings_problem(base.on_grid(grid)) is None:
+            if grid_taken(declared, base, grid):
                 found.append(Variant(method, grid))
     return tuple(found)
 
@@ -140,7 +144,7 @@ class MethodChoice:
         if not self.variants:
             raise QslmError(f"none of the methods {list(methods)} can take any of the grids {list(grids or ())}")
         # what a unit takes where no variant serves it (gptq alone, on an embedding)
-        self._fallback = Variant(DEFAULT_METHOD, self.variants[0].grid)
+        self._fallback = Variant(DEFAULT_METHOD, next((v.grid for v in self.variants if v.grid != "ternary"), base.grid))
         self.context, self.measure, self.stored_bytes, self.units_budget = context, measure, stored_bytes, units_budget
         self._damage: dict[tuple[str, Variant, int], float] = {}  # each unit's own kind (local or measured)
         # ``measure``'s damages of locally weighed units, to rank them against the others when the limit bites
@@ -180,15 +184,21 @@ class MethodChoice:
     # --- one width, every unit ------------------------------------------------------------------------
     def _options(self, unit: str, bits: int) -> list[tuple[Variant, QuantSpec, int]]:
         """(variant, spec, bytes) of each variant that applies to ``unit`` at ``bits``, in list order."""
-        found = [v for v in self.variants if applicable(unit, bits, v.method, self.context)] or [self._fallback]
+        found = [v for v in self.variants if v.takes(bits) and applicable(unit, bits, v.method, self.context)
+                 ] or [self._fallback]
         specs = [self._spec_with(bits, v) for v in found]
         return [(v, s, self.stored_bytes(unit, s)) for v, s in zip(found, specs)]
+
+    def _fewest_bytes(self, options: list[tuple[Variant, QuantSpec, int]]) -> int:
+        """The width's own fewest bytes: those of its full-width grids (the ternary grid stores fewer, and is
+        weighed as a cheaper option, unless it is all there is)."""
+        return min(b for v, _, b in options if v.grid != "ternary" or all(o.grid == "ternary" for o, _, _ in options))
 
     def _to_measure(self, unit: str, bits: int, cheapest_only: bool) -> list[tuple[str, Variant, int]]:
         options = self._options(unit, bits)
         if len(options) == 1:  # nothing to choose between: not measured
             return []
-        fewest = min(b for _, _, b in options)
+        fewest = self._fewest_bytes(options)
         return [(unit, v, bits) for v, s, b in options
                 if (not cheapest_only or b == fewest) and (unit, v, bits) not in self._damage]
 
@@ -197,7 +207,7 @@ class MethodChoice:
 
     def _cheapest(self, unit: str, bits: int) -> Option:
         options = self._options(unit, bits)
-        fewest = min(b for _, _, b in options)
+        fewest = self._fewest_bytes(options)
         return min((self._option(unit, bits, v, b, i, len(options) == 1)
                     for i, (v, _, b) in enumerate(options) if b == fewest), key=lambda o: (o.damage, o.order))
 
@@ -209,20 +219,29 @@ class MethodChoice:
                     for unit, options in ((unit, self._options(unit, bits)) for unit in self.units)}
         floors = {unit: self._cheapest(unit, bits) for unit in self.units}
         contenders = {}  # unit -> its pricier method with the least damage, where it beats the cheapest
+        cheaper = {}  # unit -> its option below the width's bytes (the ternary grid) with the least damage
         for unit in self.units:
             pricier = [o for o in measured[unit] if o.bytes > floors[unit].bytes]
             best = min(pricier, key=lambda o: (o.damage, o.order), default=None)
             if best is not None and best.damage < floors[unit].damage:
                 contenders[unit] = best
-        if following is not None:  # the next width's damage matters only where a pricier method may win
-            self._measure([job for unit in contenders for job in self._to_measure(unit, following, cheapest_only=True)])
+            below = [o for o in measured[unit] if o.bytes < floors[unit].bytes]
+            if below:
+                cheaper[unit] = min(below, key=lambda o: (o.damage, o.order))
+        if following is not None:  # the next width's damage matters only where another option may win
+            self._measure([job for unit in {**contenders, **cheaper}
+                           for job in self._to_measure(unit, following, cheapest_only=True)])
         at_lowest: dict[str, tuple[Option, Option]] = {}
         for unit in self.units:
             floor, pick = floors[unit], floors[unit]
-            if unit in contenders:
+            if unit in contenders or unit in cheaper:
                 nxt = (self._cheapest(unit, following) if following is not None
                        else Option(self.stored_bytes(unit, None), 0.0, len(self.variants), Variant("float", "")))
-                if _below_line(contenders[unit], floor, nxt):
+                # the cheaper option stands for the width where the width's own bytes buy less damage per byte
+                # than the next width's do (its cheapest lies on or above the line from the cheaper to the next)
+                if unit in cheaper and not _below_line(floor, cheaper[unit], nxt):
+                    pick = cheaper[unit]
+                if unit in contenders and _below_line(contenders[unit], pick, nxt):
                     pick = contenders[unit]
             self._chosen[unit][bits] = pick.variant
             at_lowest[unit] = (floor, pick)
@@ -240,7 +259,7 @@ class MethodChoice:
         first = {}  # unit -> the first listed of its fewest-bytes methods, where it took another of them
         for unit in self.units:
             options = self._options(unit, bits)
-            fewest = min(b for _, _, b in options)
+            fewest = self._fewest_bytes(options)
             cheapest = [v for v, _, b in options if b == fewest]
             if self._chosen[unit][bits] in cheapest[1:]:
                 first[unit] = cheapest[0]

@@ -37,16 +37,17 @@ def cases():
         grid = method_named(method).grid
         for bits in method_named(method).bits:
             for granularity, size in LAYOUTS:
-                # (symmetric, all_levels): symmetric, signed (every code), asymmetric
-                grids = ((True, False), (True, True), (False, False)) if grid else ((True, False),)
-                for symmetric, all_levels in grids:
+                # (symmetric, all_levels, trits): symmetric, signed (every code), asymmetric, ternary (2 bits)
+                grids = (((True, False, False), (True, True, False), (False, False, False), (True, False, True))
+                         if grid else ((True, False, False),))
+                for symmetric, all_levels, trits in grids:
                     for scale_dtype in SCALE_DTYPES if grid else ("float32",):
                         try:  # a grid a method refuses (ternary keeps three levels) is not one of its cases
                             QuantSpec(bits, granularity, size, symmetric, method=method, scale_dtype=scale_dtype,
-                                      all_levels=all_levels)
+                                      all_levels=all_levels, trits=trits)
                         except QslmError:
                             continue
-                        yield method, bits, granularity, size, symmetric, all_levels, scale_dtype
+                        yield method, bits, granularity, size, symmetric, all_levels, trits, scale_dtype
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +59,17 @@ def model_and_context():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, bits, granularity, size, symmetric, all_levels, scale_dtype", list(cases()))
+@pytest.mark.parametrize("method, bits, granularity, size, symmetric, all_levels, trits, scale_dtype", list(cases()))
 def test_packed_weights_equal_fake_quantized_ones(model_and_context, tmp_path, method, bits, granularity, size,
-                                                  symmetric, all_levels, scale_dtype):
+                                                  symmetric, all_levels, trits, scale_dtype):
     model, context = model_and_context
-    spec = QuantSpec(bits, granularity, size, symmetric, method=method, scale_dtype=scale_dtype, all_levels=all_levels)
+    spec = QuantSpec(bits, granularity, size, symmetric, method=method, scale_dtype=scale_dtype, all_levels=all_levels,
+                     trits=trits)
     # gptq and learned rounding need an input Hessian: the embedding has none, so it takes rtn at the same width
     # and layout
     embed_spec = (spec if method_named(method).needs is Needs.WEIGHT
-                  else QuantSpec(bits, granularity, size, symmetric, scale_dtype=scale_dtype, all_levels=all_levels))
+                  else QuantSpec(bits, granularity, size, symmetric, scale_dtype=scale_dtype, all_levels=all_levels,
+                                 trits=trits))
     plan = QuantPlan({"embed": embed_spec, "proj": spec})
     with torch.no_grad(), fake_quantized(model, plan, WeightCache(), context):
         expected = {name: model.get_submodule(name).weight.detach().clone() for name in plan.units}

@@ -246,3 +246,19 @@ def test_a_spec_names_its_grid_and_moves_to_another():
     assert spec.on_grid("signed").on_grid("sym") == spec and spec.on_grid("asym").symmetric is False
     with pytest.raises(QslmError, match="unknown grid 'skewed'"):
         spec.on_grid("skewed")
+
+
+def test_the_ternary_grid_holds_at_two_bits_and_reads_back():
+    ternary = QuantSpec(3).on_grid("ternary", bits=2, method="gptq")
+    assert (ternary.grid, ternary.trits, ternary.symmetric, ternary.all_levels) == ("ternary", True, True, False)
+    assert ternary.on_grid("sym") == QuantSpec(2, method="gptq") and "ternary" in ternary.describe()
+    assert ternary.to_dict()["trits"] is True and "trits" not in QuantSpec(2).to_dict()  # old plans read unchanged
+    assert QuantSpec.from_dict(ternary.to_dict()) == ternary
+    assert QuantSpec(2, method="codebook", trits=True).trits is False  # off the grid: its own levels
+    for settings in ({"bits": 3}, {"symmetric": False}, {"all_levels": True}):
+        with pytest.raises(QslmError, match="trits=true stores the three levels of the symmetric 2-bit grid"):
+            QuantSpec(**{"bits": 2, "trits": True, **settings})
+    with pytest.raises(QslmError, match="trits=true stores"):
+        QuantSpec(3).on_grid("ternary")  # at three bits
+    with pytest.raises(QslmError, match="trits must be true or false, got 1"):
+        QuantSpec(2, trits=1)

@@ -93,10 +93,21 @@ def test_every_grid_by_default_on_the_symmetric_base_spec_and_round_trip():
 
 
 @pytest.mark.parametrize("grids, said", [((), "grids must be distinct names"), (("sym", "sym"), "grids must be distinct"),
-                                         (("skewed",), "among ['sym', 'signed', 'asym']")])
+                                         (("skewed",), "among ['sym', 'signed', 'asym', 'ternary']"),
+                                         (("ternary",), "the ternary grid holds at 2 bits only; name another grid")])
 def test_bad_grids_are_refused_by_name(grids, said):
     with pytest.raises(QslmError, match=re.escape(said)):
         SearchConfig(grids=grids)
+
+
+def test_the_ternary_grid_is_opt_in_and_needs_two_bits():
+    assert "ternary" not in SearchConfig().grids
+    config = SearchConfig(grids=("sym", "ternary"))
+    assert config.grids == ("sym", "ternary") and SearchConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(QslmError, match=re.escape("grid 'ternary' holds at 2 bits only, which bit_choices [3, 4]")):
+        SearchConfig(grids=("sym", "ternary"), bit_choices=(3, 4))
+    with pytest.raises(QslmError, match="grid 'ternary' is taken by none of the methods \\['ternary', 'codebook'\\]"):
+        SearchConfig(methods=("ternary", "codebook"), grids=("sym", "ternary"))
 
 
 def test_a_grid_no_method_can_take_is_refused():

@@ -381,6 +381,30 @@ def test_grids_are_chosen_per_unit_and_bit_width(handwritten, tmp_path):
     assert any(f" {grids[u][str(b)]} |" in markdown for u, b in result.report["chosen"]["assignment"].items())
 
 
+def test_the_ternary_grid_through_a_search_the_plan_file_and_the_packed_bytes(handwritten, tmp_path):
+    """With the ternary grid among the grids, the units that take it at two bits are written as trits: the
+    plan file says so, the packed file holds exactly the predicted bytes, and the reload scores the same."""
+    model, ids, labels = handwritten
+    task = qslm.Task(evaluate=lambda m: accuracy(m, ids[96:], labels[96:]), calibration=[ids[:32], ids[32:64]])
+    config = qslm.SearchConfig(methods=("rtn", "gptq"), grids=("sym", "ternary"), strategy="uniform",
+                               bit_choices=(2, 4))
+    # room for two bits only, and any quality: the plan is the two-bit one
+    result = qslm.search(model, task, out=tmp_path / "out", config=config, progress=False,
+                         constraints=qslm.Constraints(max_drop=100.0, max_memory=0.15), cache_dir=tmp_path / "cache")
+    grids = result.report["grids"]
+    assert set(result.report["chosen"]["assignment"].values()) == {2}
+    assert "ternary" in {by_bits["2"] for by_bits in grids.values()}
+    assert {g for by_bits in grids.values() for g in by_bits.values()} <= {"sym", "ternary"}
+    assert all(by_bits.get("4") != "ternary" for by_bits in grids.values())
+    plan = json.loads((tmp_path / "out" / "quant_plan.json").read_text())["units"]
+    for unit, bits in result.report["chosen"]["assignment"].items():
+        spec = QuantSpec.from_dict(plan[unit])
+        assert spec.grid == grids[unit][str(bits)] and spec.trits == (spec.grid == "ternary")
+    assert result.report["final"]["memory_bytes"] == result.report["final"]["memory_bytes_predicted"]
+    fresh = qslm.load_quantized(HandwrittenSpikingClassifier(), tmp_path / "out")
+    assert accuracy(fresh, ids[96:], labels[96:]) == result.report["final"]["metric"]
+
+
 @pytest.mark.slow
 def test_methods_are_measured_only_at_the_widths_the_search_reaches(handwritten, tmp_path, monkeypatch):
     """A width's methods are chosen when the search first needs it: a plan that stays low never measures a

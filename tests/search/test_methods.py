@@ -282,13 +282,25 @@ def test_variants_put_each_method_on_each_grid_it_can_honour():
                      Variant("gptq", "asym"))
 
 
+def test_the_ternary_grid_is_a_variant_of_the_grid_methods_at_two_bits_only():
+    from qslm.search.methods import Variant, variants
+
+    found = variants(("rtn", "codebook", "gptq"), ("sym", "ternary"), BASE_SPEC)
+    assert found == (Variant("rtn", "sym"), Variant("rtn", "ternary"), Variant("codebook", "sym"),
+                     Variant("gptq", "sym"), Variant("gptq", "ternary"))
+    assert Variant("gptq", "ternary").takes(2) and not Variant("gptq", "ternary").takes(3)
+    assert Variant("gptq", "ternary").spec(BASE_SPEC, 2).trits
+
+
 def grid_choice(damages: dict[tuple[str, str, int], float], grids, methods=("rtn", "gptq")):
     """Per width, the (method, grid) chosen for one unit; the asymmetric grid stores 2 bytes more."""
     def damage(unit, spec):
         return damages[(spec.method, spec.grid, spec.bits)]
 
     def stored(unit, spec):
-        return FLOAT_BYTES if spec is None else BYTES[(spec.method, spec.bits)] + 2 * (spec.grid == "asym")
+        if spec is None:
+            return FLOAT_BYTES
+        return BYTES[(spec.method, spec.bits)] + 2 * (spec.grid == "asym") - 20 * (spec.grid == "ternary")
 
     choice = MethodChoice(["u"], [2, 3], methods, BASE_SPEC, _AlwaysHessian(),
                           lambda jobs: [damage(u, s) for u, s in jobs], stored, grids=grids)
@@ -321,3 +333,22 @@ def test_one_method_on_two_grids_is_a_choice_and_is_measured():
     damages = {("rtn", "sym", 2): 5.0, ("rtn", "signed", 2): 4.0, ("rtn", "sym", 3): 1.0, ("rtn", "signed", 3): 1.5}
     choice = grid_choice(damages, ("sym", "signed"), methods=("rtn",))
     assert choice.decided_grids() == {"u": {2: "signed", 3: "sym"}}
+
+
+def test_the_ternary_grid_stands_for_two_bits_where_the_full_grid_buys_too_little():
+    """Ternary stores 20 bytes fewer than the 2-bit grids (80 against 100; 3 bits: 150). It is taken where the
+    full 2-bit grid lies on or above the line from ternary to 3 bits, so that its 20 bytes buy less than the
+    next width's bytes do; otherwise the 2-bit grid stays. 3 bits never has it."""
+    damages = {("rtn", "sym", 2): 5.0, ("gptq", "sym", 2): 3.0, ("rtn", "ternary", 2): 5.0,
+               ("gptq", "ternary", 2): 3.2, ("rtn", "sym", 3): 1.0, ("gptq", "sym", 3): 1.2,
+               ("rtn", "asym", 3): 0.9, ("gptq", "asym", 3): 0.9}
+    # from ternary (80, 3.2) to 3 bits (150, 1.0) the line at 100 bytes is 2.57: the 2-bit grid (3.0) is above it
+    choice = grid_choice(damages, ("sym", "ternary"))
+    assert choice.decided_grids() == {"u": {2: "ternary", 3: "sym"}} and choice.decided()["u"] == {2: "gptq", 3: "rtn"}
+    assert choice.spec("u", 2).trits and not choice.spec("u", 3).trits
+    # where ternary damages much more, the 2-bit grid is on the line's right side: it stays
+    choice = grid_choice({**damages, ("rtn", "ternary", 2): 9.0, ("gptq", "ternary", 2): 8.0}, ("sym", "ternary"))
+    assert choice.decided_grids()["u"][2] == "sym"
+    # a pricier grid is then weighed against the line from the ternary choice
+    choice = grid_choice({**damages, ("rtn", "asym", 2): 1.5, ("gptq", "asym", 2): 1.2}, ("sym", "asym", "ternary"))
+    assert choice.decided_grids()["u"][2] == "asym"

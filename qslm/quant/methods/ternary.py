@@ -3,20 +3,19 @@ codes 1..3), which two-bit codes store with a code to spare. This method rounds 
 stores them five to a byte (``qslm.quant.trits``): 1.6 bits a weight, scales as rtn stores them. Its
 values are rtn's at two bits, bit for bit; only the bytes differ.
 
-Opt-in: a search tries it when ``methods`` names it (``--methods rtn,gptq,codebook,ternary``), and a plan
-names it per unit (``{"bits": 2, "method": "ternary"}``)."""
+It is rtn on the ternary grid (``QuantSpec.trits``; a search weighs that grid with ``grids=[..., "ternary"]``,
+gptq and learned rounding on it too); the method stays so that plans naming it
+(``{"bits": 2, "method": "ternary"}``) read and load as before."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..quantizer import DEFAULT_METHOD, QuantizedTensor, QuantSpec, code_range, quantize_tensor
-from ..trits import pack_trits, packed_trits, unpack_trits
+from ..quantizer import DEFAULT_METHOD, QuantizedTensor, QuantSpec, quantize_tensor
 from .grid import GridMethod
-from .registry import Needs, StoredTensor
+from .registry import Needs
 
 if TYPE_CHECKING:
     from ..context import QuantContext
@@ -34,6 +33,8 @@ class Ternary(GridMethod):
         if not spec.symmetric or spec.all_levels:
             return (f"method {self.name!r} stores the three levels of the symmetric two-bit grid; "
                     f"{'symmetric=false' if not spec.symmetric else 'all_levels=true'} gives four: use rtn")
+        if spec.trits:
+            return f"method {self.name!r} is rtn on the ternary grid already: drop trits, or use rtn with it"
         return None
 
     def quantize(self, weight: torch.Tensor, spec: QuantSpec, context: "QuantContext | None", unit: str
@@ -42,11 +43,5 @@ class Ternary(GridMethod):
         rounded = quantize_tensor(weight, dataclasses.replace(spec, method=DEFAULT_METHOD))
         return dataclasses.replace(rounded, spec=spec)
 
-    def codes_layout(self, n_codes: int, spec: QuantSpec) -> StoredTensor:
-        return StoredTensor("trits", packed_trits(n_codes), torch.uint8)
-
-    def pack(self, codes: torch.Tensor, spec: QuantSpec) -> dict[str, torch.Tensor]:
-        return {"trits": pack_trits(codes - code_range(spec)[0])}
-
-    def unpack(self, stored: Mapping[str, torch.Tensor], spec: QuantSpec, n_codes: int) -> torch.Tensor:
-        return unpack_trits(stored["trits"], n_codes).to(torch.int32) + code_range(spec)[0]
+    def stores_trits(self, spec: QuantSpec) -> bool:
+        return True

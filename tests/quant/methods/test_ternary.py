@@ -70,3 +70,29 @@ def test_a_search_that_may_use_it_takes_it_at_two_bits(classifier, tmp_path):
     units = find_units(model)
     stored = {u: unit_bytes(units[u], QuantSpec(2, method="ternary", scale_dtype="float16")) for u in at_two}
     assert all(stored[u] < unit_bytes(units[u], QuantSpec(2, scale_dtype="float16")) for u in at_two)
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_a_grid_method_on_the_ternary_grid_keeps_its_values_in_fewer_bytes(method):
+    """gptq (or rtn) on the ternary grid rounds as on the symmetric two-bit grid, and stores the codes five to
+    a byte; the lengths cover every remainder modulo 5."""
+    from qslm.quant.context import QuantContext
+    from qslm.quant.unit_inputs import UnitHessian
+
+    generator = torch.Generator().manual_seed(2)
+    for columns in (10, 11, 12, 13, 14):
+        weight = torch.randn(6, columns, generator=generator)
+        inputs = torch.randn(64, columns, generator=generator)
+        context = QuantContext({"w": UnitHessian(inputs.double().T @ inputs.double(), 64)})
+        on_sym = QuantSpec(2, method=method, scale_dtype="float16")
+        on_ternary = on_sym.on_grid("ternary")
+        declared = method_named(method)
+        sym, ternary = declared.quantize(weight, on_sym, context, "w"), declared.quantize(weight, on_ternary, context, "w")
+        assert torch.equal(sym.dequantize(), ternary.dequantize())
+        stored = declared.stored_tensors(ternary)
+        assert "codes" not in stored and stored["trits"].numel() == math.ceil(weight.numel() / 5)
+        assert sum(t.nbytes for t in stored.values()) == declared.stored_bytes(weight.shape, on_ternary)
+        assert torch.equal(declared.dequantize_stored(stored, on_ternary, weight.shape).view_as(weight),
+                           ternary.dequantize())
+        assert (declared.stored_bytes(weight.shape, on_sym) - declared.stored_bytes(weight.shape, on_ternary)
+                == math.ceil(weight.numel() / 4) - math.ceil(weight.numel() / 5))
