@@ -76,14 +76,18 @@ from qslm.quant.api import build_plan  # noqa: E402
 from qslm.quant.memory import plan_bytes  # noqa: E402
 from qslm.quant.pack import load_packed_into, packed_state_dict  # noqa: E402
 from qslm.quant.plan import QuantPlan  # noqa: E402
-from qslm.quant.quantizer import group_count  # noqa: E402
+from qslm.models.neuron_state import reset_neuron_states  # noqa: E402
+from qslm.quant.quantizer import QuantSpec, group_count  # noqa: E402
 from qslm.quant.units import PACKED_ATTRIBUTE, quantizable_units  # noqa: E402
+from qslm.search.methods import applicable, record_context  # noqa: E402
 from qslm.tasks.base import Task  # noqa: E402
 from qslm.tasks.presets import build_task, default_task  # noqa: E402
 
 BUNDLED = ("spikegpt-sst2", "spiking-encoder-sst2", "spikegpt-wt2")
 OWN = ("hand-written", "snnTorch", "SpikingJelly")
 TOOLS = ("torchao", "hqq", "nncf", "qslm")
+# qslm's uniform plans on the ternary grid: rtn, and the calibrated methods, their codes stored as trits
+TERNARY_METHODS = ("rtn", "gptq", "learned")
 REPORTED_LM_LINES = 300
 QUICK = {"sst2": {"test_limit": 64, "validation_size": 64}, "wikitext2": {"test_limit": 20, "validation_size": 1000}}
 BITS = (2, 3, 4)
@@ -127,14 +131,15 @@ def ledger(model: nn.Module, describe: Describe | None = None) -> list[Stored]:
 
 
 def qslm_describe(model: nn.Module) -> Describe:
-    """A packed qslm model: codes and zero-points at the unit's bit width; scales, their exponent and
-    codebooks at their stored dtype."""
+    """A packed qslm model: codes and zero-points at the unit's bit width; trits (five codes a byte), scales,
+    their exponent and codebooks at their stored dtype."""
     widths: dict[str, tuple[int, int]] = {}
     for path, module in model.named_modules():
         for packed in getattr(module, PACKED_ATTRIBUTE, {}).values():
             prefix = f"{path}." if path else ""
             names, spec = packed.buffer_names(), packed.spec
-            widths[prefix + names["codes"]] = (packed.shape.numel(), spec.bits)
+            if "codes" in names:  # trits (the ternary grid) are bytes already: counted at their dtype
+                widths[prefix + names["codes"]] = (packed.shape.numel(), spec.bits)
             if "zero_point" in names:
                 widths[prefix + names["zero_point"]] = (group_count(packed.shape, spec), spec.bits)
 
@@ -167,6 +172,7 @@ class Target:
     metric: str
     reported_split: str
     validation_split: str
+    reset: Callable[[nn.Module], object] | None = None  # clears neuron state between calibration batches
 
 
 def bundled_target(name: str, quick: bool, data_dir: str | None) -> Target:
@@ -184,7 +190,7 @@ def bundled_target(name: str, quick: bool, data_dir: str | None) -> Target:
         validation = f"{sizes.get('validation_size') or 8000:,} words of the held-out tail of WikiText-2 valid"
     return Target(name, lambda: load_model(name).model,
                   lambda m: task.metric_of(task.test(m), "Task.test"), lambda m: task.metric_of(task.evaluate(m)),
-                  task.calibration[0], task, metric, reported, validation)
+                  task.calibration[0], task, metric, reported, validation, reset_neuron_states)
 
 
 def own_target(name: str) -> Target:
@@ -224,7 +230,7 @@ def own_target(name: str) -> Target:
                 profile_inputs=[ids[i:i + 1] for i in range(32)])
     return Target(name, fresh, lambda m: metric(m, ids[800:], labels[800:]),
                   lambda m: metric(m, ids[640:800], labels[640:800]), ids[:64], task, "accuracy (%)",
-                  "160 test sequences", "160 validation sequences")
+                  "160 test sequences", "160 validation sequences", reset)
 
 
 # --- the tools ----------------------------------------------------------------------------------------
@@ -238,6 +244,8 @@ class Config:
     symmetric: bool = True
     all_levels: bool = False  # qslm's signed grid: symmetric, every code used
     search_memory: str | None = None  # qslm search rows: the memory limit
+    method: str = "rtn"  # qslm: gptq and learned rounding fitted to the task's quantizer calibration
+    trits: bool = False  # qslm's ternary grid: the symmetric 2-bit levels stored 1.6 bits a weight
 
 
 def configurations(tools: Iterable[str], search_limits: Iterable[str]) -> list[Config]:
@@ -255,6 +263,9 @@ def configurations(tools: Iterable[str], search_limits: Iterable[str]) -> list[C
                 grid += [Config(tool, f"int{bits} {layouts[g] if g else 'per-channel'} {name}, fp16 scales", bits, g,
                                 symmetric, all_levels)
                          for g in (None, 64) for name, symmetric, all_levels in grids]
+                if bits == 2:
+                    grid += [Config(tool, f"int2 per-channel ternary {method}, fp16 scales", 2, method=method, trits=True)
+                             for method in TERNARY_METHODS]
         if tool == "nncf":
             grid += [Config(tool, f"int8 per row {'sym' if s else 'asym'}", 8, None, s) for s in (True, False)]
             grid += [Config(tool, f"int4 {layouts[g]} {'sym' if s else 'asym'}, all layers", 4, g, s)
@@ -342,15 +353,24 @@ APPLY = {"torchao": apply_torchao, "hqq": apply_hqq, "nncf": apply_nncf}
 
 
 def qslm_uniform(target: Target, config: Config, linear_only: bool) -> tuple[nn.Module, int, Describe]:
-    """The plan ``qslm quantize`` writes, as the packed model loaded back; its ``plan_bytes``."""
+    """The plan ``qslm quantize`` writes (on the ternary grid: every unit at that spec, gptq and learned
+    rounding fitted to the task's quantizer calibration, the embeddings rtn), as the packed model loaded
+    back; its ``plan_bytes``."""
     model = target.fresh()
-    plan = build_plan(model, bits=config.bits, granularity=f"group:{config.group}" if config.group else None,
-                      symmetric=config.symmetric, all_levels=config.all_levels or None)
+    context = None
+    if config.trits:
+        context = record_context(model, target.task.quantizer_inputs, (config.method,), target.reset)
+        spec = QuantSpec(2, method=config.method, scale_dtype="float16", trits=True)
+        plan = QuantPlan({unit: spec if applicable(unit, 2, config.method, context)
+                          else dataclasses.replace(spec, method="rtn") for unit in quantizable_units(model)})
+    else:
+        plan = build_plan(model, bits=config.bits, granularity=f"group:{config.group}" if config.group else None,
+                          symmetric=config.symmetric, all_levels=config.all_levels or None)
     if linear_only:
         plan = QuantPlan({name: spec for name, spec in plan.units.items()
                           if quantizable_units(model)[name].kind == "Linear"})
     packed = target.fresh()
-    load_packed_into(packed, packed_state_dict(model, plan), plan)
+    load_packed_into(packed, packed_state_dict(model, plan, context), plan)
     return packed.eval(), plan_bytes(model, plan), qslm_describe(packed)
 
 
@@ -469,14 +489,37 @@ def equal_memory_table(rows: list[dict], higher_is_better: bool) -> list[str]:
 
 
 SUMMARY_COLUMNS = (("torchao", ""), ("hqq", ""), ("nncf", "sym"), ("nncf", "asym"), ("qslm", "sym"),
-                   ("qslm", "signed"), ("qslm", "asym"))
-SUMMARY_HEADS = ("torchao sym", "HQQ", "NNCF sym", "NNCF asym", "qslm sym", "qslm signed", "qslm asym")
+                   ("qslm", "signed"), ("qslm", "asym"), *(("qslm", f"ternary {m}") for m in TERNARY_METHODS))
+SUMMARY_HEADS = ("torchao sym", "HQQ", "NNCF sym", "NNCF asym", "qslm sym", "qslm signed", "qslm asym",
+                 *(f"qslm ternary {m}" for m in TERNARY_METHODS))
 
 
 def grid_name(config: Config) -> str:
     if config.tool in ("torchao", "hqq"):
         return ""
+    if config.trits:
+        return f"ternary {config.method}"
     return "signed" if config.all_levels else "sym" if config.symmetric else "asym"
+
+
+def smaller_at_quality_table(rows: list[dict], higher_is_better: bool) -> list[str]:
+    """Each peer row beside the smallest qslm uniform plan at least as good on the validation slice (chosen
+    there, so the reported split stays an honest comparison): how much smaller qslm is at the peer's quality."""
+    qslm = [r for r in rows if r["tool"] == "qslm" and "error" not in r]
+    lines = ["| peer | peer memory % | peer reported | peer validation | smallest qslm plan at least as good on "
+             "validation | qslm memory % | qslm reported | qslm validation | qslm smaller by |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for peer in rows:
+        if peer["tool"] in ("float", "qslm", "qslm search") or "error" in peer:
+            continue
+        good = [r for r in qslm if not better(peer["validation"], r["validation"], higher_is_better)]
+        best = min(good, key=lambda r: r["bytes"], default=None)
+        head = (f"| {peer['tool']} {peer['configuration']} | {peer['memory_pct']:.2f} | {fmt(peer['reported'])} | "
+                f"{fmt(peer['validation'])} |")
+        lines.append(head + (" none as good | | | | |" if best is None else
+                             f" {best['configuration']} | {best['memory_pct']:.2f} | {fmt(best['reported'])} | "
+                             f"{fmt(best['validation'])} | {100 * (1 - best['bytes'] / peer['bytes']):.1f}% |"))
+    return lines
 
 
 def summary_table(results: dict, grid: list[Config]) -> list[str]:
@@ -521,6 +564,8 @@ def markdown(results: dict, grid: list[Config]) -> str:
         if any(r["tool"] == "qslm" for r in rows) and any(r["tool"] in APPLY for r in rows):
             lines += [f"At equal memory ({model['name']}):", ""]
             lines += equal_memory_table(rows, model["higher_is_better"]) + [""]
+            lines += [f"At the peer's quality ({model['name']}):", ""]
+            lines += smaller_at_quality_table(rows, model["higher_is_better"]) + [""]
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@
 Every unit at one width and one method (per-channel, symmetric, MSE clipping, float16 scales):
 
 * 1 bit: ``binary`` (the sign times each row's least-squares scale), the only method that takes one bit;
-* 1.6 bits: ``ternary`` (rtn's three symmetric 2-bit levels, five weights a byte);
+* 1.6 bits: ``ternary`` (rtn's three symmetric 2-bit levels, five weights a byte), and each other grid method
+  of ``--methods`` (gptq, learned) on that ternary grid;
 * 2 and 3 bits: each of ``--methods``. gptq and learned rounding need a unit's calibration Hessian, so
   units without one (embeddings) stay rtn under them, as a search would have them.
 
@@ -46,10 +47,13 @@ OWN = ("hand-written", "snnTorch", "SpikingJelly")
 BASE = QuantSpec(8, scale_dtype="float16")
 
 
-def rows_to_run(methods: list[str], bits: list[int]) -> list[tuple[str, int, str]]:
-    """(width label, bits, method) in table order."""
-    return ([("1", 1, "binary"), ("1.6", 2, "ternary")]
-            + [(str(b), b, m) for b in bits for m in methods])
+def rows_to_run(methods: list[str], bits: list[int]) -> list[tuple[str, int, str, bool]]:
+    """(width label, bits, method, on the ternary grid) in table order: ``ternary`` is rtn on that grid, and
+    every other grid method of ``methods`` runs on it too."""
+    on_ternary = [m for m in methods if m not in ("rtn", "codebook")]
+    return ([("1", 1, "binary", False), ("1.6", 2, "ternary", False)]
+            + [("1.6", 2, m, True) for m in on_ternary]
+            + [(str(b), b, m, False) for b in bits for m in methods])
 
 
 def measure(name: str, methods: list[str], bits: list[int], data_dir: str | None) -> list[dict]:
@@ -64,13 +68,13 @@ def measure(name: str, methods: list[str], bits: list[int], data_dir: str | None
         rows = [dict(model=name, width="FP32", method="float", memory=100.0, reported=target.reported(model),
                      validation=target.validation(model), fit_s=0.0, eval_s=None, metric=target.metric)]
     print(f"{name}: Hessians recorded in {hessian_s:.1f} s", flush=True)
-    for label, width, method in rows_to_run(methods, bits):
-        plan = uniform_plan(model, dataclasses.replace(BASE, bits=width, method=method), context)
+    for label, width, method, trits in rows_to_run(methods, bits):
+        plan = uniform_plan(model, dataclasses.replace(BASE, bits=width, method=method, trits=trits), context)
         started = time.perf_counter()
         with torch.no_grad(), fake_quantized(model, plan, WeightCache(), context=context):
             fitted = time.perf_counter()
             reported, validation = target.reported(model), target.validation(model)
-        row = dict(model=name, width=label, method=method, memory=100.0 * plan_bytes(model, plan) / fp32,
+        row = dict(model=name, width=label, method=method + (" ternary" if trits else ""), memory=100.0 * plan_bytes(model, plan) / fp32,
                    reported=reported, validation=validation, fit_s=fitted - started,
                    eval_s=time.perf_counter() - fitted, metric=target.metric,
                    units_rtn=sum(s.method == "rtn" for s in plan.units.values()) if method != "rtn" else None)
