@@ -99,7 +99,7 @@ def test_greedy_strategy(tiny_classifier, small_data_dir, cache_dir, tmp_path, c
     (["--max-memory", "3 lots"], "unknown unit 'lots'"),
     (["--methods", "rtn,awq"], "methods must be distinct names among ['rtn', 'gptq', 'codebook', 'ternary', 'binary', 'learned'], got ['rtn', 'awq']"),
     (["--methods", ","], "methods must be distinct names"),
-    (["--grids", "sym,skewed"], "grids must be distinct names among ['sym', 'signed', 'asym'], got ['sym', 'skewed']"),
+    (["--grids", "sym,skewed"], "grids must be distinct names among ['sym', 'signed', 'asym', 'ternary'], got ['sym', 'skewed']"),
     (["--grids", "signed", "--methods", "ternary", "--bits", "2"], "grid 'signed' is taken by none of the methods ['ternary']"),
     (["--max-drop", "1", "--confidence", "1.0"], "--confidence must be a number in [0.5, 1)"),
     (["--max-drop", "1", "--confidence", "0.2"], "--confidence must be a number in [0.5, 1)"),
