@@ -57,6 +57,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -379,7 +380,9 @@ def qslm_search(target: Target, config: Config, out: Path) -> tuple[nn.Module | 
 
     quality = ({"max_drop": 1.0} if target.task.higher_is_better else {"max_relative_increase": 0.03})
     model = target.fresh()
-    result = qslm.search(model, target.task, out=out / "search" / f"{target.name}-{config.search_memory}",
+    folder = out / "search" / f"{target.name}-{config.search_memory}"
+    shutil.rmtree(folder, ignore_errors=True)  # a row is measured afresh: no journal of an earlier version resumed
+    result = qslm.search(model, target.task, out=folder,
                          constraints=qslm.Constraints(max_memory=config.search_memory, **quality),
                          progress=False, overwrite=True, cache_dir=out / "cache")
     if result.plan is None:

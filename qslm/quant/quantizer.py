@@ -148,12 +148,8 @@ class QuantSpec:
             raise QslmError(f"trits must be true or false, got {self.trits!r}")
         if self.trits and (self.bits != TERNARY_BITS or not self.symmetric or self.all_levels):
             raise QslmError(f"trits=true stores the three levels of the symmetric {TERNARY_BITS}-bit grid, so it needs "
-                            f"bits={TERNARY_BITS}, symmetric and not all_levels; got "
-                            f"{self.describe_fields()}")
-
-    def describe_fields(self) -> str:
-        return (f"bits={self.bits}, symmetric={self.symmetric}, all_levels={self.all_levels}, "
-                f"method={self.method!r}")
+                            f"bits={TERNARY_BITS}, symmetric and not all_levels; got bits={self.bits}, "
+                            f"symmetric={self.symmetric}, all_levels={self.all_levels}")
 
     @property
     def grid(self) -> str:
