@@ -45,7 +45,8 @@ from qslm.quant.quantizer import QuantSpec  # noqa: E402
 from qslm.quant.units import quantizable_units  # noqa: E402
 from qslm.search.confidence import QualityJudge  # noqa: E402
 from qslm.search.measure import task_metric  # noqa: E402
-from qslm.search.methods import Variant, record_context  # noqa: E402
+from qslm.search.methods import record_context  # noqa: E402
+from qslm.search.variants import Variant  # noqa: E402
 
 # (bits, method, label): the rungs below a unit's width; a 2-bit unit goes to both sub-2-bit formats
 SUB_TWO = ((2, "ternary", "1.6"), (1, "binary", "1"))

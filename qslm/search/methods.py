@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
-from typing import NamedTuple
 
 from torch import nn
 
@@ -29,8 +28,9 @@ from ..errors import QslmError
 from ..quant.apply import WeightCache, float_weight
 from ..quant.context import QuantContext
 from ..quant.methods import Needs, method_named
-from ..quant.quantizer import DEFAULT_METHOD, TERNARY_BITS, QuantSpec, grid_taken
+from ..quant.quantizer import DEFAULT_METHOD, QuantSpec
 from ..quant.unit_inputs import record_hessians
+from .variants import Option, Variant, below_line, keep_reachable, variants
 
 SpecOf = Callable[[str, int], QuantSpec]
 # damage of each (unit, spec): that unit alone quantized with that spec, measured together
@@ -38,41 +38,6 @@ MeasureDamages = Callable[[list[tuple[str, QuantSpec]]], list[float]]
 StoredBytes = Callable[[str, QuantSpec | None], int]  # None: the unit kept float
 # (chosen, back): is the plan ``chosen`` (unit -> spec) no worse on the task's metric than ``back``?
 NoWorseTogether = Callable[[dict[str, QuantSpec], dict[str, QuantSpec]], bool]
-
-
-class Variant(NamedTuple):
-    """A quantizer a unit may take at a width: a registered method on a named grid (``GRIDS``). A method
-    off the grid (the codebook) fits its own levels, and its grid is the base spec's."""
-    method: str
-    grid: str
-
-    def spec(self, base: QuantSpec, bits: int) -> QuantSpec:
-        """``base`` at ``bits`` with this method, on this grid."""
-        return base.on_grid(self.grid, bits=bits, method=self.method)
-
-    def takes(self, bits: int) -> bool:
-        """Whether its grid holds at ``bits`` (the ternary grid: two bits only)."""
-        return self.grid != "ternary" or bits == TERNARY_BITS
-
-
-def variants(methods: tuple[str, ...], grids: tuple[str, ...], base: QuantSpec) -> tuple[Variant, ...]:
-    """Each method on each of ``grids`` it can honour (ternary and one bit: the symmetric grid only), the
-    methods in their order and each method's grids in theirs; a method off the grid once."""
-    found = []
-    for method in methods:
-        declared = method_named(method)
-        for grid in (grids if declared.grid else (base.grid,)):
-            if grid_taken(declared, base, grid):
-                found.append(Variant(method, grid))
-    return tuple(found)
-
-
-class Option(NamedTuple):
-    """One variant at one width for one unit, as the choice weighs it."""
-    bytes: int
-    damage: float
-    order: int  # the variant's place in the list: ties go to the earlier
-    variant: Variant
 
 
 def record_context(model: nn.Module, inputs: list, methods: tuple[str, ...], reset=None, weigh_grids: bool = False
@@ -239,18 +204,44 @@ class MethodChoice:
                        else Option(self.stored_bytes(unit, None), 0.0, len(self.variants), Variant("float", "")))
                 # the cheaper option stands for the width where the width's own bytes buy less damage per byte
                 # than the next width's do (its cheapest lies on or above the line from the cheaper to the next)
-                if unit in cheaper and not _below_line(floor, cheaper[unit], nxt):
+                if unit in cheaper and not below_line(floor, cheaper[unit], nxt):
                     pick = cheaper[unit]
-                if unit in contenders and _below_line(contenders[unit], pick, nxt):
+                if unit in contenders and below_line(contenders[unit], pick, nxt):
                     pick = contenders[unit]
             self._chosen[unit][bits] = pick.variant
             at_lowest[unit] = (floor, pick)
         if index == 0 and self.units_budget is not None:
             if sum(pick.bytes for _, pick in at_lowest.values()) > self.units_budget:
                 at_lowest = self._measured_options(bits, at_lowest)
-            _keep_reachable(self._chosen, bits, at_lowest, self.units_budget)
+            keep_reachable(self._chosen, bits, at_lowest, self.units_budget)
+            self._reach_with_cheaper(bits, cheaper)
         if self.no_worse_together is not None:
             self._check_together(bits)
+
+    def _reach_with_cheaper(self, bits: int, cheaper: dict[str, Option]) -> None:
+        """While every unit at the lowest width still stores more than ``units_budget``, units take their
+        cheaper option there (the ternary grid), least damage per byte saved first, by ``measure``'s damages
+        (one kind for every unit, as they are ranked against each other)."""
+        chosen = {u: self._options_by_variant(u, bits)[self._chosen[u][bits]] for u in self.units}
+        total = sum(chosen.values())
+        movable = [u for u in cheaper if cheaper[u].bytes < chosen[u]]
+        if total <= self.units_budget or not movable:
+            return
+        jobs = [(u, v) for u in movable for v in (self._chosen[u][bits], cheaper[u].variant)
+                if (u, v, bits) not in self._measured]
+        if jobs:
+            for (unit, variant), damage in zip(jobs, self.measure([(u, self._spec_with(bits, v)) for u, v in jobs])):
+                self._measured[(unit, variant, bits)] = float(damage)
+        order = sorted(((self._measured[(u, cheaper[u].variant, bits)] - self._measured[(u, self._chosen[u][bits], bits)])
+                        / (chosen[u] - cheaper[u].bytes), position, u) for position, u in enumerate(movable))
+        for _, _, unit in order:
+            if total <= self.units_budget:
+                return
+            total -= chosen[unit] - cheaper[unit].bytes
+            self._chosen[unit][bits] = cheaper[unit].variant
+
+    def _options_by_variant(self, unit: str, bits: int) -> dict[Variant, int]:
+        return {v: b for v, _, b in self._options(unit, bits)}
 
     def _check_together(self, bits: int) -> None:
         """The units that took a method of the fewest bytes other than the first listed one go back to it,
@@ -353,28 +344,3 @@ def choose_methods(units: list[str], bit_choices: list[int], methods: tuple[str,
                           lambda jobs: [damage(unit, spec) for unit, spec in jobs], stored_bytes, units_budget,
                           grids=grids)
     return choice.decide_all()
-
-
-def _keep_reachable(chosen: dict[str, dict[int, Variant]], lowest: int, at_lowest: dict[str, tuple[Option, Option]],
-                    budget: float) -> None:
-    """Give the cheapest method back at the lowest width, least damage per byte first, while the plan with
-    every unit at that width stores more than ``budget``."""
-    total = sum(pick.bytes for _, pick in at_lowest.values())
-    giving_up = sorted(((cheap.damage - pick.damage) / (pick.bytes - cheap.bytes), position, unit)
-                       for position, (unit, (cheap, pick)) in enumerate(at_lowest.items()) if pick.bytes > cheap.bytes)
-    for _, _, unit in giving_up:
-        if total <= budget:
-            return
-        cheap, pick = at_lowest[unit]
-        chosen[unit][lowest] = cheap.variant
-        total -= pick.bytes - cheap.bytes
-
-
-def _below_line(point: Option, start: Option, end: Option) -> bool:
-    """``point`` lies strictly below the (bytes, damage) segment from ``start`` to ``end``, under ``start``'s
-    damage and short of ``end``'s bytes: each extra byte lowers the damage more than moving to ``end``
-    would (bytes that reach ``end``'s are better spent there)."""
-    if point.damage >= start.damage or point.bytes >= end.bytes:
-        return False
-    slope = (end.damage - start.damage) / (end.bytes - start.bytes)
-    return point.damage < start.damage + slope * (point.bytes - start.bytes)

@@ -272,26 +272,6 @@ def test_a_binding_memory_limit_ranks_the_units_by_their_measured_damage():
     assert asked == [[("u", "gptq", 2), ("u", "codebook", 2), ("v", "gptq", 2), ("v", "codebook", 2)]]
 
 
-def test_variants_put_each_method_on_each_grid_it_can_honour():
-    from qslm.search.methods import Variant, variants
-
-    found = variants(("rtn", "ternary", "codebook", "gptq"), ("sym", "signed", "asym"), BASE_SPEC)
-    # ternary stores the symmetric grid's three levels only; a codebook fits its own levels: once
-    assert found == (Variant("rtn", "sym"), Variant("rtn", "signed"), Variant("rtn", "asym"), Variant("ternary", "sym"),
-                     Variant("codebook", "sym"), Variant("gptq", "sym"), Variant("gptq", "signed"),
-                     Variant("gptq", "asym"))
-
-
-def test_the_ternary_grid_is_a_variant_of_the_grid_methods_at_two_bits_only():
-    from qslm.search.methods import Variant, variants
-
-    found = variants(("rtn", "codebook", "gptq"), ("sym", "ternary"), BASE_SPEC)
-    assert found == (Variant("rtn", "sym"), Variant("rtn", "ternary"), Variant("codebook", "sym"),
-                     Variant("gptq", "sym"), Variant("gptq", "ternary"))
-    assert Variant("gptq", "ternary").takes(2) and not Variant("gptq", "ternary").takes(3)
-    assert Variant("gptq", "ternary").spec(BASE_SPEC, 2).trits
-
-
 def grid_choice(damages: dict[tuple[str, str, int], float], grids, methods=("rtn", "gptq")):
     """Per width, the (method, grid) chosen for one unit; the asymmetric grid stores 2 bytes more."""
     def damage(unit, spec):
@@ -352,3 +332,37 @@ def test_the_ternary_grid_stands_for_two_bits_where_the_full_grid_buys_too_littl
     # a pricier grid is then weighed against the line from the ternary choice
     choice = grid_choice({**damages, ("rtn", "asym", 2): 1.5, ("gptq", "asym", 2): 1.2}, ("sym", "asym", "ternary"))
     assert choice.decided_grids()["u"][2] == "asym"
+
+
+def test_a_limit_below_every_unit_at_two_bits_is_reached_with_the_ternary_grid():
+    """Two bits store 100 bytes a unit, ternary 80. Neither unit takes ternary on its own line; under a budget
+    of 180 one of the two must, the one whose measured damage rises least per byte saved (v's)."""
+    local = {("rtn", "sym", 2): 5.0, ("gptq", "sym", 2): 3.0, ("rtn", "ternary", 2): 6.0, ("gptq", "ternary", 2): 5.0,
+             ("rtn", "sym", 3): 1.0, ("gptq", "sym", 3): 1.2}
+    measured = {"u": {("gptq", "sym"): 1.0, ("gptq", "ternary"): 3.0}, "v": {("gptq", "sym"): 1.0, ("gptq", "ternary"): 1.5}}
+    asked = []
+
+    def measure(jobs):
+        asked.append([(u, s.method, s.grid) for u, s in jobs])
+        return [measured[u][(s.method, s.grid)] for u, s in jobs]
+
+    def stored(unit, spec):
+        return FLOAT_BYTES if spec is None else BYTES[(spec.method, spec.bits)] - 20 * (spec.grid == "ternary")
+
+    def make(budget):
+        return MethodChoice(["u", "v"], [2, 3], ("rtn", "gptq"), BASE_SPEC, _HessianOf("u", "v"), measure, stored,
+                            units_budget=budget, grids=("sym", "ternary"),
+                            local=lambda jobs: [local[(s.method, s.grid, s.bits)] for u, s in jobs])
+
+    choice = make(200)
+    choice.decide_all()
+    assert choice.decided_grids() == {"u": {2: "sym", 3: "sym"}, "v": {2: "sym", 3: "sym"}}
+    assert asked == []  # the limit does not bite: nothing measured
+    choice = make(180)
+    choice.decide_all()
+    assert choice.decided_grids() == {"u": {2: "sym", 3: "sym"}, "v": {2: "ternary", 3: "sym"}}
+    assert choice.decided() == {"u": {2: "gptq", 3: "rtn"}, "v": {2: "gptq", 3: "rtn"}}
+    assert sorted(asked[0]) == [("u", "gptq", "sym"), ("u", "gptq", "ternary"), ("v", "gptq", "sym"),
+                                ("v", "gptq", "ternary")]
+    # a budget only ternary everywhere meets: both
+    assert all(make(160).spec(u, 2).trits for u in ("u", "v"))
