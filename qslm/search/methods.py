@@ -76,7 +76,9 @@ class MethodChoice:
     damage; a method that stores more at that width (codebook: its levels) only where it buys damage more
     cheaply than the next width does, i.e. where its (bytes, damage) lies below the line from the cheapest
     method at this width to the cheapest at the next (float after the widest), with fewer bytes than the
-    next. Deciding a width weighs its methods, all units in one call (of ``measure``: in parallel on
+    next. The ternary grid stores fewer bytes than its width's own grids: it stands for the width where they
+    lie on or above the line from it to the next width, and, under a memory limit below every unit at the
+    lowest width, where the limit needs it (least damage per byte saved first). Deciding a width weighs its methods, all units in one call (of ``measure``: in parallel on
     workers), then the next width's cheapest methods of the units where a pricier method beat the cheapest.
 
     Given ``local`` (damages of one kind for the units with a calibration Hessian, e.g. ``output_errors``),
