@@ -122,7 +122,7 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="uniform grids a unit may take, weighed per unit and width like the methods: sym "
                              "(2**b - 1 symmetric levels), signed (every code, as --signed), asym (a zero-point "
                              "per row, a few bytes more), ternary (2 bits only: the three symmetric levels stored 1.6 bits a "
-                             "weight; opt-in); default: sym,signed,asym, or with --signed the signed grid alone")
+                             "weight, in place of sym there); default: all four, or with --signed the signed grid alone")
     parser.add_argument("--scale-dtype", default=None, choices=list(SCALE_DTYPES),
                         help="how scales are stored: float16 under one power-of-two exponent per unit (default), "
                              "or float32 (2 more bytes per scale)")

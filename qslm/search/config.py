@@ -38,14 +38,13 @@ def default_methods(base_spec: QuantSpec) -> tuple[str, ...]:
 DEFAULT_METHODS = default_methods(BASE_SPEC)
 
 
-DEFAULT_GRIDS = ("sym", "signed", "asym")
+DEFAULT_GRIDS = ("sym", "signed", "asym", "ternary")
 
 
 def default_grids(base_spec: QuantSpec) -> tuple[str, ...]:
-    """The grids a search weighs per unit when none are named: sym, signed and asym on the default symmetric
-    base spec (docs/benchmarks.md, "Grids chosen per unit"); a base spec on another grid (``--signed``) keeps
-    that one. The ternary grid is opt-in: as the cheapest option at two bits it sends the demo's search down
-    another path, to no plan (docs/benchmarks.md, "The ternary grid")."""
+    """The grids a search weighs per unit when none are named: all four on the default symmetric base spec
+    (docs/benchmarks.md, "Grids chosen per unit" and "The ternary grid"; the ternary one where two bits are
+    among the widths); a base spec on another grid (``--signed``) keeps that one."""
     return DEFAULT_GRIDS if base_spec.grid == "sym" else (base_spec.grid,)
 
 

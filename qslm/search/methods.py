@@ -151,8 +151,11 @@ class MethodChoice:
     # --- one width, every unit ------------------------------------------------------------------------
     def _options(self, unit: str, bits: int) -> list[tuple[Variant, QuantSpec, int]]:
         """(variant, spec, bytes) of each variant that applies to ``unit`` at ``bits``, in list order."""
-        found = [v for v in self.variants if v.takes(bits) and applicable(unit, bits, v.method, self.context)
-                 ] or [self._fallback]
+        found = [v for v in self.variants if v.takes(bits) and applicable(unit, bits, v.method, self.context)]
+        # at two bits the symmetric grid's levels are the ternary grid's, in more bytes: where a method has both,
+        # the ternary one stands
+        on_ternary = {v.method for v in found if v.grid == "ternary"}
+        found = [v for v in found if v.grid != "sym" or v.method not in on_ternary] or [self._fallback]
         specs = [self._spec_with(bits, v) for v in found]
         return [(v, s, self.stored_bytes(unit, s)) for v, s in zip(found, specs)]
 

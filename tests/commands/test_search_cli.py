@@ -149,7 +149,7 @@ def test_counts_and_limits_that_are_accepted():
     assert options_from_args(args)["config"].methods == SearchConfig().methods  # the search's default
     args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--methods", "rtn, gptq"])
     assert options_from_args(args)["config"].methods == ("rtn", "gptq")
-    assert options_from_args(args)["config"].grids == ("sym", "signed", "asym")  # the search's default
+    assert options_from_args(args)["config"].grids == ("sym", "signed", "asym", "ternary")  # the search's default
     args = build_parser().parse_args(["search", "m", "--task", "sst2", "--out", "o", "--grids", "sym,signed"])
     assert options_from_args(args)["config"].grids == ("sym", "signed")
 

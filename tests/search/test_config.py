@@ -80,7 +80,8 @@ def test_a_config_names_a_strategy_without_loading_the_strategies_or_the_executo
 
 
 def test_every_grid_by_default_on_the_symmetric_base_spec_and_round_trip():
-    assert SearchConfig().grids == ("sym", "signed", "asym") and SearchConfig(methods=("rtn",)).chooses_per_unit
+    assert SearchConfig().grids == ("sym", "signed", "asym", "ternary") and SearchConfig(methods=("rtn",)).chooses_per_unit
+    assert SearchConfig(bit_choices=(3, 4)).grids == ("sym", "signed", "asym")  # ternary holds at two bits only
     assert SearchConfig(methods=("ternary", "codebook")).grids == ("sym",)  # the grids some method takes
     signed = SearchConfig(base_spec=dataclasses.replace(BASE_SPEC, all_levels=True))
     assert signed.grids == ("signed",)  # a base spec on another grid keeps it
@@ -89,7 +90,7 @@ def test_every_grid_by_default_on_the_symmetric_base_spec_and_round_trip():
     assert SearchConfig.from_dict(config.to_dict()) == config
     raw = config.to_dict()
     del raw["grids"]  # a config written before grids were chosen: today's default
-    assert SearchConfig.from_dict(raw).grids == ("sym", "signed", "asym")
+    assert SearchConfig.from_dict(raw).grids == ("sym", "signed", "asym", "ternary")
 
 
 @pytest.mark.parametrize("grids, said", [((), "grids must be distinct names"), (("sym", "sym"), "grids must be distinct"),
@@ -100,8 +101,7 @@ def test_bad_grids_are_refused_by_name(grids, said):
         SearchConfig(grids=grids)
 
 
-def test_the_ternary_grid_is_opt_in_and_needs_two_bits():
-    assert "ternary" not in SearchConfig().grids
+def test_the_ternary_grid_needs_two_bits():
     config = SearchConfig(grids=("sym", "ternary"))
     assert config.grids == ("sym", "ternary") and SearchConfig.from_dict(config.to_dict()) == config
     with pytest.raises(QslmError, match=re.escape("grid 'ternary' holds at 2 bits only, which bit_choices [3, 4]")):

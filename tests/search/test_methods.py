@@ -316,30 +316,31 @@ def test_one_method_on_two_grids_is_a_choice_and_is_measured():
 
 
 def test_the_ternary_grid_stands_for_two_bits_where_the_full_grid_buys_too_little():
-    """Ternary stores 20 bytes fewer than the 2-bit grids (80 against 100; 3 bits: 150). It is taken where the
+    """Ternary stores 20 bytes fewer than the full 2-bit grid (signed here; the symmetric grid's levels are the
+    ternary grid's, so where a method has both only ternary is weighed) (80 against 100; 3 bits: 150). It is taken where the
     full 2-bit grid lies on or above the line from ternary to 3 bits, so that its 20 bytes buy less than the
     next width's bytes do; otherwise the 2-bit grid stays. 3 bits never has it."""
-    damages = {("rtn", "sym", 2): 5.0, ("gptq", "sym", 2): 3.0, ("rtn", "ternary", 2): 5.0,
-               ("gptq", "ternary", 2): 3.2, ("rtn", "sym", 3): 1.0, ("gptq", "sym", 3): 1.2,
+    damages = {("rtn", "signed", 2): 5.0, ("gptq", "signed", 2): 3.0, ("rtn", "ternary", 2): 5.0,
+               ("gptq", "ternary", 2): 3.2, ("rtn", "signed", 3): 1.0, ("gptq", "signed", 3): 1.2,
                ("rtn", "asym", 3): 0.9, ("gptq", "asym", 3): 0.9}
     # from ternary (80, 3.2) to 3 bits (150, 1.0) the line at 100 bytes is 2.57: the 2-bit grid (3.0) is above it
-    choice = grid_choice(damages, ("sym", "ternary"))
-    assert choice.decided_grids() == {"u": {2: "ternary", 3: "sym"}} and choice.decided()["u"] == {2: "gptq", 3: "rtn"}
+    choice = grid_choice(damages, ("signed", "ternary"))
+    assert choice.decided_grids() == {"u": {2: "ternary", 3: "signed"}} and choice.decided()["u"] == {2: "gptq", 3: "rtn"}
     assert choice.spec("u", 2).trits and not choice.spec("u", 3).trits
     # where ternary damages much more, the 2-bit grid is on the line's right side: it stays
-    choice = grid_choice({**damages, ("rtn", "ternary", 2): 9.0, ("gptq", "ternary", 2): 8.0}, ("sym", "ternary"))
-    assert choice.decided_grids()["u"][2] == "sym"
+    choice = grid_choice({**damages, ("rtn", "ternary", 2): 9.0, ("gptq", "ternary", 2): 8.0}, ("signed", "ternary"))
+    assert choice.decided_grids()["u"][2] == "signed"
     # a pricier grid is then weighed against the line from the ternary choice
-    choice = grid_choice({**damages, ("rtn", "asym", 2): 1.5, ("gptq", "asym", 2): 1.2}, ("sym", "asym", "ternary"))
+    choice = grid_choice({**damages, ("rtn", "asym", 2): 1.5, ("gptq", "asym", 2): 1.2}, ("signed", "asym", "ternary"))
     assert choice.decided_grids()["u"][2] == "asym"
 
 
 def test_a_limit_below_every_unit_at_two_bits_is_reached_with_the_ternary_grid():
     """Two bits store 100 bytes a unit, ternary 80. Neither unit takes ternary on its own line; under a budget
     of 180 one of the two must, the one whose measured damage rises least per byte saved (v's)."""
-    local = {("rtn", "sym", 2): 5.0, ("gptq", "sym", 2): 3.0, ("rtn", "ternary", 2): 6.0, ("gptq", "ternary", 2): 5.0,
-             ("rtn", "sym", 3): 1.0, ("gptq", "sym", 3): 1.2}
-    measured = {"u": {("gptq", "sym"): 1.0, ("gptq", "ternary"): 3.0}, "v": {("gptq", "sym"): 1.0, ("gptq", "ternary"): 1.5}}
+    local = {("rtn", "signed", 2): 5.0, ("gptq", "signed", 2): 3.0, ("rtn", "ternary", 2): 6.0, ("gptq", "ternary", 2): 5.0,
+             ("rtn", "signed", 3): 1.0, ("gptq", "signed", 3): 1.2}
+    measured = {"u": {("gptq", "signed"): 1.0, ("gptq", "ternary"): 3.0}, "v": {("gptq", "signed"): 1.0, ("gptq", "ternary"): 1.5}}
     asked = []
 
     def measure(jobs):
@@ -351,18 +352,34 @@ def test_a_limit_below_every_unit_at_two_bits_is_reached_with_the_ternary_grid()
 
     def make(budget):
         return MethodChoice(["u", "v"], [2, 3], ("rtn", "gptq"), BASE_SPEC, _HessianOf("u", "v"), measure, stored,
-                            units_budget=budget, grids=("sym", "ternary"),
+                            units_budget=budget, grids=("signed", "ternary"),
                             local=lambda jobs: [local[(s.method, s.grid, s.bits)] for u, s in jobs])
 
     choice = make(200)
     choice.decide_all()
-    assert choice.decided_grids() == {"u": {2: "sym", 3: "sym"}, "v": {2: "sym", 3: "sym"}}
+    assert choice.decided_grids() == {"u": {2: "signed", 3: "signed"}, "v": {2: "signed", 3: "signed"}}
     assert asked == []  # the limit does not bite: nothing measured
     choice = make(180)
     choice.decide_all()
-    assert choice.decided_grids() == {"u": {2: "sym", 3: "sym"}, "v": {2: "ternary", 3: "sym"}}
+    assert choice.decided_grids() == {"u": {2: "signed", 3: "signed"}, "v": {2: "ternary", 3: "signed"}}
     assert choice.decided() == {"u": {2: "gptq", 3: "rtn"}, "v": {2: "gptq", 3: "rtn"}}
-    assert sorted(asked[0]) == [("u", "gptq", "sym"), ("u", "gptq", "ternary"), ("v", "gptq", "sym"),
+    assert sorted(asked[0]) == [("u", "gptq", "signed"), ("u", "gptq", "ternary"), ("v", "gptq", "signed"),
                                 ("v", "gptq", "ternary")]
     # a budget only ternary everywhere meets: both
     assert all(make(160).spec(u, 2).trits for u in ("u", "v"))
+
+
+def test_the_symmetric_grid_at_two_bits_gives_way_to_the_ternary_one():
+    """The symmetric two-bit grid's three levels are the ternary grid's, in more bytes: where a method has both,
+    only the ternary one is weighed (and it is all there is, so nothing is measured at two bits)."""
+    asked = []
+
+    def damage(unit, spec):
+        asked.append((spec.method, spec.grid, spec.bits))
+        return 1.0
+
+    choice = MethodChoice(["u"], [2, 3], ("rtn",), BASE_SPEC, _AlwaysHessian(), lambda jobs: [damage(*j) for j in jobs],
+                          lambda unit, spec: FLOAT_BYTES if spec is None else BYTES[("rtn", spec.bits)],
+                          grids=("sym", "ternary"))
+    choice.decide_all()
+    assert choice.decided_grids() == {"u": {2: "ternary", 3: "sym"}} and asked == []

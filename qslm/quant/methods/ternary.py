@@ -3,9 +3,9 @@ codes 1..3), which two-bit codes store with a code to spare. This method rounds 
 stores them five to a byte (``qslm.quant.trits``): 1.6 bits a weight, scales as rtn stores them. Its
 values are rtn's at two bits, bit for bit; only the bytes differ.
 
-It is rtn on the ternary grid (``QuantSpec.trits``; a search weighs that grid with ``grids=[..., "ternary"]``,
-gptq and learned rounding on it too); the method stays so that plans naming it
-(``{"bits": 2, "method": "ternary"}``) read and load as before."""
+It is rtn on the ternary grid (``QuantSpec.trits``), which a search weighs by default, gptq and learned
+rounding on it too; the method stays so that plans naming it (``{"bits": 2, "method": "ternary"}``) read and
+load as before."""
 from __future__ import annotations
 
 import dataclasses
