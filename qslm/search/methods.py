@@ -219,25 +219,25 @@ class MethodChoice:
             if sum(pick.bytes for _, pick in at_lowest.values()) > self.units_budget:
                 at_lowest = self._measured_options(bits, at_lowest)
             keep_reachable(self._chosen, bits, at_lowest, self.units_budget)
-            self._reach_with_cheaper(bits, cheaper)
+            self._reach_with_cheaper(bits, at_lowest, cheaper)
         if self.no_worse_together is not None:
             self._check_together(bits)
 
-    def _reach_with_cheaper(self, bits: int, cheaper: dict[str, Option]) -> None:
+    def _reach_with_cheaper(self, bits: int, at_lowest: dict[str, tuple[Option, Option]],
+                            cheaper: dict[str, Option]) -> None:
         """While every unit at the lowest width still stores more than ``units_budget``, units take their
         cheaper option there (the ternary grid), least damage per byte saved first, by ``measure``'s damages
         (one kind for every unit, as they are ranked against each other)."""
-        chosen = {u: self._options_by_variant(u, bits)[self._chosen[u][bits]] for u in self.units}
+        # each unit's bytes now: its pick, or the width's cheapest where ``keep_reachable`` gave the pick back
+        chosen = {u: pick.bytes if self._chosen[u][bits] == pick.variant else floor.bytes
+                  for u, (floor, pick) in at_lowest.items()}
         total = sum(chosen.values())
         movable = [u for u in cheaper if cheaper[u].bytes < chosen[u]]
         if total <= self.units_budget or not movable:
             return
-        jobs = [(u, v) for u in movable for v in (self._chosen[u][bits], cheaper[u].variant)
-                if (u, v, bits) not in self._measured]
-        if jobs:
-            for (unit, variant), damage in zip(jobs, self.measure([(u, self._spec_with(bits, v)) for u, v in jobs])):
-                self._measured[(unit, variant, bits)] = float(damage)
-        order = sorted(((self._measured[(u, cheaper[u].variant, bits)] - self._measured[(u, self._chosen[u][bits], bits)])
+        damage = self._measured_damages(bits, [(u, v) for u in movable
+                                               for v in (self._chosen[u][bits], cheaper[u].variant)])
+        order = sorted(((damage[(u, cheaper[u].variant)] - damage[(u, self._chosen[u][bits])])
                         / (chosen[u] - cheaper[u].bytes), position, u) for position, u in enumerate(movable))
         for _, _, unit in order:
             if total <= self.units_budget:
@@ -245,8 +245,14 @@ class MethodChoice:
             total -= chosen[unit] - cheaper[unit].bytes
             self._chosen[unit][bits] = cheaper[unit].variant
 
-    def _options_by_variant(self, unit: str, bits: int) -> dict[Variant, int]:
-        return {v: b for v, _, b in self._options(unit, bits)}
+    def _measured_damages(self, bits: int, jobs: list[tuple[str, Variant]]) -> dict[tuple[str, Variant], float]:
+        """``measure``'s damage of each (unit, variant) at ``bits``, measured once (one kind for every unit)."""
+        missing = [(u, v) for u, v in dict.fromkeys(jobs) if (u, v, bits) not in self._measured]
+        if missing:
+            damages = self.measure([(u, self._spec_with(bits, v)) for u, v in missing])
+            for (unit, variant), damage in zip(missing, damages):
+                self._measured[(unit, variant, bits)] = float(damage)
+        return {(u, v): self._measured[(u, v, bits)] for u, v in jobs}
 
     def _check_together(self, bits: int) -> None:
         """The units that took a method of the fewest bytes other than the first listed one go back to it,
@@ -272,12 +278,8 @@ class MethodChoice:
         """``at_lowest`` with ``measure``'s damages for the locally weighed units that took a pricier method
         (the others were weighed by ``measure`` already)."""
         weighed = [u for u, (cheap, pick) in at_lowest.items() if u in self._local_units and pick.bytes > cheap.bytes]
-        jobs = [(u, o.variant) for u in weighed for o in at_lowest[u] if (u, o.variant, bits) not in self._measured]
-        if jobs:
-            damages = self.measure([(unit, self._spec_with(bits, variant)) for unit, variant in jobs])
-            for (unit, variant), damage in zip(jobs, damages):
-                self._measured[(unit, variant, bits)] = float(damage)
-        return {u: tuple(o._replace(damage=self._measured[(u, o.variant, bits)]) for o in options)
+        damage = self._measured_damages(bits, [(u, o.variant) for u in weighed for o in at_lowest[u]])
+        return {u: tuple(o._replace(damage=damage[(u, o.variant)]) for o in options)
                 if u in weighed else options for u, options in at_lowest.items()}
 
     def _spec_with(self, bits: int, variant: Variant) -> QuantSpec:

@@ -48,7 +48,7 @@ class Option(NamedTuple):
 
 
 def keep_reachable(chosen: dict[str, dict[int, Variant]], lowest: int, at_lowest: dict[str, tuple[Option, Option]],
-                    budget: float) -> None:
+                   budget: float) -> None:
     """Give the cheapest method back at the lowest width, least damage per byte first, while the plan with
     every unit at that width stores more than ``budget``."""
     total = sum(pick.bytes for _, pick in at_lowest.values())
