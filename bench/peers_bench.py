@@ -472,22 +472,53 @@ EQUAL_MEMORY_TOLERANCE = 1.001
 def equal_memory_table(rows: list[dict], higher_is_better: bool) -> list[str]:
     """Each peer row beside the qslm uniform plan at no more memory (within 0.1%) that does best on the
     validation slice (chosen on validation, so the reported split stays an honest comparison)."""
+    def best_fitting(peer: dict, qslm: list[dict]) -> dict | None:
+        best = None
+        for r in qslm:
+            if r["bytes"] <= peer["bytes"] * EQUAL_MEMORY_TOLERANCE and (
+                    best is None or better(r["validation"], best["validation"], higher_is_better)):
+                best = r
+        return best
+
+    return peers_beside_qslm(rows, "qslm plan at <= that memory (best on validation)", best_fitting,
+                             "none at this memory")
+
+
+def smaller_at_quality_table(rows: list[dict], higher_is_better: bool) -> list[str]:
+    """Each peer row beside the smallest qslm uniform plan at least as good on the validation slice (chosen
+    there, so the reported split stays an honest comparison): how much smaller qslm is at the peer's quality."""
+    def smallest_as_good(peer: dict, qslm: list[dict]) -> dict | None:
+        good = [r for r in qslm if not better(peer["validation"], r["validation"], higher_is_better)]
+        return min(good, key=lambda r: r["bytes"], default=None)
+
+    def smaller_by(peer: dict, best: dict) -> str:
+        return f"{100 * (1 - best['bytes'] / peer['bytes']):.1f}%"
+
+    return peers_beside_qslm(rows, "smallest qslm plan at least as good on validation", smallest_as_good,
+                             "none as good", ("qslm smaller by", smaller_by))
+
+
+def peers_beside_qslm(rows: list[dict], chosen: str, choose: Callable[[dict, list[dict]], "dict | None"],
+                      none: str, extra: tuple[str, Callable[[dict, dict], str]] | None = None) -> list[str]:
+    """One line per peer row: the peer, and the qslm uniform plan ``choose`` picks for it (headed ``chosen``;
+    ``none`` where there is none), with an ``extra`` (heading, cell) column."""
     qslm = [r for r in rows if r["tool"] == "qslm" and "error" not in r]
-    lines = ["| peer | peer memory % | peer reported | peer validation | qslm plan at <= that memory (best on "
-             "validation) | qslm memory % | qslm reported | qslm validation |", "|---|---:|---:|---:|---|---:|---:|---:|"]
+    heads = ["peer", "peer memory %", "peer reported", "peer validation", chosen, "qslm memory %", "qslm reported",
+             "qslm validation"] + ([extra[0]] if extra else [])
+    lines = ["| " + " | ".join(heads) + " |", "|---|---:|---:|---:|---|---:|---:|---:|" + ("---:|" if extra else "")]
     for peer in rows:
         if peer["tool"] in ("float", "qslm", "qslm search") or "error" in peer:
             continue
-        fits = [r for r in qslm if r["bytes"] <= peer["bytes"] * EQUAL_MEMORY_TOLERANCE]
-        best = None
-        for r in fits:
-            if best is None or better(r["validation"], best["validation"], higher_is_better):
-                best = r
-        head = (f"| {peer['tool']} {peer['configuration']} | {peer['memory_pct']:.2f} | {fmt(peer['reported'])} | "
-                f"{fmt(peer['validation'])} |")
-        lines.append(head + (" none at this memory | | | |" if best is None else
-                             f" {best['configuration']} | {best['memory_pct']:.2f} | {fmt(best['reported'])} | "
-                             f"{fmt(best['validation'])} |"))
+        best = choose(peer, qslm)
+        cells = [f"{peer['tool']} {peer['configuration']}", f"{peer['memory_pct']:.2f}", fmt(peer["reported"]),
+                 fmt(peer["validation"])]
+        if best is None:
+            cells.append(none)
+        else:
+            cells += [best["configuration"], f"{best['memory_pct']:.2f}", fmt(best["reported"]),
+                      fmt(best["validation"])]
+            cells += [extra[1](peer, best)] if extra else []
+        lines.append("| " + " | ".join(cells) + " |" + " |" * (len(heads) - len(cells)))  # empty cells: "| |"
     return lines
 
 
@@ -503,26 +534,6 @@ def grid_name(config: Config) -> str:
     if config.trits:
         return f"ternary {config.method}"
     return "signed" if config.all_levels else "sym" if config.symmetric else "asym"
-
-
-def smaller_at_quality_table(rows: list[dict], higher_is_better: bool) -> list[str]:
-    """Each peer row beside the smallest qslm uniform plan at least as good on the validation slice (chosen
-    there, so the reported split stays an honest comparison): how much smaller qslm is at the peer's quality."""
-    qslm = [r for r in rows if r["tool"] == "qslm" and "error" not in r]
-    lines = ["| peer | peer memory % | peer reported | peer validation | smallest qslm plan at least as good on "
-             "validation | qslm memory % | qslm reported | qslm validation | qslm smaller by |",
-             "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
-    for peer in rows:
-        if peer["tool"] in ("float", "qslm", "qslm search") or "error" in peer:
-            continue
-        good = [r for r in qslm if not better(peer["validation"], r["validation"], higher_is_better)]
-        best = min(good, key=lambda r: r["bytes"], default=None)
-        head = (f"| {peer['tool']} {peer['configuration']} | {peer['memory_pct']:.2f} | {fmt(peer['reported'])} | "
-                f"{fmt(peer['validation'])} |")
-        lines.append(head + (" none as good | | | | |" if best is None else
-                             f" {best['configuration']} | {best['memory_pct']:.2f} | {fmt(best['reported'])} | "
-                             f"{fmt(best['validation'])} | {100 * (1 - best['bytes'] / peer['bytes']):.1f}% |"))
-    return lines
 
 
 def summary_table(results: dict, grid: list[Config]) -> list[str]:
